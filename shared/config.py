@@ -1,0 +1,169 @@
+"""Run configuration: the pydantic models behind ``spar run CONFIG.yaml`` (and later the API).
+
+Every default here is the SPaR paper's (see ``docs`` / SPAR.md) unless its help text says otherwise.
+Unknown keys are rejected everywhere (``extra="forbid"``) so that a typo never silently falls back
+to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+STAGES: tuple[str, ...] = ("sample", "judge", "refine", "assemble")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HFEngineConfig(_Strict):
+    """Settings of the Hugging Face transformers engine (CPU or a single GPU)."""
+
+    batch_size: int = Field(16, ge=1, description="Sequences per generate() call (rows after expanding n).")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:0 ...")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="Weights dtype; float32 on CPU."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Execute code shipped with the model folder. Off unless you trust it."
+    )
+
+
+class VLLMEngineConfig(_Strict):
+    """Settings of the in-process vLLM engine (GPU inference image only)."""
+
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is sharded over.")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    max_model_len: int | None = Field(None, ge=1, description="Context length cap (saves KV cache).")
+    dtype: str = Field("auto", description="vLLM dtype: auto, bfloat16, float16 ...")
+    enable_prefix_caching: bool = Field(True, description="Judge/refine prompts share long prefixes.")
+    max_lora_rank: int = Field(64, ge=1)
+    max_loras: int = Field(1, ge=1)
+    lora_adapter: str | None = Field(
+        None, description="Path of a LoRA adapter to apply on top of `model` (LoRA-trained versions)."
+    )
+    trust_remote_code: bool = False
+    enforce_eager: bool = False
+
+
+class ModelConfig(_Strict):
+    """Which model plays a role and which engine serves it."""
+
+    model: str = Field(
+        ..., description="A local model folder (used as is) or a built-in name: 'smollm2', 'tiny'."
+    )
+    version: str = Field("v0", description="Version label recorded in manifests.")
+    engine: Literal["hf", "vllm"] = "hf"
+    hf: HFEngineConfig = Field(default_factory=HFEngineConfig)
+    vllm: VLLMEngineConfig = Field(default_factory=VLLMEngineConfig)
+
+
+class SampleConfig(_Strict):
+    """Stage 1: the actor samples K responses per prompt."""
+
+    num_responses: int = Field(5, ge=1, description="K responses per prompt.")
+    temperature: float = Field(0.9, ge=0.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(2048, ge=1)
+
+
+class JudgeConfig(_Strict):
+    """Stage 2: self-consistent judging by the refiner."""
+
+    votes: int = Field(5, ge=1, description="Judgments sampled per response; the majority decides.")
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(1024, ge=1)
+    negatives_per_prompt: int | Literal["all"] = Field(
+        1, description="Failed responses kept as negatives per prompt: a count or 'all'."
+    )
+
+    @model_validator(mode="after")
+    def _positive_negatives(self) -> JudgeConfig:
+        if isinstance(self.negatives_per_prompt, int) and self.negatives_per_prompt < 1:
+            raise ValueError("negatives_per_prompt must be >= 1 or 'all'")
+        return self
+
+
+class SearchConfig(_Strict):
+    """Stage 3: tree-search refinement of each negative."""
+
+    strategy: Literal["bfs", "dfs"] = "bfs"
+    branching: int = Field(3, ge=1, description="Children proposed per expanded node.")
+    beam: int = Field(2, ge=1, description="Children kept (by value) to expand next.")
+    max_depth: int = Field(3, ge=1, description="Depth of the deepest children.")
+    success_threshold: float = Field(0.5, ge=0.0, lt=1.0, description="Success when V > this.")
+    budget: int | None = Field(None, ge=1, description="Cap on expansions (children) per tree.")
+    parse_retries: int = Field(3, ge=0, description="Retries of a reply without [[start]]/[[end]].")
+    tie_retries: int = Field(3, ge=0, description="Re-judgings of a child whose vote is tied.")
+    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature of refinements.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(2048, ge=1)
+
+
+class CapsConfig(_Strict):
+    """Upper bounds on each part of the refiner's RFT mix (the reference recipe's values)."""
+
+    refinement: int = Field(4000, ge=0)
+    tree_pass: int = Field(1500, ge=0)
+    tree_fail: int = Field(1000, ge=0)
+    stage2_fail: int = Field(500, ge=0)
+    stage2_pass: int = Field(2500, ge=0)
+
+
+class DataConfig(_Strict):
+    """Stage 4: assembling DPO pairs and RFT examples."""
+
+    caps: CapsConfig = Field(default_factory=CapsConfig)
+    max_pairs: int | None = Field(None, ge=1, description="Optional cap on DPO pairs.")
+
+
+class RunConfig(_Strict):
+    """A whole run: data, models, and the settings of each stage."""
+
+    name: str = Field("spar", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Run name prefix.")
+    seed: int = Field(0, description="Root of every random choice and sampling seed.")
+    prompts: str = Field(..., description="JSONL file with a 'prompt' field per line.")
+    max_prompts: int | None = Field(None, ge=1, description="Use only the first N prompts.")
+    shard_size: int = Field(64, ge=1, description="Prompts per shard (the unit of work and retry).")
+    iterations: int = Field(1, ge=1)
+    stages: list[Literal["sample", "judge", "refine", "assemble"]] = Field(
+        default_factory=lambda: list(STAGES), description="Stages to run, in pipeline order."
+    )
+    actor: ModelConfig
+    refiner: ModelConfig
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+
+    @model_validator(mode="after")
+    def _stages_in_order(self) -> RunConfig:
+        if not self.stages:
+            raise ValueError("stages must name at least one stage")
+        order = [STAGES.index(s) for s in self.stages]
+        if order != sorted(set(order)):
+            raise ValueError(f"stages must be distinct and in pipeline order {list(STAGES)}")
+        return self
+
+    def stage_hash(self, stage: str) -> str:
+        """Hash of the settings that determine a stage's output (recorded in its manifest)."""
+        parts: dict[str, object] = {"seed": self.seed, "shard_size": self.shard_size}
+        if stage == "sample":
+            parts |= {"actor": self.actor.model_dump(), "sample": self.sample.model_dump()}
+        elif stage == "judge":
+            parts |= {"refiner": self.refiner.model_dump(), "judge": self.judge.model_dump()}
+        elif stage == "refine":
+            parts |= {
+                "refiner": self.refiner.model_dump(),
+                "judge": self.judge.model_dump(),
+                "search": self.search.model_dump(),
+            }
+        elif stage == "assemble":
+            parts |= {"data": self.data.model_dump()}
+        blob = json.dumps(parts, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
