@@ -1,0 +1,154 @@
+"""Batched self-consistent judging with a cache.
+
+:class:`Judge` judges many (prompt, response) pairs at once: every pair not already in the cache goes
+to the engine in ONE ``generate`` call (``n = votes`` per pair); pairs whose vote is tied are
+re-judged together in one more call per retry round. Seeds depend on the pair's text and the round,
+so a pair gets the same judgments wherever and whenever it is judged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .engine import Engine, GenerationRequest
+from .seeding import derive_seed, rng_for, text_key
+from .templates import judge_messages
+from .verdict import Verdict, parse_verdict
+from .voting import Vote, majority_vote
+
+
+@dataclass(frozen=True)
+class Judgment:
+    """The refiner's verdict on one response: all judgments of the last round and the kept one."""
+
+    prompt: str
+    response: str
+    texts: tuple[str, ...]
+    vote: Vote
+    rounds: int
+
+    @property
+    def label(self) -> Verdict | None:
+        return self.vote.label
+
+    @property
+    def value(self) -> float | None:
+        return self.vote.value
+
+    @property
+    def decided(self) -> bool:
+        return self.vote.decided
+
+    @property
+    def kept(self) -> str | None:
+        """The judgment text that agrees with the majority (None when undecided)."""
+        return None if self.vote.kept_index is None else self.texts[self.vote.kept_index]
+
+    def as_record(self) -> dict[str, object]:
+        """The JSON form written to shard files."""
+        return {
+            "label": None if self.label is None else int(self.label),
+            "value": self.value,
+            "votes": {"pass": self.vote.n_pass, "fail": self.vote.n_fail, "invalid": self.vote.n_invalid},
+            "labels": [int(v) for v in self.vote.labels],
+            "judgments": list(self.texts),
+            "kept_index": self.vote.kept_index,
+            "rounds": self.rounds,
+        }
+
+    @classmethod
+    def from_record(cls, prompt: str, response: str, record: dict) -> Judgment:
+        vote = Vote(
+            labels=tuple(Verdict(v) for v in record["labels"]),
+            label=None if record["label"] is None else Verdict(record["label"]),
+            kept_index=record["kept_index"],
+        )
+        return cls(prompt, response, tuple(record["judgments"]), vote, int(record["rounds"]))
+
+
+@dataclass
+class JudgmentCache:
+    """Judgments keyed by the (prompt, response) text; shared by a stage's searches."""
+
+    entries: dict[str, Judgment] = field(default_factory=dict)
+    hits: int = 0
+
+    @staticmethod
+    def key(prompt: str, response: str) -> str:
+        return text_key(prompt, response)
+
+    def get(self, prompt: str, response: str) -> Judgment | None:
+        found = self.entries.get(self.key(prompt, response))
+        if found is not None:
+            self.hits += 1
+        return found
+
+    def put(self, judgment: Judgment) -> None:
+        self.entries[self.key(judgment.prompt, judgment.response)] = judgment
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass
+class Judge:
+    """Judges (prompt, response) pairs with ``votes`` sampled judgments each, batched.
+
+    ``tie_retries`` is 0 in stage 2 (a tie is dropped) and 3 in the tree search (a tied child is
+    re-judged, then dropped).
+    """
+
+    engine: Engine
+    votes: int = 5
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    seed: int = 0
+    tie_retries: int = 0
+    cache: JudgmentCache = field(default_factory=JudgmentCache)
+
+    def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgment]:
+        """One :class:`Judgment` per (prompt, response), in order; duplicates are judged once."""
+        results: dict[str, Judgment] = {}
+        pending: dict[str, tuple[str, str]] = {}
+        for prompt, response in items:
+            key = JudgmentCache.key(prompt, response)
+            if key in results or key in pending:
+                continue
+            cached = self.cache.get(prompt, response)
+            if cached is not None:
+                results[key] = cached
+            else:
+                pending[key] = (prompt, response)
+
+        for round_no in range(self.tie_retries + 1):
+            if not pending:
+                break
+            order = list(pending)
+            requests = [
+                GenerationRequest(
+                    messages=judge_messages(*pending[k]),
+                    n=self.votes,
+                    temperature=self.temperature,
+                    top_p=self.top_p,
+                    max_new_tokens=self.max_new_tokens,
+                    seed=derive_seed(self.seed, "judge", k, round_no),
+                )
+                for k in order
+            ]
+            outputs = self.engine.generate(requests)
+            still_tied: dict[str, tuple[str, str]] = {}
+            for k, texts in zip(order, outputs, strict=True):
+                prompt, response = pending[k]
+                labels = [parse_verdict(t) for t in texts]
+                vote = majority_vote(labels, rng_for(self.seed, "keep", k, round_no))
+                judgment = Judgment(prompt, response, tuple(texts), vote, round_no + 1)
+                results[k] = judgment
+                if not vote.decided:
+                    still_tied[k] = (prompt, response)
+            pending = still_tied
+
+        for judgment in results.values():
+            self.cache.put(judgment)
+        return [results[JudgmentCache.key(p, r)] for p, r in items]

@@ -1,0 +1,76 @@
+"""Instruction records and the validation of a prompts file's lines.
+
+A prompts file is JSONL with at least a non-empty string ``prompt`` per line, an optional ``id``
+(string or integer, unique) and any other fields, carried through as metadata. Every malformed line
+is reported by its number and the run refuses to start: data is never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    id: str
+    prompt: str
+    metadata: dict[str, object] = field(default_factory=dict)
+
+    def as_record(self) -> dict[str, object]:
+        return {"id": self.id, "prompt": self.prompt, "metadata": self.metadata}
+
+
+class PromptFileError(ValueError):
+    """A prompts file with malformed lines; ``problems`` holds (line number, reason) pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[int, str]]):
+        self.source = source
+        self.problems = problems
+        shown = "; ".join(f"line {n}: {why}" for n, why in problems[:20])
+        more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
+        super().__init__(f"{source}: {len(problems)} malformed line(s): {shown}{more}")
+
+
+def parse_prompt_lines(lines: Iterable[str], source: str = "prompts") -> list[PromptRecord]:
+    """Validate every line; raise :class:`PromptFileError` listing all problems, or return records.
+
+    Blank lines are allowed and skipped. Lines without an ``id`` get ``line-<number>``.
+    """
+    records: list[PromptRecord] = []
+    problems: list[tuple[int, str]] = []
+    first_line_of_id: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append((number, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+            continue
+        if not isinstance(obj, dict):
+            problems.append((number, "expected a JSON object with a 'prompt' field"))
+            continue
+        prompt = obj.pop("prompt", None)
+        if not isinstance(prompt, str) or not prompt.strip():
+            problems.append((number, "missing or empty string field 'prompt'"))
+            continue
+        raw_id = obj.pop("id", None)
+        if raw_id is None:
+            pid = f"line-{number}"
+        elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id).strip():
+            pid = str(raw_id)
+        else:
+            problems.append((number, "field 'id' must be a non-empty string or an integer"))
+            continue
+        if pid in first_line_of_id:
+            problems.append((number, f"duplicate id {pid!r} (first on line {first_line_of_id[pid]})"))
+            continue
+        first_line_of_id[pid] = number
+        records.append(PromptRecord(id=pid, prompt=prompt, metadata=obj))
+    if problems:
+        raise PromptFileError(source, problems)
+    if not records:
+        raise PromptFileError(source, [(0, "the file holds no prompts")])
+    return records

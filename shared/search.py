@@ -1,0 +1,312 @@
+"""Tree-search refinement of negatives (SPaR stage 3), batched across trees.
+
+Each negative is the root of a tree. Expanding a node asks the refiner for ``branching`` refined
+responses of it; each child is judged with ``votes`` samples and valued V = #pass / (#pass + #fail).
+A child with V > ``success_threshold`` ends its tree with success.
+
+- BFS: level by level; when the best child of a whole level does not succeed, the top ``beam``
+  children by V form the next level. With the defaults at most 3 + 6 + 6 = 15 expansions.
+- DFS: expand one node; when its best child does not succeed, descend into its top ``beam``
+  children in order of V. With the defaults at most 3 + 6 + 12 = 21 expansions.
+
+Batching: the search advances in *steps*. In one step every live tree contributes its pending
+expansions (BFS: its whole frontier; DFS: the node on top of its stack) and all of them go to the
+engine in ONE call; every reply without the ``[[start]]``/``[[end]]`` markers is retried in one more
+call per retry round; then all new children of all trees are judged in one call (plus one per tie
+re-judging round). The number of engine calls therefore depends on the depth (BFS: ``max_depth``
+steps; DFS: at most ``sum(beam**d for d < max_depth)`` steps), never on the number of trees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .config import SearchConfig
+from .engine import Engine, GenerationRequest
+from .judging import Judge, Judgment
+from .seeding import derive_seed
+from .templates import extract_refined, refine_conversation
+
+
+@dataclass(frozen=True)
+class SearchRoot:
+    """A negative to repair: its prompt, response and the kept judgment explaining its failure."""
+
+    key: str
+    prompt: str
+    response: str
+    judgment: str
+
+
+@dataclass
+class Node:
+    """A response in a tree. The root has no parent, no ``raw`` and value 0 by definition."""
+
+    id: int
+    parent: int | None
+    depth: int
+    response: str
+    judgment: str
+    value: float
+    raw: str | None = None
+    vote: dict[str, int] = field(default_factory=dict)
+
+    def as_record(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "parent": self.parent,
+            "depth": self.depth,
+            "response": self.response,
+            "judgment": self.judgment,
+            "value": self.value,
+            "raw": self.raw,
+            "vote": self.vote,
+        }
+
+
+@dataclass
+class Tree:
+    """One search and its statistics. ``status`` ends as success, exhausted, budget or no_children."""
+
+    key: str
+    prompt: str
+    nodes: list[Node]
+    expansions: int = 0
+    parse_failures: int = 0
+    dropped_unparsed: int = 0
+    dropped_ties: int = 0
+    success_id: int | None = None
+    status: str = "running"
+    frontier: list[int] = field(default_factory=list)
+
+    @property
+    def root(self) -> Node:
+        return self.nodes[0]
+
+    @property
+    def success(self) -> Node | None:
+        return None if self.success_id is None else self.nodes[self.success_id]
+
+    def children_of(self, node_id: int) -> list[Node]:
+        return [n for n in self.nodes if n.parent == node_id]
+
+    def as_record(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "prompt": self.prompt,
+            "status": self.status,
+            "success_id": self.success_id,
+            "expansions": self.expansions,
+            "parse_failures": self.parse_failures,
+            "dropped_unparsed": self.dropped_unparsed,
+            "dropped_ties": self.dropped_ties,
+            "max_depth_reached": max(n.depth for n in self.nodes),
+            "nodes": [n.as_record() for n in self.nodes],
+        }
+
+    @classmethod
+    def from_record(cls, record: dict) -> Tree:
+        nodes = [Node(**n) for n in record["nodes"]]
+        return cls(
+            key=record["key"],
+            prompt=record["prompt"],
+            nodes=nodes,
+            expansions=record["expansions"],
+            parse_failures=record["parse_failures"],
+            dropped_unparsed=record["dropped_unparsed"],
+            dropped_ties=record["dropped_ties"],
+            success_id=record["success_id"],
+            status=record["status"],
+        )
+
+
+@dataclass(frozen=True)
+class _Expansion:
+    tree: Tree
+    node: Node
+    children: int
+
+
+StepCallback = Callable[[int, int], None]
+"""Called after each search step with (step number, trees still running)."""
+
+
+def max_expansions(cfg: SearchConfig) -> int:
+    """Most expansions one tree can use with ``cfg`` (15 for BFS defaults, 21 for DFS)."""
+    if cfg.strategy == "bfs":
+        nodes = 1 + min(cfg.beam, cfg.branching) * (cfg.max_depth - 1)
+    else:
+        nodes = sum(min(cfg.beam, cfg.branching) ** d for d in range(cfg.max_depth))
+    total = nodes * cfg.branching
+    return total if cfg.budget is None else min(total, cfg.budget)
+
+
+def search_trees(
+    roots: Sequence[SearchRoot],
+    engine: Engine,
+    judge: Judge,
+    cfg: SearchConfig,
+    seed: int,
+    on_step: StepCallback | None = None,
+) -> list[Tree]:
+    """Run the configured search on every root together; returns one finished tree per root."""
+    trees = [
+        Tree(
+            key=r.key,
+            prompt=r.prompt,
+            nodes=[Node(id=0, parent=None, depth=0, response=r.response, judgment=r.judgment, value=0.0)],
+            frontier=[0],
+        )
+        for r in roots
+    ]
+    step = 0
+    while True:
+        expansions = [e for t in trees if t.status == "running" for e in _next_expansions(t, cfg)]
+        if not expansions:
+            break
+        step += 1
+        replies = _expand(expansions, engine, cfg, seed)
+        children = _judge_children(replies, judge)
+        for tree in {id(e.tree): e.tree for e in expansions}.values():
+            _advance(tree, children.get(tree.key, {}), cfg)
+        if on_step is not None:
+            on_step(step, sum(t.status == "running" for t in trees))
+    return trees
+
+
+def _next_expansions(tree: Tree, cfg: SearchConfig) -> list[_Expansion]:
+    """The nodes this tree expands in the coming step, each with its number of children.
+
+    BFS expands the whole frontier; DFS the last node of its stack. Either way the budget caps the
+    children requested, and a tree with nothing left to expand is finished here.
+    """
+    pending = list(tree.frontier) if cfg.strategy == "bfs" else tree.frontier[-1:]
+    out: list[_Expansion] = []
+    left = None if cfg.budget is None else cfg.budget - tree.expansions
+    for node_id in pending:
+        want = cfg.branching if left is None else min(cfg.branching, left)
+        if want <= 0:
+            break
+        out.append(_Expansion(tree, tree.nodes[node_id], want))
+        tree.expansions += want
+        if left is not None:
+            left -= want
+    if not out:
+        tree.status = "budget" if tree.frontier else _exhausted_status(tree)
+        tree.frontier = []
+        return []
+    taken = {e.node.id for e in out}
+    tree.frontier = [n for n in tree.frontier if n not in taken]
+    return out
+
+
+def _exhausted_status(tree: Tree) -> str:
+    return "no_children" if len(tree.nodes) == 1 else "exhausted"
+
+
+def _expand(
+    expansions: list[_Expansion], engine: Engine, cfg: SearchConfig, seed: int
+) -> list[tuple[_Expansion, str, str]]:
+    """Ask for every expansion's children in one call, retrying unparsable replies in batched rounds.
+
+    Returns (expansion, raw refiner output, refined response) for each parsed child, in a stable order.
+    """
+    parsed: list[tuple[_Expansion, str, str]] = []
+    missing = {i: e.children for i, e in enumerate(expansions)}
+    for attempt in range(cfg.parse_retries + 1):
+        if not missing:
+            break
+        order = list(missing)
+        requests = [
+            GenerationRequest(
+                messages=refine_conversation(
+                    expansions[i].tree.prompt, expansions[i].node.response, expansions[i].node.judgment
+                ),
+                n=missing[i],
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                max_new_tokens=cfg.max_new_tokens,
+                seed=derive_seed(seed, "refine", expansions[i].tree.key, expansions[i].node.id, attempt),
+            )
+            for i in order
+        ]
+        outputs = engine.generate(requests)
+        next_missing: dict[int, int] = {}
+        for i, texts in zip(order, outputs, strict=True):
+            for raw in texts:
+                refined = extract_refined(raw)
+                if refined is None:
+                    expansions[i].tree.parse_failures += 1
+                    next_missing[i] = next_missing.get(i, 0) + 1
+                else:
+                    parsed.append((expansions[i], raw, refined))
+        missing = next_missing
+    for i, count in missing.items():
+        expansions[i].tree.dropped_unparsed += count
+    return parsed
+
+
+def _judge_children(
+    replies: list[tuple[_Expansion, str, str]], judge: Judge
+) -> dict[str, dict[int, list[Node]]]:
+    """Judge every new child of every tree together; add decided ones to their trees.
+
+    Returns, per tree key, the new children grouped by parent id, in generation order.
+    """
+    judgments = judge.judge([(e.tree.prompt, refined) for e, _, refined in replies])
+    grouped: dict[str, dict[int, list[Node]]] = {}
+    for (expansion, raw, refined), judgment in zip(replies, judgments, strict=True):
+        tree = expansion.tree
+        if not judgment.decided:
+            tree.dropped_ties += 1
+            continue
+        node = _child_node(tree, expansion.node, raw, refined, judgment)
+        tree.nodes.append(node)
+        grouped.setdefault(tree.key, {}).setdefault(expansion.node.id, []).append(node)
+    return grouped
+
+
+def _child_node(tree: Tree, parent: Node, raw: str, refined: str, judgment: Judgment) -> Node:
+    assert judgment.value is not None and judgment.kept is not None
+    return Node(
+        id=len(tree.nodes),
+        parent=parent.id,
+        depth=parent.depth + 1,
+        response=refined,
+        judgment=judgment.kept,
+        value=judgment.value,
+        raw=raw,
+        vote={"pass": judgment.vote.n_pass, "fail": judgment.vote.n_fail, "invalid": judgment.vote.n_invalid},
+    )
+
+
+def _ranked(nodes: list[Node]) -> list[Node]:
+    """Highest value first; among equal values the earlier child first (stable sort)."""
+    return sorted(nodes, key=lambda n: -n.value)
+
+
+def _advance(tree: Tree, children: dict[int, list[Node]], cfg: SearchConfig) -> None:
+    """Apply one step's judged children to a tree: stop on success, else choose what to expand."""
+    if cfg.strategy == "bfs":
+        level = _ranked([n for group in children.values() for n in group])
+        if level and level[0].value > cfg.success_threshold:
+            _succeed(tree, level[0])
+            return
+        tree.frontier = [n.id for n in level[: cfg.beam] if n.depth < cfg.max_depth]
+    else:
+        for parent_id in children:  # DFS expands exactly one node per step
+            ranked = _ranked(children[parent_id])
+            if ranked[0].value > cfg.success_threshold:
+                _succeed(tree, ranked[0])
+                return
+            # push the best last so that it is expanded next (depth first, in order of V)
+            tree.frontier.extend(reversed([n.id for n in ranked[: cfg.beam] if n.depth < cfg.max_depth]))
+    if not tree.frontier:
+        tree.status = _exhausted_status(tree)
+
+
+def _succeed(tree: Tree, node: Node) -> None:
+    tree.success_id = node.id
+    tree.status = "success"
+    tree.frontier = []
