@@ -1,0 +1,184 @@
+"""The ``spar`` command line.
+
+    spar run CONFIG.yaml [--runs-dir runs] [--run-id ID]   create a run and execute it locally
+    spar run --resume RUN_DIR                               finish an interrupted run
+    spar models prepare smollm2 --out DIR                   SmolLM2-135M-Instruct as an HF folder
+    spar models tiny --out DIR                              the offline tiny test model
+
+Errors a user can fix (bad config, malformed prompt lines, missing model) are printed as one clear
+message with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+for _var, _value in (
+    ("HF_HUB_OFFLINE", "1"),
+    ("HF_HUB_DISABLE_TELEMETRY", "1"),
+    ("TOKENIZERS_PARALLELISM", "false"),
+    ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+):
+    os.environ.setdefault(_var, _value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spar", description="SPaR self-play with tree-search refinement")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="create a run from a config and execute it locally")
+    run.add_argument("config", nargs="?", type=Path, help="run config (YAML)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an existing run directory")
+    run.add_argument(
+        "--runs-dir", type=Path, default=Path("runs"), help="where runs are created (default: runs)"
+    )
+    run.add_argument("--run-id", help="run id (default: <name>-<UTC time>-<random>)")
+    run.add_argument("--cache-dir", type=Path, help="model cache (default: $SPAR_CACHE_DIR or ~/.cache/spar)")
+    run.add_argument("--log-json", action="store_true", help="also print structured JSON logs on stderr")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
+
+    models = sub.add_parser("models", help="build or prepare local model folders")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    prep = msub.add_parser("prepare", help="prepare a built-in model as a Hugging Face folder")
+    prep.add_argument("name", choices=["smollm2"])
+    prep.add_argument("--out", type=Path, required=True)
+    tiny = msub.add_parser("tiny", help="build the offline tiny model (seconds)")
+    tiny.add_argument("--out", type=Path, required=True)
+    tiny.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    try:
+        if args.command == "run":
+            return _cmd_run(args, console)
+        if args.models_command == "prepare":
+            from workers.models.smollm2 import prepare_smollm2
+
+            started = time.perf_counter()
+            path = prepare_smollm2(args.out)
+            console.print(f"SmolLM2-135M-Instruct ready in {path} ({time.perf_counter() - started:.0f} s)")
+            return 0
+        from workers.models.tiny import build_tiny_model
+
+        path = build_tiny_model(args.out, seed=args.seed)
+        console.print(f"tiny model ready in {path}")
+        return 0
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted[/]: finished shards are kept; continue with `spar run --resume RUN_DIR`"
+        )
+        return 130
+    except _user_errors() as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from services.runs import ConfigError
+    from shared.prompts import PromptFileError
+    from workers.models.registry import ModelNotFoundError
+    from workers.models.smollm2 import SmolLM2NotInstalledError
+    from workers.stages import ConfigChangedError, MissingStageOutputError
+
+    return (
+        ConfigError,
+        PromptFileError,
+        ModelNotFoundError,
+        SmolLM2NotInstalledError,
+        ConfigChangedError,
+        MissingStageOutputError,
+    )
+
+
+def _cmd_run(args: argparse.Namespace, console) -> int:
+    from rich.console import Console
+
+    from services import logs
+    from services.local import LocalExecutor
+    from services.runs import ConfigError, create_run, load_config_file, open_run
+    from services.summary import iteration_summary, render
+    from workers.stages.common import load_config
+
+    if (args.config is None) == (args.resume is None):
+        raise ConfigError("give either a CONFIG file or --resume RUN_DIR (not both)")
+    if args.resume is not None:
+        paths = open_run(args.resume)
+    else:
+        config = load_config_file(args.config)
+        paths = create_run(config, args.runs_dir, args.run_id, source=str(args.config))
+    logs.configure(paths.events, json_stderr=args.log_json)
+    console.print(f"run [bold]{paths.run_id}[/] in {paths.root}")
+
+    started = time.perf_counter()
+    with _progress(console, disabled=args.no_progress) as (on_shard, on_batch):
+        executor = LocalExecutor.for_run(
+            paths, cache_dir=args.cache_dir, progress=on_batch, on_shard=on_shard
+        )
+        executor.engines.on_load = lambda role, path, s: console.print(
+            f"loaded {role} model {path} in {s:.1f} s"
+        )
+        executor.run()
+    config = load_config(paths)
+    out = Console()
+    for t in range(config.iterations):
+        out.print(render(iteration_summary(paths, t)))
+    out.print(f"run {paths.run_id} done in {time.perf_counter() - started:.1f} s; outputs in {paths.root}")
+    return 0
+
+
+class _progress:
+    """Two bars: shards of the current stage, and the engine batches of the current shard."""
+
+    def __init__(self, console, disabled: bool):
+        self.console = console
+        self.disabled = disabled
+
+    def __enter__(self):
+        if self.disabled:
+            return (lambda *a: None), None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bars = Progress(
+            TextColumn("{task.description:<34}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.bars.__enter__()
+        self.stage_task = None
+        self.batch_task = self.bars.add_task("", total=1, visible=False)
+
+        def on_shard(iteration: int, stage: str, done: int, total: int) -> None:
+            label = f"iter {iteration} {stage} (shards)"
+            if self.stage_task is None or self.bars.tasks[self.stage_task].description != label:
+                self.stage_task = self.bars.add_task(label, total=total)
+            self.bars.update(self.stage_task, completed=done, total=total)
+            if done == total:
+                self.bars.update(self.batch_task, visible=False)
+
+        def on_batch(label: str, done: int, total: int) -> None:
+            self.bars.update(
+                self.batch_task, description=f"  {label}", completed=done, total=max(total, 1), visible=True
+            )
+
+        return on_shard, on_batch
+
+    def __exit__(self, *exc):
+        if not self.disabled:
+            self.bars.__exit__(*exc)
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The in-process executor: all stages of a run, in order, on this machine, no Redis, no GPU needed.
+
+It calls exactly the stage runners the queue workers call (``workers.stages.run_stage``), so a run
+made here and a run made by the distributed service produce the same files. A finished shard is
+never recomputed, which makes ``--resume`` after a crash (or Ctrl-C) continue where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.config import ModelConfig, RunConfig
+from shared.engine import Engine
+from workers.artifacts import RunPaths
+from workers.engines import build_engine
+from workers.models.registry import resolve_model
+from workers.stages import EngineProvider, Progress, StageSpec, num_shards, run_stage, write_stage_manifest
+from workers.stages.common import Role, load_config
+
+log = logging.getLogger("spar.local")
+
+
+@dataclass
+class LocalEngines:
+    """Loads each role's engine on first use; actor and refiner share one when their settings match."""
+
+    config: RunConfig
+    cache_dir: Path | None = None
+    loaded: dict[str, Engine] = field(default_factory=dict)
+    on_load: Callable[[str, Path, float], None] | None = None
+
+    @staticmethod
+    def _key(model: ModelConfig) -> str:
+        return model.model_dump_json(exclude={"version"})
+
+    def engine_for(self, role: Role) -> Engine:
+        model: ModelConfig = getattr(self.config, role)
+        key = self._key(model)
+        if key not in self.loaded:
+            started = time.perf_counter()
+            path = resolve_model(model.model, self.cache_dir)
+            self.loaded[key] = build_engine(model, path, seed=self.config.seed)
+            seconds = time.perf_counter() - started
+            log.info(
+                "engine loaded",
+                extra={"event": "engine.load", "role": role, "path": str(path), "seconds": round(seconds, 2)},
+            )
+            if self.on_load is not None:
+                self.on_load(role, path, seconds)
+        return self.loaded[key]
+
+
+StageHook = Callable[[int, str, int, int], None]
+"""Called as (iteration, stage, shards done, shards total) around each shard."""
+
+
+@dataclass
+class LocalExecutor:
+    """Runs every configured stage of every iteration in order, shard by shard."""
+
+    paths: RunPaths
+    engines: EngineProvider
+    progress: Progress | None = None
+    on_shard: StageHook | None = None
+    stage_wall: dict[tuple[int, str], float] = field(default_factory=dict)
+
+    @classmethod
+    def for_run(cls, paths: RunPaths, cache_dir: Path | None = None, **kwargs) -> LocalExecutor:
+        return cls(paths=paths, engines=LocalEngines(load_config(paths), cache_dir), **kwargs)
+
+    def run(self) -> list[dict]:
+        """Run (or finish) the whole run; returns the stage manifests in order."""
+        config = load_config(self.paths)
+        manifests = []
+        for iteration in range(config.iterations):
+            for stage in config.stages:
+                manifests.append(self.run_stage(iteration, stage))
+        return manifests
+
+    def run_stage(self, iteration: int, stage: str) -> dict:
+        total = num_shards(self.paths, stage)
+        started = time.perf_counter()
+        for shard in range(total):
+            if self.on_shard is not None:
+                self.on_shard(iteration, stage, shard, total)
+            spec = StageSpec(run_dir=str(self.paths.root), iteration=iteration, stage=stage, shard=shard)
+            run_stage(self.paths, spec, self.engines, self.progress)
+        if self.on_shard is not None:
+            self.on_shard(iteration, stage, total, total)
+        self.stage_wall[(iteration, stage)] = time.perf_counter() - started
+        return write_stage_manifest(self.paths, iteration, stage)

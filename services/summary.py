@@ -1,0 +1,74 @@
+"""The numbers a person looks at after a run: one table per iteration, built from stage manifests."""
+
+from __future__ import annotations
+
+from workers.artifacts import RunPaths, read_json
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return None if not den else num / den
+
+
+def iteration_summary(paths: RunPaths, iteration: int) -> dict:
+    """Headline metrics and per-stage costs of one iteration, from whatever stages are done."""
+    stages: dict[str, dict] = {}
+    for stage in ("sample", "judge", "refine", "assemble"):
+        manifest = paths.manifest(iteration, stage)
+        if manifest.exists():
+            stages[stage] = read_json(manifest)
+    c = {name: m["counts"] for name, m in stages.items()}
+    sample, judge, refine, assemble = (c.get(s, {}) for s in ("sample", "judge", "refine", "assemble"))
+    metrics = {
+        "prompts": sample.get("prompts", judge.get("prompts")),
+        "responses": sample.get("responses", judge.get("responses")),
+        "pass_rate": _ratio(judge.get("pass", 0), judge.get("pass", 0) + judge.get("fail", 0)),
+        "undecided": judge.get("undecided"),
+        "negatives": judge.get("negatives"),
+        "prompts_all_pass": judge.get("prompts_all_pass"),
+        "trees": refine.get("trees"),
+        "success_rate": _ratio(refine.get("successes", 0), refine.get("trees", 0)),
+        "mean_expansions_per_tree": _ratio(refine.get("expansions", 0), refine.get("trees", 0)),
+        "pairs": assemble.get("pairs"),
+        "rft_examples": assemble.get("rft"),
+    }
+    rows = [
+        {
+            "stage": name,
+            "shards": m["shards"],
+            "engine_calls": m["engine"].get("calls", 0),
+            "tokens_generated": m["engine"].get("generated_tokens", 0),
+            "seconds": m["shard_seconds"],
+        }
+        for name, m in stages.items()
+    ]
+    return {"iteration": iteration, "metrics": metrics, "stages": rows}
+
+
+def render(summary: dict):  # -> rich.console.Group
+    from rich.console import Group
+    from rich.table import Table
+
+    metrics = Table(title=f"iteration {summary['iteration']}: what it produced", show_header=True)
+    metrics.add_column("metric")
+    metrics.add_column("value", justify="right")
+    for key, value in summary["metrics"].items():
+        if value is None:
+            shown = "-"
+        elif isinstance(value, float) and not float(value).is_integer():
+            shown = f"{value:.3f}"
+        else:
+            shown = str(int(value))
+        metrics.add_row(key.replace("_", " "), shown)
+
+    costs = Table(title=f"iteration {summary['iteration']}: cost per stage", show_header=True)
+    for col in ("stage", "shards", "engine calls", "tokens generated", "wall s"):
+        costs.add_column(col, justify="left" if col == "stage" else "right")
+    for row in summary["stages"]:
+        costs.add_row(
+            row["stage"],
+            str(row["shards"]),
+            str(row["engine_calls"]),
+            str(row["tokens_generated"]),
+            f"{row['seconds']:.1f}",
+        )
+    return Group(metrics, costs)

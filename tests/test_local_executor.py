@@ -1,0 +1,196 @@
+"""The local executor and stage runners with a scripted engine: files, counts, resume, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from scripted import ScriptedEngine, no, refined, yes
+
+from services.local import LocalExecutor
+from services.runs import ConfigError, create_run, load_config_file, open_run
+from services.summary import iteration_summary
+from shared.prompts import PromptFileError
+from workers.artifacts import read_json, read_jsonl
+from workers.stages import ConfigChangedError
+
+N_PROMPTS = 10
+
+
+def judge_fn(p, r, i, k):
+    # actor answers are judged by their index: answer 0 passes, others fail; refinements of depth 2 pass
+    if r.startswith("answer 0"):
+        return yes()
+    return yes() if r.count("/") >= 2 else no()
+
+
+class Provider:
+    def __init__(self, engine):
+        self.engine = engine
+
+    def engine_for(self, role):
+        return self.engine
+
+
+def write_config(tmp_path: Path, **overrides) -> Path:
+    prompts = tmp_path / "prompts.jsonl"
+    if not prompts.exists():
+        prompts.write_text(
+            "".join(
+                json.dumps({"id": f"p{i}", "prompt": f"Task {i}.", "tag": i}) + "\n" for i in range(N_PROMPTS)
+            )
+        )
+    config = {
+        "name": "t",
+        "prompts": "prompts.jsonl",
+        "shard_size": 4,
+        "actor": {"model": "tiny"},
+        "refiner": {"model": "tiny"},
+        "sample": {"num_responses": 3},
+        "judge": {"votes": 3},
+    }
+    config.update(overrides)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def make_run(tmp_path: Path, run_id="r1", **overrides):
+    config = load_config_file(write_config(tmp_path, **overrides))
+    return create_run(config, tmp_path / "runs", run_id)
+
+
+def test_a_run_produces_every_stage_output(tmp_path: Path) -> None:
+    paths = make_run(tmp_path)
+    engine = ScriptedEngine(judge_fn=judge_fn)
+    LocalExecutor(paths, Provider(engine)).run()
+
+    assert paths.num_prompt_shards() == 3
+    for stage in ("sample", "judge", "refine"):
+        for k in range(3):
+            assert paths.shard(0, stage, k).exists() and paths.shard_done(0, stage, k).exists()
+    judged = [row for k in range(3) for row in read_jsonl(paths.shard(0, "judge", k))]
+    assert len(judged) == N_PROMPTS
+    assert judged[0]["metadata"] == {"tag": 0}  # metadata is carried through
+    assert all(len(row["negatives"]) == 1 and row["negatives"][0] in (1, 2) for row in judged)
+
+    pairs = list(read_jsonl(paths.data_file(0, "pairs.jsonl")))
+    assert len(pairs) == N_PROMPTS
+    assert all(p["rejected"].startswith("answer ") and p["chosen"].count("/") == 2 for p in pairs)
+    rft = list(read_jsonl(paths.data_file(0, "rft.jsonl")))
+    assert sum(e["part"] == "refinement" for e in rft) == N_PROMPTS
+
+    summary = iteration_summary(paths, 0)
+    m = summary["metrics"]
+    assert (m["prompts"], m["responses"], m["negatives"], m["trees"], m["pairs"]) == (10, 30, 10, 10, 10)
+    assert m["pass_rate"] == pytest.approx(1 / 3)
+    assert m["success_rate"] == 1.0 and m["mean_expansions_per_tree"] == 9
+    calls = {row["stage"]: row["engine_calls"] for row in summary["stages"]}
+    assert calls == {"sample": 3, "judge": 3, "refine": 12, "assemble": 0}  # per shard: 1, 1, 2 levels x 2
+
+    manifest = read_json(paths.manifest(0, "refine"))
+    assert manifest["shards"] == 3 and manifest["counts"]["trees"] == 10
+    assert manifest["models"]["refiner"]["version"] == "v0" and len(manifest["config_hash"]) == 16
+
+
+def test_rerunning_a_finished_run_calls_no_engine(tmp_path: Path) -> None:
+    paths = make_run(tmp_path)
+    LocalExecutor(paths, Provider(ScriptedEngine(judge_fn=judge_fn))).run()
+    before = paths.data_file(0, "pairs.jsonl").read_text()
+    again = ScriptedEngine(judge_fn=judge_fn)
+    LocalExecutor(paths, Provider(again)).run()
+    assert again.n_calls == 0
+    assert paths.data_file(0, "pairs.jsonl").read_text() == before
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_a_crash_keeps_finished_shards_and_resume_gives_the_clean_result(tmp_path: Path) -> None:
+    clean = make_run(tmp_path, run_id="clean")
+    LocalExecutor(clean, Provider(ScriptedEngine(judge_fn=judge_fn))).run()
+
+    paths = make_run(tmp_path, run_id="crashy")
+    calls = {"refine": 0}
+
+    def refine_then_crash(prompt, response, judgment, index, attempt):
+        calls["refine"] += 1
+        if calls["refine"] > 12 * 3 + 3:  # crash in the middle of the second refine shard
+            raise Crash("worker died")
+        return refined(f"{response}/{index}")
+
+    with pytest.raises(Crash):
+        LocalExecutor(paths, Provider(ScriptedEngine(judge_fn=judge_fn, refine_fn=refine_then_crash))).run()
+    assert paths.shard_done(0, "refine", 0).exists()
+    assert not paths.shard_done(0, "refine", 1).exists() and not paths.shard(0, "refine", 1).exists()
+    assert not list(paths.stage_dir(0, "refine").glob(".*tmp"))  # no partial file left behind
+
+    resumed = ScriptedEngine(judge_fn=judge_fn)
+    LocalExecutor(open_run(paths.root), Provider(resumed)).run()
+    assert "sample" not in resumed.kinds()  # finished stages are not recomputed
+    assert paths.data_file(0, "pairs.jsonl").read_text() == clean.data_file(0, "pairs.jsonl").read_text()
+    assert paths.data_file(0, "rft.jsonl").read_text() == clean.data_file(0, "rft.jsonl").read_text()
+
+
+def test_changed_settings_on_an_existing_run_are_refused(tmp_path: Path) -> None:
+    paths = make_run(tmp_path)
+    LocalExecutor(paths, Provider(ScriptedEngine(judge_fn=judge_fn))).run()
+    stored = read_json(paths.config)
+    stored["config"]["search"]["branching"] = 2
+    paths.config.write_text(json.dumps(stored))
+    with pytest.raises(ConfigChangedError, match="start a new run"):
+        LocalExecutor(paths, Provider(ScriptedEngine(judge_fn=judge_fn))).run()
+
+
+def test_stages_can_be_run_in_part(tmp_path: Path) -> None:
+    paths = make_run(tmp_path, stages=["sample", "judge"])
+    engine = ScriptedEngine(judge_fn=judge_fn)
+    LocalExecutor(paths, Provider(engine)).run()
+    assert set(engine.kinds()) == {"sample", "judge"}
+    assert not paths.stage_dir(0, "refine").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"serach": {}}, "serach: unknown key"),
+        ({"search": {"branching": 0}}, "search.branching: Input should be greater than or equal to 1"),
+        ({"search": {"strategy": "astar"}}, "search.strategy"),
+        ({"judge": {"negatives_per_prompt": "some"}}, "judge.negatives_per_prompt"),
+        ({"stages": ["judge", "sample"]}, "pipeline order"),
+        ({"actor": {"model": "tiny", "engine": "tgi"}}, "actor.engine"),
+        ({"refiner": None}, "refiner"),
+    ],
+)
+def test_invalid_configs_name_the_field(tmp_path: Path, overrides, fragment) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_file(write_config(tmp_path, **overrides))
+    assert fragment in str(info.value)
+
+
+def test_a_malformed_prompt_file_refuses_to_start(tmp_path: Path) -> None:
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "ok"}\n{"prompt": 3}\n\n{oops\n')
+    config = load_config_file(write_config(tmp_path))
+    with pytest.raises(PromptFileError) as info:
+        create_run(config, tmp_path / "runs", "bad")
+    assert [n for n, _ in info.value.problems] == [2, 4]
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_missing_files_and_existing_runs_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config_file(tmp_path / "nope.yaml")
+    config = load_config_file(write_config(tmp_path, prompts="missing.jsonl"))
+    with pytest.raises(ConfigError, match="prompts: file .*missing.jsonl does not exist"):
+        create_run(config, tmp_path / "runs")
+    make_run(tmp_path, run_id="same")
+    with pytest.raises(ConfigError, match="--resume"):
+        make_run(tmp_path, run_id="same")
+
+
+def test_relative_paths_are_resolved_against_the_config_file(tmp_path: Path) -> None:
+    config = load_config_file(write_config(tmp_path, actor={"model": "models/actor"}))
+    assert config.prompts == str((tmp_path / "prompts.jsonl").resolve())
+    assert config.actor.model == str((tmp_path / "models" / "actor").resolve())
+    assert config.refiner.model == "tiny"  # built-in names stay names

@@ -1,0 +1,112 @@
+"""Stage runners: one function per SPaR stage, and the shard bookkeeping around them.
+
+:func:`run_stage` is what both the local executor and the queue workers call. It skips a shard that
+is already done (so a retried job never duplicates output), runs the stage, and only then writes
+the shard's completion record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from ..artifacts import RunPaths, read_json, write_json_atomic
+from .assemble import MissingStageOutputError, run_assemble
+from .common import (
+    ConfigChangedError,
+    EngineProvider,
+    Progress,
+    StageResult,
+    StageSpec,
+    finished,
+    load_config,
+    model_versions,
+    record_done,
+)
+from .judge import run_judge
+from .refine import run_refine
+from .sample import run_sample
+
+__all__ = [
+    "ConfigChangedError",
+    "EngineProvider",
+    "MissingStageOutputError",
+    "Progress",
+    "StageResult",
+    "StageSpec",
+    "num_shards",
+    "run_stage",
+    "write_stage_manifest",
+]
+
+log = logging.getLogger("spar.stages")
+
+Runner = Callable[[RunPaths, StageSpec, EngineProvider, Progress | None], StageResult]
+RUNNERS: dict[str, Runner] = {
+    "sample": run_sample,
+    "judge": run_judge,
+    "refine": run_refine,
+    "assemble": run_assemble,
+}
+
+
+def num_shards(paths: RunPaths, stage: str) -> int:
+    """Sample, judge and refine follow the prompt shards; assemble is a single shard."""
+    return 1 if stage == "assemble" else paths.num_prompt_shards()
+
+
+def run_stage(
+    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None = None
+) -> StageResult:
+    """Run one shard of one stage unless it is already done; returns its (recorded) result."""
+    config = load_config(paths)
+    done = finished(paths, spec, config.stage_hash(spec.stage))
+    if done is not None:
+        log.info("shard already done", extra={"event": "shard.skip", **spec.model_dump()})
+        return done
+    log.info("shard started", extra={"event": "shard.start", **spec.model_dump()})
+    result = RUNNERS[spec.stage](paths, spec, engines, progress)
+    record_done(paths, spec, config, result)
+    log.info(
+        "shard done",
+        extra={
+            "event": "shard.done",
+            **spec.model_dump(),
+            "seconds": round(result.seconds, 3),
+            **result.counts,
+        },
+    )
+    return result
+
+
+def write_stage_manifest(paths: RunPaths, iteration: int, stage: str) -> dict:
+    """Sum the shards' records into the stage manifest; requires every shard to be done."""
+    config = load_config(paths)
+    records = []
+    for shard in range(num_shards(paths, stage)):
+        done = paths.shard_done(iteration, stage, shard)
+        if not done.exists():
+            raise RuntimeError(f"cannot write the {stage} manifest: shard {shard} is not done")
+        records.append(read_json(done))
+    counts: dict[str, float] = {}
+    engine: dict[str, int] = {}
+    for r in records:
+        for k, v in r["counts"].items():
+            counts[k] = counts.get(k, 0) + v
+        for k, v in r["engine"].items():
+            engine[k] = engine.get(k, 0) + v
+    manifest = {
+        "run_id": paths.run_id,
+        "iteration": iteration,
+        "stage": stage,
+        "config_hash": config.stage_hash(stage),
+        "models": model_versions(config),
+        "shards": len(records),
+        "counts": counts,
+        "engine": engine,
+        "shard_seconds": sum(r["seconds"] for r in records),
+        "written_at": time.time(),
+    }
+    write_json_atomic(paths.manifest(iteration, stage), manifest)
+    return manifest

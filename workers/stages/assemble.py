@@ -1,0 +1,56 @@
+"""Stage 4 runner: DPO pairs and the RFT mix of a whole iteration (one shard: caps are global)."""
+
+from __future__ import annotations
+
+import time
+
+from shared.judging import Judgment
+from shared.pairs import JudgedResponse, assemble
+from shared.search import Tree
+from shared.seeding import derive_seed
+
+from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
+from .common import EngineProvider, Progress, StageResult, StageSpec, load_config
+
+
+class MissingStageOutputError(RuntimeError):
+    """The assembly needs the judge and refine outputs of every shard."""
+
+
+def run_assemble(
+    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
+) -> StageResult:
+    config = load_config(paths)
+    started = time.perf_counter()
+    trees: list[tuple[str, Tree]] = []
+    stage2: list[JudgedResponse] = []
+    for shard in range(paths.num_prompt_shards()):
+        for stage in ("judge", "refine"):
+            if not paths.shard_done(spec.iteration, stage, shard).exists():
+                raise MissingStageOutputError(
+                    f"iteration {spec.iteration}: shard {shard} of stage '{stage}' is not done; "
+                    f"run the '{stage}' stage (include it in `stages`) before 'assemble'"
+                )
+        for row in read_jsonl(paths.shard(spec.iteration, "judge", shard)):
+            for r in row["responses"]:
+                stage2.append(
+                    JudgedResponse(
+                        row["id"], row["prompt"], r["text"], Judgment.from_record(row["prompt"], r["text"], r)
+                    )
+                )
+        for record in read_jsonl(paths.shard(spec.iteration, "refine", shard)):
+            trees.append((record["prompt_id"], Tree.from_record(record)))
+        if progress is not None:
+            progress("assembling", shard + 1, paths.num_prompt_shards())
+
+    data = assemble(
+        trees,
+        stage2,
+        config.data.caps,
+        seed=derive_seed(config.seed, "assemble", spec.iteration),
+        max_pairs=config.data.max_pairs,
+    )
+    write_jsonl_atomic(paths.data_file(spec.iteration, "pairs.jsonl"), data.pairs)
+    write_jsonl_atomic(paths.data_file(spec.iteration, "rft.jsonl"), data.rft)
+    write_jsonl_atomic(paths.shard(spec.iteration, "assemble", spec.shard), [data.counts])
+    return StageResult(counts=dict(data.counts), seconds=time.perf_counter() - started)

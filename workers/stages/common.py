@@ -1,0 +1,119 @@
+"""What every stage runner shares: the job spec, the engines it may use, and shard bookkeeping.
+
+A stage runner is thin: read the input shard, call the core (``shared``) with an engine, write the
+output shard atomically, report counts. The same runner is called by the local executor and, in the
+distributed service, by an RQ worker -- the spec is plain JSON for that reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.config import RunConfig
+from shared.engine import Engine, EngineStats, MeteredEngine
+
+from ..artifacts import RunPaths, read_json, write_json_atomic
+
+Role = Literal["actor", "refiner"]
+StageName = Literal["sample", "judge", "refine", "assemble"]
+Progress = Callable[[str, int, int], None]
+"""Progress sink: (what is happening, units done, units total)."""
+
+
+class StageSpec(BaseModel):
+    """One unit of work: a shard of a stage of an iteration of a run. JSON on the queue."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_dir: str = Field(..., description="The run's directory (under the configured runs root).")
+    iteration: int = Field(..., ge=0)
+    stage: StageName
+    shard: int = Field(..., ge=0)
+
+
+class EngineProvider(Protocol):
+    """Gives a stage the loaded engine for a role (loading it at most once per model version)."""
+
+    def engine_for(self, role: Role) -> Engine: ...
+
+
+@dataclass
+class StageResult:
+    """What a stage reports for one shard; written to its ``.done.json``."""
+
+    counts: dict[str, float] = field(default_factory=dict)
+    engine: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    skipped: bool = False
+
+
+def load_config(paths: RunPaths) -> RunConfig:
+    return RunConfig.model_validate(read_json(paths.config)["config"])
+
+
+class ConfigChangedError(RuntimeError):
+    """A finished shard was produced with other settings than the run's current ones."""
+
+
+def finished(paths: RunPaths, spec: StageSpec, config_hash: str) -> StageResult | None:
+    """The recorded result of a shard that is already done, or None when it must run."""
+    done = paths.shard_done(spec.iteration, spec.stage, spec.shard)
+    if not done.exists():
+        return None
+    record = read_json(done)
+    if record.get("config_hash") != config_hash:
+        raise ConfigChangedError(
+            f"{done} was produced with settings {record.get('config_hash')} but the run now has "
+            f"{config_hash}; start a new run (another run id) instead of reusing this directory"
+        )
+    return StageResult(
+        counts=record["counts"], engine=record["engine"], seconds=record["seconds"], skipped=True
+    )
+
+
+def record_done(paths: RunPaths, spec: StageSpec, config: RunConfig, result: StageResult) -> None:
+    """Write the shard's completion record (after its data files are in place)."""
+    write_json_atomic(
+        paths.shard_done(spec.iteration, spec.stage, spec.shard),
+        {
+            "spec": spec.model_dump(),
+            "config_hash": config.stage_hash(spec.stage),
+            "models": model_versions(config),
+            "counts": result.counts,
+            "engine": result.engine,
+            "seconds": result.seconds,
+            "finished_at": time.time(),
+        },
+    )
+
+
+def model_versions(config: RunConfig) -> dict[str, dict[str, str]]:
+    return {
+        role: {"model": m.model, "version": m.version, "engine": m.engine}
+        for role, m in (("actor", config.actor), ("refiner", config.refiner))
+    }
+
+
+@contextmanager
+def metered(engine: Engine, progress: Progress | None, label: str):
+    """Count the engine's calls and tokens for one shard, and forward its batch progress."""
+    wrapper = MeteredEngine(engine)
+    previous = getattr(engine, "progress_callback", None)
+    has_hook = hasattr(engine, "progress_callback")
+    if has_hook and progress is not None:
+        engine.progress_callback = lambda done, total: progress(label, done, total)  # type: ignore[attr-defined]
+    try:
+        yield wrapper
+    finally:
+        if has_hook:
+            engine.progress_callback = previous  # type: ignore[attr-defined]
+
+
+def engine_counts(stats: EngineStats) -> dict[str, int]:
+    return stats.as_dict()

@@ -1,0 +1,84 @@
+"""Stage 2 runner: the refiner judges every sampled response of a shard; failed ones become negatives."""
+
+from __future__ import annotations
+
+import time
+
+from shared.judging import Judge
+from shared.negatives import select_negatives
+from shared.seeding import derive_seed, rng_for
+from shared.verdict import Verdict
+
+from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
+from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered
+
+
+def run_judge(
+    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
+) -> StageResult:
+    config = load_config(paths)
+    rows = list(read_jsonl(paths.shard(spec.iteration, "sample", spec.shard)))
+    j = config.judge
+    started = time.perf_counter()
+    with metered(engines.engine_for("refiner"), progress, "judging") as engine:
+        judge = Judge(
+            engine,
+            votes=j.votes,
+            temperature=j.temperature,
+            top_p=j.top_p,
+            max_new_tokens=j.max_new_tokens,
+            seed=derive_seed(config.seed, "judge", spec.iteration),
+            tie_retries=0,  # stage 2 drops ties (SPAR.md)
+        )
+        items = [(row["prompt"], text) for row in rows for text in row["responses"]]
+        judgments = iter(judge.judge(items))
+
+    counts = dict.fromkeys(
+        (
+            "prompts",
+            "responses",
+            "pass",
+            "fail",
+            "undecided",
+            "dissent",
+            "invalid_judgments",
+            "prompts_all_pass",
+            "prompts_with_negatives",
+            "negatives",
+        ),
+        0,
+    )
+    out = []
+    for row in rows:
+        judged = []
+        for text in row["responses"]:
+            judgment = next(judgments)
+            judged.append({"text": text, **judgment.as_record()})
+            counts["invalid_judgments"] += judgment.vote.n_invalid
+            counts["dissent"] += int(judgment.vote.dissent)
+            if judgment.label is Verdict.PASS:
+                counts["pass"] += 1
+            elif judgment.label is Verdict.FAIL:
+                counts["fail"] += 1
+            else:
+                counts["undecided"] += 1
+        failed = [i for i, r in enumerate(judged) if r["label"] == Verdict.FAIL]
+        negatives = select_negatives(
+            failed, j.negatives_per_prompt, rng_for(config.seed, "negatives", spec.iteration, row["id"])
+        )
+        counts["prompts"] += 1
+        counts["responses"] += len(judged)
+        counts["prompts_all_pass"] += int(all(r["label"] == Verdict.PASS for r in judged))
+        counts["prompts_with_negatives"] += int(bool(negatives))
+        counts["negatives"] += len(negatives)
+        out.append(
+            {
+                "id": row["id"],
+                "prompt": row["prompt"],
+                "metadata": row["metadata"],
+                "responses": judged,
+                "negatives": negatives,
+            }
+        )
+    write_jsonl_atomic(paths.shard(spec.iteration, "judge", spec.shard), out)
+    return StageResult(counts=counts, engine=engine.stats.as_dict(), seconds=time.perf_counter() - started)

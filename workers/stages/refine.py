@@ -1,0 +1,75 @@
+"""Stage 3 runner: tree-search refinement of every negative of a shard, all trees batched together."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from shared.judging import Judge, Judgment, JudgmentCache
+from shared.search import SearchRoot, search_trees
+from shared.seeding import derive_seed
+
+from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
+from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered
+
+
+def run_refine(
+    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
+) -> StageResult:
+    config = load_config(paths)
+    rows = list(read_jsonl(paths.shard(spec.iteration, "judge", spec.shard)))
+    cache = JudgmentCache()
+    roots: list[SearchRoot] = []
+    for row in rows:
+        for r in row["responses"]:
+            cache.put(Judgment.from_record(row["prompt"], r["text"], r))  # stage-2 verdicts are reused
+        for index in row["negatives"]:
+            negative = row["responses"][index]
+            kept = negative["judgments"][negative["kept_index"]]
+            roots.append(
+                SearchRoot(
+                    key=f"{row['id']}#{index}", prompt=row["prompt"], response=negative["text"], judgment=kept
+                )
+            )
+    prompt_of_tree = {root.key: root.key.rsplit("#", 1)[0] for root in roots}
+
+    started = time.perf_counter()
+    j, s = config.judge, config.search
+    with metered(engines.engine_for("refiner"), progress, "tree search") as engine:
+        judge = Judge(
+            engine,
+            votes=j.votes,
+            temperature=j.temperature,
+            top_p=j.top_p,
+            max_new_tokens=j.max_new_tokens,
+            seed=derive_seed(config.seed, "search-judge", spec.iteration),
+            tie_retries=s.tie_retries,
+            cache=cache,
+        )
+        hits_before = cache.hits
+        on_step = (
+            None
+            if progress is None
+            else (
+                lambda step, running: progress(f"tree search step {step}", len(roots) - running, len(roots))
+            )
+        )
+        trees = search_trees(
+            roots, engine, judge, s, seed=derive_seed(config.seed, "search", spec.iteration), on_step=on_step
+        )
+
+    out = [{"prompt_id": prompt_of_tree[t.key], **t.as_record()} for t in trees]
+    write_jsonl_atomic(paths.shard(spec.iteration, "refine", spec.shard), out)
+    statuses = Counter(t.status for t in trees)
+    counts = {
+        "trees": len(trees),
+        "successes": statuses["success"],
+        "expansions": sum(t.expansions for t in trees),
+        "children": sum(len(t.nodes) - 1 for t in trees),
+        "parse_failures": sum(t.parse_failures for t in trees),
+        "dropped_unparsed": sum(t.dropped_unparsed for t in trees),
+        "dropped_ties": sum(t.dropped_ties for t in trees),
+        "cache_hits": cache.hits - hits_before,
+        **{f"status_{k}": v for k, v in statuses.items()},
+    }
+    return StageResult(counts=counts, engine=engine.stats.as_dict(), seconds=time.perf_counter() - started)
