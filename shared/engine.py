@@ -86,9 +86,7 @@ class MeteredEngine:
         before = inner_stats.snapshot() if isinstance(inner_stats, EngineStats) else None
         outputs = self.inner.generate(requests)
         if len(outputs) != len(requests):
-            raise RuntimeError(
-                f"engine returned {len(outputs)} results for {len(requests)} requests"
-            )
+            raise RuntimeError(f"engine returned {len(outputs)} results for {len(requests)} requests")
         for i, (request, completions) in enumerate(zip(requests, outputs, strict=True)):
             if len(completions) != request.n:
                 raise RuntimeError(

@@ -72,9 +72,7 @@ def tree_judgment_examples(prompt_id: str, tree: Tree, seed: int) -> list[dict[s
     out = []
     for part, passing in (("tree_pass", True), ("tree_fail", False)):
         eligible = [
-            n
-            for n in tree.nodes[1:]
-            if 0.0 < n.value < 1.0 and n.value != 0.5 and (n.value > 0.5) == passing
+            n for n in tree.nodes[1:] if 0.0 < n.value < 1.0 and n.value != 0.5 and (n.value > 0.5) == passing
         ]
         if eligible:
             node = rng_for(seed, part, tree.key).choice(eligible)

@@ -25,12 +25,15 @@ RefineFn = Callable[[str, str, str, int, int], str]
 SampleFn = Callable[[str, int], str]
 
 
+FINAL = "Final Judgement (if the Output accurately follows the Prompt):"
+
+
 def yes(_p: str = "", _r: str = "", _i: int = 0, _k: int = 0) -> str:
-    return "Step-by-step verification: all constraints met.\nFinal Judgement (if the Output accurately follows the Prompt): Yes"
+    return f"Step-by-step verification: all constraints met.\n{FINAL} Yes"
 
 
 def no(_p: str = "", _r: str = "", _i: int = 0, _k: int = 0) -> str:
-    return "Step-by-step verification: a constraint is missed.\nFinal Judgement (if the Output accurately follows the Prompt): No"
+    return f"Step-by-step verification: a constraint is missed.\n{FINAL} No"
 
 
 def refined(text: str) -> str:
@@ -90,5 +93,7 @@ class ScriptedEngine:
         kinds = []
         for call in self.calls:
             last = call[0].messages[-1]["content"]
-            kinds.append("refine" if last == REFINE_INSTRUCTION else "judge" if "[End of Output]" in last else "sample")
+            kinds.append(
+                "refine" if last == REFINE_INSTRUCTION else "judge" if "[End of Output]" in last else "sample"
+            )
         return kinds

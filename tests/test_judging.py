@@ -23,7 +23,9 @@ def test_many_responses_are_judged_in_one_call_with_votes_samples_each() -> None
 
 def test_judge_requests_use_the_configured_sampling_and_distinct_seeds() -> None:
     engine = ScriptedEngine()
-    Judge(engine, votes=3, temperature=0.7, top_p=1.0, max_new_tokens=99, seed=1).judge([("x", "a"), ("x", "b")])
+    Judge(engine, votes=3, temperature=0.7, top_p=1.0, max_new_tokens=99, seed=1).judge(
+        [("x", "a"), ("x", "b")]
+    )
     req = engine.calls[0]
     assert {(r.temperature, r.top_p, r.max_new_tokens, r.n) for r in req} == {(0.7, 1.0, 99, 3)}
     assert req[0].seed != req[1].seed
@@ -65,7 +67,9 @@ def test_ties_are_rejudged_in_batched_rounds_then_dropped() -> None:
         return alternating(p, r, i, k)
 
     engine = ScriptedEngine(judge_fn=fn)
-    clear, late, never = Judge(engine, votes=2, tie_retries=3).judge([("x", "clear"), ("x", "late"), ("x", "never")])
+    clear, late, never = Judge(engine, votes=2, tie_retries=3).judge(
+        [("x", "clear"), ("x", "late"), ("x", "never")]
+    )
     assert [len(c) for c in engine.calls] == [3, 2, 2, 1]  # one call per round, only tied items
     assert (clear.label, clear.rounds) == (Verdict.PASS, 1)
     assert (late.label, late.rounds) == (Verdict.PASS, 3)

@@ -15,7 +15,9 @@ def value_votes(value_of):
 
 def grow(judge_fn, n=1, prompt="x", **cfg):
     engine = ScriptedEngine(judge_fn=judge_fn)
-    roots = [SearchRoot(key=f"t{i}", prompt=f"{prompt}{i}", response=f"neg{i}", judgment=no()) for i in range(n)]
+    roots = [
+        SearchRoot(key=f"t{i}", prompt=f"{prompt}{i}", response=f"neg{i}", judgment=no()) for i in range(n)
+    ]
     return search_trees(roots, engine, Judge(engine, votes=4), SearchConfig(**cfg), seed=0)
 
 
@@ -46,7 +48,9 @@ def test_refinement_example_is_the_parents_chat_and_the_childs_full_output() -> 
 
 def test_tree_judgments_come_from_non_unanimous_nodes_one_of_each_kind() -> None:
     # values 0.25 (fail, dissent), 0.75 (pass, dissent), 0 (unanimous), 0.5 never stored (tie)
-    (tree,) = grow(value_votes(lambda r: {"0": 0.25, "1": 0.0, "2": 0.75}[r[-1]]), success_threshold=0.9, max_depth=2)
+    (tree,) = grow(
+        value_votes(lambda r: {"0": 0.25, "1": 0.0, "2": 0.75}[r[-1]]), success_threshold=0.9, max_depth=2
+    )
     examples = tree_judgment_examples("p", tree, seed=0)
     assert sorted(e["part"] for e in examples) == ["tree_fail", "tree_pass"]
     for e in examples:
@@ -69,8 +73,12 @@ def judged(response: str, labels_yes: int, votes: int = 4, prompt: str = "x") ->
 
 
 def test_stage2_examples_only_from_votes_with_dissent() -> None:
-    data = assemble([], [judged("a", 3), judged("b", 1), judged("c", 4), judged("d", 0), judged("e", 2)],
-                    CapsConfig(), seed=0)
+    data = assemble(
+        [],
+        [judged("a", 3), judged("b", 1), judged("c", 4), judged("d", 0), judged("e", 2)],
+        CapsConfig(),
+        seed=0,
+    )
     parts = sorted((e["part"], e["messages"][0]["content"].split("[Output]\n")[1][0]) for e in data.rft)
     assert parts == [("stage2_fail", "b"), ("stage2_pass", "a")]
 

@@ -8,7 +8,11 @@ from shared.prompts import PromptFileError, parse_prompt_lines
 
 
 def test_records_carry_ids_and_metadata() -> None:
-    lines = [json.dumps({"prompt": "Write a haiku.", "id": 7, "category": "poem"}), "", json.dumps({"prompt": "Hi"})]
+    lines = [
+        json.dumps({"prompt": "Write a haiku.", "id": 7, "category": "poem"}),
+        "",
+        json.dumps({"prompt": "Hi"}),
+    ]
     records = parse_prompt_lines(lines)
     assert [r.id for r in records] == ["7", "line-3"]
     assert records[0].metadata == {"category": "poem"}

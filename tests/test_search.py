@@ -60,7 +60,10 @@ def test_dfs_order_follows_value() -> None:
     # 5 votes: V(/1)=0.4, V(/0)=0.2, V(/2)=0 -> nothing succeeds
     (tree,) = run(engine, strategy="dfs", votes=5)
     refine_calls = [c for c in engine.calls if c[0].messages[-1]["content"].startswith("Based")]
-    parents = [re.search(r"\[Output\]\n(.*)\n\[End of Output\]", c[0].messages[0]["content"]).group(1) for c in refine_calls]
+    parents = [
+        re.search(r"\[Output\]\n(.*)\n\[End of Output\]", c[0].messages[0]["content"]).group(1)
+        for c in refine_calls
+    ]
     assert parents == ["neg", "neg/1", "neg/1/1", "neg/1/0", "neg/0", "neg/0/1", "neg/0/0"]
     assert tree.status == "exhausted"
 
@@ -174,7 +177,7 @@ def test_the_judgment_cache_reuses_verdicts_of_repeated_refinements() -> None:
     config = SearchConfig(max_depth=2)
     judge = Judge(engine, votes=3, seed=0)
     (tree,) = search_trees(roots(1), engine, judge, config, seed=0)
-    assert sum(len(c) for c, k in zip(engine.calls, engine.kinds()) if k == "judge") == 1
+    assert sum(len(c) for c, k in zip(engine.calls, engine.kinds(), strict=False) if k == "judge") == 1
     assert judge.cache.hits > 0
     assert tree.expansions == 9
 
