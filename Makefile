@@ -10,6 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
+export SPAR_CACHE_DIR ?= $(CURDIR)/.cache
 
 .PHONY: install demo test lint bench clean
 
