@@ -122,6 +122,71 @@ class DataConfig(_Strict):
     max_pairs: int | None = Field(None, ge=1, description="Optional cap on DPO pairs.")
 
 
+class LoraSettings(_Strict):
+    """LoRA (peft) instead of full fine-tuning; the reference is then the adapter-disabled model."""
+
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear'."
+    )
+
+
+class TrainCommon(_Strict):
+    """Settings shared by both trainers (TRL TrainingArguments underneath)."""
+
+    epochs: float = Field(1.0, gt=0.0, description="Passes over the data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(1, ge=1, description="Per-device batch (pairs, groups or examples).")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_length: int = Field(2048, ge=16, description="Prompt + response tokens; longer ones are truncated.")
+    gradient_checkpointing: bool = False
+    bf16: bool = Field(False, description="bf16 mixed precision (GPU); CPU runs use fp32.")
+    lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights.")
+    distributed: Literal["none", "deepspeed_zero3", "fsdp"] = Field(
+        "none", description="Multi-GPU strategy for `accelerate launch` on one node (the recipe uses ZeRO-3)."
+    )
+    accelerate_config: str | None = Field(
+        None, description="An accelerate/DeepSpeed/FSDP config file passed through to `accelerate launch`."
+    )
+
+
+SR_PROMPT_DEFAULT = (
+    "Give a response that satisfies every constraint of the following instruction exactly: "
+    "its content, format, length, style and wording requirements.\n\n"
+)
+
+
+class ActorTrainConfig(TrainCommon):
+    """Stage 5 (actor): DPO-family preference optimisation on the iteration's pairs."""
+
+    objective: Literal["dpo", "ipo", "sr_dpo", "sr_ipo", "iopo"] = Field(
+        "dpo", description="Loss (see LOSSES.md): SPaR uses dpo."
+    )
+    beta: float = Field(0.1, gt=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Conservative DPO epsilon (dpo only).")
+    sft_weight: float = Field(
+        0.1, ge=0.0, description="Weight of the per-token NLL of the chosen response (iopo: y1|x1 and y2|x2)."
+    )
+    lam: float = Field(0.5, ge=0.0, description="Sr-DPO/Sr-IPO lambda.")
+    sr_prompt: str = Field(SR_PROMPT_DEFAULT, description="The prompt p prepended to x for Sr-DPO/Sr-IPO.")
+    learning_rate: float = Field(2e-7, gt=0.0)
+    lr_scheduler: str = Field("linear", description="transformers scheduler name.")
+    precompute_ref_log_probs: bool = Field(
+        False, description="Compute reference log-probs once before training (saves memory)."
+    )
+
+
+class RefinerTrainConfig(TrainCommon):
+    """Stage 5 (refiner): supervised fine-tuning (RFT) on the refinement and judgment mix."""
+
+    learning_rate: float = Field(2e-6, gt=0.0)
+    lr_scheduler: str = Field("constant_with_warmup", description="transformers scheduler name.")
+
+
 class RunConfig(_Strict):
     """A whole run: data, models, and the settings of each stage."""
 
