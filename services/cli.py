@@ -115,6 +115,8 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
     else:
         config = load_config_file(args.config)
         paths = create_run(config, args.runs_dir, args.run_id, source=str(args.config))
+    if args.cache_dir is not None:
+        os.environ["SPAR_CACHE_DIR"] = str(args.cache_dir.resolve())
     logs.configure(paths.events, json_stderr=args.log_json)
     console.print(f"run [bold]{paths.run_id}[/] in {paths.root}")
 

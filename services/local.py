@@ -7,51 +7,61 @@ never recomputed, which makes ``--resume`` after a crash (or Ctrl-C) continue wh
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from shared.config import ModelConfig, RunConfig
 from shared.engine import Engine
 from workers.artifacts import RunPaths
 from workers.engines import build_engine
-from workers.models.registry import resolve_model
 from workers.stages import EngineProvider, Progress, StageSpec, num_shards, run_stage, write_stage_manifest
 from workers.stages.common import Role, load_config
+from workers.versions import ModelVersion
 
 log = logging.getLogger("spar.local")
 
 
 @dataclass
 class LocalEngines:
-    """Loads each role's engine on first use; actor and refiner share one when their settings match."""
+    """Loads each role's engine on first use and keeps it across shards and stages.
+
+    Actor and refiner share one engine when they are the same model version with the same engine
+    settings (the demo's case). A newer version replaces the old one, and ``release`` frees all of
+    them before a training stage needs the memory.
+    """
 
     config: RunConfig
-    cache_dir: Path | None = None
     loaded: dict[str, Engine] = field(default_factory=dict)
-    on_load: Callable[[str, Path, float], None] | None = None
+    on_load: Callable[[str, str, float], None] | None = None
 
-    @staticmethod
-    def _key(model: ModelConfig) -> str:
-        return model.model_dump_json(exclude={"version"})
-
-    def engine_for(self, role: Role) -> Engine:
+    def engine_for(self, role: Role, version: ModelVersion) -> Engine:
         model: ModelConfig = getattr(self.config, role)
-        key = self._key(model)
+        key = model.model_dump_json(exclude={"version", "model"}) + version.path + str(version.adapter)
         if key not in self.loaded:
             started = time.perf_counter()
-            path = resolve_model(model.model, self.cache_dir)
-            self.loaded[key] = build_engine(model, path, seed=self.config.seed)
+            self.loaded[key] = build_engine(model, version, seed=self.config.seed)
             seconds = time.perf_counter() - started
             log.info(
                 "engine loaded",
-                extra={"event": "engine.load", "role": role, "path": str(path), "seconds": round(seconds, 2)},
+                extra={
+                    "event": "engine.load",
+                    "role": role,
+                    "version": version.version,
+                    "path": version.path,
+                    "adapter": version.adapter,
+                    "seconds": round(seconds, 2),
+                },
             )
             if self.on_load is not None:
-                self.on_load(role, path, seconds)
+                self.on_load(role, f"{version.version} ({version.path})", seconds)
         return self.loaded[key]
+
+    def release(self) -> None:
+        self.loaded.clear()
+        gc.collect()
 
 
 StageHook = Callable[[int, str, int, int], None]
@@ -69,13 +79,15 @@ class LocalExecutor:
     stage_wall: dict[tuple[int, str], float] = field(default_factory=dict)
 
     @classmethod
-    def for_run(cls, paths: RunPaths, cache_dir: Path | None = None, **kwargs) -> LocalExecutor:
-        return cls(paths=paths, engines=LocalEngines(load_config(paths), cache_dir), **kwargs)
+    def for_run(cls, paths: RunPaths, **kwargs) -> LocalExecutor:
+        return cls(paths=paths, engines=LocalEngines(load_config(paths)), **kwargs)
 
     def run(self) -> list[dict]:
         """Run (or finish) the whole run; returns the stage manifests in order."""
         config = load_config(self.paths)
         manifests = []
+        if config.init is not None:
+            manifests.append(self.run_stage(0, "init"))
         for iteration in range(config.iterations):
             for stage in config.stages:
                 manifests.append(self.run_stage(iteration, stage))

@@ -54,7 +54,7 @@ def render(summary: dict):  # -> rich.console.Group
     for key, value in summary["metrics"].items():
         if value is None:
             shown = "-"
-        elif isinstance(value, float) and not float(value).is_integer():
+        elif isinstance(value, float) and ("rate" in key or "mean" in key or not value.is_integer()):
             shown = f"{value:.3f}"
         else:
             shown = str(int(value))

@@ -13,7 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-STAGES: tuple[str, ...] = ("sample", "judge", "refine", "assemble")
+STAGES: tuple[str, ...] = ("sample", "judge", "refine", "assemble", "train_actor", "train_refiner")
+StageName = Literal["sample", "judge", "refine", "assemble", "train_actor", "train_refiner"]
 
 
 class _Strict(BaseModel):
@@ -187,6 +188,28 @@ class RefinerTrainConfig(TrainCommon):
     lr_scheduler: str = Field("constant_with_warmup", description="transformers scheduler name.")
 
 
+class InitConfig(_Strict):
+    """Stage 0: supervised initialisation of M_0 and/or R_0 from given datasets (no hosted model is called).
+
+    Each dataset is JSONL of chats ``{"messages": [...]}`` ending with the assistant target
+    (instruction -> strong-model response for the actor; judgments and refinements for the refiner).
+    """
+
+    actor_data: str | None = Field(None, description="SFT data for the actor (JSONL of messages).")
+    refiner_data: str | None = Field(None, description="SFT data for the refiner (JSONL of messages).")
+    actor: RefinerTrainConfig = Field(default_factory=RefinerTrainConfig, description="SFT settings (actor).")
+    refiner: RefinerTrainConfig = Field(
+        default_factory=lambda: RefinerTrainConfig(epochs=5),
+        description="SFT settings (refiner; reference: 5 epochs).",
+    )
+
+    @model_validator(mode="after")
+    def _some_data(self) -> InitConfig:
+        if self.actor_data is None and self.refiner_data is None:
+            raise ValueError("init needs actor_data and/or refiner_data")
+        return self
+
+
 class RunConfig(_Strict):
     """A whole run: data, models, and the settings of each stage."""
 
@@ -196,7 +219,7 @@ class RunConfig(_Strict):
     max_prompts: int | None = Field(None, ge=1, description="Use only the first N prompts.")
     shard_size: int = Field(64, ge=1, description="Prompts per shard (the unit of work and retry).")
     iterations: int = Field(1, ge=1)
-    stages: list[Literal["sample", "judge", "refine", "assemble"]] = Field(
+    stages: list[StageName] = Field(
         default_factory=lambda: list(STAGES), description="Stages to run, in pipeline order."
     )
     actor: ModelConfig
@@ -205,6 +228,9 @@ class RunConfig(_Strict):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    train_actor: ActorTrainConfig = Field(default_factory=ActorTrainConfig)
+    train_refiner: RefinerTrainConfig = Field(default_factory=RefinerTrainConfig)
+    init: InitConfig | None = Field(None, description="Stage 0: optional SFT initialisation (once).")
 
     @model_validator(mode="after")
     def _stages_in_order(self) -> RunConfig:
@@ -230,5 +256,15 @@ class RunConfig(_Strict):
             }
         elif stage == "assemble":
             parts |= {"data": self.data.model_dump()}
+        elif stage == "train_actor":
+            parts |= {"actor": self.actor.model_dump(), "train": self.train_actor.model_dump()}
+        elif stage == "train_refiner":
+            parts |= {"refiner": self.refiner.model_dump(), "train": self.train_refiner.model_dump()}
+        elif stage == "init":  # stage 0, run once before iteration 0
+            parts |= {
+                "actor": self.actor.model_dump(),
+                "refiner": self.refiner.model_dump(),
+                "init": None if self.init is None else self.init.model_dump(),
+            }
         blob = json.dumps(parts, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

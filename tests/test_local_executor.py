@@ -27,9 +27,14 @@ def judge_fn(p, r, i, k):
 class Provider:
     def __init__(self, engine):
         self.engine = engine
+        self.versions = []
 
-    def engine_for(self, role):
+    def engine_for(self, role, version):
+        self.versions.append((role, version.version))
         return self.engine
+
+    def release(self):
+        pass
 
 
 def write_config(tmp_path: Path, **overrides) -> Path:
@@ -48,6 +53,7 @@ def write_config(tmp_path: Path, **overrides) -> Path:
         "refiner": {"model": "tiny"},
         "sample": {"num_responses": 3},
         "judge": {"votes": 3},
+        "stages": ["sample", "judge", "refine", "assemble"],
     }
     config.update(overrides)
     path = tmp_path / "config.yaml"
@@ -90,7 +96,7 @@ def test_a_run_produces_every_stage_output(tmp_path: Path) -> None:
 
     manifest = read_json(paths.manifest(0, "refine"))
     assert manifest["shards"] == 3 and manifest["counts"]["trees"] == 10
-    assert manifest["models"]["refiner"]["version"] == "v0" and len(manifest["config_hash"]) == 16
+    assert manifest["models"]["refiner"] == "v0 (tiny)" and len(manifest["config_hash"]) == 16
 
 
 def test_rerunning_a_finished_run_calls_no_engine(tmp_path: Path) -> None:

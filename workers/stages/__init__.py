@@ -21,12 +21,12 @@ from .common import (
     StageSpec,
     finished,
     load_config,
-    model_versions,
     record_done,
 )
 from .judge import run_judge
 from .refine import run_refine
 from .sample import run_sample
+from .train import run_init, run_train_actor, run_train_refiner
 
 __all__ = [
     "ConfigChangedError",
@@ -48,12 +48,15 @@ RUNNERS: dict[str, Runner] = {
     "judge": run_judge,
     "refine": run_refine,
     "assemble": run_assemble,
+    "train_actor": run_train_actor,
+    "train_refiner": run_train_refiner,
+    "init": run_init,
 }
 
 
 def num_shards(paths: RunPaths, stage: str) -> int:
-    """Sample, judge and refine follow the prompt shards; assemble is a single shard."""
-    return 1 if stage == "assemble" else paths.num_prompt_shards()
+    """Sample, judge and refine follow the prompt shards; assembly and training are single shards."""
+    return paths.num_prompt_shards() if stage in ("sample", "judge", "refine") else 1
 
 
 def run_stage(
@@ -101,7 +104,8 @@ def write_stage_manifest(paths: RunPaths, iteration: int, stage: str) -> dict:
         "iteration": iteration,
         "stage": stage,
         "config_hash": config.stage_hash(stage),
-        "models": model_versions(config),
+        "models": {role: label for r in records for role, label in r.get("models", {}).items()},
+        "metrics": records[0].get("metrics", {}) if len(records) == 1 else {},
         "shards": len(records),
         "counts": counts,
         "engine": engine,

@@ -15,13 +15,13 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.config import RunConfig
+from shared.config import RunConfig, StageName
 from shared.engine import Engine, EngineStats, MeteredEngine
 
 from ..artifacts import RunPaths, read_json, write_json_atomic
+from ..versions import ModelVersion
 
 Role = Literal["actor", "refiner"]
-StageName = Literal["sample", "judge", "refine", "assemble"]
 Progress = Callable[[str, int, int], None]
 """Progress sink: (what is happening, units done, units total)."""
 
@@ -33,14 +33,17 @@ class StageSpec(BaseModel):
 
     run_dir: str = Field(..., description="The run's directory (under the configured runs root).")
     iteration: int = Field(..., ge=0)
-    stage: StageName
+    stage: StageName | Literal["init"]
     shard: int = Field(..., ge=0)
 
 
 class EngineProvider(Protocol):
-    """Gives a stage the loaded engine for a role (loading it at most once per model version)."""
+    """Gives a stage the loaded engine for a role's model version (loaded once, kept across shards)."""
 
-    def engine_for(self, role: Role) -> Engine: ...
+    def engine_for(self, role: Role, version: ModelVersion) -> Engine: ...
+
+    def release(self) -> None:
+        """Free every loaded engine (before training, which needs the memory)."""
 
 
 @dataclass
@@ -51,6 +54,8 @@ class StageResult:
     engine: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     skipped: bool = False
+    models: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, object] = field(default_factory=dict)
 
 
 def load_config(paths: RunPaths) -> RunConfig:
@@ -73,7 +78,12 @@ def finished(paths: RunPaths, spec: StageSpec, config_hash: str) -> StageResult 
             f"{config_hash}; start a new run (another run id) instead of reusing this directory"
         )
     return StageResult(
-        counts=record["counts"], engine=record["engine"], seconds=record["seconds"], skipped=True
+        counts=record["counts"],
+        engine=record["engine"],
+        seconds=record["seconds"],
+        skipped=True,
+        models=record.get("models", {}),
+        metrics=record.get("metrics", {}),
     )
 
 
@@ -84,7 +94,8 @@ def record_done(paths: RunPaths, spec: StageSpec, config: RunConfig, result: Sta
         {
             "spec": spec.model_dump(),
             "config_hash": config.stage_hash(spec.stage),
-            "models": model_versions(config),
+            "models": result.models,
+            "metrics": result.metrics,
             "counts": result.counts,
             "engine": result.engine,
             "seconds": result.seconds,
@@ -93,11 +104,10 @@ def record_done(paths: RunPaths, spec: StageSpec, config: RunConfig, result: Sta
     )
 
 
-def model_versions(config: RunConfig) -> dict[str, dict[str, str]]:
-    return {
-        role: {"model": m.model, "version": m.version, "engine": m.engine}
-        for role, m in (("actor", config.actor), ("refiner", config.refiner))
-    }
+def version_label(version: ModelVersion) -> str:
+    """How a manifest names the model a stage used: ``v1 (/path/to/folder)``."""
+    where = version.path if version.adapter is None else f"{version.path} + adapter {version.adapter}"
+    return f"{version.version} ({where})"
 
 
 @contextmanager

@@ -10,17 +10,19 @@ from shared.seeding import derive_seed, rng_for
 from shared.verdict import Verdict
 
 from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
-from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered
+from ..versions import version_for
+from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
 
 
 def run_judge(
     paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
 ) -> StageResult:
     config = load_config(paths)
+    version = version_for(paths, config, "refiner", spec.iteration)
     rows = list(read_jsonl(paths.shard(spec.iteration, "sample", spec.shard)))
     j = config.judge
     started = time.perf_counter()
-    with metered(engines.engine_for("refiner"), progress, "judging") as engine:
+    with metered(engines.engine_for("refiner", version), progress, "judging") as engine:
         judge = Judge(
             engine,
             votes=j.votes,
@@ -81,4 +83,9 @@ def run_judge(
             }
         )
     write_jsonl_atomic(paths.shard(spec.iteration, "judge", spec.shard), out)
-    return StageResult(counts=counts, engine=engine.stats.as_dict(), seconds=time.perf_counter() - started)
+    return StageResult(
+        models={"refiner": version_label(version)},
+        counts=counts,
+        engine=engine.stats.as_dict(),
+        seconds=time.perf_counter() - started,
+    )

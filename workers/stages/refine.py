@@ -10,13 +10,15 @@ from shared.search import SearchRoot, search_trees
 from shared.seeding import derive_seed
 
 from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
-from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered
+from ..versions import version_for
+from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
 
 
 def run_refine(
     paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
 ) -> StageResult:
     config = load_config(paths)
+    version = version_for(paths, config, "refiner", spec.iteration)
     rows = list(read_jsonl(paths.shard(spec.iteration, "judge", spec.shard)))
     cache = JudgmentCache()
     roots: list[SearchRoot] = []
@@ -35,7 +37,7 @@ def run_refine(
 
     started = time.perf_counter()
     j, s = config.judge, config.search
-    with metered(engines.engine_for("refiner"), progress, "tree search") as engine:
+    with metered(engines.engine_for("refiner", version), progress, "tree search") as engine:
         judge = Judge(
             engine,
             votes=j.votes,
@@ -72,4 +74,9 @@ def run_refine(
         "cache_hits": cache.hits - hits_before,
         **{f"status_{k}": v for k, v in statuses.items()},
     }
-    return StageResult(counts=counts, engine=engine.stats.as_dict(), seconds=time.perf_counter() - started)
+    return StageResult(
+        models={"refiner": version_label(version)},
+        counts=counts,
+        engine=engine.stats.as_dict(),
+        seconds=time.perf_counter() - started,
+    )

@@ -8,13 +8,15 @@ from shared.engine import GenerationRequest
 from shared.seeding import derive_seed
 
 from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
-from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered
+from ..versions import version_for
+from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
 
 
 def run_sample(
     paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
 ) -> StageResult:
     config = load_config(paths)
+    version = version_for(paths, config, "actor", spec.iteration)
     prompts = list(read_jsonl(paths.prompt_shard(spec.shard)))
     s = config.sample
     started = time.perf_counter()
@@ -29,7 +31,7 @@ def run_sample(
         )
         for p in prompts
     ]
-    with metered(engines.engine_for("actor"), progress, "sampling") as engine:
+    with metered(engines.engine_for("actor", version), progress, "sampling") as engine:
         outputs = engine.generate(requests)
     rows = [
         {"id": p["id"], "prompt": p["prompt"], "metadata": p["metadata"], "responses": responses}
@@ -37,6 +39,7 @@ def run_sample(
     ]
     write_jsonl_atomic(paths.shard(spec.iteration, "sample", spec.shard), rows)
     return StageResult(
+        models={"actor": version_label(version)},
         counts={"prompts": len(rows), "responses": sum(len(r["responses"]) for r in rows)},
         engine=engine.stats.as_dict(),
         seconds=time.perf_counter() - started,

@@ -1,0 +1,204 @@
+"""Stage 5 runners (and stage 0): train M_{t+1} and R_{t+1} from iteration t's data.
+
+Each runner reads the iteration's assembled data, trains from version t (the reference model is
+version t itself, frozen), and publishes ``models/<role>/v<t+1>/`` atomically with its metadata.
+A published version is the record that the training is done: a retried job finds it and does not
+train again. When there is nothing to learn from (no pairs), the new version is an alias of its
+parent, so the next iteration still finds a model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from pathlib import Path
+
+from shared.config import RunConfig, TrainCommon
+
+from ..artifacts import RunPaths, read_jsonl
+from ..versions import (
+    ModelVersion,
+    publishing,
+    read_metadata,
+    version_dir,
+    version_for,
+    write_metadata,
+)
+from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, version_label
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def materialize(version: ModelVersion, paths: RunPaths) -> Path:
+    """A full model folder for ``version``: itself, or (for a LoRA version) its merged weights.
+
+    A LoRA version is an adapter on a base folder; training the next version needs the adapted
+    model as a plain folder, written once next to the adapter (``v<k>-merged``).
+    """
+    if version.adapter is None:
+        return version.folder()
+    target = Path(version.adapter).with_name(Path(version.adapter).name + "-merged")
+    if (target / "config.json").exists():
+        return target
+    from ..training.merge import merge_adapter
+
+    with publishing(target) as tmp:
+        merge_adapter(version.folder(), Path(version.adapter), tmp)
+    return target
+
+
+def _train(
+    paths: RunPaths,
+    spec: StageSpec,
+    engines: EngineProvider,
+    role: str,
+    data_name: str,
+    settings: TrainCommon,
+    train_fn,
+    extra_meta: dict,
+) -> StageResult:
+    config = load_config(paths)
+    started = time.perf_counter()
+    parent = version_for(paths, config, role, spec.iteration)
+    target = version_dir(paths, role, spec.iteration + 1)
+    done = read_metadata(target)
+    if done is None:
+        data_file = paths.data_file(spec.iteration, data_name)
+        if not data_file.exists():
+            raise FileNotFoundError(
+                f"{data_file} is missing: run the 'assemble' stage of iteration {spec.iteration} first"
+            )
+        records = list(read_jsonl(data_file))
+        with publishing(target) as tmp:
+            meta = {
+                "role": role,
+                "version": f"v{spec.iteration + 1}",
+                "parent": version_label(parent),
+                "data": {"file": str(data_file), "sha256": _sha256(data_file), "records": len(records)},
+                "hyperparameters": settings.model_dump(mode="json"),
+                "created_at": dt.datetime.now(dt.UTC).isoformat(),
+                **extra_meta,
+            }
+            if not records:
+                meta |= {"alias_of": parent.version, "reason": f"no training records in {data_name}"}
+            else:
+                engines.release()  # inference engines give their memory to the trainer
+                start_from = materialize(parent, paths)
+                metrics = train_fn(start_from, records, settings, tmp, seed=config.seed)
+                meta |= {
+                    "metrics": metrics,
+                    "adapter": settings.lora is not None,
+                    "base_model": str(start_from) if settings.lora is not None else None,
+                    "distributed": settings.distributed,
+                }
+            write_metadata(tmp, meta)
+        done = read_metadata(target)
+        assert done is not None
+    new = version_for(paths, config, role, spec.iteration + 1)
+    metrics = done.get("metrics", {})
+    return StageResult(
+        counts={"records": done["data"]["records"], "trained": int("alias_of" not in done)},
+        seconds=time.perf_counter() - started,
+        models={role: version_label(parent), f"{role}_new": version_label(new)},
+        metrics={k: v for k, v in metrics.items() if k != "loss_curve"}
+        | {"loss_curve": metrics.get("loss_curve", [])},
+    )
+
+
+def run_train_actor(
+    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
+) -> StageResult:
+    from ..training.actor import train_actor
+
+    config: RunConfig = load_config(paths)
+    cfg = config.train_actor
+    data = "iopo_groups.jsonl" if cfg.objective == "iopo" else "pairs.jsonl"
+    if progress is not None:
+        progress(f"training actor ({cfg.objective})", 0, 1)
+    result = _train(paths, spec, engines, "actor", data, cfg, train_actor, {"objective": cfg.objective})
+    if progress is not None:
+        progress(f"training actor ({cfg.objective})", 1, 1)
+    return result
+
+
+def run_train_refiner(
+    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
+) -> StageResult:
+    from ..training.refiner import train_refiner
+
+    config = load_config(paths)
+    if progress is not None:
+        progress("training refiner (RFT)", 0, 1)
+    result = _train(
+        paths,
+        spec,
+        engines,
+        "refiner",
+        "rft.jsonl",
+        config.train_refiner,
+        train_refiner,
+        {"objective": "rft"},
+    )
+    if progress is not None:
+        progress("training refiner (RFT)", 1, 1)
+    return result
+
+
+def run_init(
+    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
+) -> StageResult:
+    """Stage 0: SFT of the configured models into v0 on the given datasets (once per run)."""
+    from shared.prompts import PromptFileError
+
+    from ..training.refiner import train_refiner
+
+    config = load_config(paths)
+    assert config.init is not None, "the init stage runs only when the config has `init`"
+    started = time.perf_counter()
+    counts: dict[str, float] = {}
+    models: dict[str, str] = {}
+    for role, data, settings in (
+        ("actor", config.init.actor_data, config.init.actor),
+        ("refiner", config.init.refiner_data, config.init.refiner),
+    ):
+        if data is None:
+            continue
+        target = version_dir(paths, role, 0)
+        if read_metadata(target) is None:
+            base = version_for(paths, config, role, 0)  # the configured model, since v0 is absent
+            records = list(read_jsonl(Path(data)))
+            bad = [i + 1 for i, r in enumerate(records) if not isinstance(r.get("messages"), list)]
+            if bad or not records:
+                raise PromptFileError(
+                    data, [(n, "expected {'messages': [...]}") for n in bad] or [(0, "empty")]
+                )
+            engines.release()
+            with publishing(target) as tmp:
+                metrics = train_refiner(base.folder(), records, settings, tmp, seed=config.seed)
+                write_metadata(
+                    tmp,
+                    {
+                        "role": role,
+                        "version": "v0",
+                        "parent": version_label(base),
+                        "objective": "sft",
+                        "data": {"file": data, "sha256": _sha256(Path(data)), "records": len(records)},
+                        "hyperparameters": settings.model_dump(mode="json"),
+                        "metrics": metrics,
+                        "adapter": settings.lora is not None,
+                        "base_model": str(base.path) if settings.lora is not None else None,
+                        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+                    },
+                )
+        meta = read_metadata(target)
+        assert meta is not None
+        counts[f"{role}_records"] = meta["data"]["records"]
+        models[f"{role}_new"] = version_label(version_for(paths, config, role, 0))
+    return StageResult(counts=counts, seconds=time.perf_counter() - started, models=models)

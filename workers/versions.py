@@ -1,0 +1,99 @@
+"""Model versions: which checkpoint plays each role in each iteration.
+
+Iteration t samples with the actor M_t and judges/refines with the refiner R_t, and its training
+stages write M_{t+1} and R_{t+1}. Version 0 is the configured model, unless stage 0 (SFT
+initialisation) wrote ``models/<role>/v0``. Every trained version lives in
+``runs/<run_id>/models/<role>/v<k>/`` with a ``spar_version.json`` metadata file; the directory is
+built under a temporary name and renamed, so a half-written checkpoint is never visible.
+
+A version can be:
+- a full Hugging Face folder (full fine-tuning),
+- a LoRA adapter folder whose metadata names the base model folder it applies to,
+- an alias (metadata only) of its parent, when a training stage had no data to learn from.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.config import RunConfig
+
+from .artifacts import RunPaths, read_json, write_json_atomic
+
+METADATA = "spar_version.json"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A role's model at one version, as an engine or a trainer needs to load it."""
+
+    role: str
+    version: str
+    path: str
+    adapter: str | None = None
+
+    def folder(self) -> Path:
+        """The model folder (preparing a built-in model on first use)."""
+        from .models.registry import resolve_model
+
+        return resolve_model(self.path)
+
+
+def version_dir(paths: RunPaths, role: str, version: int) -> Path:
+    return paths.root / "models" / role / f"v{version}"
+
+
+def read_metadata(directory: Path) -> dict | None:
+    meta = directory / METADATA
+    return read_json(meta) if meta.exists() else None
+
+
+def version_for(
+    paths: RunPaths, config: RunConfig, role: str, iteration: int, cache_dir: Path | None = None
+) -> ModelVersion:
+    """The model ``role`` uses in ``iteration`` (i.e. version ``iteration``), resolved to folders."""
+    directory = version_dir(paths, role, iteration)
+    meta = read_metadata(directory)
+    if meta is None:
+        if iteration == 0:  # the configured model: a folder or a built-in name, resolved when loaded
+            return ModelVersion(role, "v0", getattr(config, role).model)
+        raise FileNotFoundError(
+            f"{role} version v{iteration} does not exist in {paths.root}: run iteration {iteration - 1}'s "
+            f"train_{role} stage first (or include it in `stages`)"
+        )
+    if meta.get("alias_of") is not None:
+        parent = version_for(paths, config, role, iteration - 1)
+        return ModelVersion(role, f"v{iteration}", parent.path, parent.adapter)
+    if meta.get("adapter"):
+        return ModelVersion(role, f"v{iteration}", meta["base_model"], str(directory))
+    return ModelVersion(role, f"v{iteration}", str(directory))
+
+
+@contextmanager
+def publishing(target: Path) -> Iterator[Path]:
+    """A temporary directory next to ``target`` that becomes ``target`` atomically on success.
+
+    On any error the temporary directory is removed and ``target`` stays absent.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if target.exists():  # an earlier attempt published it: keep the first, identical by seed
+            shutil.rmtree(tmp)
+            return
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_metadata(directory: Path, metadata: dict) -> None:
+    write_json_atomic(directory / METADATA, metadata)
