@@ -122,9 +122,7 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
 
     started = time.perf_counter()
     with _progress(console, disabled=args.no_progress) as (on_shard, on_batch):
-        executor = LocalExecutor.for_run(
-            paths, cache_dir=args.cache_dir, progress=on_batch, on_shard=on_shard
-        )
+        executor = LocalExecutor.for_run(paths, progress=on_batch, on_shard=on_shard)
         executor.engines.on_load = lambda role, path, s: console.print(
             f"loaded {role} model {path} in {s:.1f} s"
         )
