@@ -1,0 +1,249 @@
+"""Cost of an actor training step: PreferenceTrainer (dpo) versus TRL's stock DPOTrainer, and sr_dpo/iopo.
+
+Every variant trains on the same synthetic pairs (IOPO: groups built from the same prompts and responses)
+with the same arguments, in its own subprocess so that each peak RSS is its own. Seconds per optimizer
+step is the median interval between consecutive ``on_step_end`` callbacks after a few warm-up steps (data
+loading, forwards, backward and optimizer step included). Variants:
+
+- ``trl_dpo``: ``trl.DPOTrainer``, ``loss_type=["sigmoid"]``, conversational prompt/chosen/rejected data;
+- ``dpo``: :class:`workers.training.actor.PreferenceTrainer`, objective dpo (target: <= 1.1 x trl_dpo);
+- ``sr_dpo``: two extra no-grad forwards per pair (policy and reference on the Sr-prompted sequences);
+- ``iopo``: four trained sequences per group instead of two per pair (same number of groups per batch).
+
+Models: ``tiny`` (the random 2-layer, 64-wide test model: per-step Python overhead dominates) and ``small``
+(the same tokenizer, 4 layers, 512 wide: compute dominates). One intra-op thread by default: on a shared
+2-core machine a second thread makes tiny matrix products tens of times slower.
+
+    python bench/train_step.py [--models tiny small] [--steps 20] [--warmup 4] [--batch-size 4] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+CACHE = REPO / ".cache" / "models"
+VARIANTS = ("trl_dpo", "dpo", "sr_dpo", "iopo")
+
+_WORDS = (
+    "the sea river light quiet blue stone hope spark north glass seed rain moon garden winter music".split()
+)
+
+
+def _sentence(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(words)).capitalize() + "."
+
+
+def workload(count: int, seed: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """``count`` pairs and ``count`` IOPO groups of similar lengths (prompts ~30, responses ~40-120 words)."""
+    rng = random.Random(seed)
+    pairs, groups = [], []
+    for _ in range(count):
+        n = rng.randint(2, 6)
+        prompt = f"Write about {rng.choice(_WORDS)} in exactly {n} sentences. " + _sentence(rng, 20)
+        chosen = " ".join(_sentence(rng, rng.randint(8, 20)) for _ in range(n))
+        rejected = " ".join(_sentence(rng, rng.randint(8, 20)) for _ in range(n + 1))
+        pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        groups.append(
+            {
+                "x1": prompt,
+                "y1": chosen,
+                "x2": prompt.replace(f"{n} sentences", f"{n + 1} sentences"),
+                "y2": rejected,
+            }
+        )
+    return pairs, groups
+
+
+def model_folder(size: str) -> Path:
+    """The benchmark model: the random tiny model, or a wider/deeper random Llama with its tokenizer."""
+    from workers.models.tiny import tiny_model_cached
+
+    tiny = tiny_model_cached(CACHE, seed=0, imprint_steps=0)
+    if size == "tiny":
+        return tiny
+    target = CACHE / f"{tiny.name}-bench-small"
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig.from_pretrained(tiny)
+    config.hidden_size, config.intermediate_size = 512, 1376
+    config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads = 4, 8, 8
+    torch.manual_seed(0)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    LlamaForCausalLM(config).save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def run_variant(
+    variant: str, model: Path, steps: int, warmup: int, batch_size: int, threads: int
+) -> dict[str, Any]:
+    """Train one variant for warmup + steps optimizer steps in this process; timings and peak RSS."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from shared.config import ActorTrainConfig
+    from workers.training.actor import (
+        PreferenceConfig,
+        PreferenceTrainer,
+        common_training_kwargs,
+        peak_rss_mb,
+    )
+
+    torch.set_num_threads(threads)
+    total = steps + warmup
+    pairs, groups = workload(total * batch_size)
+    objective = "dpo" if variant == "trl_dpo" else variant
+    cfg = ActorTrainConfig(
+        objective=objective,
+        learning_rate=1e-4,
+        max_steps=total,
+        batch_size=batch_size,
+        max_length=512,
+        warmup_ratio=0.0,
+        sft_weight=0.0,
+    )
+    _, kwargs = common_training_kwargs(cfg, Path("/tmp") / f"spar-bench-{os.getpid()}", seed=0)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+
+    stamps: list[float] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN003
+            stamps.append(time.perf_counter())
+
+    if variant == "trl_dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        data = [
+            {
+                "prompt": [{"role": "user", "content": p["prompt"]}],
+                "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                "rejected": [{"role": "assistant", "content": p["rejected"]}],
+            }
+            for p in pairs
+        ]
+        args = DPOConfig(loss_type=["sigmoid"], beta=cfg.beta, **kwargs)
+        trainer = DPOTrainer(
+            policy,
+            args=args,
+            train_dataset=Dataset.from_list(data),
+            processing_class=tokenizer,
+            callbacks=[Stamp()],
+        )
+    else:
+        args = PreferenceConfig(objective=objective, beta=cfg.beta, sft_weight=0.0, lam=cfg.lam, **kwargs)
+        records = groups if variant == "iopo" else pairs
+        trainer = PreferenceTrainer(
+            policy,
+            args=args,
+            train_dataset=Dataset.from_list(records),
+            processing_class=tokenizer,
+            callbacks=[Stamp()],
+        )
+    started = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - started
+    intervals = [b - a for a, b in zip(stamps[warmup - 1 :], stamps[warmup:], strict=False)]
+    return {
+        "variant": variant,
+        "sec_per_step": statistics.median(intervals),
+        "steps_timed": len(intervals),
+        "train_wall_s": wall,
+        "peak_rss_mb": peak_rss_mb(),
+        "first_loss": trainer.state.log_history[0].get("loss"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per variant")
+    parser.add_argument("--warmup", type=int, default=4, help="untimed first steps")
+    parser.add_argument("--batch-size", type=int, default=4, help="pairs (or groups) per step")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per variant (interleaved); best is kept")
+    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    ns = parser.parse_args()
+
+    if ns.child:
+        result = run_variant(ns.child, ns.model, ns.steps, ns.warmup, ns.batch_size, ns.threads)
+        print("RESULT " + json.dumps(result))
+        return
+
+    print(
+        f"load average before: {os.getloadavg()[0]:.2f}; threads={ns.threads}; batch={ns.batch_size}; "
+        f"steps={ns.steps} (+{ns.warmup} warm-up)"
+    )
+    for size in ns.models:
+        model = model_folder(size)
+        best: dict[str, dict[str, Any]] = {}
+        for _ in range(ns.repeats):
+            for variant in VARIANTS:
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    variant,
+                    "--model",
+                    str(model),
+                    "--steps",
+                    str(ns.steps),
+                    "--warmup",
+                    str(ns.warmup),
+                    "--batch-size",
+                    str(ns.batch_size),
+                    "--threads",
+                    str(ns.threads),
+                ]
+                out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
+                lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+                if out.returncode != 0 or not lines:
+                    sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
+                result = json.loads(lines[-1][len("RESULT ") :])
+                kept = best.get(variant)
+                if kept is None or result["sec_per_step"] < kept["sec_per_step"]:
+                    best[variant] = result
+        print(f"\nmodel: {size} ({model.name})")
+        print(f"{'variant':10} {'s/step':>9} {'peak RSS MiB':>13} {'first loss':>11}")
+        for variant in VARIANTS:
+            r = best[variant]
+            print(f"{variant:10} {r['sec_per_step']:9.4f} {r['peak_rss_mb']:13.1f} {r['first_loss']:11.4f}")
+        base, stock = best["dpo"], best["trl_dpo"]
+        print(
+            f"PreferenceTrainer(dpo) / TRL DPOTrainer(sigmoid): time "
+            f"{base['sec_per_step'] / stock['sec_per_step']:.3f} (target <= 1.1), "
+            f"peak RSS {base['peak_rss_mb'] / stock['peak_rss_mb']:.3f}"
+        )
+        for variant in ("sr_dpo", "iopo"):
+            print(
+                f"{variant} / dpo: time {best[variant]['sec_per_step'] / base['sec_per_step']:.3f}, "
+                f"peak RSS {best[variant]['peak_rss_mb'] / best['dpo']['peak_rss_mb']:.3f}"
+            )
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
