@@ -12,7 +12,7 @@ def _ratio(num: float, den: float) -> float | None:
 def iteration_summary(paths: RunPaths, iteration: int) -> dict:
     """Headline metrics and per-stage costs of one iteration, from whatever stages are done."""
     stages: dict[str, dict] = {}
-    for stage in ("sample", "judge", "refine", "assemble"):
+    for stage in ("sample", "judge", "refine", "assemble", "train_actor", "train_refiner"):
         manifest = paths.manifest(iteration, stage)
         if manifest.exists():
             stages[stage] = read_json(manifest)
@@ -41,7 +41,29 @@ def iteration_summary(paths: RunPaths, iteration: int) -> dict:
         }
         for name, m in stages.items()
     ]
-    return {"iteration": iteration, "metrics": metrics, "stages": rows}
+    training = []
+    for stage in ("train_actor", "train_refiner"):
+        if stage not in stages:
+            continue
+        m = stages[stage]
+        t = m.get("metrics", {})
+        training.append(
+            {
+                "stage": stage,
+                "new_version": m["models"].get(stage.removeprefix("train_") + "_new", ""),
+                "objective": t.get("objective", "rft" if stage == "train_refiner" else None),
+                "records": m["counts"].get("records"),
+                "steps": t.get("steps"),
+                "first_loss": t.get("first_loss", (t.get("loss_curve") or [None])[0]),
+                "last_loss": t.get("last_loss", (t.get("loss_curve") or [None])[-1]),
+                "margin_start": t.get("margin_start"),
+                "margin_end": t.get("margin_end"),
+                "target_nll_before": t.get("target_nll_before"),
+                "target_nll_after": t.get("target_nll_after"),
+                "peak_rss_mb": t.get("peak_rss_mb"),
+            }
+        )
+    return {"iteration": iteration, "metrics": metrics, "stages": rows, "training": training}
 
 
 def render(summary: dict):  # -> rich.console.Group
@@ -71,4 +93,45 @@ def render(summary: dict):  # -> rich.console.Group
             str(row["tokens_generated"]),
             f"{row['seconds']:.1f}",
         )
-    return Group(metrics, costs)
+    parts = [metrics, costs]
+    if summary.get("training"):
+        train = Table(title=f"iteration {summary['iteration']}: training", show_header=True)
+        cols = (
+            "stage",
+            "new version",
+            "objective",
+            "records",
+            "steps",
+            "loss first -> last",
+            "margin start -> end",
+            "target NLL before -> after",
+            "peak RSS MB",
+        )
+        for col in cols:
+            train.add_column(col)
+        for r in summary["training"]:
+            train.add_row(
+                r["stage"],
+                r["new_version"],
+                str(r["objective"] or "-"),
+                _fmt(r["records"]),
+                _fmt(r["steps"]),
+                _pair(r["first_loss"], r["last_loss"]),
+                _pair(r["margin_start"], r["margin_end"]),
+                _pair(r["target_nll_before"], r["target_nll_after"]),
+                _fmt(r["peak_rss_mb"]),
+            )
+        parts.append(train)
+    return Group(*parts)
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _pair(a, b) -> str:
+    return "-" if a is None and b is None else f"{_fmt(a)} -> {_fmt(b)}"

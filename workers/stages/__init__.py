@@ -84,7 +84,12 @@ def run_stage(
 
 
 def write_stage_manifest(paths: RunPaths, iteration: int, stage: str) -> dict:
-    """Sum the shards' records into the stage manifest; requires every shard to be done."""
+    """Sum the shards' records into the stage manifest; requires every shard to be done.
+
+    Shards are never redone once done, so an existing manifest is final and is returned as is.
+    """
+    if paths.manifest(iteration, stage).exists():
+        return read_json(paths.manifest(iteration, stage))
     config = load_config(paths)
     records = []
     for shard in range(num_shards(paths, stage)):

@@ -1,0 +1,124 @@
+"""Whole iterations on the tiny model: search, both trainings, versioned checkpoints, resume after a crash."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import workers.training.refiner as refiner_training
+from services.local import LocalExecutor
+from services.runs import create_run, load_config_file, open_run
+from services.summary import iteration_summary
+from workers.artifacts import read_json
+from workers.versions import METADATA, version_dir
+
+PROMPTS = [
+    "Write a haiku about rain. Use exactly three lines.",
+    "List three fruits in lowercase, separated by commas.",
+    "Explain gravity in one sentence without commas.",
+    "Give two tips for sleeping well as a numbered list.",
+]
+
+
+def write_config(tmp_path: Path, model: Path, **overrides) -> Path:
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    train = {"max_steps": 2, "batch_size": 2, "max_length": 256, "learning_rate": 1e-4}
+    config = {
+        "name": "it",
+        "seed": 5,
+        "prompts": "prompts.jsonl",
+        "shard_size": 2,
+        "actor": {"model": str(model), "hf": {"batch_size": 16}},
+        "refiner": {"model": str(model), "hf": {"batch_size": 16}},
+        "sample": {"num_responses": 3, "max_new_tokens": 20},
+        "judge": {"votes": 3, "max_new_tokens": 40},
+        "search": {"branching": 2, "beam": 1, "max_depth": 2, "max_new_tokens": 48},
+        "train_actor": {**train, "sft_weight": 0.1},
+        "train_refiner": train,
+    } | overrides
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def mtimes(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_two_iterations_chain_model_versions(tmp_path: Path, tiny_model_path: Path) -> None:
+    paths = create_run(
+        load_config_file(write_config(tmp_path, tiny_model_path, iterations=2)), tmp_path / "r", "two"
+    )
+    LocalExecutor.for_run(paths).run()
+    for role in ("actor", "refiner"):
+        for version in (1, 2):
+            meta = read_json(version_dir(paths, role, version) / METADATA)
+            assert meta["version"] == f"v{version}"
+            assert meta["parent"].startswith(f"v{version - 1} (")
+            assert meta["data"]["sha256"] and meta["hyperparameters"]["max_steps"] == 2
+            if "alias_of" not in meta:
+                assert (version_dir(paths, role, version) / "config.json").exists()
+                assert meta["metrics"]["steps"] == 2 and meta["metrics"]["peak_rss_mb"] > 0
+    # iteration 1 sampled with M_1 and judged with R_1
+    assert read_json(paths.manifest(1, "sample"))["models"]["actor"].startswith("v1 (")
+    assert read_json(paths.manifest(1, "judge"))["models"]["refiner"].startswith("v1 (")
+    summary = iteration_summary(paths, 0)
+    stages = [t["stage"] for t in summary["training"]]
+    assert stages == ["train_actor", "train_refiner"]
+    refiner = summary["training"][1]
+    assert refiner["records"] > 0 and refiner["target_nll_before"] is not None
+    # no half-written checkpoint is ever left visible
+    assert not list((paths.root / "models").rglob(".*tmp"))
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_an_interrupted_iteration_resumes_without_recomputing(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch
+) -> None:
+    paths = create_run(load_config_file(write_config(tmp_path, tiny_model_path)), tmp_path / "r", "crash")
+
+    def crash(*args, **kwargs):
+        raise Boom("killed during refiner training")
+
+    monkeypatch.setattr(refiner_training, "train_refiner", crash)
+    with pytest.raises(Boom):
+        LocalExecutor.for_run(paths).run()
+    assert (version_dir(paths, "actor", 1) / METADATA).exists()
+    assert not version_dir(paths, "refiner", 1).exists()
+    assert not list((paths.root / "models" / "refiner").glob(".*"))  # the failed attempt left nothing
+    before = mtimes(paths.root / "iter_0") | {
+        f"actor/{k}": v for k, v in mtimes(version_dir(paths, "actor", 1)).items()
+    }
+
+    monkeypatch.undo()
+    LocalExecutor.for_run(open_run(paths.root)).run()
+    after = mtimes(paths.root / "iter_0") | {
+        f"actor/{k}": v for k, v in mtimes(version_dir(paths, "actor", 1)).items()
+    }
+    unchanged = {k for k in before if after.get(k) == before[k]}
+    assert unchanged == set(before)  # no finished shard or checkpoint was rewritten
+    assert (version_dir(paths, "refiner", 1) / METADATA).exists()
+    assert read_json(paths.manifest(0, "train_refiner"))["counts"]["trained"] == 1
+
+
+def test_no_pairs_makes_an_alias_version(tmp_path: Path, tiny_model_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        tiny_model_path,
+        stages=["sample", "judge", "refine", "assemble", "train_actor"],
+        data={"max_pairs": 1},
+    )
+    paths = create_run(load_config_file(config), tmp_path / "r", "alias")
+    LocalExecutor.for_run(
+        paths,
+    ).run_stage(0, "sample")
+    for stage in ("judge", "refine", "assemble"):
+        LocalExecutor.for_run(paths).run_stage(0, stage)
+    paths.data_file(0, "pairs.jsonl").write_text("")  # as if no tree had succeeded
+    LocalExecutor.for_run(paths).run_stage(0, "train_actor")
+    meta = read_json(version_dir(paths, "actor", 1) / METADATA)
+    assert meta["alias_of"] == "v0" and "no training records" in meta["reason"]
