@@ -1,0 +1,1 @@
+"""Models the product can build or prepare itself, without any download (the tiny test model)."""
