@@ -41,6 +41,27 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-json", action="store_true", help="also print structured JSON logs on stderr")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
 
+    api = sub.add_parser("api", help="serve the REST API (and the scheduler) with uvicorn")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+
+    worker = sub.add_parser("worker", help="serve one role's queue (RQ worker that keeps its model loaded)")
+    worker.add_argument("--role", choices=["actor", "refiner", "train"], required=True)
+    worker.add_argument(
+        "--queue-url", help="Redis URL (default: $SPAR_REDIS_URL or redis://127.0.0.1:6379/0)"
+    )
+    worker.add_argument(
+        "--heartbeat-ttl", type=int, default=30, help="seconds before a dead worker's job is retried"
+    )
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--name", help="worker name prefix (default: <role>-<host>-<pid>)")
+
+    probe = sub.add_parser(
+        "worker-probe", help="exit 0 when a worker of this host and role is alive (k8s probe)"
+    )
+    probe.add_argument("--role", choices=["actor", "refiner", "train"], required=True)
+    probe.add_argument("--queue-url")
+
     models = sub.add_parser("models", help="build or prepare local model folders")
     msub = models.add_subparsers(dest="models_command", required=True)
     prep = msub.add_parser("prepare", help="prepare a built-in model as a Hugging Face folder")
@@ -60,6 +81,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args, console)
+        if args.command == "api":
+            import uvicorn
+
+            from services import logs
+
+            logs.configure(None, json_stderr=True)
+            uvicorn.run(
+                "services.api:create_app", factory=True, host=args.host, port=args.port, log_level="info"
+            )
+            return 0
+        if args.command == "worker":
+            from services import logs
+            from workers.queue import redis_url
+            from workers.worker import run_worker
+
+            logs.configure(None, json_stderr=True)
+            _quiet_libraries()
+            run_worker(args.role, args.queue_url or redis_url(), args.heartbeat_ttl, args.burst, args.name)
+            return 0
+        if args.command == "worker-probe":
+            return _worker_probe(args)
         if args.models_command == "prepare":
             from workers.models.smollm2 import prepare_smollm2
 
@@ -117,6 +159,7 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
         paths = create_run(config, args.runs_dir, args.run_id, source=str(args.config))
     if args.cache_dir is not None:
         os.environ["SPAR_CACHE_DIR"] = str(args.cache_dir.resolve())
+    _quiet_libraries()
     logs.configure(paths.events, json_stderr=args.log_json)
     console.print(f"run [bold]{paths.run_id}[/] in {paths.root}")
 
@@ -133,6 +176,33 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
         out.print(render(iteration_summary(paths, t)))
     out.print(f"run {paths.run_id} done in {time.perf_counter() - started:.1f} s; outputs in {paths.root}")
     return 0
+
+
+def _worker_probe(args: argparse.Namespace) -> int:
+    import socket
+
+    from redis import Redis
+
+    from workers.queue import redis_url, worker_key
+
+    redis = Redis.from_url(args.queue_url or redis_url(), socket_timeout=5)
+    host = socket.gethostname()
+    for key in redis.scan_iter(match=worker_key("*")):
+        fields = {k.decode(): v.decode() for k, v in redis.hgetall(key).items()}
+        if fields.get("host") == host and fields.get("role") == args.role:
+            return 0
+    print(f"no live {args.role} worker on {host}", file=sys.stderr)
+    return 1
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and advisories would tear through our own bars; the events log has it all."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    datasets.disable_progress_bars()
 
 
 class _progress:

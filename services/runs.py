@@ -68,6 +68,16 @@ def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
         model = getattr(config, role)
         if not is_builtin(model.model):
             update[role] = model.model_copy(update={"model": absolute(model.model)})
+    if config.init is not None:
+        init_update = {
+            key: absolute(getattr(config.init, key))
+            for key in ("actor_data", "refiner_data")
+            if getattr(config.init, key) is not None
+        }
+        for key, path in init_update.items():
+            if not Path(path).is_file():
+                raise ConfigError(f"init.{key}: file {path} does not exist (relative to the config file)")
+        update["init"] = config.init.model_copy(update=init_update)
     return config.model_copy(update=update)
 
 

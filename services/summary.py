@@ -96,29 +96,21 @@ def render(summary: dict):  # -> rich.console.Group
     parts = [metrics, costs]
     if summary.get("training"):
         train = Table(title=f"iteration {summary['iteration']}: training", show_header=True)
-        cols = (
-            "stage",
-            "new version",
-            "objective",
-            "records",
-            "steps",
-            "loss first -> last",
-            "margin start -> end",
-            "target NLL before -> after",
-            "peak RSS MB",
-        )
-        for col in cols:
+        for col in ("stage", "new", "objective", "records", "steps", "loss first->last", "change", "RSS MB"):
             train.add_column(col)
         for r in summary["training"]:
+            if r["target_nll_before"] is not None:
+                progress = f"target NLL {_pair(r['target_nll_before'], r['target_nll_after'])}"
+            else:
+                progress = f"margin {_pair(r['margin_start'], r['margin_end'])}"
             train.add_row(
                 r["stage"],
-                r["new_version"],
+                r["new_version"].split(" ")[0],
                 str(r["objective"] or "-"),
                 _fmt(r["records"]),
                 _fmt(r["steps"]),
                 _pair(r["first_loss"], r["last_loss"]),
-                _pair(r["margin_start"], r["margin_end"]),
-                _pair(r["target_nll_before"], r["target_nll_after"]),
+                progress,
                 _fmt(r["peak_rss_mb"]),
             )
         parts.append(train)
@@ -129,7 +121,7 @@ def _fmt(value) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "-"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
     return str(value)
 
 

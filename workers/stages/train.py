@@ -63,6 +63,7 @@ def _train(
     settings: TrainCommon,
     train_fn,
     extra_meta: dict,
+    progress: Progress | None = None,
 ) -> StageResult:
     config = load_config(paths)
     started = time.perf_counter()
@@ -91,7 +92,9 @@ def _train(
             else:
                 engines.release()  # inference engines give their memory to the trainer
                 start_from = materialize(parent, paths)
-                metrics = train_fn(start_from, records, settings, tmp, seed=config.seed)
+                label = f"training {role} ({extra_meta.get('objective', 'sft')}) steps"
+                on_step = None if progress is None else (lambda done, total: progress(label, done, total))
+                metrics = train_fn(start_from, records, settings, tmp, seed=config.seed, on_step=on_step)
                 meta |= {
                     "metrics": metrics,
                     "adapter": settings.lora is not None,
@@ -120,12 +123,9 @@ def run_train_actor(
     config: RunConfig = load_config(paths)
     cfg = config.train_actor
     data = "iopo_groups.jsonl" if cfg.objective == "iopo" else "pairs.jsonl"
-    if progress is not None:
-        progress(f"training actor ({cfg.objective})", 0, 1)
-    result = _train(paths, spec, engines, "actor", data, cfg, train_actor, {"objective": cfg.objective})
-    if progress is not None:
-        progress(f"training actor ({cfg.objective})", 1, 1)
-    return result
+    return _train(
+        paths, spec, engines, "actor", data, cfg, train_actor, {"objective": cfg.objective}, progress
+    )
 
 
 def run_train_refiner(
@@ -134,9 +134,7 @@ def run_train_refiner(
     from ..training.refiner import train_refiner
 
     config = load_config(paths)
-    if progress is not None:
-        progress("training refiner (RFT)", 0, 1)
-    result = _train(
+    return _train(
         paths,
         spec,
         engines,
@@ -145,10 +143,8 @@ def run_train_refiner(
         config.train_refiner,
         train_refiner,
         {"objective": "rft"},
+        progress,
     )
-    if progress is not None:
-        progress("training refiner (RFT)", 1, 1)
-    return result
 
 
 def run_init(
@@ -181,7 +177,12 @@ def run_init(
                 )
             engines.release()
             with publishing(target) as tmp:
-                metrics = train_refiner(base.folder(), records, settings, tmp, seed=config.seed)
+                on_step = (
+                    None if progress is None else (lambda d, t, r=role: progress(f"stage 0: SFT {r}", d, t))
+                )
+                metrics = train_refiner(
+                    base.folder(), records, settings, tmp, seed=config.seed, on_step=on_step
+                )
                 write_metadata(
                     tmp,
                     {

@@ -53,6 +53,8 @@ from shared import losses
 from shared.config import SR_PROMPT_DEFAULT, ActorTrainConfig, LoraSettings, TrainCommon
 from workers.training import encode_prompt_response
 
+from .progress import StepHook, attach
+
 logger = logging.getLogger(__name__)
 
 PAIR_KEYS: tuple[str, ...] = ("prompt", "chosen", "rejected")
@@ -659,6 +661,7 @@ def train_actor(
     out_dir: Path,
     ref_model_path: Path | None = None,
     seed: int = 0,
+    on_step: StepHook | None = None,
 ) -> dict[str, Any]:
     """Train the actor on the iteration's pairs (or IOPO groups) and save it into ``out_dir``.
 
@@ -698,6 +701,7 @@ def train_actor(
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora) if cfg.lora else None,
     )
+    attach(trainer, "actor", on_step)
     started = time.perf_counter()
     result = trainer.train()
     train_seconds = time.perf_counter() - started

@@ -33,6 +33,8 @@ from shared.losses import sequence_logps
 from workers.training import encode_chat
 from workers.training.actor import common_training_kwargs, lora_config, peak_rss_mb
 
+from .progress import StepHook, attach
+
 logger = logging.getLogger(__name__)
 
 MARKER_FILE = "spar_train.json"
@@ -61,6 +63,9 @@ def _messages(example: dict[str, Any], index: int) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"example {index} has no 'messages' list")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+NLL_PROBE_EXAMPLES = 16
 
 
 @torch.no_grad()
@@ -102,6 +107,7 @@ def train_refiner(
     out_dir: Path,
     seed: int = 0,
     assistant_turns: AssistantTurns = "all",
+    on_step: StepHook | None = None,
 ) -> dict[str, Any]:
     """Fine-tune the refiner on RFT chats (loss on assistant turns) and save model + tokenizer to ``out_dir``.
 
@@ -131,7 +137,10 @@ def train_refiner(
     # Under ZeRO-3/FSDP the parameters are sharded across processes: the NLL check is a one-process affair.
     single = strategy == "none"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    nll_before = mean_target_nll(model.to(device), rows, pad_id, cfg.max_length) if single else math.nan
+    # The before/after NLL is measured on a fixed probe of the first examples: a full pass over a large
+    # RFT mix would cost more than a short training run itself on CPU.
+    probe = rows[:NLL_PROBE_EXAMPLES]
+    nll_before = mean_target_nll(model.to(device), probe, pad_id, cfg.max_length) if single else math.nan
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -139,10 +148,11 @@ def train_refiner(
         processing_class=tokenizer,
         peft_config=lora_config(cfg.lora) if cfg.lora else None,
     )
+    attach(trainer, "refiner", on_step)
     started = time.perf_counter()
     result = trainer.train()
     train_seconds = time.perf_counter() - started
-    nll_after = mean_target_nll(trainer.model, rows, pad_id, cfg.max_length) if single else math.nan
+    nll_after = mean_target_nll(trainer.model, probe, pad_id, cfg.max_length) if single else math.nan
     trainer.save_model(str(out_dir))
     history = [h for h in trainer.state.log_history if "loss" in h and "train_loss" not in h]
     metrics: dict[str, Any] = {

@@ -1,0 +1,235 @@
+"""The iteration state machine of the distributed service.
+
+What a run has done is read from the artifact store (a shard is done when its ``.done.json``
+exists, a stage when its manifest does); Redis holds the run's status and the queues. A tick looks
+at each active run and (re)derives everything from those two, so a restarted API server loses
+nothing: it simply resumes ticking.
+
+For the current stage of a run (the first one without a manifest, in pipeline order), a tick:
+enqueues every shard whose job is missing (deterministic ids: enqueuing twice is a no-op), writes
+the manifest when all shards are done and moves on, and fails the run when a shard's job has failed
+past its retries -- the other shards' outputs stay on disk and ``resume`` re-enqueues only the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+
+from workers.artifacts import RunPaths
+from workers.queue import QUEUES, RUN_SHARD, SERIALIZER, STAGE_QUEUE, job_id
+from workers.stages import StageSpec, num_shards, write_stage_manifest
+from workers.stages.common import load_config
+
+log = logging.getLogger("spar.scheduler")
+
+RUNS_INDEX = "spar:runs"
+LOCK_KEY = "spar:scheduler:lock"
+ACTIVE = ("queued", "running")
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def run_key(run_id: str) -> str:
+    return f"spar:run:{run_id}"
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """Job limits. ``job_timeout`` must cover the longest shard (a SimpleWorker-style worker heartbeats
+    during the job, so the timeout is a real limit on work, not a liveness check)."""
+
+    job_timeout: int = 6 * 3600
+    train_timeout: int = 24 * 3600
+    retries: int = 3
+    retry_intervals: tuple[int, ...] = (5, 30, 120)
+    result_ttl: int = 7 * 24 * 3600
+
+
+def pipeline(paths: RunPaths) -> Iterator[tuple[int, str]]:
+    """Every (iteration, stage) of a run, in the order they must complete."""
+    config = load_config(paths)
+    if config.init is not None:
+        yield 0, "init"
+    for iteration in range(config.iterations):
+        for stage in config.stages:
+            yield iteration, stage
+
+
+class Scheduler:
+    def __init__(self, redis: Redis, settings: SchedulerSettings | None = None):
+        self.redis = redis
+        self.settings = settings or SchedulerSettings()
+        self.queues = {name: Queue(name, connection=redis, serializer=SERIALIZER) for name in QUEUES}
+
+    # ----- the run registry -------------------------------------------------------------------
+    def register(self, paths: RunPaths) -> None:
+        now = time.time()
+        self.redis.hset(
+            run_key(paths.run_id),
+            mapping={
+                "run_dir": str(paths.root),
+                "status": "queued",
+                "created_at": now,
+                "updated_at": now,
+                "error": "",
+                "iteration": 0,
+                "stage": "",
+            },
+        )
+        self.redis.zadd(RUNS_INDEX, {paths.run_id: now})
+
+    def run_ids(self) -> list[str]:
+        return [r.decode() if isinstance(r, bytes) else r for r in self.redis.zrange(RUNS_INDEX, 0, -1)]
+
+    def state(self, run_id: str) -> dict[str, str] | None:
+        raw = self.redis.hgetall(run_key(run_id))
+        if not raw:
+            return None
+        return {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+
+    def _set(self, run_id: str, **fields: object) -> None:
+        self.redis.hset(
+            run_key(run_id), mapping={**{k: str(v) for k, v in fields.items()}, "updated_at": time.time()}
+        )
+
+    # ----- ticking ----------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Advance every active run by what can be done now (cheap when nothing changed)."""
+        for name in QUEUES:  # jobs of dead workers come back (retry) or fail here
+            StartedJobRegistry(name, connection=self.redis, serializer=SERIALIZER).cleanup()
+        for run_id in self.run_ids():
+            state = self.state(run_id)
+            if state and state["status"] in ACTIVE:
+                try:
+                    self.advance(run_id, RunPaths(Path(state["run_dir"])))
+                except Exception as exc:  # a broken run must not stop the others
+                    log.exception("advance failed", extra={"event": "run.advance_error", "run": run_id})
+                    self._set(run_id, status="failed", error=f"scheduler error: {exc}")
+
+    def advance(self, run_id: str, paths: RunPaths) -> None:
+        for iteration, stage in pipeline(paths):
+            if paths.manifest(iteration, stage).exists():
+                continue
+            total = num_shards(paths, stage)
+            pending = [k for k in range(total) if not paths.shard_done(iteration, stage, k).exists()]
+            if not pending:
+                write_stage_manifest(paths, iteration, stage)
+                log.info(
+                    "stage done",
+                    extra={"event": "stage.done", "run": run_id, "iteration": iteration, "stage": stage},
+                )
+                continue
+            self._set(run_id, status="running", iteration=iteration, stage=stage)
+            failures = []
+            for shard in pending:
+                job = self._job(run_id, iteration, stage, shard)
+                if job is None:
+                    self._enqueue(paths, iteration, stage, shard)
+                    continue
+                status = job.get_status(refresh=True)
+                if status == JobStatus.FINISHED and not paths.shard_done(iteration, stage, shard).exists():
+                    job.delete()  # finished without output (e.g. the output was removed): run again
+                    self._enqueue(paths, iteration, stage, shard)
+                elif status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+                    failures.append((shard, _last_error(job)))
+            if failures:
+                shard, error = failures[0]
+                message = (
+                    f"iteration {iteration} stage {stage}: {len(failures)} shard(s) failed after "
+                    f"{self.settings.retries} retries; shard {shard}: {error}"
+                )
+                self._set(run_id, status="failed", error=message)
+                log.error("run failed", extra={"event": "run.failed", "run": run_id, "error": message})
+            return
+        self._set(run_id, status="succeeded", stage="", error="")
+        log.info("run succeeded", extra={"event": "run.succeeded", "run": run_id})
+
+    def _job(self, run_id: str, iteration: int, stage: str, shard: int) -> Job | None:
+        try:
+            return Job.fetch(
+                job_id(run_id, iteration, stage, shard), connection=self.redis, serializer=SERIALIZER
+            )
+        except NoSuchJobError:
+            return None
+
+    def _enqueue(self, paths: RunPaths, iteration: int, stage: str, shard: int) -> Job:
+        spec = StageSpec(run_dir=str(paths.root), iteration=iteration, stage=stage, shard=shard)
+        timeout = self.settings.train_timeout if STAGE_QUEUE[stage] == "train" else self.settings.job_timeout
+        return self.queues[STAGE_QUEUE[stage]].enqueue(
+            RUN_SHARD,
+            kwargs={"spec": spec.model_dump()},
+            job_id=job_id(paths.run_id, iteration, stage, shard),
+            job_timeout=timeout,
+            retry=Retry(max=self.settings.retries, interval=list(self.settings.retry_intervals)),
+            result_ttl=self.settings.result_ttl,
+            failure_ttl=self.settings.result_ttl,
+            description=f"{paths.run_id} iter {iteration} {stage} shard {shard}",
+        )
+
+    # ----- user actions -----------------------------------------------------------------------
+    def cancel(self, run_id: str, paths: RunPaths) -> None:
+        """Stop queued and running shards of the run and mark it cancelled (finished shards stay)."""
+        self._set(run_id, status="cancelled", error="cancelled by request")
+        for iteration, stage in pipeline(paths):
+            for shard in range(num_shards(paths, stage)):
+                job = self._job(paths.run_id, iteration, stage, shard)
+                if job is None:
+                    continue
+                status = job.get_status(refresh=True)
+                try:
+                    if status == JobStatus.STARTED:
+                        send_stop_job_command(self.redis, job.id, serializer=SERIALIZER)
+                    elif status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+                        job.cancel()
+                except InvalidJobOperation:
+                    pass
+
+    def resume(self, run_id: str, paths: RunPaths) -> None:
+        """Re-activate a failed or cancelled run: failed jobs are dropped so their shards run again."""
+        for iteration, stage in pipeline(paths):
+            for shard in range(num_shards(paths, stage)):
+                job = self._job(paths.run_id, iteration, stage, shard)
+                if job is not None and job.get_status(refresh=True) in (
+                    JobStatus.FAILED,
+                    JobStatus.STOPPED,
+                    JobStatus.CANCELED,
+                ):
+                    job.delete()
+        self._set(run_id, status="queued", error="")
+
+    # ----- the loop ---------------------------------------------------------------------------
+    def serve(self, stop: object, interval: float = 1.0) -> None:
+        """Tick until ``stop.is_set()``; only the holder of a Redis lock ticks (one scheduler per cluster)."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        token = f"{os.getpid()}-{time.time()}"
+        while not stop.is_set():  # type: ignore[attr-defined]
+            try:
+                holder = self.redis.set(LOCK_KEY, token, nx=True, ex=max(int(interval * 10), 5))
+                mine = holder or (self.redis.get(LOCK_KEY) or b"").decode() == token
+                if mine:
+                    self.redis.expire(LOCK_KEY, max(int(interval * 10), 5))
+                    self.tick()
+            except RedisConnectionError as exc:
+                log.warning("redis unreachable", extra={"event": "scheduler.redis_down", "error": str(exc)})
+            stop.wait(interval)  # type: ignore[attr-defined]
+
+
+def _last_error(job: Job) -> str:
+    text = job.latest_result().exc_string if job.latest_result() else (job.exc_info or "")
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else f"job {job.get_status()}"

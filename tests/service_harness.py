@@ -1,0 +1,140 @@
+"""Real processes for the service tests: a Redis database, the API (uvicorn) and workers per role.
+
+Each test gets its own Redis database number on the project's Redis (127.0.0.1:6379), flushed
+before use, and its own data root; processes are started with ``spar`` and killed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from redis import Redis
+
+BIN = Path(sys.executable).parent
+TOKEN = "test-token-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    """A data root, a Redis URL, and the spar processes started on them."""
+
+    root: Path
+    redis_url: str
+    env_extra: dict[str, str] = field(default_factory=dict)
+    api: subprocess.Popen | None = None
+    port: int = 0
+    workers: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return os.environ | {
+            "SPAR_REDIS_URL": self.redis_url,
+            "SPAR_API_TOKEN": TOKEN,
+            "SPAR_DATA_ROOT": str(self.root),
+            "SPAR_CACHE_DIR": str(self.root / "cache"),
+            "SPAR_SCHEDULER_INTERVAL": "0.3",
+            "SPAR_RETRY_INTERVALS": "1,1,1",
+            "HF_HUB_OFFLINE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "OMP_NUM_THREADS": "1",
+        } | self.env_extra
+
+    def _log(self, name: str):
+        path = self.root / "logs" / f"{name}-{len(self.logs)}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.logs.append(path)
+        return path.open("w")
+
+    def start_api(self) -> None:
+        self.port = self.port or free_port()
+        self.api = subprocess.Popen([str(BIN / "spar"), "api", "--port", str(self.port)], env=self.env,
+                                    stdout=self._log("api"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(f"API did not start; see {self.logs[-1]}: {self.logs[-1].read_text()[-2000:]}")
+
+    def stop_api(self, sig: int = signal.SIGTERM) -> None:
+        if self.api is not None:
+            self.api.send_signal(sig)
+            self.api.wait(timeout=30)
+            self.api = None
+
+    def start_worker(self, role: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen([str(BIN / "spar"), "worker", "--role", role, "--heartbeat-ttl", "3"],
+                                env=self.env | (env or {}), stdout=self._log(f"worker-{role}"),
+                                stderr=subprocess.STDOUT)
+        self.workers.append((role, proc))
+        return proc
+
+    def stop_workers(self) -> None:
+        for _, proc in self.workers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+        self.workers = []
+
+    def close(self) -> None:
+        self.stop_workers()
+        if self.api is not None:
+            self.api.kill()
+            self.api.wait(timeout=30)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, token: str | None = TOKEN) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def wait_for(self, run_id: str, statuses=("succeeded", "failed", "cancelled"), timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        last: dict = {}
+        with self.client() as c:
+            while time.monotonic() < deadline:
+                try:
+                    last = c.get(f"/v1/runs/{run_id}").json()
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+                    continue
+                if last.get("status") in statuses:
+                    return last
+                time.sleep(0.5)
+        raise TimeoutError(f"run {run_id} still {last.get('status')} after {timeout}s: {last}\n{self.tail_logs()}")
+
+    def tail_logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in self.logs)
+
+
+def fresh_redis_url(db: int, port: int = 6379) -> str:
+    Redis(port=port, db=db).flushdb()
+    return f"redis://127.0.0.1:{port}/{db}"
+
+
+def data_root(tmp: Path, tiny_model: Path, prompts: list[str]) -> Path:
+    root = tmp / "data"
+    (root / "models").mkdir(parents=True)
+    shutil.copytree(tiny_model, root / "models" / "tiny")
+    (root / "prompts.jsonl").write_text("".join(f'{{"prompt": "{p}"}}\n' for p in prompts))
+    return root

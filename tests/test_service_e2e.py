@@ -1,0 +1,93 @@
+"""The whole shape: Redis, the API (uvicorn) and one worker per role as real processes; a run over REST."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from service_harness import Stack, data_root, fresh_redis_url
+
+PROMPTS = [
+    "Write a haiku about rain. Use exactly three lines.",
+    "List three fruits in lowercase, separated by commas.",
+    "Explain gravity in one sentence without commas.",
+    "Give two tips for sleeping well as a numbered list.",
+]
+
+
+def run_body(**overrides) -> dict:
+    train = {"max_steps": 1, "batch_size": 2, "max_length": 256, "learning_rate": 1e-4}
+    return {
+        "name": "svc",
+        "seed": 5,
+        "prompts": "prompts.jsonl",
+        "shard_size": 2,
+        "actor": {"model": "models/tiny", "hf": {"batch_size": 16}},
+        "refiner": {"model": "models/tiny", "hf": {"batch_size": 16}},
+        "sample": {"num_responses": 3, "max_new_tokens": 20},
+        "judge": {"votes": 3, "max_new_tokens": 40},
+        "search": {"branching": 2, "beam": 1, "max_depth": 2, "max_new_tokens": 48},
+        "train_actor": train,
+        "train_refiner": train,
+    } | overrides
+
+
+@pytest.fixture()
+def stack(tmp_path: Path, tiny_model_path: Path):
+    s = Stack(root=data_root(tmp_path, tiny_model_path, PROMPTS), redis_url=fresh_redis_url(11))
+    yield s
+    s.close()
+
+
+def test_a_run_over_rest_end_to_end(stack: Stack) -> None:
+    stack.start_api()
+    for role in ("actor", "refiner", "train"):
+        stack.start_worker(role)
+    with stack.client() as c:
+        created = c.post("/v1/runs", json=run_body())
+        assert created.status_code == 201, created.text
+        run_id = created.json()["id"]
+        final = stack.wait_for(run_id)
+        assert final["status"] == "succeeded", stack.tail_logs()
+        assert final["models"] == {"actor": "v1", "refiner": "v1"}
+        assert all(p["complete"] and p["done"] == p["total"] for p in final["progress"])
+        metrics = final["iterations"][0]["metrics"]
+        pairs = c.get(f"/v1/runs/{run_id}/iterations/0/pairs")
+        assert pairs.status_code == 200
+        lines = [line for line in pairs.text.splitlines() if line.strip()]
+        assert len(lines) == metrics["pairs"]
+        workers = c.get("/v1/workers").json()
+        assert {w["role"] for w in workers} == {"actor", "refiner", "train"}
+        assert any("v0" in w["models"] or "v1" in w["models"] for w in workers if w["role"] != "train")
+        listed = c.get("/v1/runs").json()
+        assert [r["id"] for r in listed] == [run_id]
+        text = c.get("/metrics").text
+        assert "spar_queue_depth" in text and f'spar_pairs_produced_total{{run="{run_id}"}}' in text
+    run_dir = Path(final["run_dir"])
+    assert (run_dir / "models" / "actor" / "v1" / "spar_version.json").exists()
+    assert (run_dir / "models" / "refiner" / "v1" / "spar_version.json").exists()
+
+
+def test_bad_input_gets_clear_errors(stack: Stack) -> None:
+    stack.start_api()
+    (stack.root / "bad.jsonl").write_text('{"prompt": "ok"}\n{"nope": 1}\n')
+    with stack.client() as c:
+        r = c.post("/v1/runs", json=run_body(search={"branching": 0}))
+        assert r.status_code == 422 and "branching" in r.text
+        r = c.post("/v1/runs", json=run_body(serach={}))
+        assert r.status_code == 422 and "serach" in r.text
+        assert c.get("/v1/runs/nope").status_code == 404
+        r = c.post("/v1/runs", json=run_body(prompts="/etc/passwd"))
+        assert r.status_code == 400 and "outside the data root" in r.text
+        r = c.post("/v1/runs", json=run_body(prompts="../outside.jsonl"))
+        assert r.status_code == 400 and "outside the data root" in r.text
+        r = c.post("/v1/runs", json=run_body(prompts="bad.jsonl"))
+        assert r.status_code == 400 and "line 2" in r.text and r.json()["lines"] == [2]
+        r = c.post("/v1/runs", content=b"x" * 2_000_000, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413
+    with stack.client(token=None) as anonymous:
+        assert anonymous.get("/v1/runs").status_code == 401
+        assert anonymous.get("/healthz").status_code == 200
+        assert anonymous.get("/readyz").json() == {"ok": True}
+    with stack.client(token="wrong") as wrong:
+        assert wrong.get("/v1/runs").status_code == 401

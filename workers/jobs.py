@@ -1,0 +1,163 @@
+"""The functions RQ workers execute. Arguments and results are JSON; the work is the stage runners'.
+
+A worker process keeps its loaded engines in :data:`ENGINES` across jobs (RQ's ``SimpleWorker``
+runs jobs in-process), so a GPU model is loaded once and replaced only when a job names another
+model version.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from shared.config import RunConfig
+
+from .artifacts import RunPaths
+from .stages import StageSpec, run_stage
+from .stages.common import Role, load_config
+from .versions import ModelVersion, version_for
+
+log = logging.getLogger("spar.jobs")
+
+
+class WorkerEngines:
+    """The engines of one worker process: at most one per role, switched when the version changes."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, tuple[str, object]] = {}
+        self.config: RunConfig | None = None
+        self.current: dict[str, str] = {}
+
+    def engine_for(self, role: Role, version: ModelVersion):
+        from .engines import build_engine
+
+        assert self.config is not None, "bind a run config before asking for an engine"
+        model = getattr(self.config, role)
+        key = model.model_dump_json(exclude={"version", "model"}) + version.path + str(version.adapter)
+        held = self.loaded.get(role)
+        if held is None or held[0] != key:
+            self.loaded.pop(role, None)  # free the old version before loading the new one
+            same = next((engine for k, engine in self.loaded.values() if k == key), None)
+            engine = same if same is not None else build_engine(model, version, seed=self.config.seed)
+            self.loaded[role] = (key, engine)
+            self.current[role] = f"{version.version} ({version.path})"
+            log.info(
+                "engine loaded", extra={"event": "engine.load", "role": role, "version": version.version}
+            )
+        return self.loaded[role][1]
+
+    def release(self) -> None:
+        import gc
+
+        self.loaded.clear()
+        self.current.clear()
+        gc.collect()
+
+
+ENGINES = WorkerEngines()
+
+
+def _runs_root() -> Path:
+    root = os.environ.get("SPAR_RUNS_DIR")
+    if root:
+        return Path(root).resolve()
+    data = os.environ.get("SPAR_DATA_ROOT")
+    return (Path(data) / "runs").resolve() if data else Path("runs").resolve()
+
+
+def _confined(run_dir: str) -> RunPaths:
+    """The run directory of a job, refused when it lies outside the configured runs root."""
+    path = Path(run_dir).resolve()
+    root = _runs_root()
+    if not path.is_relative_to(root):
+        raise PermissionError(f"run directory {path} is outside the runs root {root}")
+    return RunPaths(path)
+
+
+def run_shard(spec: dict) -> dict:
+    """Execute one shard of one stage (idempotent: a finished shard returns its recorded result)."""
+    parsed = StageSpec.model_validate(spec)
+    paths = _confined(parsed.run_dir)
+    _injected_fault(parsed)
+    ENGINES.config = load_config(paths)
+    result = run_stage(paths, parsed, ENGINES)
+    return {
+        "counts": result.counts,
+        "seconds": result.seconds,
+        "skipped": result.skipped,
+        "models": result.models,
+    }
+
+
+class InjectedFault(RuntimeError):
+    """A failure requested through ``SPAR_FAIL_SHARDS`` (fault-tolerance drills and tests)."""
+
+
+def _injected_fault(spec: StageSpec) -> None:
+    """Fail the shards named in ``SPAR_FAIL_SHARDS`` ("stage:shard,..."), to drill failure handling."""
+    wanted = {item.strip() for item in os.environ.get("SPAR_FAIL_SHARDS", "").split(",") if item.strip()}
+    if f"{spec.stage}:{spec.shard}" in wanted:
+        raise InjectedFault(f"injected failure of {spec.stage} shard {spec.shard} (SPAR_FAIL_SHARDS)")
+
+
+def refine_one(run_dir: str, prompt: str, response: str, iteration: int | None = None) -> dict:
+    """Inference-time refinement of one (prompt, response) with the run's latest refiner.
+
+    The same tree search as stage 3: judge the response; if it fails, search until the refiner
+    accepts a refinement or the budget ends. Returns the final response and how it was reached.
+    """
+    from shared.judging import Judge
+    from shared.search import SearchRoot, search_trees
+    from shared.verdict import Verdict
+
+    paths = _confined(run_dir)
+    config = load_config(paths)
+    ENGINES.config = config
+    if iteration is None:
+        iteration = latest_version(paths, "refiner")
+    version = version_for(paths, config, "refiner", iteration)
+    engine = ENGINES.engine_for("refiner", version)
+    j, s = config.judge, config.search
+    judge = Judge(
+        engine,
+        votes=j.votes,
+        temperature=j.temperature,
+        top_p=j.top_p,
+        max_new_tokens=j.max_new_tokens,
+        seed=config.seed,
+        tie_retries=s.tie_retries,
+    )
+    (first,) = judge.judge([(prompt, response)])
+    out = {
+        "refiner_version": version.version,
+        "initial_label": None if first.label is None else int(first.label),
+    }
+    if first.label is not Verdict.FAIL:
+        return out | {"response": response, "refined": False, "expansions": 0}
+    (tree,) = search_trees(
+        [SearchRoot("request", prompt, response, first.kept or "")], engine, judge, s, seed=config.seed
+    )
+    best = tree.success
+    return out | {
+        "response": best.response if best else response,
+        "refined": best is not None,
+        "value": best.value if best else None,
+        "expansions": tree.expansions,
+        "status": tree.status,
+    }
+
+
+def latest_version(paths: RunPaths, role: str) -> int:
+    """The highest published version of ``role`` in a run (0 when none was trained)."""
+    from .versions import read_metadata, version_dir
+
+    k = 0
+    while read_metadata(version_dir(paths, role, k + 1)) is not None:
+        k += 1
+    return k
+
+
+def noop(payload: dict | None = None) -> dict:
+    """A job that does nothing: measures queue overhead in the benchmarks."""
+    return {"ok": True}

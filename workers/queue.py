@@ -1,0 +1,50 @@
+"""The contract between the scheduler and the workers: queues, job ids, payloads, Redis keys.
+
+- One RQ queue per role: ``actor`` (sampling), ``refiner`` (judging, tree search, inference-time
+  refinement), ``train`` (assembly, DPO, RFT, stage-0 SFT). Redis holds them as ``rq:queue:<name>``
+  (what a KEDA ScaledObject watches).
+- Jobs carry JSON only (RQ's ``JSONSerializer``), never pickles: the payload of a shard job is a
+  ``StageSpec`` as a dict, and the function is named by its dotted path.
+- Job ids are deterministic, ``{run}-{iter}-{stage}-{shard}``, so enqueuing twice is a no-op and the
+  scheduler can find a shard's job after a restart.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from rq.serializers import JSONSerializer
+
+QueueName = Literal["actor", "refiner", "train"]
+QUEUES: tuple[QueueName, ...] = ("actor", "refiner", "train")
+
+STAGE_QUEUE: dict[str, QueueName] = {
+    "sample": "actor",
+    "judge": "refiner",
+    "refine": "refiner",
+    "assemble": "train",
+    "train_actor": "train",
+    "train_refiner": "train",
+    "init": "train",
+}
+
+RUN_SHARD = "workers.jobs.run_shard"
+REFINE_ONE = "workers.jobs.refine_one"
+
+SERIALIZER = JSONSerializer
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_url() -> str:
+    return os.environ.get("SPAR_REDIS_URL", DEFAULT_REDIS_URL)
+
+
+def job_id(run_id: str, iteration: int, stage: str, shard: int) -> str:
+    return f"{run_id}-{iteration}-{stage}-{shard}"
+
+
+def worker_key(name: str) -> str:
+    """Redis hash a spar worker keeps up to date: role, model version loaded, current job."""
+    return f"spar:worker:{name}"
