@@ -5,7 +5,6 @@ read the artifact store. The scheduler loop runs in a background thread of this 
 a Redis lock so that several API replicas never schedule twice.
 """
 
-from __future__ import annotations
 
 import secrets
 import threading

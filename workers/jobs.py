@@ -158,6 +158,11 @@ def latest_version(paths: RunPaths, role: str) -> int:
     return k
 
 
+def refused(*args: object, **kwargs: object) -> dict:
+    """What a worker runs instead of a job naming a function outside spar's job functions."""
+    raise PermissionError("this worker only runs spar's job functions (workers.jobs.run_shard, refine_one)")
+
+
 def noop(payload: dict | None = None) -> dict:
     """A job that does nothing: measures queue overhead in the benchmarks."""
     return {"ok": True}

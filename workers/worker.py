@@ -23,11 +23,12 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 
 from .jobs import ENGINES
-from .queue import SERIALIZER, QueueName, worker_key
+from .queue import REFINE_ONE, RUN_SHARD, SERIALIZER, QueueName, worker_key
 
 log = logging.getLogger("spar.worker")
 
 DEFAULT_HEARTBEAT_TTL = 30
+ALLOWED_FUNCTIONS = frozenset({RUN_SHARD, REFINE_ONE, "workers.jobs.noop"})
 
 
 class SparWorker(SimpleWorker):
@@ -67,6 +68,10 @@ class SparWorker(SimpleWorker):
                 log.warning("heartbeat failed", extra={"event": "worker.heartbeat_failed", "error": str(exc)})
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        if job.func_name not in ALLOWED_FUNCTIONS:
+            # RQ imports whatever dotted path a job names: only spar's own job functions may run here.
+            log.error("refused job", extra={"event": "worker.refused", "job": job.id, "func": job.func_name})
+            job.func_name = "workers.jobs.refused"
         self.publish(current_job=job.id)
         self._stop_beating.clear()
         beater = threading.Thread(target=self._beat, args=(job,), daemon=True, name="spar-heartbeat")
