@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .config import JudgeConfig
 from .engine import Engine, GenerationRequest
 from .seeding import derive_seed, rng_for, text_key
 from .templates import judge_messages
@@ -107,6 +108,27 @@ class Judge:
     seed: int = 0
     tie_retries: int = 0
     cache: JudgmentCache = field(default_factory=JudgmentCache)
+
+    @classmethod
+    def from_config(
+        cls,
+        engine: Engine,
+        config: JudgeConfig,
+        seed: int,
+        tie_retries: int,
+        cache: JudgmentCache | None = None,
+    ) -> Judge:
+        """A judge with a run's judging settings (votes and sampling)."""
+        return cls(
+            engine,
+            votes=config.votes,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_new_tokens=config.max_new_tokens,
+            seed=seed,
+            tie_retries=tie_retries,
+            cache=cache if cache is not None else JudgmentCache(),
+        )
 
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgment]:
         """One :class:`Judgment` per (prompt, response), in order; duplicates are judged once."""

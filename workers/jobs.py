@@ -119,15 +119,7 @@ def refine_one(run_dir: str, prompt: str, response: str, iteration: int | None =
     version = version_for(paths, config, "refiner", iteration)
     engine = ENGINES.engine_for("refiner", version)
     j, s = config.judge, config.search
-    judge = Judge(
-        engine,
-        votes=j.votes,
-        temperature=j.temperature,
-        top_p=j.top_p,
-        max_new_tokens=j.max_new_tokens,
-        seed=config.seed,
-        tie_retries=s.tie_retries,
-    )
+    judge = Judge.from_config(engine, j, config.seed, tie_retries=s.tie_retries)
     (first,) = judge.judge([(prompt, response)])
     out = {
         "refiner_version": version.version,

@@ -15,7 +15,6 @@ The folder is written once per machine and reused; a marker file records which G
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -25,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from ..artifacts import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +64,9 @@ def find_smollm2_gguf() -> Path:
     return candidates[0]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _source_record(gguf: Path) -> dict[str, Any]:
     """What identifies the source GGUF: a different file (new package version) means a rebuild."""
-    return {"source_file": gguf.name, "source_size": gguf.stat().st_size, "source_sha256": _sha256(gguf)}
+    return {"source_file": gguf.name, "source_size": gguf.stat().st_size, "source_sha256": file_sha256(gguf)}
 
 
 def _is_complete(folder: Path, source: dict[str, Any]) -> bool:

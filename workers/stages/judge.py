@@ -23,15 +23,8 @@ def run_judge(
     j = config.judge
     started = time.perf_counter()
     with metered(engines.engine_for("refiner", version), progress, "judging") as engine:
-        judge = Judge(
-            engine,
-            votes=j.votes,
-            temperature=j.temperature,
-            top_p=j.top_p,
-            max_new_tokens=j.max_new_tokens,
-            seed=derive_seed(config.seed, "judge", spec.iteration),
-            tie_retries=0,  # stage 2 drops ties (SPAR.md)
-        )
+        # stage 2 drops ties (SPAR.md): no re-judging
+        judge = Judge.from_config(engine, j, derive_seed(config.seed, "judge", spec.iteration), tie_retries=0)
         items = [(row["prompt"], text) for row in rows for text in row["responses"]]
         judgments = iter(judge.judge(items))
 

@@ -38,16 +38,8 @@ def run_refine(
     started = time.perf_counter()
     j, s = config.judge, config.search
     with metered(engines.engine_for("refiner", version), progress, "tree search") as engine:
-        judge = Judge(
-            engine,
-            votes=j.votes,
-            temperature=j.temperature,
-            top_p=j.top_p,
-            max_new_tokens=j.max_new_tokens,
-            seed=derive_seed(config.seed, "search-judge", spec.iteration),
-            tie_retries=s.tie_retries,
-            cache=cache,
-        )
+        seed = derive_seed(config.seed, "search-judge", spec.iteration)
+        judge = Judge.from_config(engine, j, seed, tie_retries=s.tie_retries, cache=cache)
         hits_before = cache.hits
         on_step = (
             None

@@ -10,13 +10,12 @@ parent, so the next iteration still finds a model.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import time
 from pathlib import Path
 
 from shared.config import RunConfig, TrainCommon
 
-from ..artifacts import RunPaths, read_jsonl
+from ..artifacts import RunPaths, file_sha256, read_jsonl
 from ..versions import (
     ModelVersion,
     publishing,
@@ -26,14 +25,6 @@ from ..versions import (
     write_metadata,
 )
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, version_label
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def materialize(version: ModelVersion, paths: RunPaths) -> Path:
@@ -82,7 +73,7 @@ def _train(
                 "role": role,
                 "version": f"v{spec.iteration + 1}",
                 "parent": version_label(parent),
-                "data": {"file": str(data_file), "sha256": _sha256(data_file), "records": len(records)},
+                "data": {"file": str(data_file), "sha256": file_sha256(data_file), "records": len(records)},
                 "hyperparameters": settings.model_dump(mode="json"),
                 "created_at": dt.datetime.now(dt.UTC).isoformat(),
                 **extra_meta,
@@ -190,7 +181,7 @@ def run_init(
                         "version": "v0",
                         "parent": version_label(base),
                         "objective": "sft",
-                        "data": {"file": data, "sha256": _sha256(Path(data)), "records": len(records)},
+                        "data": {"file": data, "sha256": file_sha256(Path(data)), "records": len(records)},
                         "hyperparameters": settings.model_dump(mode="json"),
                         "metrics": metrics,
                         "adapter": settings.lora is not None,
