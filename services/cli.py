@@ -138,6 +138,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         SmolLM2NotInstalledError,
         ConfigChangedError,
         MissingStageOutputError,
+        FileNotFoundError,
     )
 
 

@@ -64,9 +64,12 @@ def _train(
     if done is None:
         data_file = paths.data_file(spec.iteration, data_name)
         if not data_file.exists():
-            raise FileNotFoundError(
-                f"{data_file} is missing: run the 'assemble' stage of iteration {spec.iteration} first"
+            producer = (
+                "an IOPO-groups stage (not part of this release: supply the file)"
+                if (data_name == "iopo_groups.jsonl")
+                else f"the 'assemble' stage of iteration {spec.iteration}"
             )
+            raise FileNotFoundError(f"{data_file} is missing: it is written by {producer}")
         records = list(read_jsonl(data_file))
         with publishing(target) as tmp:
             meta = {
