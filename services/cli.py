@@ -4,6 +4,9 @@
     spar run --resume RUN_DIR                               finish an interrupted run
     spar models prepare smollm2 --out DIR                   SmolLM2-135M-Instruct as an HF folder
     spar models tiny --out DIR                              the offline tiny test model
+    spar eval ifeval --model PATH [--limit N]               IFEval accuracies (strict/loose)
+    spar eval judge --model PATH --data FILE                pairwise judge accuracy (LLMBar format)
+    spar api | spar worker --role R                         the distributed service
 
 Errors a user can fix (bad config, malformed prompt lines, missing model) are printed as one clear
 message with exit code 2, never as a traceback.
@@ -62,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--role", choices=["actor", "refiner", "train"], required=True)
     probe.add_argument("--queue-url")
 
+    from services.eval_cli import add_eval_commands
+
+    add_eval_commands(sub)
+
     models = sub.add_parser("models", help="build or prepare local model folders")
     msub = models.add_subparsers(dest="models_command", required=True)
     prep = msub.add_parser("prepare", help="prepare a built-in model as a Hugging Face folder")
@@ -102,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "worker-probe":
             return _worker_probe(args)
+        if args.command == "eval":
+            from services.eval_cli import run_eval_command
+
+            return run_eval_command(args, console)
         if args.models_command == "prepare":
             from workers.models.smollm2 import prepare_smollm2
 
