@@ -12,7 +12,7 @@ def _ratio(num: float, den: float) -> float | None:
 def iteration_summary(paths: RunPaths, iteration: int) -> dict:
     """Headline metrics and per-stage costs of one iteration, from whatever stages are done."""
     stages: dict[str, dict] = {}
-    for stage in ("sample", "judge", "refine", "assemble", "train_actor", "train_refiner"):
+    for stage in ("sample", "judge", "refine", "assemble", "train_actor", "train_refiner", "eval"):
         manifest = paths.manifest(iteration, stage)
         if manifest.exists():
             stages[stage] = read_json(manifest)
@@ -63,7 +63,14 @@ def iteration_summary(paths: RunPaths, iteration: int) -> dict:
                 "peak_rss_mb": t.get("peak_rss_mb"),
             }
         )
-    return {"iteration": iteration, "metrics": metrics, "stages": rows, "training": training}
+    evaluation = stages["eval"].get("metrics", {}) if "eval" in stages else {}
+    return {
+        "iteration": iteration,
+        "metrics": metrics,
+        "stages": rows,
+        "training": training,
+        "evaluation": {"ifeval": evaluation.get("ifeval", []), "judge": evaluation.get("judge", [])},
+    }
 
 
 def render(summary: dict):  # -> rich.console.Group
@@ -114,6 +121,24 @@ def render(summary: dict):  # -> rich.console.Group
                 _fmt(r["peak_rss_mb"]),
             )
         parts.append(train)
+    evaluation = summary.get("evaluation") or {}
+    if evaluation.get("ifeval") or evaluation.get("judge"):
+        table = Table(title=f"iteration {summary['iteration']}: evaluation", show_header=True)
+        for col in ("model", "version", "metric", "value"):
+            table.add_column(col)
+        for r in evaluation.get("ifeval", []):
+            for key in (
+                "prompt_strict",
+                "instruction_strict",
+                "prompt_loose",
+                "instruction_loose",
+                "average",
+            ):
+                table.add_row("actor IFEval", r["version"], key.replace("_", " "), f"{r[key]:.3f}")
+        for r in evaluation.get("judge", []):
+            for key in ("accuracy", "invalid_rate"):
+                table.add_row("refiner judge", r["version"], key.replace("_", " "), f"{r[key]:.3f}")
+        parts.append(table)
     return Group(*parts)
 
 

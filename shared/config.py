@@ -13,8 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-STAGES: tuple[str, ...] = ("sample", "judge", "refine", "assemble", "train_actor", "train_refiner")
-StageName = Literal["sample", "judge", "refine", "assemble", "train_actor", "train_refiner"]
+STAGES: tuple[str, ...] = ("sample", "judge", "refine", "assemble", "train_actor", "train_refiner", "eval")
+StageName = Literal["sample", "judge", "refine", "assemble", "train_actor", "train_refiner", "eval"]
+DEFAULT_STAGES: tuple[str, ...] = STAGES[:6]  # eval is opt-in: it needs the `eval` extra
 
 
 class _Strict(BaseModel):
@@ -210,6 +211,19 @@ class InitConfig(_Strict):
         return self
 
 
+class EvalConfig(_Strict):
+    """The `eval` stage: IFEval of the actor and pairwise judge accuracy of the refiner, per version.
+
+    At iteration t it evaluates the versions that iteration produced (v<t+1>, or v<t> when the run
+    has no training stages); at iteration 0 it also evaluates v0, the baseline.
+    """
+
+    ifeval_limit: int | None = Field(64, ge=1, description="First N of IFEval's 541 prompts (None: all).")
+    max_new_tokens: int = Field(512, ge=1)
+    judge_data: str | None = Field(None, description="LLMBar-style JSONL {input, output_1, output_2, label}.")
+    judge_limit: int | None = Field(None, ge=1)
+
+
 class RunConfig(_Strict):
     """A whole run: data, models, and the settings of each stage."""
 
@@ -220,7 +234,7 @@ class RunConfig(_Strict):
     shard_size: int = Field(64, ge=1, description="Prompts per shard (the unit of work and retry).")
     iterations: int = Field(1, ge=1)
     stages: list[StageName] = Field(
-        default_factory=lambda: list(STAGES), description="Stages to run, in pipeline order."
+        default_factory=lambda: list(DEFAULT_STAGES), description="Stages to run, in pipeline order."
     )
     actor: ModelConfig
     refiner: ModelConfig
@@ -231,6 +245,7 @@ class RunConfig(_Strict):
     train_actor: ActorTrainConfig = Field(default_factory=ActorTrainConfig)
     train_refiner: RefinerTrainConfig = Field(default_factory=RefinerTrainConfig)
     init: InitConfig | None = Field(None, description="Stage 0: optional SFT initialisation (once).")
+    evaluation: EvalConfig = Field(default_factory=EvalConfig, description="Settings of the `eval` stage.")
 
     @model_validator(mode="after")
     def _stages_in_order(self) -> RunConfig:
@@ -260,6 +275,13 @@ class RunConfig(_Strict):
             parts |= {"actor": self.actor.model_dump(), "train": self.train_actor.model_dump()}
         elif stage == "train_refiner":
             parts |= {"refiner": self.refiner.model_dump(), "train": self.train_refiner.model_dump()}
+        elif stage == "eval":
+            parts |= {
+                "actor": self.actor.model_dump(),
+                "refiner": self.refiner.model_dump(),
+                "judge": self.judge.model_dump(),
+                "evaluation": self.evaluation.model_dump(),
+            }
         elif stage == "init":  # stage 0, run once before iteration 0
             parts |= {
                 "actor": self.actor.model_dump(),

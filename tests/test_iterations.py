@@ -122,3 +122,30 @@ def test_no_pairs_makes_an_alias_version(tmp_path: Path, tiny_model_path: Path) 
     LocalExecutor.for_run(paths).run_stage(0, "train_actor")
     meta = read_json(version_dir(paths, "actor", 1) / METADATA)
     assert meta["alias_of"] == "v0" and "no training records" in meta["reason"]
+
+
+def test_the_eval_stage_scores_each_model_version(tmp_path: Path, tiny_model_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SPAR_CACHE_DIR", str(tmp_path / "cache"))  # the Punkt data goes here
+    judge_file = tmp_path / "llmbar.jsonl"
+    judge_file.write_text(
+        "".join(
+            json.dumps({"input": f"Say {w} in lowercase.", "output_1": w, "output_2": w.upper(), "label": 1})
+            + "\n"
+            for w in ("hello", "yes", "tea")
+        )
+    )
+    config = write_config(
+        tmp_path,
+        tiny_model_path,
+        stages=["sample", "judge", "refine", "assemble", "train_actor", "train_refiner", "eval"],
+        evaluation={"ifeval_limit": 3, "max_new_tokens": 16, "judge_data": str(judge_file)},
+    )
+    paths = create_run(load_config_file(config), tmp_path / "r", "eval")
+    LocalExecutor.for_run(paths).run()
+    evaluation = iteration_summary(paths, 0)["evaluation"]
+    assert [r["version"] for r in evaluation["ifeval"]] == ["v0", "v1"]
+    assert [r["version"] for r in evaluation["judge"]] == ["v0", "v1"]
+    for r in evaluation["ifeval"]:
+        assert r["n_prompts"] == 3 and 0.0 <= r["prompt_strict"] <= r["prompt_loose"] <= 1.0
+    for r in evaluation["judge"]:
+        assert r["n"] == 3 and 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["invalid_rate"] <= 1.0

@@ -27,6 +27,7 @@ STAGE_QUEUE: dict[str, QueueName] = {
     "train_actor": "train",
     "train_refiner": "train",
     "init": "train",
+    "eval": "actor",
 }
 
 RUN_SHARD = "workers.jobs.run_shard"

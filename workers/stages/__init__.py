@@ -23,6 +23,7 @@ from .common import (
     load_config,
     record_done,
 )
+from .evaluate import run_eval
 from .judge import run_judge
 from .refine import run_refine
 from .sample import run_sample
@@ -51,6 +52,7 @@ RUNNERS: dict[str, Runner] = {
     "train_actor": run_train_actor,
     "train_refiner": run_train_refiner,
     "init": run_init,
+    "eval": run_eval,
 }
 
 
