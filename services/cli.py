@@ -6,6 +6,7 @@
     spar models tiny --out DIR                              the offline tiny test model
     spar eval ifeval --model PATH [--limit N]               IFEval accuracies (strict/loose)
     spar eval judge --model PATH --data FILE                pairwise judge accuracy (LLMBar format)
+    spar prompts synth --n N [--seed S] --out FILE          synthesized prompts with checkable constraints
     spar api | spar worker --role R                         the distributed service
 
 Errors a user can fix (bad config, malformed prompt lines, missing model) are printed as one clear
@@ -69,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_eval_commands(sub)
 
+    from services.prompts_cli import add_prompts_commands
+
+    add_prompts_commands(sub)
+
     models = sub.add_parser("models", help="build or prepare local model folders")
     msub = models.add_subparsers(dest="models_command", required=True)
     prep = msub.add_parser("prepare", help="prepare a built-in model as a Hugging Face folder")
@@ -113,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             from services.eval_cli import run_eval_command
 
             return run_eval_command(args, console)
+        if args.command == "prompts":
+            from services.prompts_cli import run_prompts_command
+
+            return run_prompts_command(args, console)
         if args.models_command == "prepare":
             from workers.models.smollm2 import prepare_smollm2
 

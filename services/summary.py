@@ -12,7 +12,16 @@ def _ratio(num: float, den: float) -> float | None:
 def iteration_summary(paths: RunPaths, iteration: int) -> dict:
     """Headline metrics and per-stage costs of one iteration, from whatever stages are done."""
     stages: dict[str, dict] = {}
-    for stage in ("sample", "judge", "refine", "assemble", "train_actor", "train_refiner", "eval"):
+    for stage in (
+        "sample",
+        "judge",
+        "refine",
+        "assemble",
+        "iopo_groups",
+        "train_actor",
+        "train_refiner",
+        "eval",
+    ):
         manifest = paths.manifest(iteration, stage)
         if manifest.exists():
             stages[stage] = read_json(manifest)
@@ -31,6 +40,8 @@ def iteration_summary(paths: RunPaths, iteration: int) -> dict:
         "pairs": assemble.get("pairs"),
         "rft_examples": assemble.get("rft"),
     }
+    if "iopo_groups" in c:
+        metrics |= {f"iopo_{k}": v for k, v in sorted(c["iopo_groups"].items())}
     rows = [
         {
             "stage": name,

@@ -13,9 +13,21 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-STAGES: tuple[str, ...] = ("sample", "judge", "refine", "assemble", "train_actor", "train_refiner", "eval")
-StageName = Literal["sample", "judge", "refine", "assemble", "train_actor", "train_refiner", "eval"]
-DEFAULT_STAGES: tuple[str, ...] = STAGES[:6]  # eval is opt-in: it needs the `eval` extra
+STAGES: tuple[str, ...] = (
+    "sample",
+    "judge",
+    "refine",
+    "assemble",
+    "iopo_groups",
+    "train_actor",
+    "train_refiner",
+    "eval",
+)
+StageName = Literal[
+    "sample", "judge", "refine", "assemble", "iopo_groups", "train_actor", "train_refiner", "eval"
+]
+# iopo_groups (for objective iopo) and eval (needs the `eval` extra) are opt-in
+DEFAULT_STAGES: tuple[str, ...] = ("sample", "judge", "refine", "assemble", "train_actor", "train_refiner")
 
 
 class _Strict(BaseModel):
@@ -248,6 +260,18 @@ class RunConfig(_Strict):
     evaluation: EvalConfig = Field(default_factory=EvalConfig, description="Settings of the `eval` stage.")
 
     @model_validator(mode="after")
+    def _iopo_has_groups(self) -> RunConfig:
+        if (
+            self.train_actor.objective == "iopo"
+            and "train_actor" in self.stages
+            and "iopo_groups" not in self.stages
+        ):
+            raise ValueError(
+                "train_actor.objective 'iopo' trains on IOPO groups: add 'iopo_groups' to stages"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _stages_in_order(self) -> RunConfig:
         if not self.stages:
             raise ValueError("stages must name at least one stage")
@@ -275,6 +299,13 @@ class RunConfig(_Strict):
             parts |= {"actor": self.actor.model_dump(), "train": self.train_actor.model_dump()}
         elif stage == "train_refiner":
             parts |= {"refiner": self.refiner.model_dump(), "train": self.train_refiner.model_dump()}
+        elif stage == "iopo_groups":
+            parts |= {
+                "refiner": self.refiner.model_dump(),
+                "judge": self.judge.model_dump(),
+                "search": self.search.model_dump(),
+                "data": self.data.model_dump(),
+            }
         elif stage == "eval":
             parts |= {
                 "actor": self.actor.model_dump(),

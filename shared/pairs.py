@@ -47,6 +47,7 @@ def dpo_pair(prompt_id: str, tree: Tree) -> dict[str, object] | None:
         "prompt": tree.prompt,
         "chosen": success.response,
         "rejected": tree.root.response,
+        "rejected_judgment": tree.root.judgment,
         "chosen_value": success.value,
         "depth": success.depth,
     }

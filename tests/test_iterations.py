@@ -149,3 +149,32 @@ def test_the_eval_stage_scores_each_model_version(tmp_path: Path, tiny_model_pat
         assert r["n_prompts"] == 3 and 0.0 <= r["prompt_strict"] <= r["prompt_loose"] <= 1.0
     for r in evaluation["judge"]:
         assert r["n"] == 3 and 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["invalid_rate"] <= 1.0
+
+
+def test_iopo_groups_from_a_tiny_run_train_the_actor(tmp_path: Path, tiny_model_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        tiny_model_path,
+        stages=["sample", "judge", "refine", "assemble", "iopo_groups", "train_actor"],
+        train_actor={
+            "objective": "iopo",
+            "max_steps": 1,
+            "batch_size": 1,
+            "max_length": 256,
+            "sft_weight": 0.0,
+        },
+    )
+    paths = create_run(load_config_file(config), tmp_path / "r", "iopo")
+    LocalExecutor.for_run(paths).run()
+    counts = read_json(paths.manifest(0, "iopo_groups"))["counts"]
+    pairs = read_json(paths.manifest(0, "assemble"))["counts"]["pairs"]
+    assert counts["attempted"] == pairs > 0
+    dropped = sum(v for k, v in counts.items() if k.startswith("dropped_"))
+    assert counts["verified"] + dropped == counts["attempted"]
+    groups = [json.loads(line) for line in paths.shard(0, "iopo_groups", 0).read_text().splitlines()]
+    assert len(groups) == counts["verified"]
+    assert all({"x1", "y1", "x2", "y2"} <= set(g) and g["x1"] != g["x2"] for g in groups)
+    meta = read_json(version_dir(paths, "actor", 1) / METADATA)
+    assert meta["objective"] == "iopo" and meta["data"]["records"] == counts["verified"]
+    summary = iteration_summary(paths, 0)["metrics"]
+    assert summary["iopo_verified"] == counts["verified"]

@@ -28,6 +28,7 @@ STAGE_QUEUE: dict[str, QueueName] = {
     "train_refiner": "train",
     "init": "train",
     "eval": "actor",
+    "iopo_groups": "refiner",
 }
 
 RUN_SHARD = "workers.jobs.run_shard"

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from shared.iopo import REWRITE_TEMPLATE
 from shared.templates import (
     END_MARKER,
     JUDGE_TEMPLATE,
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 # Bump when the recipe changes so that cached builds are not reused across incompatible recipes.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 MARKER_FILE = "spar_tiny.json"
 
 IM_START = "<|im_start|>"
@@ -207,18 +208,25 @@ def _imprint_chats(rng: random.Random, count: int) -> list[list[dict[str, str]]]
     """Chats whose LAST assistant turn is the training target: judge, refine and plain ones."""
     chats: list[list[dict[str, str]]] = []
     for i in range(count):
-        kind = i % 3
+        kind = i % 4
         prompt, response = _make_prompt(rng), _make_text(rng)
         if kind == 0:
             chat = judge_messages(prompt, response) + [{"role": "assistant", "content": _judgment(rng)}]
         elif kind == 1:
             chat = refine_conversation(prompt, response, _judgment(rng))
             chat = chat + [{"role": "assistant", "content": _refinement(rng)}]
-        else:
+        elif kind == 2:
             chat = [
                 {"role": "user", "content": prompt},
                 {"role": "assistant", "content": _make_text(rng)},
             ]
+        else:  # IOPO instruction rewriting (shared/iopo.py)
+            ask = REWRITE_TEMPLATE.format(prompt=prompt, response=response, judgment=_judgment(rng))
+            answer = (
+                f"Reflection on how to rewrite the Prompt: {rng.choice(_REFLECTIONS)}\n"
+                f"Final Rewritten Prompt: {START_MARKER} {_make_prompt(rng)} {END_MARKER}"
+            )
+            chat = [{"role": "user", "content": ask}, {"role": "assistant", "content": answer}]
         chats.append(chat)
     return chats
 
@@ -227,7 +235,7 @@ def _tokenizer_corpus(rng: random.Random) -> list[str]:
     """Text the BPE tokenizer is trained on: templates, formats, sentences, digits, punctuation."""
     # The templates recur in every judge/refine prompt: repeating them lets BPE merge their words
     # into few tokens, which keeps imprinting (and every test generation) short.
-    lines = [JUDGE_TEMPLATE, REFINE_INSTRUCTION] * 20
+    lines = [JUDGE_TEMPLATE, REFINE_INSTRUCTION, REWRITE_TEMPLATE] * 20
     lines += ["system\n", "user\n", "assistant\n"] * 20
     for _ in range(300):
         lines.append(_make_prompt(rng))

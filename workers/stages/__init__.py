@@ -24,6 +24,7 @@ from .common import (
     record_done,
 )
 from .evaluate import run_eval
+from .iopo import run_iopo_groups
 from .judge import run_judge
 from .refine import run_refine
 from .sample import run_sample
@@ -53,6 +54,7 @@ RUNNERS: dict[str, Runner] = {
     "train_refiner": run_train_refiner,
     "init": run_init,
     "eval": run_eval,
+    "iopo_groups": run_iopo_groups,
 }
 
 

@@ -62,14 +62,15 @@ def _train(
     target = version_dir(paths, role, spec.iteration + 1)
     done = read_metadata(target)
     if done is None:
-        data_file = paths.data_file(spec.iteration, data_name)
+        producer = "iopo_groups" if data_name == "iopo_groups" else "assemble"
+        if producer == "iopo_groups":
+            data_file = paths.shard(spec.iteration, "iopo_groups", 0)
+        else:
+            data_file = paths.data_file(spec.iteration, data_name)
         if not data_file.exists():
-            producer = (
-                "an IOPO-groups stage (not part of this release: supply the file)"
-                if (data_name == "iopo_groups.jsonl")
-                else f"the 'assemble' stage of iteration {spec.iteration}"
+            raise FileNotFoundError(
+                f"{data_file} is missing: run the '{producer}' stage of iteration {spec.iteration}"
             )
-            raise FileNotFoundError(f"{data_file} is missing: it is written by {producer}")
         records = list(read_jsonl(data_file))
         with publishing(target) as tmp:
             meta = {
@@ -116,7 +117,7 @@ def run_train_actor(
 
     config: RunConfig = load_config(paths)
     cfg = config.train_actor
-    data = "iopo_groups.jsonl" if cfg.objective == "iopo" else "pairs.jsonl"
+    data = "iopo_groups" if cfg.objective == "iopo" else "pairs.jsonl"
     return _train(
         paths, spec, engines, "actor", data, cfg, train_actor, {"objective": cfg.objective}, progress
     )
