@@ -5,7 +5,6 @@ read the artifact store. The scheduler loop runs in a background thread of this 
 a Redis lock so that several API replicas never schedule twice.
 """
 
-
 import secrets
 import threading
 import time
@@ -255,6 +254,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body, content_type = render_metrics(redis, scheduler)
         return Response(body, media_type=content_type)
 
+    from .dashboard import add_dashboard
+
+    add_dashboard(app)
     return app
 
 

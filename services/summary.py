@@ -72,6 +72,7 @@ def iteration_summary(paths: RunPaths, iteration: int) -> dict:
                 "target_nll_before": t.get("target_nll_before"),
                 "target_nll_after": t.get("target_nll_after"),
                 "peak_rss_mb": t.get("peak_rss_mb"),
+                "loss_curve": t.get("loss_curve") or [],
             }
         )
     evaluation = stages["eval"].get("metrics", {}) if "eval" in stages else {}
