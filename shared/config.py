@@ -92,6 +92,17 @@ class JudgeConfig(_Strict):
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(1024, ge=1)
+    backend: Literal["llm", "verifier", "verifier_then_llm"] = Field(
+        "llm",
+        description="Who judges: the LLM refiner (majority vote), the IFEval-style programmatic verifier "
+        "(prompts with instruction_id_list/kwargs metadata), or the verifier where metadata exists and "
+        "the LLM elsewhere.",
+    )
+    agreement_sample: int = Field(
+        32,
+        ge=0,
+        description="verifier_then_llm: also LLM-judge up to N verifiable responses to report agreement.",
+    )
     negatives_per_prompt: int | Literal["all"] = Field(
         1, description="Failed responses kept as negatives per prompt: a count or 'all'."
     )

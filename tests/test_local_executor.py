@@ -200,3 +200,41 @@ def test_relative_paths_are_resolved_against_the_config_file(tmp_path: Path) -> 
     assert config.prompts == str((tmp_path / "prompts.jsonl").resolve())
     assert config.actor.model == str((tmp_path / "models" / "actor").resolve())
     assert config.refiner.model == "tiny"  # built-in names stay names
+
+
+def test_verifier_then_llm_judges_prompts_with_metadata_programmatically(tmp_path: Path) -> None:
+    # two prompts carry IFEval metadata (lowercase), two do not
+    rows = [
+        {
+            "id": "m0",
+            "prompt": "Describe tea. Use only lowercase letters.",
+            "instruction_id_list": ["change_case:english_lowercase"],
+            "kwargs": [{}],
+        },
+        {
+            "id": "m1",
+            "prompt": "Describe coffee. Use only lowercase letters.",
+            "instruction_id_list": ["change_case:english_lowercase"],
+            "kwargs": [{}],
+        },
+        {"id": "p0", "prompt": "Task without metadata."},
+        {"id": "p1", "prompt": "Another task without metadata."},
+    ]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = load_config_file(
+        write_config(tmp_path, judge={"votes": 3, "backend": "verifier_then_llm", "agreement_sample": 8})
+    )
+    paths = create_run(config, tmp_path / "runs", "verifier")
+    # answers 0 are lowercase; the LLM judge says Yes to everything
+    engine = ScriptedEngine(
+        judge_fn=yes, sample_fn=lambda prompt, i: "all lowercase here" if i == 0 else f"Capitalised {i}"
+    )
+    LocalExecutor(paths, Provider(engine)).run_stage(0, "sample")
+    LocalExecutor(paths, Provider(engine)).run_stage(0, "judge")
+    judged = {row["id"]: row for row in read_jsonl(paths.shard(0, "judge", 0))}
+    assert [r["label"] for r in judged["m0"]["responses"]] == [1, 0, 0]  # the verifier's verdicts
+    assert [r["label"] for r in judged["p0"]["responses"]] == [1, 1, 1]  # the scripted LLM's
+    assert "change_case:english_lowercase" in judged["m0"]["responses"][1]["judgments"][0]
+    counts = read_json(paths.manifest(0, "judge"))["counts"]
+    # the LLM (always Yes) agrees with the verifier on the 2 lowercase answers out of 6 verifiable ones
+    assert (counts["agreement_n"], counts["agreement_agree"]) == (6, 2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-from shared.judging import Judge
 from shared.negatives import select_negatives
 from shared.seeding import derive_seed, rng_for
 from shared.verdict import Verdict
@@ -12,6 +11,7 @@ from shared.verdict import Verdict
 from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
 from ..versions import version_for
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
+from .judges import stage_judge
 
 
 def run_judge(
@@ -24,9 +24,11 @@ def run_judge(
     started = time.perf_counter()
     with metered(engines.engine_for("refiner", version), progress, "judging") as engine:
         # stage 2 drops ties (SPAR.md): no re-judging
-        judge = Judge.from_config(engine, j, derive_seed(config.seed, "judge", spec.iteration), tie_retries=0)
+        metadata = {row["prompt"]: row["metadata"] for row in rows}
+        judge = stage_judge(engine, j, derive_seed(config.seed, "judge", spec.iteration), 0, metadata)
         items = [(row["prompt"], text) for row in rows for text in row["responses"]]
         judgments = iter(judge.judge(items))
+        agreement = judge.agreement(items, j.agreement_sample) if j.backend == "verifier_then_llm" else {}
 
     counts = dict.fromkeys(
         (
@@ -78,7 +80,7 @@ def run_judge(
     write_jsonl_atomic(paths.shard(spec.iteration, "judge", spec.shard), out)
     return StageResult(
         models={"refiner": version_label(version)},
-        counts=counts,
+        counts=counts | agreement,
         engine=engine.stats.as_dict(),
         seconds=time.perf_counter() - started,
     )

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from shared.judging import Judge, Judgment, JudgmentCache
+from shared.judging import Judgment, JudgmentCache
 from shared.search import SearchRoot, search_trees
 from shared.seeding import derive_seed
 
 from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
 from ..versions import version_for
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
+from .judges import stage_judge
 
 
 def run_refine(
@@ -39,7 +40,8 @@ def run_refine(
     j, s = config.judge, config.search
     with metered(engines.engine_for("refiner", version), progress, "tree search") as engine:
         seed = derive_seed(config.seed, "search-judge", spec.iteration)
-        judge = Judge.from_config(engine, j, seed, tie_retries=s.tie_retries, cache=cache)
+        metadata = {row["prompt"]: row["metadata"] for row in rows}
+        judge = stage_judge(engine, j, seed, s.tie_retries, metadata, cache=cache)
         hits_before = cache.hits
         on_step = (
             None
