@@ -43,17 +43,21 @@ class Stack:
 
     @property
     def env(self) -> dict[str, str]:
-        return os.environ | {
-            "SPAR_REDIS_URL": self.redis_url,
-            "SPAR_API_TOKEN": TOKEN,
-            "SPAR_DATA_ROOT": str(self.root),
-            "SPAR_CACHE_DIR": str(self.root / "cache"),
-            "SPAR_SCHEDULER_INTERVAL": "0.3",
-            "SPAR_RETRY_INTERVALS": "1,1,1",
-            "HF_HUB_OFFLINE": "1",
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "OMP_NUM_THREADS": "1",
-        } | self.env_extra
+        return (
+            os.environ
+            | {
+                "SPAR_REDIS_URL": self.redis_url,
+                "SPAR_API_TOKEN": TOKEN,
+                "SPAR_DATA_ROOT": str(self.root),
+                "SPAR_CACHE_DIR": str(self.root / "cache"),
+                "SPAR_SCHEDULER_INTERVAL": "0.3",
+                "SPAR_RETRY_INTERVALS": "1,1,1",
+                "HF_HUB_OFFLINE": "1",
+                "HF_HUB_DISABLE_TELEMETRY": "1",
+                "OMP_NUM_THREADS": "1",
+            }
+            | self.env_extra
+        )
 
     def _log(self, name: str):
         path = self.root / "logs" / f"{name}-{len(self.logs)}.log"
@@ -63,8 +67,12 @@ class Stack:
 
     def start_api(self) -> None:
         self.port = self.port or free_port()
-        self.api = subprocess.Popen([str(BIN / "spar"), "api", "--port", str(self.port)], env=self.env,
-                                    stdout=self._log("api"), stderr=subprocess.STDOUT)
+        self.api = subprocess.Popen(
+            [str(BIN / "spar"), "api", "--port", str(self.port)],
+            env=self.env,
+            stdout=self._log("api"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -81,9 +89,12 @@ class Stack:
             self.api = None
 
     def start_worker(self, role: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen([str(BIN / "spar"), "worker", "--role", role, "--heartbeat-ttl", "3"],
-                                env=self.env | (env or {}), stdout=self._log(f"worker-{role}"),
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(BIN / "spar"), "worker", "--role", role, "--heartbeat-ttl", "3"],
+            env=self.env | (env or {}),
+            stdout=self._log(f"worker-{role}"),
+            stderr=subprocess.STDOUT,
+        )
         self.workers.append((role, proc))
         return proc
 
@@ -108,7 +119,9 @@ class Stack:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
-    def wait_for(self, run_id: str, statuses=("succeeded", "failed", "cancelled"), timeout: float = 300) -> dict:
+    def wait_for(
+        self, run_id: str, statuses=("succeeded", "failed", "cancelled"), timeout: float = 300
+    ) -> dict:
         deadline = time.monotonic() + timeout
         last: dict = {}
         with self.client() as c:
@@ -121,7 +134,9 @@ class Stack:
                 if last.get("status") in statuses:
                     return last
                 time.sleep(0.5)
-        raise TimeoutError(f"run {run_id} still {last.get('status')} after {timeout}s: {last}\n{self.tail_logs()}")
+        raise TimeoutError(
+            f"run {run_id} still {last.get('status')} after {timeout}s: {last}\n{self.tail_logs()}"
+        )
 
     def tail_logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in self.logs)

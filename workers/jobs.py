@@ -82,12 +82,28 @@ def run_shard(spec: dict) -> dict:
     _injected_fault(parsed)
     ENGINES.config = load_config(paths)
     result = run_stage(paths, parsed, ENGINES)
+    _wake_scheduler()
     return {
         "counts": result.counts,
         "seconds": result.seconds,
         "skipped": result.skipped,
         "models": result.models,
     }
+
+
+def _wake_scheduler() -> None:
+    """Tell the scheduler a shard is done (best effort: its periodic tick is the fallback)."""
+    from rq import get_current_job
+
+    from .queue import WAKE_CHANNEL
+
+    job = get_current_job()
+    if job is None:
+        return
+    try:
+        job.connection.publish(WAKE_CHANNEL, job.id)
+    except Exception as exc:  # Redis briefly away: the next tick finds the shard anyway
+        log.warning("scheduler wake-up failed", extra={"event": "job.wake_failed", "error": str(exc)})
 
 
 class InjectedFault(RuntimeError):

@@ -39,6 +39,10 @@ SERIALIZER = JSONSerializer
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+WAKE_CHANNEL = "spar:scheduler:wake"
+"""Workers publish here when a shard is done, so the scheduler advances at once, not at its next tick."""
+
+
 def redis_url() -> str:
     return os.environ.get("SPAR_REDIS_URL", DEFAULT_REDIS_URL)
 

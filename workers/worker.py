@@ -11,16 +11,24 @@ scheduler's registry cleanup) within ``heartbeat_ttl`` seconds, however long the
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 import time
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from redis import Redis
 from rq import Queue, SimpleWorker
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.job import Job
+from rq.logutils import setup_loghandlers
+from rq.scheduler import RQScheduler
+from rq.scheduler import run as run_scheduler
+from rq.timeouts import UnixSignalDeathPenalty
 
 from .jobs import ENGINES
 from .queue import REFINE_ONE, RUN_SHARD, SERIALIZER, QueueName, worker_key
@@ -31,15 +39,85 @@ DEFAULT_HEARTBEAT_TTL = 30
 ALLOWED_FUNCTIONS = frozenset({RUN_SHARD, REFINE_ONE, "workers.jobs.noop"})
 
 
+class SparScheduler(RQScheduler):
+    """RQ's scheduler process (it enqueues scheduled retries), made safe against a killed worker.
+
+    RQ forks the scheduler from the worker, which causes two faults when the worker is killed with
+    SIGKILL (OOM killer, ``kill -9``, a test harness):
+
+    * the child lives on as an orphan, holding the queue's scheduler lock and Redis connections
+      indefinitely: here it watches its parent and stops (releasing the lock, so a live worker's
+      scheduler takes over) once it is re-parented;
+    * a forked child holds copies of the worker's sockets, so Redis still sees the dead worker's
+      blocking BLMOVE as alive and hands it the next job, which then sits in RQ's intermediate
+      queue until RQ's cleanup returns it a minute later: here the process is spawned, not forked,
+      and inherits nothing.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._parent_pid = os.getpid()  # the worker's: it may be dead before the child first runs
+        self._log_setup = {
+            "level": kwargs.get("logging_level", logging.INFO),
+            "date_format": kwargs.get("date_format", DEFAULT_LOGGING_DATE_FORMAT),
+            "log_format": kwargs.get("log_format", DEFAULT_LOGGING_FORMAT),
+        }
+
+    def start(self) -> BaseProcess:
+        self._status = self.Status.STARTED
+        self._connection = None  # the child connects on its own
+        spawn = multiprocessing.get_context("spawn")
+        process = spawn.Process(target=run_scheduler, args=(self,), name="Scheduler")
+        process.start()
+        self._process = process
+        return process
+
+    def work(self) -> None:
+        setup_loghandlers(name="rq.scheduler", **self._log_setup)  # a spawned child starts bare
+        parent = self._parent_pid
+
+        def watch_parent() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            self.request_stop()
+
+        threading.Thread(target=watch_parent, daemon=True, name="spar-parent-watch").start()
+        super().work()
+
+
+def _stray_alarm(signum: int, frame: object) -> None:
+    """SIGALRM outside a job's time limit: a stop command that arrived late, dropped on purpose."""
+    log.info("stray stop signal ignored", extra={"event": "worker.stray_stop"})
+
+
+class SparDeathPenalty(UnixSignalDeathPenalty):
+    """RQ's SIGALRM job time limit, except that between jobs SIGALRM is ignored instead of fatal.
+
+    :meth:`SparWorker.kill_horse` stops a job by raising SIGALRM in the worker itself. RQ restores
+    the default action (terminate the process) when a job's time limit ends, so a stop arriving
+    just after -- a second cancel while the first is being handled, or a job finishing at that
+    moment -- silently killed the whole worker and left its job to be retried as abandoned.
+    """
+
+    def cancel_death_penalty(self) -> None:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, _stray_alarm)
+
+
 class SparWorker(SimpleWorker):
     """A SimpleWorker that heartbeats during jobs and publishes what it is doing for ``/v1/workers``."""
+
+    death_penalty_class = SparDeathPenalty
 
     def __init__(self, *args: Any, role: str, heartbeat_ttl: int = DEFAULT_HEARTBEAT_TTL, **kwargs: Any):
         kwargs.setdefault("serializer", SERIALIZER)
         super().__init__(*args, **kwargs)
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            signal.signal(signal.SIGALRM, _stray_alarm)
         self.role = role
         self.heartbeat_ttl = heartbeat_ttl
         self._stop_beating = threading.Event()
+        self.needs_fresh_process = False
         self.publish(current_job="")
 
     def get_heartbeat_ttl(self, job: Job) -> int:
@@ -79,6 +157,8 @@ class SparWorker(SimpleWorker):
         try:
             super().execute_job(job, queue)
         finally:
+            if self.needs_fresh_process:  # interrupted: take no further job in this process
+                self._stop_requested = True
             self._stop_beating.set()
             beater.join(timeout=5)
             try:
@@ -91,9 +171,42 @@ class SparWorker(SimpleWorker):
 
         The job runs in this process's main thread under RQ's SIGALRM time limit; raising that
         signal ends the job now, and RQ records it as stopped because ``_stopped_job_id`` is set.
+        The exception lands wherever the job happens to be -- possibly inside ``import torch`` or
+        a model load, which leaves the interpreter broken (later jobs failed with ``SystemError``,
+        then the process crashed) -- so the worker takes no other job in this process:
+        :func:`run_worker` replaces it with a fresh one once RQ has recorded the stop.
         """
         if self.get_current_job_id():
+            self.needs_fresh_process = True
             os.kill(os.getpid(), signal.SIGALRM)
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        """RQ's ``_start_scheduler`` with :class:`SparScheduler` (spawned, stops when we die)."""
+        self.scheduler = SparScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()
+        if self.scheduler.acquired_locks:
+            if burst:
+                try:
+                    self.scheduler.register_birth()
+                    self.scheduler.enqueue_scheduled_jobs()
+                finally:
+                    self.scheduler.release_locks()
+                    self.scheduler.register_death()
+            else:
+                self.scheduler.start()
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()
@@ -126,9 +239,25 @@ def run_worker(
                 name=f"{name or f'{role}-{socket.gethostname()}-{os.getpid()}'}-{attempt}",
             )
             worker.work(burst=burst, with_scheduler=True)
+            if worker.needs_fresh_process:
+                _restart_process()
             return
         except RedisConnectionError as exc:
             log.warning(
                 "redis unreachable, retrying", extra={"event": "worker.redis_down", "error": str(exc)}
             )
             time.sleep(2)
+
+
+def _restart_process() -> None:
+    """Replace this process by a fresh run of the same command line (same pid, clean interpreter)."""
+    log.warning("restarting after an interrupted job", extra={"event": "worker.restart"})
+    try:  # the spawn helper process would otherwise outlive the exec as a zombie child
+        from multiprocessing import resource_tracker
+
+        resource_tracker._resource_tracker._stop()
+    except Exception:
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)
