@@ -15,14 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,8 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import httpx  # noqa: E402
-from redis import Redis  # noqa: E402
-from service_harness import TOKEN, Stack, data_root, free_port  # noqa: E402
+from service_harness import TOKEN, Stack, data_root, private_redis  # noqa: E402
 
 CACHE = REPO / ".cache" / "models"
 BASE_PROMPTS = [
@@ -42,31 +37,6 @@ BASE_PROMPTS = [
     "Explain gravity in one sentence without commas.",
     "Give two tips for sleeping well as a numbered list.",
 ]
-
-
-@contextmanager
-def private_redis(folder: Path) -> Iterator[str]:
-    """A redis-server of our own on a free port (no persistence): nobody else's data is touched."""
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                Redis(port=port, socket_timeout=1).ping()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
 
 
 async def client_loop(

@@ -24,14 +24,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from redis import Redis  # noqa: E402
-from service_harness import Stack, data_root, free_port  # noqa: E402
+from service_harness import Stack, data_root, private_redis  # noqa: E402
 
 from services.local import LocalEngines, LocalExecutor  # noqa: E402
 from services.runs import create_run, resolve_paths  # noqa: E402
@@ -74,31 +70,6 @@ def run_body(shard_size: int, train_steps: int) -> dict:
         "train_actor": train,
         "train_refiner": train,
     }
-
-
-@contextmanager
-def private_redis(folder: Path) -> Iterator[str]:
-    """A redis-server of our own on a free port (no persistence): nobody else's data is touched."""
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                Redis(port=port, socket_timeout=1).ping()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
 
 
 @dataclass

@@ -19,8 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,38 +29,8 @@ from rq import Queue, Worker  # noqa: E402
 
 from workers.queue import SERIALIZER  # noqa: E402
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def private_redis(folder: Path) -> Iterator[str]:
-    """A redis-server of our own on a free port (no persistence): nobody else's data is touched."""
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                Redis(port=port, socket_timeout=1).ping()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from service_harness import private_redis  # noqa: E402
 
 
 def drain(url: str, tmp: Path, jobs: int, n_workers: int, plain: bool) -> tuple[float, float, int]:

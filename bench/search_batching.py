@@ -75,8 +75,10 @@ def main() -> None:
     b_calls, b_s, b_ok = run(True, args.trees, call_s, completion_s)
     u_calls, u_s, u_ok = run(False, args.trees, call_s, completion_s)
     assert b_ok == u_ok, "both variants must run the same search"
-    print(f"workload: {args.trees} trees, BFS defaults (3/2/3), 5 votes, {b_ok} successes; "
-          f"cost model {args.call_ms} ms/call + {args.completion_ms} ms/completion")
+    print(
+        f"workload: {args.trees} trees, BFS defaults (3/2/3), 5 votes, {b_ok} successes; "
+        f"cost model {args.call_ms} ms/call + {args.completion_ms} ms/completion"
+    )
     print(f"{'variant':<20}{'engine calls':>14}{'wall s':>10}")
     print(f"{'batched':<20}{b_calls:>14}{b_s:>10.2f}")
     print(f"{'one call per node':<20}{u_calls:>14}{u_s:>10.2f}")

@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,3 +155,28 @@ def data_root(tmp: Path, tiny_model: Path, prompts: list[str]) -> Path:
     shutil.copytree(tiny_model, root / "models" / "tiny")
     (root / "prompts.jsonl").write_text("".join(f'{{"prompt": "{p}"}}\n' for p in prompts))
     return root
+
+
+@contextmanager
+def private_redis(folder: Path) -> Iterator[str]:
+    """A redis-server of our own on a free port (no persistence): nobody else's data is touched."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                Redis(port=port, socket_timeout=1).ping()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
