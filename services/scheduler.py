@@ -37,6 +37,12 @@ from workers.stages.common import load_config
 log = logging.getLogger("spar.scheduler")
 
 RUNS_INDEX = "spar:runs"
+_SET_IF_ACTIVE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' and status ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
 LOCK_KEY = "spar:scheduler:lock"
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled")
@@ -73,6 +79,7 @@ class Scheduler:
         self.redis = redis
         self.settings = settings or SchedulerSettings()
         self.queues = {name: Queue(name, connection=redis, serializer=SERIALIZER) for name in QUEUES}
+        self._cas = redis.register_script(_SET_IF_ACTIVE)
 
     # ----- the run registry -------------------------------------------------------------------
     def register(self, paths: RunPaths) -> None:
@@ -108,6 +115,17 @@ class Scheduler:
             run_key(run_id), mapping={**{k: str(v) for k, v in fields.items()}, "updated_at": time.time()}
         )
 
+    def _set_if_active(self, run_id: str, **fields: object) -> bool:
+        """Write the scheduler's own status changes only while the run is still queued or running.
+
+        A compare-and-set in one Lua call: a cancel that lands between a tick's read of the status
+        and its write must win, not be overwritten by "running" (or "failed").
+        """
+        args: list[str] = []
+        for k, v in {**{k: str(v) for k, v in fields.items()}, "updated_at": str(time.time())}.items():
+            args += [k, v]
+        return bool(self._cas(keys=[run_key(run_id)], args=args))
+
     # ----- ticking ----------------------------------------------------------------------------
     def tick(self) -> None:
         """Advance every active run by what can be done now (cheap when nothing changed)."""
@@ -122,7 +140,7 @@ class Scheduler:
                     raise  # Redis is away, the run is fine: serve() waits and ticks again
                 except Exception as exc:  # a broken run must not stop the others
                     log.exception("advance failed", extra={"event": "run.advance_error", "run": run_id})
-                    self._set(run_id, status="failed", error=f"scheduler error: {exc}")
+                    self._set_if_active(run_id, status="failed", error=f"scheduler error: {exc}")
 
     def advance(self, run_id: str, paths: RunPaths) -> None:
         for iteration, stage in pipeline(paths):
@@ -137,7 +155,8 @@ class Scheduler:
                     extra={"event": "stage.done", "run": run_id, "iteration": iteration, "stage": stage},
                 )
                 continue
-            self._set(run_id, status="running", iteration=iteration, stage=stage)
+            if not self._set_if_active(run_id, status="running", iteration=iteration, stage=stage):
+                return  # cancelled meanwhile: enqueue nothing more
             failures = []
             for shard in pending:
                 job = self._job(run_id, iteration, stage, shard)
@@ -156,10 +175,10 @@ class Scheduler:
                     f"iteration {iteration} stage {stage}: {len(failures)} shard(s) failed after "
                     f"{self.settings.retries} retries; shard {shard}: {error}"
                 )
-                self._set(run_id, status="failed", error=message)
+                self._set_if_active(run_id, status="failed", error=message)
                 log.error("run failed", extra={"event": "run.failed", "run": run_id, "error": message})
             return
-        self._set(run_id, status="succeeded", stage="", error="")
+        self._set_if_active(run_id, status="succeeded", stage="", error="")
         log.info("run succeeded", extra={"event": "run.succeeded", "run": run_id})
 
     def _job(self, run_id: str, iteration: int, stage: str, shard: int) -> Job | None:
