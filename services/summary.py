@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shared.config import STAGES
 from workers.artifacts import RunPaths, read_json
 
 
@@ -12,16 +13,7 @@ def _ratio(num: float, den: float) -> float | None:
 def iteration_summary(paths: RunPaths, iteration: int) -> dict:
     """Headline metrics and per-stage costs of one iteration, from whatever stages are done."""
     stages: dict[str, dict] = {}
-    for stage in (
-        "sample",
-        "judge",
-        "refine",
-        "assemble",
-        "iopo_groups",
-        "train_actor",
-        "train_refiner",
-        "eval",
-    ):
+    for stage in STAGES:
         manifest = paths.manifest(iteration, stage)
         if manifest.exists():
             stages[stage] = read_json(manifest)
