@@ -28,15 +28,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import httpx  # noqa: E402
-from service_harness import TOKEN, Stack, data_root, private_redis  # noqa: E402
+from service_harness import (  # noqa: E402
+    TOKEN,
+    Stack,
+    data_root,
+    private_redis,
+    tiny_run_body,
+    variant_prompts,
+)
 
 CACHE = REPO / ".cache" / "models"
-BASE_PROMPTS = [
-    "Write a haiku about rain. Use exactly three lines.",
-    "List three fruits in lowercase, separated by commas.",
-    "Explain gravity in one sentence without commas.",
-    "Give two tips for sleeping well as a numbered list.",
-]
 
 
 async def client_loop(
@@ -86,27 +87,15 @@ def main() -> None:
     from workers.models.tiny import tiny_model_cached
 
     model = tiny_model_cached(CACHE)
-    prompts = [f"{BASE_PROMPTS[i % 4]} Variant {i // 4}." for i in range(args.prompts)]
-    body = {
-        "name": "load",
-        "seed": 3,
-        "prompts": "prompts.jsonl",
-        "shard_size": 8,
-        "stages": ["sample", "judge", "refine", "assemble"],
-        "actor": {"model": "models/tiny", "hf": {"batch_size": 16}},
-        "refiner": {"model": "models/tiny", "hf": {"batch_size": 16}},
-        "sample": {"num_responses": 4, "max_new_tokens": 24},
-        "judge": {"votes": 5, "max_new_tokens": 64},
-        "search": {"branching": 2, "beam": 1, "max_depth": 2, "max_new_tokens": 64},
-    }
+    prompts = variant_prompts(args.prompts)
+    body = tiny_run_body("load", seed=3, shard_size=8, responses=4, votes=5, new_tokens=(24, 64, 64))
     with tempfile.TemporaryDirectory(prefix="spar-api-load-") as tmp:
         root = data_root(Path(tmp), model, prompts)
         with private_redis(Path(tmp)) as url:
             stack = Stack(root=root, redis_url=url)
             try:
                 stack.start_api()
-                for role in ("actor", "refiner", "train"):
-                    stack.start_worker(role)
+                stack.start_workers()
                 with stack.client() as c:
                     created = c.post("/v1/runs", json=body)
                     created.raise_for_status()

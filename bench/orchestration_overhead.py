@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from redis import Redis  # noqa: E402
-from service_harness import Stack, data_root, private_redis  # noqa: E402
+from service_harness import Stack, data_root, private_redis, tiny_run_body, variant_prompts  # noqa: E402
 
 from services.local import LocalEngines, LocalExecutor  # noqa: E402
 from services.runs import create_run, resolve_paths  # noqa: E402
@@ -47,29 +47,18 @@ from workers.artifacts import RunPaths, read_json  # noqa: E402
 from workers.stages.common import load_config  # noqa: E402
 
 CACHE = REPO / ".cache" / "models"
-BASE_PROMPTS = [
-    "Write a haiku about rain. Use exactly three lines.",
-    "List three fruits in lowercase, separated by commas.",
-    "Explain gravity in one sentence without commas.",
-    "Give two tips for sleeping well as a numbered list.",
-]
 
 
 def run_body(shard_size: int, train_steps: int) -> dict:
-    train = {"max_steps": train_steps, "batch_size": 2, "max_length": 256, "learning_rate": 1e-4}
-    return {
-        "name": "overhead",
-        "seed": 11,
-        "prompts": "prompts.jsonl",
-        "shard_size": shard_size,
-        "actor": {"model": "models/tiny", "hf": {"batch_size": 16}},
-        "refiner": {"model": "models/tiny", "hf": {"batch_size": 16}},
-        "sample": {"num_responses": 4, "max_new_tokens": 24},
-        "judge": {"votes": 5, "max_new_tokens": 64},
-        "search": {"branching": 2, "beam": 1, "max_depth": 2, "max_new_tokens": 64},
-        "train_actor": train,
-        "train_refiner": train,
-    }
+    return tiny_run_body(
+        "overhead",
+        seed=11,
+        shard_size=shard_size,
+        responses=4,
+        votes=5,
+        new_tokens=(24, 64, 64),
+        train_steps=train_steps,
+    )
 
 
 @dataclass
@@ -136,7 +125,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model = tiny_model_cached(CACHE)  # the one-off build: not timed
-    prompts = [f"{BASE_PROMPTS[i % 4]} Variant {i // 4}." for i in range(args.prompts)]
+    prompts = variant_prompts(args.prompts)
     body = run_body(args.shard_size, args.train_steps)
     runs: list[Timed] = []
     with tempfile.TemporaryDirectory(prefix="spar-overhead-") as tmp:
@@ -148,8 +137,7 @@ def main() -> None:
             stack = Stack(root=root, redis_url=url, env_extra=env)
             try:
                 stack.start_api()
-                for role in ("actor", "refiner", "train"):
-                    stack.start_worker(role)
+                stack.start_workers()
                 local_run(config, root, engines, 0)  # warm-ups: imports and engine loads, both sides
                 service_run(stack, body)
                 for k in range(1, args.repeats + 1):  # interleaved: both sides see the same machine

@@ -150,8 +150,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from workers.models.registry import ModelNotFoundError
     from workers.models.smollm2 import SmolLM2NotInstalledError
     from workers.stages import ConfigChangedError, MissingStageOutputError
+    from workers.worker import WorkerSettingsError
 
     return (
+        WorkerSettingsError,
         ConfigError,
         PromptFileError,
         ModelNotFoundError,
@@ -163,9 +165,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _cmd_run(args: argparse.Namespace, console) -> int:
-    from rich.console import Console
-
     from services import logs
+    from services.console import report_console
     from services.local import LocalExecutor
     from services.runs import ConfigError, create_run, load_config_file, open_run
     from services.summary import iteration_summary, render
@@ -192,7 +193,7 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
         )
         executor.run()
     config = load_config(paths)
-    out = Console()
+    out = report_console()
     for t in range(config.iterations):
         out.print(render(iteration_summary(paths, t)))
     out.print(f"run {paths.run_id} done in {time.perf_counter() - started:.1f} s; outputs in {paths.root}")
@@ -200,18 +201,31 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
 
 
 def _worker_probe(args: argparse.Namespace) -> int:
+    """Liveness of this host's worker, judged by its heartbeat hash in Redis.
+
+    When Redis itself is unreachable the probe passes: the worker is then waiting to reconnect
+    (``worker.reconnect``), and restarting it would only reload its model without reaching Redis.
+    """
     import socket
 
     from redis import Redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from workers.queue import redis_url, worker_key
 
-    redis = Redis.from_url(args.queue_url or redis_url(), socket_timeout=5)
+    redis = Redis.from_url(args.queue_url or redis_url(), socket_timeout=5, socket_connect_timeout=5)
     host = socket.gethostname()
-    for key in redis.scan_iter(match=worker_key("*")):
-        fields = {k.decode(): v.decode() for k, v in redis.hgetall(key).items()}
-        if fields.get("host") == host and fields.get("role") == args.role:
-            return 0
+    try:
+        for key in redis.scan_iter(match=worker_key("*")):
+            fields = {k.decode(): v.decode() for k, v in redis.hgetall(key).items()}
+            if fields.get("host") == host and fields.get("role") == args.role:
+                return 0
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        print(
+            f"redis unreachable ({exc}): the worker is reconnecting; not failing it for that", file=sys.stderr
+        )
+        return 0
     print(f"no live {args.role} worker on {host}", file=sys.stderr)
     return 1
 

@@ -267,12 +267,18 @@ DASHBOARD_HTML = r"""<!doctype html>
     ["mean_expansions_per_tree", "mean expansions / tree", 2], ["pairs", "pairs", 0],
     ["rft_examples", "RFT examples", 0],
   ];
+  // Rows of opt-in stages, shown when some iteration has them.
+  const OPTIONAL_COUNTS = [
+    ["iopo_attempted", "IOPO pairs attempted", 0], ["iopo_verified", "IOPO groups verified", 0],
+    ["iopo_candidates_programmatic", "IOPO x' written by the verifier", 0],
+  ];
 
   function countsTable(iterations) {
     const head = el("tr", {}, [el("th", { text: "metric" })].concat(
       iterations.map(it => el("th", { class: "num", text: `iter ${it.iteration}` }))));
     const body = el("tbody");
-    for (const [key, label, digits] of COUNTS) {
+    const present = key => iterations.some(it => (it.metrics || {})[key] !== undefined);
+    for (const [key, label, digits] of COUNTS.concat(OPTIONAL_COUNTS.filter(([key]) => present(key)))) {
       body.append(el("tr", { "data-metric": key }, [el("td", { text: label })].concat(iterations.map(it => {
         const v = (it.metrics || {})[key];
         return el("td", { class: "num", "data-iteration": it.iteration, "data-metric": key,

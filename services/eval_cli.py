@@ -165,8 +165,7 @@ def _write_json(path: Path, result: dict[str, Any], console: Any) -> None:
 
 
 def _cmd_ifeval(args: argparse.Namespace, console: Any) -> int:
-    from rich.console import Console
-
+    from services.console import report_console
     from workers.evaluation.ifeval import checker, evaluate_ifeval, load_ifeval_prompts
 
     try:
@@ -189,15 +188,14 @@ def _cmd_ifeval(args: argparse.Namespace, console: Any) -> int:
         "wall_s": time.perf_counter() - started,
         **result,
     }
-    Console().print(*render_ifeval(result, details=args.details))
+    report_console().print(*render_ifeval(result, details=args.details))
     if args.out is not None:
         _write_json(args.out, result, console)
     return 0
 
 
 def _cmd_judge(args: argparse.Namespace, console: Any) -> int:
-    from rich.console import Console
-
+    from services.console import report_console
     from workers.evaluation.judge_eval import evaluate_judge, load_pairwise
 
     items = load_pairwise(args.data, args.limit)
@@ -222,7 +220,7 @@ def _cmd_judge(args: argparse.Namespace, console: Any) -> int:
         "wall_s": time.perf_counter() - started,
         **result,
     }
-    Console().print(render_judge(result))
+    report_console().print(render_judge(result))
     if args.out is not None:
         _write_json(args.out, result, console)
     return 0

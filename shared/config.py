@@ -147,6 +147,30 @@ class DataConfig(_Strict):
     max_pairs: int | None = Field(None, ge=1, description="Optional cap on DPO pairs.")
 
 
+class IopoGroupsConfig(_Strict):
+    """The `iopo_groups` stage: IOPO groups (x, y_refined, x', y_neg) from the iteration's DPO pairs.
+
+    Rewrites are sampled with the search's temperature, token limit and parse retries, and verified
+    with the judge settings (votes, backend). With a verifier backend, prompts that carry IFEval
+    metadata get x' written by program and checked by the verifier.
+    """
+
+    rewrites: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="Candidate rewritten instructions x' per pair, verified together; the first that "
+        "verifies is kept (at most one group per pair).",
+    )
+    min_task_overlap: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of x's words a refiner-written x' must keep; below it (or the template's "
+        "placeholder echoed back) the candidate is dropped as not_a_rewrite.",
+    )
+
+
 class LoraSettings(_Strict):
     """LoRA (peft) instead of full fine-tuning; the reference is then the adapter-disabled model."""
 
@@ -265,6 +289,7 @@ class RunConfig(_Strict):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    iopo: IopoGroupsConfig = Field(default_factory=IopoGroupsConfig, description="Settings of `iopo_groups`.")
     train_actor: ActorTrainConfig = Field(default_factory=ActorTrainConfig)
     train_refiner: RefinerTrainConfig = Field(default_factory=RefinerTrainConfig)
     init: InitConfig | None = Field(None, description="Stage 0: optional SFT initialisation (once).")
@@ -316,6 +341,7 @@ class RunConfig(_Strict):
                 "judge": self.judge.model_dump(),
                 "search": self.search.model_dump(),
                 "data": self.data.model_dump(),
+                "iopo": self.iopo.model_dump(),
             }
         elif stage == "eval":
             parts |= {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .config import JudgeConfig
 from .engine import Engine, GenerationRequest
@@ -90,6 +91,16 @@ class JudgmentCache:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+
+class Judges(Protocol):
+    """What the search and the IOPO groups need of a judge: one :class:`Judgment` per item, in order.
+
+    :class:`Judge` (the refiner's majority vote) is one; the stages pass one that sends items with
+    IFEval metadata to the verifier instead (``workers/stages/judges.py``).
+    """
+
+    def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgment]: ...
 
 
 @dataclass

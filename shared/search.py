@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from .config import SearchConfig
 from .engine import Engine, GenerationRequest
-from .judging import Judge, Judgment
+from .judging import Judges, Judgment
 from .seeding import derive_seed
 from .templates import extract_refined, refine_conversation
 
@@ -145,7 +145,7 @@ def max_expansions(cfg: SearchConfig) -> int:
 def search_trees(
     roots: Sequence[SearchRoot],
     engine: Engine,
-    judge: Judge,
+    judge: Judges,
     cfg: SearchConfig,
     seed: int,
     on_step: StepCallback | None = None,
@@ -248,7 +248,7 @@ def _expand(
 
 
 def _judge_children(
-    replies: list[tuple[_Expansion, str, str]], judge: Judge
+    replies: list[tuple[_Expansion, str, str]], judge: Judges
 ) -> dict[str, dict[int, list[Node]]]:
     """Judge every new child of every tree together; add decided ones to their trees.
 

@@ -21,8 +21,58 @@ from pathlib import Path
 import httpx
 from redis import Redis
 
+from workers.queue import QUEUES
+
 BIN = Path(sys.executable).parent
 TOKEN = "test-token-123"
+PROMPTS = [
+    "Write a haiku about rain. Use exactly three lines.",
+    "List three fruits in lowercase, separated by commas.",
+    "Explain gravity in one sentence without commas.",
+    "Give two tips for sleeping well as a numbered list.",
+]
+SEARCH_STAGES = ["sample", "judge", "refine", "assemble"]
+
+
+def variant_prompts(n: int) -> list[str]:
+    """``n`` distinct prompts built from :data:`PROMPTS` (for runs that need more work)."""
+    return [f"{PROMPTS[i % len(PROMPTS)]} Variant {i // len(PROMPTS)}." for i in range(n)]
+
+
+def tiny_run_body(
+    name: str,
+    seed: int,
+    shard_size: int,
+    *,
+    responses: int = 3,
+    votes: int = 3,
+    new_tokens: tuple[int, int, int] = (20, 40, 48),
+    train_steps: int | None = None,
+    **overrides: object,
+) -> dict:
+    """A run config on the data root's tiny model (``models/tiny``, ``prompts.jsonl``), as JSON.
+
+    ``new_tokens``: sample, judge and refine limits. ``train_steps`` adds both trainings with that
+    many steps; without it the run has the search stages only.
+    """
+    sample_tokens, judge_tokens, search_tokens = new_tokens
+    body: dict = {
+        "name": name,
+        "seed": seed,
+        "prompts": "prompts.jsonl",
+        "shard_size": shard_size,
+        "actor": {"model": "models/tiny", "hf": {"batch_size": 16}},
+        "refiner": {"model": "models/tiny", "hf": {"batch_size": 16}},
+        "sample": {"num_responses": responses, "max_new_tokens": sample_tokens},
+        "judge": {"votes": votes, "max_new_tokens": judge_tokens},
+        "search": {"branching": 2, "beam": 1, "max_depth": 2, "max_new_tokens": search_tokens},
+    }
+    if train_steps is None:
+        body["stages"] = list(SEARCH_STAGES)
+    else:
+        train = {"max_steps": train_steps, "batch_size": 2, "max_length": 256, "learning_rate": 1e-4}
+        body |= {"train_actor": train, "train_refiner": dict(train)}
+    return body | overrides
 
 
 def free_port() -> int:
@@ -99,6 +149,11 @@ class Stack:
         )
         self.workers.append((role, proc))
         return proc
+
+    def start_workers(self) -> None:
+        """One worker per role (actor, refiner, train): what a run needs."""
+        for role in QUEUES:
+            self.start_worker(role)
 
     def stop_workers(self) -> None:
         for _, proc in self.workers:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from service_harness import TOKEN, Stack, data_root, fresh_redis_url
+from service_harness import PROMPTS, TOKEN, Stack, data_root, fresh_redis_url, tiny_run_body
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -28,12 +28,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-PROMPTS = [
-    "Write a haiku about rain. Use exactly three lines.",
-    "List three fruits in lowercase, separated by commas.",
-    "Explain gravity in one sentence without commas.",
-    "Give two tips for sleeping well as a numbered list.",
-]
 
 
 def finished_run(root: Path, redis_url: str) -> str:
@@ -44,20 +38,7 @@ def finished_run(root: Path, redis_url: str) -> str:
     from services.scheduler import Scheduler, run_key
     from shared.config import RunConfig
 
-    config = RunConfig.model_validate(
-        {
-            "name": "dash",
-            "seed": 3,
-            "prompts": "prompts.jsonl",
-            "shard_size": 2,
-            "stages": ["sample", "judge", "refine", "assemble"],
-            "actor": {"model": "models/tiny", "hf": {"batch_size": 16}},
-            "refiner": {"model": "models/tiny", "hf": {"batch_size": 16}},
-            "sample": {"num_responses": 3, "max_new_tokens": 20},
-            "judge": {"votes": 3, "max_new_tokens": 40},
-            "search": {"branching": 2, "beam": 1, "max_depth": 2, "max_new_tokens": 48},
-        }
-    )
+    config = RunConfig.model_validate(tiny_run_body("dash", seed=3, shard_size=2))
     paths = create_run(resolve_paths(config, root), root / "runs")
     LocalExecutor.for_run(paths).run()
     redis = Redis.from_url(redis_url)
@@ -78,6 +59,12 @@ def add_stand_in_manifests(run_dir: Path) -> None:
     write, so the API serves loss and evaluation numbers and the dashboard must chart them."""
     stub = {"config_hash": "test", "engine": {}, "iteration": 0, "shard_seconds": 1.0, "shards": 1}
     manifests = {
+        "iopo_groups": stub
+        | {
+            "stage": "iopo_groups",
+            "counts": {"attempted": 5, "verified": 3, "candidates": 10, "dropped_unparsable": 2},
+            "models": {"refiner": "v0"},
+        },
         "train_actor": stub
         | {
             "stage": "train_actor",
@@ -175,6 +162,7 @@ def test_dashboard_shows_the_runs_numbers(stack: Stack) -> None:
                 assert row.locator("td").nth(3).inner_text() == f"{prog['done']}/{prog['total']}"
                 assert prog["complete"] and "complete" in row.inner_text()
 
+            assert page.locator('#counts td[data-metric="iopo_verified"]').count() == 0  # no such stage
             assert page.locator("#no-training").inner_text() == "no training yet"
             assert page.locator("#no-evaluations").inner_text() == "no evaluations yet"
 
@@ -184,6 +172,10 @@ def test_dashboard_shows_the_runs_numbers(stack: Stack) -> None:
             page.reload()
             page.wait_for_selector("#chart-judge", timeout=30_000)
             ifeval, judge = later["evaluation"]["ifeval"], later["evaluation"]["judge"]
+            for key, value in (("iopo_attempted", 5), ("iopo_verified", 3)):
+                assert later["metrics"][key] == value
+                cell = page.locator(f'#counts td[data-metric="{key}"][data-iteration="0"]')
+                assert cell.inner_text() == str(value)
             assert _values(page, "chart-ifeval") == [r["average"] for r in ifeval]
             series = json.loads(page.get_attribute("#chart-ifeval", "data-series"))
             assert series["prompt_strict"] == [r["prompt_strict"] for r in ifeval]

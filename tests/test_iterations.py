@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from service_harness import variant_prompts
 
 import workers.training.refiner as refiner_training
 from services.local import LocalExecutor
@@ -13,16 +14,12 @@ from services.summary import iteration_summary
 from workers.artifacts import read_json
 from workers.versions import METADATA, version_dir
 
-PROMPTS = [
-    "Write a haiku about rain. Use exactly three lines.",
-    "List three fruits in lowercase, separated by commas.",
-    "Explain gravity in one sentence without commas.",
-    "Give two tips for sleeping well as a numbered list.",
-]
-
 
 def write_config(tmp_path: Path, model: Path, **overrides) -> Path:
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    # 8 prompts x 4 responses x 5 votes: the random tiny model must yield some dissenting votes
+    # (RFT judgment examples) on any machine; 4 x 3 x 3 gave none on some CPUs.
+    prompts = variant_prompts(8)
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     train = {"max_steps": 2, "batch_size": 2, "max_length": 256, "learning_rate": 1e-4}
     config = {
         "name": "it",
@@ -31,8 +28,8 @@ def write_config(tmp_path: Path, model: Path, **overrides) -> Path:
         "shard_size": 2,
         "actor": {"model": str(model), "hf": {"batch_size": 16}},
         "refiner": {"model": str(model), "hf": {"batch_size": 16}},
-        "sample": {"num_responses": 3, "max_new_tokens": 20},
-        "judge": {"votes": 3, "max_new_tokens": 40},
+        "sample": {"num_responses": 4, "max_new_tokens": 20},
+        "judge": {"votes": 5, "max_new_tokens": 40},
         "search": {"branching": 2, "beam": 1, "max_depth": 2, "max_new_tokens": 48},
         "train_actor": {**train, "sft_weight": 0.1},
         "train_refiner": train,
@@ -152,29 +149,30 @@ def test_the_eval_stage_scores_each_model_version(tmp_path: Path, tiny_model_pat
 
 
 def test_iopo_groups_from_a_tiny_run_train_the_actor(tmp_path: Path, tiny_model_path: Path) -> None:
-    config = write_config(
-        tmp_path,
-        tiny_model_path,
-        stages=["sample", "judge", "refine", "assemble", "iopo_groups", "train_actor"],
-        train_actor={
-            "objective": "iopo",
-            "max_steps": 1,
-            "batch_size": 1,
-            "max_length": 256,
-            "sft_weight": 0.0,
-        },
-    )
-    paths = create_run(load_config_file(config), tmp_path / "r", "iopo")
+    """examples/tiny_iopo.yaml as shipped (the test's tiny model is the same build as the built-in one):
+    the refiner's rewrites give verified groups, and the actor trains on exactly those."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "tiny_iopo.yaml"
+    config = yaml.safe_load(example.read_text())
+    config["prompts"] = str((example.parent / config["prompts"]).resolve())
+    config["actor"]["model"] = config["refiner"]["model"] = str(tiny_model_path)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    paths = create_run(load_config_file(tmp_path / "config.yaml"), tmp_path / "r", "iopo")
     LocalExecutor.for_run(paths).run()
     counts = read_json(paths.manifest(0, "iopo_groups"))["counts"]
-    pairs = read_json(paths.manifest(0, "assemble"))["counts"]["pairs"]
-    assert counts["attempted"] == pairs > 0
+    pairs = [json.loads(line) for line in paths.data_file(0, "pairs.jsonl").read_text().splitlines()]
+    assert counts["attempted"] == len(pairs) > 0
     dropped = sum(v for k, v in counts.items() if k.startswith("dropped_"))
-    assert counts["verified"] + dropped == counts["attempted"]
+    assert counts["verified"] > 0 and counts["verified"] + dropped == counts["attempted"]
     groups = [json.loads(line) for line in paths.shard(0, "iopo_groups", 0).read_text().splitlines()]
     assert len(groups) == counts["verified"]
-    assert all({"x1", "y1", "x2", "y2"} <= set(g) and g["x1"] != g["x2"] for g in groups)
+    by_tree = {str(p["tree"]): p for p in pairs}
+    for g in groups:  # (x1, y1, x2, y2) = (x, refined, x', negative) of one pair
+        pair = by_tree[g["key"]]
+        assert (g["x1"], g["y1"], g["y2"]) == (pair["prompt"], pair["chosen"], pair["rejected"])
+        assert g["x2"].strip() and g["x2"].strip() != g["x1"].strip()
     meta = read_json(version_dir(paths, "actor", 1) / METADATA)
     assert meta["objective"] == "iopo" and meta["data"]["records"] == counts["verified"]
+    train = read_json(paths.manifest(0, "train_actor"))["metrics"]
+    assert train["margin_start"] == 0.0 and train["margin_end"] != 0.0  # the groups moved the policy
     summary = iteration_summary(paths, 0)["metrics"]
     assert summary["iopo_verified"] == counts["verified"]

@@ -238,3 +238,95 @@ def test_verifier_then_llm_judges_prompts_with_metadata_programmatically(tmp_pat
     counts = read_json(paths.manifest(0, "judge"))["counts"]
     # the LLM (always Yes) agrees with the verifier on the 2 lowercase answers out of 6 verifiable ones
     assert (counts["agreement_n"], counts["agreement_agree"]) == (6, 2)
+
+
+class RewriteAwareEngine(ScriptedEngine):
+    """The scripted engine, plus answers to IOPO rewrite requests (whose template also quotes a
+    Prompt and an Output, so the base class would take them for judge prompts)."""
+
+    def __init__(self, rewrite_fn, **kwargs):
+        super().__init__(**kwargs)
+        self.rewrite_fn = rewrite_fn
+        self.rewrite_requests = []
+
+    def generate(self, requests):
+        if any("Final Rewritten Prompt" in r.messages[-1]["content"] for r in requests):
+            self.calls.append(list(requests))
+            self.rewrite_requests.extend(requests)
+            return [[self.rewrite_fn(r)] for r in requests]
+        return super().generate(requests)
+
+
+@pytest.mark.parametrize("backend", ["verifier_then_llm", "llm"])
+def test_iopo_groups_use_the_verifier_where_prompts_carry_metadata(tmp_path: Path, backend: str) -> None:
+    """m0 has IFEval metadata: its x' is written by program and verified by the checker (no
+    rewrite request, no LLM judging of x'); p0 has none: the refiner rewrites and judges it. With
+    the llm backend both go through the refiner, as in the paper."""
+    words_40 = "Answer with at least 40 words."
+    rows = [
+        {
+            "id": "m0",
+            "prompt": f"Write a FAQ about tea. {words_40}",
+            "instruction_id_list": ["length_constraints:number_words"],
+            "kwargs": [{"num_words": 40, "relation": "at least"}],
+        },
+        {"id": "p0", "prompt": "Task without metadata."},
+    ]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    long_answer = " ".join(["Tea grows on hills and people drink it warm"] * 6)
+
+    def judge(prompt, response, i, k):
+        if prompt.startswith("NEW"):  # under the refiner's x': the negative passes, the refinement fails
+            return no() if "/" in response or response == long_answer else yes()
+        return yes() if "/" in response or response == long_answer else no()
+
+    def refine(prompt, response, judgment, index, attempt):
+        return refined(long_answer if "FAQ" in prompt else f"{response}/{index}")
+
+    def rewrite(request):  # x' = "NEW " + x: keeps the task, as a rewrite must
+        x = request.messages[0]["content"].split("[Prompt]\n")[1].split("\n[End of Prompt]")[0]
+        return f"Reflection on how to rewrite the Prompt: swap.\nFinal Rewritten Prompt: [[start]] NEW {x} [[end]]"  # noqa: E501
+
+    engine = RewriteAwareEngine(
+        rewrite,
+        judge_fn=judge,
+        refine_fn=refine,
+        sample_fn=lambda prompt, i: f"short answer {i}",
+    )
+    config = load_config_file(
+        write_config(
+            tmp_path,
+            judge={"votes": 3, "backend": backend},
+            search={"branching": 1, "beam": 1, "max_depth": 1},
+            stages=["sample", "judge", "refine", "assemble", "iopo_groups"],
+            iopo={"rewrites": 1},
+        )
+    )
+    paths = create_run(config, tmp_path / "runs", backend)
+    LocalExecutor(paths, Provider(engine)).run()
+
+    groups = {g["key"].split("#")[0]: g for g in read_jsonl(paths.shard(0, "iopo_groups", 0))}
+    counts = read_json(paths.manifest(0, "iopo_groups"))["counts"]
+    assert set(groups) == {"m0", "p0"} and counts["verified"] == 2
+    assert groups["p0"]["x2"] == "NEW Task without metadata." and groups["p0"]["x2_source"] == "refiner"
+    m0 = groups["m0"]
+    assert m0["y1"] == long_answer and m0["y2"].startswith("short answer")
+    if backend == "llm":
+        assert (
+            m0["x2"] == f"NEW {rows[0]['prompt']}"
+            and m0["x2_source"] == "refiner"
+            and "x2_metadata" not in m0
+        )
+        assert len(engine.rewrite_requests) == 2 and "candidates_programmatic" not in counts
+        return
+    assert m0["x2_source"] == "verifier" and m0["x2"].startswith("Write a FAQ about tea.")
+    assert words_40 not in m0["x2"]
+    meta = m0["x2_metadata"]
+    assert meta["instruction_id_list"] == ["length_constraints:number_words"]
+    assert meta["kwargs"][0]["relation"] == "less than" and 3 < meta["kwargs"][0]["num_words"] <= 54
+    assert counts["candidates_programmatic"] == 1
+    assert len(engine.rewrite_requests) == 1  # only p0 asked the refiner
+    assert "Final Rewritten Prompt" in engine.rewrite_requests[0].messages[0]["content"]
+    assert "Task without metadata." in engine.rewrite_requests[0].messages[0]["content"]
+    judged_x2 = {p for (p, _r) in engine.judged}
+    assert m0["x2"] not in judged_x2 and groups["p0"]["x2"] in judged_x2  # the checker judged m0's x'

@@ -79,7 +79,8 @@ def test_same_seed_same_data(config_file: Path, tmp_path: Path) -> None:
     assert outputs[0] == outputs[1]
 
 
-def test_cli_runs_and_prints_the_summary(config_file: Path, tmp_path: Path, capsys) -> None:
+def test_cli_runs_and_prints_the_summary(config_file: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
     code = main(
         ["run", str(config_file), "--runs-dir", str(tmp_path / "runs"), "--run-id", "cli", "--no-progress"]
     )
@@ -94,6 +95,7 @@ def test_cli_runs_and_prints_the_summary(config_file: Path, tmp_path: Path, caps
         "engine calls",
     ):
         assert metric in out
+    assert "\u2026" not in out  # piped output is wide enough that no cell is cut short
     events = [
         json.loads(line) for line in (tmp_path / "runs" / "cli" / "events.jsonl").read_text().splitlines()
     ]
@@ -108,3 +110,12 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path, capsys) -> No
     assert main(["run", str(bad), "--runs-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert "search.beam" in err and "Traceback" not in err
+
+
+def test_report_console_is_wide_when_piped_unless_columns_say_otherwise(monkeypatch) -> None:
+    from services.console import PIPE_WIDTH, report_console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert report_console().width == PIPE_WIDTH  # pytest captures stdout: not a terminal
+    monkeypatch.setenv("COLUMNS", "90")
+    assert report_console().width == 90

@@ -5,31 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from service_harness import Stack, data_root, fresh_redis_url
-
-PROMPTS = [
-    "Write a haiku about rain. Use exactly three lines.",
-    "List three fruits in lowercase, separated by commas.",
-    "Explain gravity in one sentence without commas.",
-    "Give two tips for sleeping well as a numbered list.",
-]
+from service_harness import PROMPTS, Stack, data_root, fresh_redis_url, tiny_run_body
 
 
 def run_body(**overrides) -> dict:
-    train = {"max_steps": 1, "batch_size": 2, "max_length": 256, "learning_rate": 1e-4}
-    return {
-        "name": "svc",
-        "seed": 5,
-        "prompts": "prompts.jsonl",
-        "shard_size": 2,
-        "actor": {"model": "models/tiny", "hf": {"batch_size": 16}},
-        "refiner": {"model": "models/tiny", "hf": {"batch_size": 16}},
-        "sample": {"num_responses": 3, "max_new_tokens": 20},
-        "judge": {"votes": 3, "max_new_tokens": 40},
-        "search": {"branching": 2, "beam": 1, "max_depth": 2, "max_new_tokens": 48},
-        "train_actor": train,
-        "train_refiner": train,
-    } | overrides
+    return tiny_run_body("svc", seed=5, shard_size=2, train_steps=1, **overrides)
 
 
 @pytest.fixture()
@@ -41,8 +21,7 @@ def stack(tmp_path: Path, tiny_model_path: Path):
 
 def test_a_run_over_rest_end_to_end(stack: Stack) -> None:
     stack.start_api()
-    for role in ("actor", "refiner", "train"):
-        stack.start_worker(role)
+    stack.start_workers()
     with stack.client() as c:
         created = c.post("/v1/runs", json=run_body())
         assert created.status_code == 201, created.text

@@ -26,40 +26,33 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
-from service_harness import Stack, data_root, free_port, fresh_redis_url
+from service_harness import (
+    PROMPTS,
+    SEARCH_STAGES,
+    Stack,
+    data_root,
+    free_port,
+    fresh_redis_url,
+    tiny_run_body,
+    variant_prompts,
+)
 
 from workers.artifacts import RunPaths, read_json
 from workers.queue import QUEUES, SERIALIZER, job_id, worker_key
 from workers.stages import num_shards
 
-BASE_PROMPTS = [
-    "Write a haiku about rain. Use exactly three lines.",
-    "List three fruits in lowercase, separated by commas.",
-    "Explain gravity in one sentence without commas.",
-    "Give two tips for sleeping well as a numbered list.",
-]
-SEARCH_STAGES = ["sample", "judge", "refine", "assemble"]
-
-
-def prompts(n: int) -> list[str]:
-    """``n`` distinct prompts (more prompts per shard make a shard last long enough to hit)."""
-    return [f"{BASE_PROMPTS[i % 4]} Variant {i // 4}." for i in range(n)]
-
 
 def run_body(shard_size: int, votes: int = 3, **overrides: object) -> dict:
     """The search stages only (training adds nothing to these drills but minutes)."""
-    return {
-        "name": "faults",
-        "seed": 7,
-        "prompts": "prompts.jsonl",
-        "shard_size": shard_size,
-        "stages": SEARCH_STAGES,
-        "actor": {"model": "models/tiny", "hf": {"batch_size": 16}},
-        "refiner": {"model": "models/tiny", "hf": {"batch_size": 16}},
-        "sample": {"num_responses": 4, "max_new_tokens": 24},
-        "judge": {"votes": votes, "max_new_tokens": 64},
-        "search": {"branching": 2, "beam": 1, "max_depth": 2, "max_new_tokens": 64},
-    } | overrides
+    return tiny_run_body(
+        "faults",
+        seed=7,
+        shard_size=shard_size,
+        responses=4,
+        votes=votes,
+        new_tokens=(24, 64, 64),
+        **overrides,
+    )
 
 
 # ----- helpers ------------------------------------------------------------------------------------
@@ -181,7 +174,9 @@ def make_stack(tmp_path: Path, tiny_model_path: Path) -> Iterator[Callable[..., 
     made: list[Stack] = []
 
     def make(redis_url: str, n_prompts: int) -> Stack:
-        stack = Stack(root=data_root(tmp_path, tiny_model_path, prompts(n_prompts)), redis_url=redis_url)
+        stack = Stack(
+            root=data_root(tmp_path, tiny_model_path, variant_prompts(n_prompts)), redis_url=redis_url
+        )
         made.append(stack)
         return stack
 
@@ -258,8 +253,7 @@ def test_api_restarted_mid_run_the_run_goes_on_and_refine_answers(make_stack: Ca
     stack = make_stack(fresh_redis_url(13), 16)
     redis = Redis.from_url(stack.redis_url)
     stack.start_api()
-    for role in ("actor", "refiner", "train"):
-        stack.start_worker(role)
+    stack.start_workers()
     with stack.client() as c:
         run_id, paths = create(c, run_body(shard_size=8, votes=7))
     started_job(stack, redis, run_id, "judge", 2)
@@ -270,7 +264,7 @@ def test_api_restarted_mid_run_the_run_goes_on_and_refine_answers(make_stack: Ca
     assert final["status"] == "succeeded", f"{final}\n{stack.tail_logs()}"
     assert_complete(paths)
 
-    request = {"run_id": run_id, "prompt": BASE_PROMPTS[1], "response": "Apple, Banana, cherry."}
+    request = {"run_id": run_id, "prompt": PROMPTS[1], "response": "Apple, Banana, cherry."}
     with stack.client() as c:
         queued = c.post("/v1/refine", json=request | {"wait_s": 0})
         if queued.status_code == 202:  # not done yet: poll the URL it gives
@@ -294,27 +288,45 @@ def test_redis_unreachable_for_seconds_workers_and_api_reconnect(
     server, port = private_redis
     body = run_body(shard_size=8, votes=7)
     stack = make_stack(fresh_redis_url(0, port=port), 16)
+    # Workers wait at most 11 s on a Redis reply here (1 s asked; RQ raises it to its dequeue
+    # timeout + 10 s), so the pause below also ends RQ's work loop: the worker must reconnect.
+    stack.env_extra["SPAR_WORKER_REDIS_TIMEOUT"] = "1"
     redis = Redis.from_url(stack.redis_url)
     stack.start_api()
-    for role in ("actor", "refiner", "train"):
-        stack.start_worker(role)
+    stack.start_workers()
     with stack.client() as c:
         run_id, paths = create(c, body)
     started_job(stack, redis, run_id, "judge", 2)
     # A stopped server accepts nothing and answers nothing: an unreachable Redis, but with its data
-    # kept. 6 s is past the API's 5 s socket timeout (calls time out, not only stall) and past the
-    # workers' 3 s heartbeat TTL (running jobs look abandoned and get retried: no harm may come of it).
+    # kept. 14 s is past the API's 5 s socket timeout (calls time out, not only stall), past the
+    # workers' 3 s heartbeat TTL (running jobs look abandoned and get retried: no harm may come of
+    # it) and past the workers' 11 s Redis timeout (RQ's loop quits; the process must not).
     os.kill(server.pid, signal.SIGSTOP)
-    time.sleep(float(os.environ.get("SPAR_TEST_REDIS_PAUSE", "6")))
+    time.sleep(float(os.environ.get("SPAR_TEST_REDIS_PAUSE", "14")))
     os.kill(server.pid, signal.SIGCONT)
     final = stack.wait_for(run_id, timeout=150)
     assert final["status"] == "succeeded", f"{final}\n{stack.tail_logs()}"
     assert all(p.poll() is None for _, p in stack.workers), "a worker died instead of reconnecting"
+    logs = "".join(path.read_text() for path in stack.logs if path.name.startswith("worker-"))
+    assert "worker.reconnect" in logs, "the pause never ended a worker loop: the test lost its point"
     assert_complete(paths)
-    for stage in SEARCH_STAGES:
-        for shard in range(num_shards(paths, stage)):
-            job = fetch(redis, job_id(run_id, 0, stage, shard))
-            assert job is not None and job.get_status() == JobStatus.FINISHED, (stage, shard)
+    # A job that looked abandoned during the pause has a retry scheduled (5 s) even though its
+    # shard got done: RQ's scheduler must outlive the pause and run it (a no-op) -- RQ's own died
+    # on the first timeout and left its lock to expire, so such retries waited a minute or more.
+    jobs = [job_id(run_id, 0, stage, k) for stage in SEARCH_STAGES for k in range(num_shards(paths, stage))]
+
+    def unfinished() -> list[tuple[str, str]]:
+        statuses = [(j, fetch(redis, j)) for j in jobs]
+        return [
+            (j, job.get_status() if job else None)
+            for j, job in statuses
+            if not job or job.get_status() != JobStatus.FINISHED
+        ]
+
+    deadline = time.monotonic() + 30
+    while unfinished() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not unfinished(), f"jobs left unfinished: {unfinished()}\n{stack.tail_logs()}"
     assert outputs(paths.root) == clean_outputs(stack, body, tmp_path / "clean")
 
 
@@ -324,8 +336,7 @@ def test_a_shard_that_always_fails_fails_the_run_and_resume_redoes_only_it(
     stack = make_stack(fresh_redis_url(14), 4)
     stack.env_extra["SPAR_FAIL_SHARDS"] = "judge:1"
     stack.start_api()
-    for role in ("actor", "refiner", "train"):
-        stack.start_worker(role)
+    stack.start_workers()
     with stack.client() as c:
         run_id, paths = create(c, run_body(shard_size=2))
         final = stack.wait_for(run_id, timeout=90)
@@ -339,8 +350,7 @@ def test_a_shard_that_always_fails_fails_the_run_and_resume_redoes_only_it(
 
         stack.stop_workers()
         del stack.env_extra["SPAR_FAIL_SHARDS"]
-        for role in ("actor", "refiner", "train"):
-            stack.start_worker(role)
+        stack.start_workers()
         resumed = c.post(f"/v1/runs/{run_id}/resume")
         assert resumed.status_code == 200, resumed.text
         final = stack.wait_for(run_id, timeout=90)
@@ -354,8 +364,7 @@ def test_cancel_stops_the_run_and_resume_finishes_it(make_stack: Callable[..., S
     stack = make_stack(fresh_redis_url(15), 16)
     redis = Redis.from_url(stack.redis_url)
     stack.start_api()
-    for role in ("actor", "refiner", "train"):
-        stack.start_worker(role)
+    stack.start_workers()
     with stack.client() as c:
         run_id, paths = create(c, run_body(shard_size=8, votes=9))
         started_job(stack, redis, run_id, "judge", 2)

@@ -82,7 +82,26 @@ class SparScheduler(RQScheduler):
             self.request_stop()
 
         threading.Thread(target=watch_parent, daemon=True, name="spar-parent-watch").start()
-        super().work()
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        failures = 0
+        while True:
+            try:
+                super().work()
+                return
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                # RQ's loop dies on the first Redis error and leaves its lock to expire (61 s): until
+                # then no scheduler moves retries to their queue. Keep the lock, wait, go on.
+                if self._stop_requested:
+                    return
+                failures += 1
+                delay = min(2.0 ** (failures - 1), 10.0)
+                log.warning(
+                    "scheduler lost redis, retrying",
+                    extra={"event": "scheduler.reconnect", "error": str(exc), "delay_s": delay},
+                )
+                time.sleep(delay)
 
 
 def _stray_alarm(signum: int, frame: object) -> None:
@@ -213,6 +232,28 @@ class SparWorker(SimpleWorker):
         self.publish(current_job="")
 
 
+class WorkerSettingsError(ValueError):
+    """A worker setting from the environment is invalid (the message names the variable)."""
+
+
+def _redis_timeout() -> float:
+    """Seconds a worker waits on one Redis reply (``SPAR_WORKER_REDIS_TIMEOUT``, default 30).
+
+    RQ raises it to at least its blocking-dequeue timeout + 10 s. A stall longer than this makes
+    RQ's loop quit; :func:`run_worker` then reconnects instead of letting the process exit.
+    """
+    raw = os.environ.get("SPAR_WORKER_REDIS_TIMEOUT", "30")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise WorkerSettingsError(
+            f"SPAR_WORKER_REDIS_TIMEOUT must be a positive number of seconds, not {raw!r}"
+        )
+    return value
+
+
 def run_worker(
     role: QueueName,
     redis_url: str,
@@ -220,14 +261,26 @@ def run_worker(
     burst: bool = False,
     name: str | None = None,
 ) -> None:
-    """Serve one role's queue until stopped; reconnects when Redis is briefly unreachable."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
+    """Serve one role's queue until stopped (signal, RQ shutdown command, or ``burst`` running dry).
 
+    RQ's work loop returns on *any* Redis error -- a timeout, a refused connection -- as if it had
+    been told to stop, and its teardown may raise on the same dead connection. Here only a
+    requested stop ends the process: every other end of the loop reconnects with backoff, so a
+    Redis restart or a long stall costs the workers nothing (the running shard, if any, is retried
+    by the scheduler and found done).
+    """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    socket_timeout = _redis_timeout()
     attempt = 0
+    failures = 0
     while True:
         attempt += 1
+        worker: SparWorker | None = None
+        started = time.monotonic()
         try:
-            connection = Redis.from_url(redis_url, health_check_interval=10, socket_timeout=30)
+            connection = Redis.from_url(redis_url, health_check_interval=10, socket_timeout=socket_timeout)
             queue = Queue(role, connection=connection, serializer=SERIALIZER)
             worker = SparWorker(
                 [queue],
@@ -239,14 +292,44 @@ def run_worker(
                 name=f"{name or f'{role}-{socket.gethostname()}-{os.getpid()}'}-{attempt}",
             )
             worker.work(burst=burst, with_scheduler=True)
-            if worker.needs_fresh_process:
-                _restart_process()
+            reason = "loop ended without a stop request (Redis timeout or error)"
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            reason = f"redis unreachable: {exc}"
+        if worker is not None and worker.needs_fresh_process:
+            _restart_process()
+        if burst or _stop_was_requested(worker):
             return
-        except RedisConnectionError as exc:
-            log.warning(
-                "redis unreachable, retrying", extra={"event": "worker.redis_down", "error": str(exc)}
-            )
-            time.sleep(2)
+        # Back off 1, 2, 4 ... 30 s while Redis stays away; a loop that ran a while starts over.
+        failures = 1 if time.monotonic() - started > 60 else failures + 1
+        delay = min(2.0 ** (failures - 1), 30.0)
+        log.warning(
+            "worker reconnecting",
+            extra={"event": "worker.reconnect", "reason": reason, "attempt": attempt, "delay_s": delay},
+        )
+        _sleep_or_stop(delay)
+
+
+def _sleep_or_stop(seconds: float) -> None:
+    """Wait before reconnecting; SIGTERM/SIGINT now end the process at once (nothing is running).
+
+    RQ's handlers stay installed after its loop returns and would raise ``StopRequested`` here.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _exit_now)
+    time.sleep(seconds)
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    log.info("stopped while reconnecting", extra={"event": "worker.stop", "signal": signum})
+    raise SystemExit(0)
+
+
+def _stop_was_requested(worker: SparWorker | None) -> bool:
+    """Whether RQ's loop ended because it was asked to (SIGTERM/SIGINT, shutdown command)."""
+    if worker is None:
+        return False
+    return bool(worker._stop_requested or worker._shutdown_requested_date)
 
 
 def _restart_process() -> None:

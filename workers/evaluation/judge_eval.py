@@ -24,18 +24,14 @@ from typing import Any
 
 from shared.engine import Engine, MeteredEngine
 from shared.judging import Judge, Judgment
+from shared.prompts import DataFileError
 from shared.verdict import Verdict
 
 
-class JudgeDataError(ValueError):
+class JudgeDataError(DataFileError):
     """A pairwise data file with malformed items; ``problems`` holds (item number, reason) pairs."""
 
-    def __init__(self, source: str, problems: list[tuple[int, str]]):
-        self.source = source
-        self.problems = problems
-        shown = "; ".join(f"item {n}: {why}" for n, why in problems[:20])
-        more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
-        super().__init__(f"{source}: {len(problems)} malformed item(s): {shown}{more}")
+    unit = "item"
 
 
 @dataclass(frozen=True)

@@ -274,7 +274,7 @@ def _pick_types(rng: random.Random, k: int, usage: Counter[str], types: tuple[st
     return chosen
 
 
-def _sentence(text: str) -> str:
+def as_sentence(text: str) -> str:
     """A description ending in punctuation, so the next one does not run on (some end mid-example)."""
     text = text.rstrip()
     return text if text[-1:] in ".?!)\"'" else text + "."
@@ -292,7 +292,7 @@ def compose_prompt(rng: random.Random, types: list[str]) -> dict[str, Any]:
     parts = [task]
     for instruction_id in ordered:
         args = SAMPLERS[instruction_id](rng, used)
-        parts.append(_sentence(build_description(instruction_id, args)))
+        parts.append(as_sentence(build_description(instruction_id, args)))
         ids.append(instruction_id)
         kwargs.append(args)
     prompt = " ".join(parts)

@@ -1,16 +1,22 @@
-"""The `iopo_groups` stage: IOPO groups (x, y_refined, x', y_neg) from the iteration's DPO pairs."""
+"""The `iopo_groups` stage: IOPO groups (x, y_refined, x', y_neg) from the iteration's DPO pairs.
+
+With ``judge.backend: llm`` the refiner rewrites x and judges both responses under x' (SPaR's
+judge). With a verifier backend, prompts carrying IFEval metadata get x' written by program
+(:mod:`workers.evaluation.iopo_rewrite`) and checked by the verifier; the others are rewritten and
+judged by the refiner under ``verifier_then_llm`` and dropped under ``verifier``.
+"""
 
 from __future__ import annotations
 
 import time
 
 from shared.iopo import PairForGroup, build_groups
-from shared.judging import Judge
 from shared.seeding import derive_seed
 
 from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
 from ..versions import version_for
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
+from .judges import stage_judge
 
 
 def run_iopo_groups(
@@ -25,13 +31,26 @@ def run_iopo_groups(
         PairForGroup(str(p["tree"]), p["prompt"], p["chosen"], p["rejected"], p.get("rejected_judgment", ""))
         for p in read_jsonl(pairs_file)
     ]
+    metadata: dict[str, object] = {}
+    for shard in range(paths.num_prompt_shards()):
+        for row in read_jsonl(paths.shard(spec.iteration, "judge", shard)):
+            metadata[row["prompt"]] = row.get("metadata")
+    backend = config.judge.backend
+    rewriter = None
+    if backend != "llm":
+        from ..evaluation.iopo_rewrite import VerifiableRewriter
+
+        rewriter = VerifiableRewriter(
+            metadata, seed=derive_seed(config.seed, "iopo-verifiable", spec.iteration)
+        )
     started = time.perf_counter()
     with metered(engines.engine_for("refiner", version), progress, "IOPO rewrites") as engine:
-        judge = Judge.from_config(
+        judge = stage_judge(
             engine,
             config.judge,
             derive_seed(config.seed, "iopo-judge", spec.iteration),
-            tie_retries=config.search.tie_retries,
+            config.search.tie_retries,
+            metadata,  # the rewriter adds each x' it writes, so the verifier judges it
         )
         result = build_groups(
             pairs,
@@ -41,7 +60,14 @@ def run_iopo_groups(
             max_new_tokens=config.search.max_new_tokens,
             temperature=config.search.temperature,
             parse_retries=config.search.parse_retries,
+            rewrites=config.iopo.rewrites,
+            rewriter=rewriter,
+            llm_fallback=backend != "verifier",
+            min_task_overlap=config.iopo.min_task_overlap,
         )
+    for group in result.groups:
+        if group["x2_source"] == "verifier":
+            group["x2_metadata"] = metadata[str(group["x2"])]
     write_jsonl_atomic(paths.shard(spec.iteration, "iopo_groups", spec.shard), result.groups)
     return StageResult(
         counts=dict(result.counts),

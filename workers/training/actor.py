@@ -33,8 +33,6 @@ import contextlib
 import json
 import logging
 import math
-import resource
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +51,7 @@ from shared import losses
 from shared.config import SR_PROMPT_DEFAULT, ActorTrainConfig, LoraSettings, TrainCommon
 from workers.training import encode_prompt_response
 
+from .outcome import common_metrics, save_outcome, step_logs, timed_train
 from .progress import StepHook, attach
 
 logger = logging.getLogger(__name__)
@@ -60,7 +59,6 @@ logger = logging.getLogger(__name__)
 PAIR_KEYS: tuple[str, ...] = ("prompt", "chosen", "rejected")
 GROUP_KEYS: tuple[str, ...] = ("x1", "y1", "x2", "y2")
 SR_OBJECTIVES = frozenset({"sr_dpo", "sr_ipo"})
-MARKER_FILE = "spar_train.json"
 
 # The sequences of one example, in the fixed order every tensor and the ``ref_logps`` column follow.
 SEQUENCES: dict[str, tuple[str, ...]] = {
@@ -630,17 +628,11 @@ def common_training_kwargs(cfg: TrainCommon, out_dir: Path, seed: int) -> tuple[
     return strategy, kwargs
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _history_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Loss curve and start/end margins and accuracies from the trainer's per-step logs."""
-    steps = [h for h in history if "loss" in h and "train_loss" not in h]
+def _history_metrics(trainer: Any) -> dict[str, Any]:
+    """Start/end loss, margins and accuracies from the trainer's per-step logs."""
+    steps = step_logs(trainer)
     first, last = (steps[0], steps[-1]) if steps else ({}, {})
     return {
-        "loss_curve": [float(h["loss"]) for h in steps],
         "first_loss": first.get("loss", math.nan),
         "last_loss": last.get("loss", math.nan),
         "margin_start": first.get("rewards/margins", math.nan),
@@ -702,26 +694,16 @@ def train_actor(
         peft_config=lora_config(cfg.lora) if cfg.lora else None,
     )
     attach(trainer, "actor", on_step)
-    started = time.perf_counter()
-    result = trainer.train()
-    train_seconds = time.perf_counter() - started
+    result, train_seconds = timed_train(trainer)
     trainer.save_model(str(out_dir))
     metrics: dict[str, Any] = {
         "role": "actor",
         "objective": cfg.objective,
-        "steps": int(trainer.state.global_step),
         "examples": len(records) - trainer.dropped_examples,
         "dropped_examples": trainer.dropped_examples,
-        "train_loss": float(result.training_loss),
-        **_history_metrics(trainer.state.log_history),
-        "train_seconds": round(train_seconds, 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "distributed": strategy,
-        "lora": cfg.lora is not None,
-        "base_model": str(model_path) if cfg.lora else None,
+        **common_metrics(trainer, result, train_seconds, cfg, strategy, model_path),
+        **_history_metrics(trainer),
         "reference": str(ref_model_path or model_path),
     }
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(out_dir))
-        (out_dir / MARKER_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    save_outcome(trainer, tokenizer, out_dir, metrics)
     return metrics

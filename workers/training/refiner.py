@@ -18,10 +18,8 @@ judgment of the refiner. ``assistant_turns="last"`` trains the final target only
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -31,13 +29,13 @@ import torch
 from shared.config import RefinerTrainConfig
 from shared.losses import sequence_logps
 from workers.training import encode_chat
-from workers.training.actor import common_training_kwargs, lora_config, peak_rss_mb
+from workers.training.actor import common_training_kwargs, lora_config
 
+from .outcome import common_metrics, save_outcome, timed_train
 from .progress import StepHook, attach
 
 logger = logging.getLogger(__name__)
 
-MARKER_FILE = "spar_train.json"
 AssistantTurns = Literal["all", "last"]
 
 
@@ -149,28 +147,16 @@ def train_refiner(
         peft_config=lora_config(cfg.lora) if cfg.lora else None,
     )
     attach(trainer, "refiner", on_step)
-    started = time.perf_counter()
-    result = trainer.train()
-    train_seconds = time.perf_counter() - started
+    result, train_seconds = timed_train(trainer)
     nll_after = mean_target_nll(trainer.model, probe, pad_id, cfg.max_length) if single else math.nan
     trainer.save_model(str(out_dir))
-    history = [h for h in trainer.state.log_history if "loss" in h and "train_loss" not in h]
     metrics: dict[str, Any] = {
         "role": "refiner",
-        "steps": int(trainer.state.global_step),
         "examples": len(rows),
         "assistant_turns": assistant_turns,
-        "train_loss": float(result.training_loss),
-        "loss_curve": [float(h["loss"]) for h in history],
+        **common_metrics(trainer, result, train_seconds, cfg, strategy, model_path),
         "target_nll_before": nll_before,
         "target_nll_after": nll_after,
-        "train_seconds": round(train_seconds, 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "distributed": strategy,
-        "lora": cfg.lora is not None,
-        "base_model": str(model_path) if cfg.lora else None,
     }
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(out_dir))
-        (out_dir / MARKER_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    save_outcome(trainer, tokenizer, out_dir, metrics)
     return metrics

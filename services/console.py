@@ -1,0 +1,22 @@
+"""Where the CLI's tables go: a terminal keeps its own width; a pipe or a CI log gets a wide one.
+
+rich falls back to 80 columns when stdout is not a terminal, which folds the summary tables
+(``train_ac…``) exactly where users read them most: in job logs and ``| tee`` output.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+PIPE_WIDTH = 140
+
+
+def report_console(**kwargs: Any) -> Any:
+    """A rich Console for results; ``COLUMNS`` still wins when set."""
+    from rich.console import Console
+
+    console = Console(**kwargs)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPE_WIDTH
+    return console

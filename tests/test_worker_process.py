@@ -1,0 +1,77 @@
+"""Worker processes and their liveness probe when Redis is away: backoff, clean stop, no needless restart."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from redis import Redis
+from service_harness import free_port, fresh_redis_url
+
+from workers.queue import worker_key
+
+SPAR = Path(sys.executable).parent / "spar"
+
+
+def test_a_worker_without_redis_backs_off_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(SPAR), "worker", "--role", "actor", "--queue-url", f"redis://127.0.0.1:{free_port()}/0"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=os.environ | {"SPAR_CACHE_DIR": str(tmp_path / "cache")},
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while log.read_text().count('"worker.reconnect"') < 2 and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.2)
+            text = log.read_text()
+            assert text.count('"worker.reconnect"') >= 2, text
+            assert '"delay_s": 1.0' in text and '"delay_s": 2.0' in text  # backoff grows
+            assert "redis unreachable" in text
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert "Traceback" not in log.read_text()
+
+
+def test_a_bad_redis_timeout_setting_is_named(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(SPAR), "worker", "--role", "actor", "--queue-url", f"redis://127.0.0.1:{free_port()}/0"],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"SPAR_WORKER_REDIS_TIMEOUT": "soon", "SPAR_CACHE_DIR": str(tmp_path / "c")},
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "SPAR_WORKER_REDIS_TIMEOUT" in done.stderr + done.stdout and "Traceback" not in done.stderr
+
+
+def probe(url: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(SPAR), "worker-probe", "--role", "refiner", "--queue-url", url],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"SPAR_CACHE_DIR": str(tmp_path / "c")},
+        timeout=60,
+    )
+
+
+def test_the_liveness_probe_fails_without_a_worker_and_passes_when_redis_is_away(tmp_path: Path) -> None:
+    url = fresh_redis_url(8)
+    missing = probe(url, tmp_path)
+    assert missing.returncode == 1 and "no live refiner worker" in missing.stderr
+    Redis.from_url(url).hset(
+        worker_key("refiner-x-1"), mapping={"role": "refiner", "host": socket.gethostname()}
+    )
+    assert probe(url, tmp_path).returncode == 0
+    # Redis down: restarting the worker cannot help, so liveness holds (it is reconnecting)
+    away = probe(f"redis://127.0.0.1:{free_port()}/0", tmp_path)
+    assert away.returncode == 0 and "redis unreachable" in away.stderr and "Traceback" not in away.stderr
