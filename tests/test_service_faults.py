@@ -311,8 +311,8 @@ def test_redis_unreachable_for_seconds_workers_and_api_reconnect(
     assert "worker.reconnect" in logs, "the pause never ended a worker loop: the test lost its point"
     assert_complete(paths)
     # A job that looked abandoned during the pause has a retry scheduled (5 s) even though its
-    # shard got done: RQ's scheduler must outlive the pause and run it (a no-op) -- RQ's own died
-    # on the first timeout and left its lock to expire, so such retries waited a minute or more.
+    # shard got done: it must run (a no-op) soon, which needs the scheduler lock of the worker loop
+    # the pause ended to be freed (it used to wait out its 61 s expiry).
     jobs = [job_id(run_id, 0, stage, k) for stage in SEARCH_STAGES for k in range(num_shards(paths, stage))]
 
     def unfinished() -> list[tuple[str, str]]:

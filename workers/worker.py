@@ -22,12 +22,15 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.job import Job
 from rq.logutils import setup_loghandlers
 from rq.scheduler import RQScheduler
 from rq.scheduler import run as run_scheduler
+from rq.scripts import release_lock
 from rq.timeouts import UnixSignalDeathPenalty
 
 from .jobs import ENGINES
@@ -82,26 +85,7 @@ class SparScheduler(RQScheduler):
             self.request_stop()
 
         threading.Thread(target=watch_parent, daemon=True, name="spar-parent-watch").start()
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
-        failures = 0
-        while True:
-            try:
-                super().work()
-                return
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                # RQ's loop dies on the first Redis error and leaves its lock to expire (61 s): until
-                # then no scheduler moves retries to their queue. Keep the lock, wait, go on.
-                if self._stop_requested:
-                    return
-                failures += 1
-                delay = min(2.0 ** (failures - 1), 10.0)
-                log.warning(
-                    "scheduler lost redis, retrying",
-                    extra={"event": "scheduler.reconnect", "error": str(exc), "delay_s": delay},
-                )
-                time.sleep(delay)
+        super().work()
 
 
 def _stray_alarm(signum: int, frame: object) -> None:
@@ -269,18 +253,19 @@ def run_worker(
     Redis restart or a long stall costs the workers nothing (the running shard, if any, is retried
     by the scheduler and found done).
     """
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
     socket_timeout = _redis_timeout()
     attempt = 0
     failures = 0
+    previous: SparWorker | None = None  # the last loop's worker, whose scheduler may hold a lock
     while True:
         attempt += 1
         worker: SparWorker | None = None
         started = time.monotonic()
         try:
             connection = Redis.from_url(redis_url, health_check_interval=10, socket_timeout=socket_timeout)
+            if previous is not None:
+                _release_scheduler(previous, connection)
+                previous = None
             queue = Queue(role, connection=connection, serializer=SERIALIZER)
             worker = SparWorker(
                 [queue],
@@ -299,6 +284,7 @@ def run_worker(
             _restart_process()
         if burst or _stop_was_requested(worker):
             return
+        previous = worker or previous
         # Back off 1, 2, 4 ... 30 s while Redis stays away; a loop that ran a while starts over.
         failures = 1 if time.monotonic() - started > 60 else failures + 1
         delay = min(2.0 ** (failures - 1), 30.0)
@@ -307,6 +293,32 @@ def run_worker(
             extra={"event": "worker.reconnect", "reason": reason, "attempt": attempt, "delay_s": delay},
         )
         _sleep_or_stop(delay)
+
+
+def _release_scheduler(worker: SparWorker, connection: Redis) -> None:
+    """Stop an ended loop's scheduler process and free its queue locks (Redis is reachable again).
+
+    The next loop's worker starts a scheduler under a new name, which cannot take a lock the old
+    one still holds; RQ's teardown, run while Redis was away, may have failed to release it, and
+    then no scheduled retry of the queue ran until the lock expired (61 s).
+    """
+    scheduler = worker.scheduler
+    if scheduler is None:
+        return
+    process = scheduler._process
+    if process is not None and process.is_alive():
+        process.terminate()
+        process.join(timeout=10)
+    released = [
+        name
+        for name in sorted(scheduler.acquired_locks)
+        if release_lock(connection, scheduler.get_locking_key(name), scheduler.name)
+    ]
+    if released:
+        log.info(
+            "released the ended loop's scheduler locks",
+            extra={"event": "worker.scheduler_released", "queues": released},
+        )
 
 
 def _sleep_or_stop(seconds: float) -> None:
