@@ -8,6 +8,11 @@ checker's repair, so the data teaches the refiner the two answer formats without
 verdicts.
 
     python examples/make_init_data.py [--out examples/init/refiner_sft.jsonl] [--seed 0]
+
+``--judge-pairs FILE`` also writes a pairwise judge benchmark in LLMBar's format
+(``{input, output_1, output_2, label}``) for ``spar eval judge``: the same kinds of constraints on
+topics the SFT data never uses (``HELD_OUT_TOPICS``), one output that follows every constraint and
+one that violates at least one, by the same checkers, in random order.
 """
 
 from __future__ import annotations
@@ -39,6 +44,17 @@ TOPICS = {
     "chess": "Chess is played on a board of sixty-four squares, and each side has sixteen pieces.",
     "recycling": "Recycling turns old paper, glass and plastic into new products.",
     "trains": "Trains carry people and goods across long distances, and they run on steel rails.",
+}
+
+
+# Topics of the judge benchmark only: a refiner is scored on prompts it was not fine-tuned on.
+HELD_OUT_TOPICS = {
+    "glaciers": "Glaciers are slow rivers of ice, and they carve deep valleys as they move.",
+    "lighthouses": "Lighthouses guide ships at night, and their lamps can be seen from far away.",
+    "tea": "Tea is made from the leaves of a shrub, and it is popular across the world.",
+    "bridges": "Bridges carry roads over rivers, and some of them span several kilometres.",
+    "owls": "Owls hunt at night, and they can turn their heads almost all the way around.",
+    "deserts": "Deserts get very little rain, and their nights can be surprisingly cold.",
 }
 
 
@@ -135,6 +151,38 @@ def _judgment(prompt_constraints: list[Constraint], response: str) -> tuple[str,
     return "\n".join(lines), ok
 
 
+def _prompt_constraints(rng: random.Random) -> list[Constraint] | None:
+    """One or two constraints of a fresh pool; None for the contradictory lowercase + capitals."""
+    chosen = rng.sample(_constraints(rng), rng.choice([1, 2]))
+    cases = [c for c in chosen if c.instruction.startswith("Write your whole answer in")]
+    return None if len(cases) == 2 else chosen
+
+
+def build_judge_pairs(seed: int, n: int) -> list[dict]:
+    """``n`` LLMBar-style items on held-out topics; the preferred output passes every checker."""
+    rng = random.Random(seed)
+    items: list[dict] = []
+    seen: set[str] = set()
+    for _ in range(10_000):
+        if len(items) == n:
+            break
+        topic, text = rng.choice(sorted(HELD_OUT_TOPICS.items()))
+        chosen = _prompt_constraints(rng)
+        if chosen is None:
+            continue
+        prompt = f"Write one or two sentences about {topic}. " + " ".join(c.instruction for c in chosen)
+        good = text
+        for c in chosen:
+            good = c.repair(good)
+        if prompt in seen or not _judgment(chosen, good)[1] or _judgment(chosen, text)[1]:
+            continue  # the plain text must violate something, the repaired one nothing
+        seen.add(prompt)
+        label = rng.choice([1, 2])
+        outputs = (good, text) if label == 1 else (text, good)
+        items.append({"input": prompt, "output_1": outputs[0], "output_2": outputs[1], "label": label})
+    return items
+
+
 def build(seed: int, judgments: int, refinements: int) -> list[dict]:
     rng = random.Random(seed)
     examples: list[dict] = []
@@ -145,11 +193,8 @@ def build(seed: int, judgments: int, refinements: int) -> list[dict]:
     ) and attempts < 10_000:
         attempts += 1
         topic, text = rng.choice(sorted(TOPICS.items()))
-        pool = _constraints(rng)
-        chosen = rng.sample(pool, rng.choice([1, 2]))
-        if any(c.instruction.startswith("Write your whole answer in capital") for c in chosen) and any(
-            c.instruction.startswith("Write your whole answer in lowercase") for c in chosen
-        ):
+        chosen = _prompt_constraints(rng)
+        if chosen is None:
             continue
         prompt = f"Write one or two sentences about {topic}. " + " ".join(c.instruction for c in chosen)
         response = text
@@ -189,11 +234,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--judgments", type=int, default=96)
     parser.add_argument("--refinements", type=int, default=48)
+    parser.add_argument("--judge-pairs", type=Path, help="also write a held-out pairwise judge benchmark")
+    parser.add_argument("--judge-pairs-n", type=int, default=32)
     args = parser.parse_args()
     examples = build(args.seed, args.judgments, args.refinements)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples), encoding="utf-8")
+    _write_jsonl(args.out, examples)
     print(f"wrote {len(examples)} examples to {args.out}")
+    if args.judge_pairs is not None:
+        pairs = build_judge_pairs(args.seed, args.judge_pairs_n)
+        _write_jsonl(args.judge_pairs, pairs)
+        print(f"wrote {len(pairs)} judge pairs to {args.judge_pairs}")
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 if __name__ == "__main__":
