@@ -284,7 +284,8 @@ def run_worker(
             _restart_process()
         if burst or _stop_was_requested(worker):
             return
-        previous = worker or previous
+        if worker is not None:
+            previous = worker
         # Back off 1, 2, 4 ... 30 s while Redis stays away; a loop that ran a while starts over.
         failures = 1 if time.monotonic() - started > 60 else failures + 1
         delay = min(2.0 ** (failures - 1), 30.0)
