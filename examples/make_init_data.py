@@ -151,11 +151,22 @@ def _judgment(prompt_constraints: list[Constraint], response: str) -> tuple[str,
     return "\n".join(lines), ok
 
 
-def _prompt_constraints(rng: random.Random) -> list[Constraint] | None:
-    """One or two constraints of a fresh pool; None for the contradictory lowercase + capitals."""
+def _draw_prompt(rng: random.Random, topics: dict[str, str]) -> tuple[str, str, list[Constraint]] | None:
+    """(prompt, the topic's plain text, its one or two constraints); None for the contradictory
+    lowercase + capitals draw."""
+    topic, text = rng.choice(sorted(topics.items()))
     chosen = rng.sample(_constraints(rng), rng.choice([1, 2]))
-    cases = [c for c in chosen if c.instruction.startswith("Write your whole answer in")]
-    return None if len(cases) == 2 else chosen
+    if len([c for c in chosen if c.instruction.startswith("Write your whole answer in")]) == 2:
+        return None
+    prompt = f"Write one or two sentences about {topic}. " + " ".join(c.instruction for c in chosen)
+    return prompt, text, chosen
+
+
+def _repaired(text: str, chosen: list[Constraint]) -> str:
+    """``text`` with every constraint's repair applied in turn."""
+    for c in chosen:
+        text = c.repair(text)
+    return text
 
 
 def build_judge_pairs(seed: int, n: int) -> list[dict]:
@@ -166,14 +177,11 @@ def build_judge_pairs(seed: int, n: int) -> list[dict]:
     for _ in range(10_000):
         if len(items) == n:
             break
-        topic, text = rng.choice(sorted(HELD_OUT_TOPICS.items()))
-        chosen = _prompt_constraints(rng)
-        if chosen is None:
+        drawn = _draw_prompt(rng, HELD_OUT_TOPICS)
+        if drawn is None:
             continue
-        prompt = f"Write one or two sentences about {topic}. " + " ".join(c.instruction for c in chosen)
-        good = text
-        for c in chosen:
-            good = c.repair(good)
+        prompt, text, chosen = drawn
+        good = _repaired(text, chosen)
         if prompt in seen or not _judgment(chosen, good)[1] or _judgment(chosen, text)[1]:
             continue  # the plain text must violate something, the repaired one nothing
         seen.add(prompt)
@@ -192,15 +200,12 @@ def build(seed: int, judgments: int, refinements: int) -> list[dict]:
         len(examples) - made_refinements < judgments or made_refinements < refinements
     ) and attempts < 10_000:
         attempts += 1
-        topic, text = rng.choice(sorted(TOPICS.items()))
-        chosen = _prompt_constraints(rng)
-        if chosen is None:
+        drawn = _draw_prompt(rng, TOPICS)
+        if drawn is None:
             continue
-        prompt = f"Write one or two sentences about {topic}. " + " ".join(c.instruction for c in chosen)
-        response = text
+        prompt, response, chosen = drawn
         if rng.random() < 0.5:  # a passing response: repair every constraint
-            for c in chosen:
-                response = c.repair(response)
+            response = _repaired(response, chosen)
         judgment, ok = _judgment(chosen, response)
         n_judgments = len(examples) - made_refinements
         if n_judgments < judgments:
@@ -208,9 +213,7 @@ def build(seed: int, judgments: int, refinements: int) -> list[dict]:
                 {"messages": judge_messages(prompt, response) + [{"role": "assistant", "content": judgment}]}
             )
         if not ok and made_refinements < refinements:
-            fixed = response
-            for c in chosen:
-                fixed = c.repair(fixed)
+            fixed = _repaired(response, chosen)
             if not _judgment(chosen, fixed)[1]:
                 continue
             failing = [c for c in chosen if not c.check(response)]

@@ -212,6 +212,19 @@ def data_root(tmp: Path, tiny_model: Path, prompts: list[str]) -> Path:
     return root
 
 
+def wait_for_redis(port: int, timeout: float = 20) -> None:
+    """Return once a just-started redis-server on ``port`` answers; raise its error after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            Redis(port=port, socket_timeout=1).ping()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 @contextmanager
 def private_redis(folder: Path) -> Iterator[str]:
     """A redis-server of our own on a free port (no persistence): nobody else's data is touched."""
@@ -222,15 +235,7 @@ def private_redis(folder: Path) -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                Redis(port=port, socket_timeout=1).ping()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_for_redis(port)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.send_signal(signal.SIGTERM)

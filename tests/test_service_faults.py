@@ -31,7 +31,6 @@ from service_harness import (
     SEARCH_STAGES,
     Stack,
     data_root,
-    free_port,
     fresh_redis_url,
     tiny_run_body,
     variant_prompts,
@@ -183,35 +182,6 @@ def make_stack(tmp_path: Path, tiny_model_path: Path) -> Iterator[Callable[..., 
     yield make
     for stack in made:
         stack.close()
-
-
-@pytest.fixture()
-def private_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int]]:
-    """A redis-server of our own on a free port, with an append-only file so a pause loses nothing."""
-    port = free_port()
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    log = (tmp_path / "redis.log").open("w")
-    proc = subprocess.Popen(
-        ["redis-server", *f"--port {port} --bind 127.0.0.1 --appendonly yes".split(), "--dir", str(folder)]
-        + ["--save", ""],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-    def up() -> bool:
-        try:
-            return bool(Redis(port=port, socket_timeout=1).ping())
-        except Exception:
-            return False
-
-    try:
-        wait_until(up, 20, "the private redis-server to answer")
-        yield proc, port
-    finally:
-        proc.send_signal(signal.SIGCONT)  # never leave it stopped, even when the test failed mid-pause
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 # ----- the drills ---------------------------------------------------------------------------------

@@ -77,7 +77,9 @@ def test_the_liveness_probe_fails_without_a_worker_and_passes_when_redis_is_away
     assert away.returncode == 0 and "redis unreachable" in away.stderr and "Traceback" not in away.stderr
 
 
-def test_a_retry_scheduled_after_a_redis_stall_runs_within_seconds(tmp_path: Path) -> None:
+def test_a_retry_scheduled_after_a_redis_stall_runs_within_seconds(
+    private_redis: tuple[subprocess.Popen, int], tmp_path: Path
+) -> None:
     """A stall that ends the worker's loop also stops its scheduler (which moves scheduled jobs --
     our retries -- to their queue), whose lock release fails while Redis is away: the next loop's
     scheduler could not take the lock until it expired (61 s), and no retry ran for that minute.
@@ -89,56 +91,38 @@ def test_a_retry_scheduled_after_a_redis_stall_runs_within_seconds(tmp_path: Pat
 
     from workers.queue import SERIALIZER
 
-    port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
+    server, port = private_redis
     url = f"redis://127.0.0.1:{port}/0"
     log = tmp_path / "worker.log"
+    redis = Redis.from_url(url, socket_timeout=5)
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [str(SPAR), "worker", "--role", "actor", "--queue-url", url, "--heartbeat-ttl", "3"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=os.environ | {"SPAR_CACHE_DIR": str(tmp_path / "c"), "SPAR_WORKER_REDIS_TIMEOUT": "1"},
+        )
     try:
-        redis = Redis.from_url(url, socket_timeout=5)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                redis.ping()
-                break
-            except Exception:
-                assert time.monotonic() < deadline, "the private redis-server never answered"
-                time.sleep(0.1)
-        with log.open("w") as out:
-            worker = subprocess.Popen(
-                [str(SPAR), "worker", "--role", "actor", "--queue-url", url, "--heartbeat-ttl", "3"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=os.environ | {"SPAR_CACHE_DIR": str(tmp_path / "c"), "SPAR_WORKER_REDIS_TIMEOUT": "1"},
-            )
-        try:
-            lock = "rq:scheduler-lock:actor"
-            deadline = time.monotonic() + 60
-            while not redis.exists(lock):
-                assert time.monotonic() < deadline and worker.poll() is None, log.read_text()
-                time.sleep(0.2)
-            server.send_signal(signal.SIGSTOP)  # longer than every Redis timeout of the worker
-            time.sleep(14)
-            server.send_signal(signal.SIGCONT)
-            queue = Queue("actor", connection=redis, serializer=SERIALIZER)
-            job = queue.enqueue_in(timedelta(seconds=1), "workers.jobs.noop", kwargs={"payload": {}})
-            deadline = time.monotonic() + 20
-            while job.get_status(refresh=True) != JobStatus.FINISHED:
-                assert time.monotonic() < deadline, f"the scheduled job never ran\n{log.read_text()}"
-                time.sleep(0.2)
-            text = log.read_text()
-            assert '"worker.reconnect"' in text and '"worker.scheduler_released"' in text, text
-            assert worker.poll() is None
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-    finally:
+        lock = "rq:scheduler-lock:actor"
+        deadline = time.monotonic() + 60
+        while not redis.exists(lock):
+            assert time.monotonic() < deadline and worker.poll() is None, log.read_text()
+            time.sleep(0.2)
+        server.send_signal(signal.SIGSTOP)  # longer than every Redis timeout of the worker
+        time.sleep(14)
         server.send_signal(signal.SIGCONT)
-        server.terminate()
-        server.wait(timeout=20)
+        queue = Queue("actor", connection=redis, serializer=SERIALIZER)
+        job = queue.enqueue_in(timedelta(seconds=1), "workers.jobs.noop", kwargs={"payload": {}})
+        deadline = time.monotonic() + 20
+        while job.get_status(refresh=True) != JobStatus.FINISHED:
+            assert time.monotonic() < deadline, f"the scheduled job never ran\n{log.read_text()}"
+            time.sleep(0.2)
+        text = log.read_text()
+        assert '"worker.reconnect"' in text and '"worker.scheduler_released"' in text, text
+        assert worker.poll() is None
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
