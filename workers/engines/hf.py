@@ -152,6 +152,18 @@ class HFEngine:
         self.eos_token_ids: list[int] = self._end_token_ids()
         self.max_positions: int | None = getattr(model.config, "max_position_embeddings", None)
 
+    def close(self) -> None:
+        """Drop the weights now (not at the next garbage collection) and return cached GPU memory.
+
+        After ``close`` the engine cannot generate; a worker builds the next version's engine.
+        """
+        import gc
+
+        self.__dict__.pop("model", None)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def _end_token_ids(self) -> list[int]:
         """End-of-turn ids: the model's generation config's (often a list) plus the tokenizer's eos."""
         ids: list[int] = []

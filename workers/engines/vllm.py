@@ -89,6 +89,23 @@ class VLLMEngine:
         if self.config.lora_adapter:
             self.switch_lora(self.config.lora_adapter)
 
+    def close(self) -> None:
+        """Shut vLLM's engine core down (its processes end) and drop the model. Idempotent.
+
+        In a worker this engine runs inside a ``ProcessEngine`` child whose end is what guarantees
+        the release on GPU; this is the orderly part of that shutdown.
+        """
+        llm = self.__dict__.pop("llm", None)
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
+        import gc
+
+        gc.collect()
+
     def switch_lora(self, path: str | Path | None) -> None:
         """Serve later calls with the adapter at ``path`` (``None``: the base model), same engine."""
         if path is None:
