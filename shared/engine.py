@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -40,6 +40,36 @@ class GenerationRequest(BaseModel):
         return value
 
 
+OverlongPolicy = Literal["skip", "truncate"]
+
+
+class EngineStartError(RuntimeError):
+    """An engine could not start (memory setting, unsupported model, bad path).
+
+    The message is one line that names the setting to change, so a CLI can print it as is, without
+    a traceback, and a worker's failed job says what to fix.
+    """
+
+
+def fit_to_context(
+    request: GenerationRequest, prompt_tokens: int, context: int | None, policy: OverlongPolicy
+) -> GenerationRequest | None:
+    """``request`` as it can run in a context of ``context`` tokens, or ``None`` to skip it.
+
+    A request fits when its prompt tokens plus ``max_new_tokens`` stay within the context. One that
+    does not would make vLLM reject the whole batch (and the shard fail on every retry), so the
+    engines decide per request first: ``skip`` drops it (its completions come back empty);
+    ``truncate`` lowers ``max_new_tokens`` to the room left, and skips only when the prompt alone
+    fills the context. ``context=None`` means no known limit.
+    """
+    if context is None or prompt_tokens + request.max_new_tokens <= context:
+        return request
+    room = context - prompt_tokens
+    if policy == "truncate" and room >= 1:
+        return request.model_copy(update={"max_new_tokens": room})
+    return None
+
+
 @runtime_checkable
 class Engine(Protocol):
     """A batched text generator: for each request, its ``n`` completions, in order."""
@@ -56,6 +86,10 @@ class EngineStats:
     completions: int = 0
     prompt_tokens: int = 0
     generated_tokens: int = 0
+    # requests that did not fit the model's context (see fit_to_context): skipped ones returned
+    # empty completions, truncated ones ran with fewer new tokens than asked
+    overlong_skipped: int = 0
+    overlong_truncated: int = 0
 
     def snapshot(self) -> EngineStats:
         return EngineStats(**vars(self))
@@ -67,12 +101,16 @@ class EngineStats:
         return dict(vars(self))
 
 
+# What MeteredEngine takes from the wrapped engine's stats (it counts calls/requests itself).
+_INNER_COUNTS = ("prompt_tokens", "generated_tokens", "overlong_skipped", "overlong_truncated")
+
+
 @dataclass
 class MeteredEngine:
     """Wraps any engine to count calls, requests and completions, and checks its answer's shape.
 
-    Token counts come from the wrapped engine's own ``stats`` when it keeps them (the HF and vLLM
-    adapters do); a scripted engine reports none, which is fine.
+    Token and over-long counts come from the wrapped engine's own ``stats`` when it keeps them (the
+    HF and vLLM adapters do); a scripted engine reports none, which is fine.
     """
 
     inner: Engine
@@ -97,6 +135,6 @@ class MeteredEngine:
         self.stats.completions += sum(r.n for r in requests)
         if before is not None and isinstance(inner_stats, EngineStats):
             delta = inner_stats.minus(before)
-            self.stats.prompt_tokens += delta.prompt_tokens
-            self.stats.generated_tokens += delta.generated_tokens
+            for name in _INNER_COUNTS:
+                setattr(self.stats, name, getattr(self.stats, name) + getattr(delta, name))
         return outputs
