@@ -192,11 +192,29 @@ class TrainCommon(_Strict):
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     max_length: int = Field(2048, ge=16, description="Prompt + response tokens; longer ones are truncated.")
-    gradient_checkpointing: bool = False
-    bf16: bool = Field(False, description="bf16 mixed precision (GPU); CPU runs use fp32.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, about 30% slower)."
+    )
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto",
+        description="Weights of the trained and reference models: auto = bfloat16 on GPU, float32 on CPU.",
+    )
+    bf16: bool = Field(
+        False, description="bf16 autocast on GPU even with float32 weights (always on with bfloat16 weights)."
+    )
     lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights.")
     distributed: Literal["none", "deepspeed_zero3", "fsdp"] = Field(
         "none", description="Multi-GPU strategy for `accelerate launch` on one node (the recipe uses ZeRO-3)."
+    )
+    num_processes: int = Field(
+        1,
+        ge=1,
+        description="Processes (one per GPU); > 1, or a `distributed` mode, runs `accelerate launch`.",
+    )
+    save_steps: int | None = Field(
+        100,
+        ge=1,
+        description="Checkpoint every this many steps; a killed job resumes from the last (None: off).",
     )
     accelerate_config: str | None = Field(
         None, description="An accelerate/DeepSpeed/FSDP config file passed through to `accelerate launch`."

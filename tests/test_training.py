@@ -264,14 +264,14 @@ def test_iopo_needs_groups_and_pairs_need_pairs(model_path, tokenizer, tmp_path)
 
 
 def test_distributed_settings() -> None:
-    from workers.training.actor import distributed_settings
+    from workers.training.actor import CHECKPOINTING, distributed_settings
 
     cfg = actor_cfg("dpo", distributed="deepspeed_zero3")
     assert distributed_settings(cfg, cuda_available=False) == ("none", {})
     strategy, kwargs = distributed_settings(cfg, cuda_available=True)
     assert strategy == "deepspeed_zero3" and kwargs["deepspeed"]["zero_optimization"]["stage"] == 3
     strategy, kwargs = distributed_settings(actor_cfg("dpo", distributed="fsdp"), cuda_available=True)
-    assert strategy == "fsdp" and kwargs["fsdp"] is True and kwargs["activation_checkpointing"] is False
+    assert strategy == "fsdp" and kwargs["fsdp"] is True and kwargs[CHECKPOINTING] is False
     custom = actor_cfg("dpo", distributed="deepspeed_zero3", accelerate_config="ds.json")
     assert distributed_settings(custom, cuda_available=True)[1] == {"deepspeed": "ds.json"}
 

@@ -5,13 +5,23 @@ version t itself, frozen), and publishes ``models/<role>/v<t+1>/`` atomically wi
 A published version is the record that the training is done: a retried job finds it and does not
 train again. When there is nothing to learn from (no pairs), the new version is an alias of its
 parent, so the next iteration still finds a model.
+
+Training writes step checkpoints to ``checkpoints/<role>-v<k>/`` in the run's directory, which
+outlives the worker: a job killed mid-training and retried resumes from the last complete one, and
+the folder is removed once the version is published. With ``num_processes > 1`` or a ``distributed``
+mode the training runs through ``accelerate launch`` in a child process (see
+:func:`workers.training.launch.launch_job`); its rank 0 writes the model into the staging folder and
+this process alone publishes it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from shared.config import RunConfig, TrainCommon
 
@@ -45,6 +55,47 @@ def materialize(version: ModelVersion, paths: RunPaths) -> Path:
     return target
 
 
+def checkpoint_dir(paths: RunPaths, role: str, version: int) -> Path:
+    """Where the training of ``role`` v<version> keeps its step checkpoints until it is published."""
+    return paths.root / "checkpoints" / f"{role}-v{version}"
+
+
+def train_version(
+    trainer: str,
+    train_fn: Callable[..., dict[str, Any]],
+    start_from: Path,
+    data_file: Path,
+    records: list[dict],
+    settings: TrainCommon,
+    out_dir: Path,
+    seed: int,
+    checkpoints: Path,
+    on_step: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    """Train into ``out_dir``, in this process or launched on ``settings.num_processes`` processes.
+
+    ``trainer`` names the job's kind for the launcher ("actor": preference training, "refiner": SFT).
+    A checkpoint a kill cut off mid-save is removed first, so the run resumes from a complete one.
+    """
+    from ..training.launch import launch_job, needs_launch
+    from ..training.outcome import prune_incomplete
+
+    prune_incomplete(checkpoints)
+    if needs_launch(settings):
+        job = {
+            "model_path": str(start_from),
+            "data_file": str(data_file),
+            "config": settings.model_dump(mode="json"),
+            "out_dir": str(out_dir),
+            "seed": seed,
+            "checkpoint_dir": str(checkpoints),
+        }
+        return launch_job(trainer, job, checkpoints, on_step)
+    return train_fn(
+        start_from, records, settings, out_dir, seed=seed, on_step=on_step, checkpoint_dir=checkpoints
+    )
+
+
 def _train(
     paths: RunPaths,
     spec: StageSpec,
@@ -60,6 +111,7 @@ def _train(
     started = time.perf_counter()
     parent = version_for(paths, config, role, spec.iteration)
     target = version_dir(paths, role, spec.iteration + 1)
+    checkpoints = checkpoint_dir(paths, role, spec.iteration + 1)
     done = read_metadata(target)
     if done is None:
         producer = "iopo_groups" if data_name == "iopo_groups" else "assemble"
@@ -89,16 +141,30 @@ def _train(
                 start_from = materialize(parent, paths)
                 label = f"training {role} ({extra_meta.get('objective', 'sft')}) steps"
                 on_step = None if progress is None else (lambda done, total: progress(label, done, total))
-                metrics = train_fn(start_from, records, settings, tmp, seed=config.seed, on_step=on_step)
+                kind = "actor" if role == "actor" else "refiner"
+                metrics = train_version(
+                    kind,
+                    train_fn,
+                    start_from,
+                    data_file,
+                    records,
+                    settings,
+                    tmp,
+                    config.seed,
+                    checkpoints,
+                    on_step,
+                )
                 meta |= {
                     "metrics": metrics,
                     "adapter": settings.lora is not None,
                     "base_model": str(start_from) if settings.lora is not None else None,
                     "distributed": settings.distributed,
+                    "num_processes": settings.num_processes,
                 }
             write_metadata(tmp, meta)
         done = read_metadata(target)
         assert done is not None
+    shutil.rmtree(checkpoints, ignore_errors=True)  # published: the step checkpoints have served
     new = version_for(paths, config, role, spec.iteration + 1)
     metrics = done.get("metrics", {})
     return StageResult(
@@ -175,8 +241,17 @@ def run_init(
                 on_step = (
                     None if progress is None else (lambda d, t, r=role: progress(f"stage 0: SFT {r}", d, t))
                 )
-                metrics = train_refiner(
-                    base.folder(), records, settings, tmp, seed=config.seed, on_step=on_step
+                metrics = train_version(
+                    "refiner",
+                    train_refiner,
+                    base.folder(),
+                    Path(data),
+                    records,
+                    settings,
+                    tmp,
+                    config.seed,
+                    checkpoint_dir(paths, role, 0),
+                    on_step,
                 )
                 write_metadata(
                     tmp,
@@ -193,6 +268,7 @@ def run_init(
                         "created_at": dt.datetime.now(dt.UTC).isoformat(),
                     },
                 )
+        shutil.rmtree(checkpoint_dir(paths, role, 0), ignore_errors=True)
         meta = read_metadata(target)
         assert meta is not None
         counts[f"{role}_records"] = meta["data"]["records"]

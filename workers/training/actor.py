@@ -51,10 +51,18 @@ from shared import losses
 from shared.config import SR_PROMPT_DEFAULT, ActorTrainConfig, LoraSettings, TrainCommon
 from workers.training import encode_prompt_response
 
-from .outcome import common_metrics, save_outcome, step_logs, timed_train
+from .outcome import checkpoint_settings, common_metrics, save_outcome, step_logs, timed_train
 from .progress import StepHook, attach
 
 logger = logging.getLogger(__name__)
+
+# transformers 5.19 (the version vLLM's CPU build accepts) names it gradient_checkpointing; later 5.x
+# releases renamed it activation_checkpointing. Whichever the installed TrainingArguments has.
+CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in DPOConfig.__dataclass_fields__
+    else "gradient_checkpointing"
+)
 
 PAIR_KEYS: tuple[str, ...] = ("prompt", "chosen", "rejected")
 GROUP_KEYS: tuple[str, ...] = ("x1", "y1", "x2", "y2")
@@ -293,9 +301,9 @@ class PreferenceTrainer(DPOTrainer):
 
     def _no_checkpointing(self) -> contextlib.AbstractContextManager[Any]:
         """Activation checkpointing off for a forward without gradient (it would only recompute, or warn)."""
-        if not self.args.activation_checkpointing:
+        if not getattr(self.args, CHECKPOINTING):
             return contextlib.nullcontext()
-        return disable_gradient_checkpointing(self.model, self.args.activation_checkpointing_kwargs)
+        return disable_gradient_checkpointing(self.model, getattr(self.args, f"{CHECKPOINTING}_kwargs"))
 
     @contextlib.contextmanager
     def _reference_model(self, model: Any = None) -> Iterator[Any]:
@@ -580,7 +588,7 @@ def distributed_settings(cfg: TrainCommon, cuda_available: bool | None = None) -
         # FSDP prefers its own activation checkpointing to the trainer's (no redundant all-gather).
         "activation_checkpointing": cfg.gradient_checkpointing,
     }
-    return "fsdp", {"fsdp": True, "fsdp_config": fsdp_config, "activation_checkpointing": False}
+    return "fsdp", {"fsdp": True, "fsdp_config": fsdp_config, CHECKPOINTING: False}
 
 
 def lora_config(settings: LoraSettings) -> Any:
@@ -596,8 +604,26 @@ def lora_config(settings: LoraSettings) -> Any:
     )
 
 
-def common_training_kwargs(cfg: TrainCommon, out_dir: Path, seed: int) -> tuple[str, dict[str, Any]]:
-    """TrainingArguments of both trainers: schedule, batch, precision, per-step logs, no checkpoints."""
+def model_dtype(cfg: TrainCommon, cuda: bool | None = None) -> torch.dtype:
+    """The dtype the trained (and reference) weights load in: ``auto`` is bfloat16 on GPU, float32 on CPU.
+
+    bfloat16 halves weight and activation memory on GPU; on CPU, fp32 is faster than emulated bf16 for
+    most kernels and keeps the small test models' losses exact.
+    """
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if cuda else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
+def common_training_kwargs(
+    cfg: TrainCommon, out_dir: Path, seed: int, checkpoint_dir: Path | None = None
+) -> tuple[str, dict[str, Any]]:
+    """TrainingArguments of both trainers: schedule, batch, precision, per-step logs, step checkpoints.
+
+    Checkpoints go to ``checkpoint_dir`` every ``cfg.save_steps`` steps (none without a folder): the
+    trainer's output folder is the checkpoint folder, the final model is saved explicitly into ``out_dir``.
+    """
     cuda = torch.cuda.is_available()
     strategy, dist = distributed_settings(cfg, cuda)
     kwargs: dict[str, Any] = {
@@ -612,18 +638,19 @@ def common_training_kwargs(cfg: TrainCommon, out_dir: Path, seed: int) -> tuple[
         "per_device_train_batch_size": cfg.batch_size,
         "gradient_accumulation_steps": cfg.grad_accum,
         "max_length": cfg.max_length,
-        # TRL defaults gradient_checkpointing to True; transformers 5 calls it activation_checkpointing.
-        "activation_checkpointing": cfg.gradient_checkpointing,
-        "bf16": bool(cfg.bf16 and cuda),  # TRL's default is bf16=True; CPU runs in fp32
+        # TRL defaults it to True: honour the setting either way.
+        CHECKPOINTING: cfg.gradient_checkpointing,
+        # TRL's default is bf16=True; CPU runs in fp32 unless the weights themselves are bfloat16.
+        "bf16": bool((cfg.bf16 and cuda) or model_dtype(cfg, cuda) == torch.bfloat16),
         "use_cpu": not cuda,
         "logging_steps": 1,
-        "save_strategy": "no",
         "report_to": "none",
         "disable_tqdm": True,
         "seed": seed,
         "data_seed": seed,
         "dataloader_num_workers": 0,
     }
+    kwargs |= checkpoint_settings(checkpoint_dir, cfg.save_steps)
     kwargs |= dist
     return strategy, kwargs
 
@@ -654,6 +681,7 @@ def train_actor(
     ref_model_path: Path | None = None,
     seed: int = 0,
     on_step: StepHook | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train the actor on the iteration's pairs (or IOPO groups) and save it into ``out_dir``.
 
@@ -661,12 +689,14 @@ def train_actor(
     with LoRA and no separate reference it is the adapter-disabled model, so no second copy is loaded.
     Full fine-tuning saves the whole model; LoRA saves the adapter and records its base in
     ``spar_train.json``. Returns the loss curve, start/end margins and accuracies, wall seconds, peak RSS.
+    Weights (policy and reference alike) load in :func:`model_dtype`; with ``checkpoint_dir``, step
+    checkpoints are saved there and a retried job resumes from the last one.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_path, out_dir = Path(model_path), Path(out_dir)
     records = validate_records(records, cfg.objective)
-    strategy, kwargs = common_training_kwargs(cfg, out_dir, seed)
+    strategy, kwargs = common_training_kwargs(cfg, out_dir, seed, checkpoint_dir)
     # Built before the models are loaded: DeepSpeed ZeRO-3 must see its config at load time to partition.
     args = PreferenceConfig(
         objective=cfg.objective,
@@ -679,11 +709,13 @@ def train_actor(
         **kwargs,
     )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    dtype = model_dtype(cfg)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     ref_model = None
     if ref_model_path is not None and not _same_path(ref_model_path, model_path):
-        ref_model = AutoModelForCausalLM.from_pretrained(ref_model_path, dtype=torch.float32)
-    # Otherwise TRL supplies the reference: a frozen copy loaded from model_path (full fine-tuning), the
+        ref_model = AutoModelForCausalLM.from_pretrained(ref_model_path, dtype=dtype)
+    # Otherwise TRL supplies the reference: a frozen copy loaded from model_path in the policy's dtype (full
+    # fine-tuning; under ZeRO-3 wrapped by trl's prepare_deepspeed as an inference engine), the
     # adapter-disabled model (LoRA), or nothing when every reference value is precomputed first.
     trainer = PreferenceTrainer(
         model,
@@ -694,7 +726,7 @@ def train_actor(
         peft_config=lora_config(cfg.lora) if cfg.lora else None,
     )
     attach(trainer, "actor", on_step)
-    result, train_seconds = timed_train(trainer)
+    result, train_seconds = timed_train(trainer, checkpoint_dir)
     trainer.save_model(str(out_dir))
     metrics: dict[str, Any] = {
         "role": "actor",

@@ -29,7 +29,7 @@ import torch
 from shared.config import RefinerTrainConfig
 from shared.losses import sequence_logps
 from workers.training import encode_chat
-from workers.training.actor import common_training_kwargs, lora_config
+from workers.training.actor import common_training_kwargs, lora_config, model_dtype
 
 from .outcome import common_metrics, save_outcome, timed_train
 from .progress import StepHook, attach
@@ -106,11 +106,13 @@ def train_refiner(
     seed: int = 0,
     assistant_turns: AssistantTurns = "all",
     on_step: StepHook | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune the refiner on RFT chats (loss on assistant turns) and save model + tokenizer to ``out_dir``.
 
     Returns the per-step loss curve, the mean NLL of the assistant targets before and after training (on
     the training examples), wall seconds, peak RSS and steps. LoRA saves the adapter and records its base.
+    With ``checkpoint_dir``, step checkpoints are saved there and a retried job resumes from the last one.
     """
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -119,7 +121,7 @@ def train_refiner(
     model_path, out_dir = Path(model_path), Path(out_dir)
     if not examples:
         raise ValueError("no RFT examples")
-    strategy, kwargs = common_training_kwargs(cfg, out_dir, seed)
+    strategy, kwargs = common_training_kwargs(cfg, out_dir, seed, checkpoint_dir)
     args = SFTConfig(
         # Labels are built here; TRL must neither rebuild them nor look for generation markers.
         assistant_only_loss=False,
@@ -130,7 +132,7 @@ def train_refiner(
     )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = [encode_example(tokenizer, _messages(ex, i), assistant_turns) for i, ex in enumerate(examples)]
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=model_dtype(cfg))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # Under ZeRO-3/FSDP the parameters are sharded across processes: the NLL check is a one-process affair.
     single = strategy == "none"
@@ -147,7 +149,7 @@ def train_refiner(
         peft_config=lora_config(cfg.lora) if cfg.lora else None,
     )
     attach(trainer, "refiner", on_step)
-    result, train_seconds = timed_train(trainer)
+    result, train_seconds = timed_train(trainer, checkpoint_dir)
     nll_after = mean_target_nll(trainer.model, probe, pad_id, cfg.max_length) if single else math.nan
     trainer.save_model(str(out_dir))
     metrics: dict[str, Any] = {
