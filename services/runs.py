@@ -124,3 +124,23 @@ def open_run(run_dir: Path) -> RunPaths:
         raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
     RunConfig.model_validate(read_json(paths.config)["config"])
     return paths
+
+
+def confine(config: RunConfig, root: Path) -> RunConfig:
+    """Resolve the config's paths against the data root; anything outside it is refused (400)."""
+    resolved = resolve_paths(config, root)
+    paths = {"prompts": resolved.prompts}
+    for role in ("actor", "refiner"):
+        model = getattr(resolved, role).model
+        if model != getattr(config, role).model:  # a path, not a built-in name
+            paths[f"{role}.model"] = model
+    if resolved.init is not None:
+        paths |= {
+            f"init.{k}": getattr(resolved.init, k)
+            for k in ("actor_data", "refiner_data")
+            if getattr(resolved.init, k) is not None
+        }
+    for field, value in paths.items():
+        if not Path(value).resolve().is_relative_to(root):
+            raise ConfigError(f"{field}: {value} is outside the data root {root}; put the file under it")
+    return resolved

@@ -1,0 +1,64 @@
+"""What routes get injected (``Annotated[..., Depends(...)]``): settings, Redis, the scheduler, auth.
+
+Everything is read from ``app.state``, set once by :func:`services.api.main.create_app`; a test can
+replace any of these with ``app.dependency_overrides[get_scheduler] = ...``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis import Redis
+
+from workers.artifacts import RunPaths
+
+from ..scheduler import Scheduler
+from .settings import Settings
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_redis(request: Request) -> Redis:
+    return request.app.state.redis
+
+
+def get_scheduler(request: Request) -> Scheduler:
+    return request.app.state.scheduler
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
+
+
+def require_token(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Every ``/v1`` route: ``Authorization: Bearer $SPAR_API_TOKEN`` (compared in constant time)."""
+    given = credentials.credentials if credentials else ""
+    if not secrets.compare_digest(given.encode(), settings.api_token.encode()):
+        raise HTTPException(
+            401,
+            "missing or wrong bearer token (Authorization: Bearer $SPAR_API_TOKEN)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def run_paths(run_id: str, scheduler: SchedulerDep) -> RunPaths:
+    """The run directory of ``run_id`` (404 when the scheduler does not know the run)."""
+    state = scheduler.state(run_id)
+    if state is None:
+        raise HTTPException(404, f"no run {run_id!r}; list runs with GET /v1/runs")
+    return RunPaths(Path(state["run_dir"]))
+
+
+RunPathsDep = Annotated[RunPaths, Depends(run_paths)]

@@ -1,0 +1,162 @@
+"""Request and response models of the REST API: what ``/docs`` shows is the contract.
+
+Views are read models built by :mod:`services.api.views` from the scheduler's state (Redis) and the
+run directory. Models whose content grows with the product (per-stage counts, evaluation rows)
+allow extra fields, so a new count reaches clients without an API change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Health(BaseModel):
+    ok: bool
+
+
+class Readiness(BaseModel):
+    ok: bool
+    redis: str | None = Field(None, description="Why Redis is not reachable (only when ok is false).")
+
+
+class RunCreated(BaseModel):
+    id: str
+    status: str
+    run_dir: str
+
+
+class RunStatusChange(BaseModel):
+    """The answer to cancel and resume."""
+
+    id: str
+    status: str
+
+
+class RunListItem(_Open):
+    """A run as the scheduler records it in Redis (values as stored: strings)."""
+
+    id: str
+    status: str | None = None
+    run_dir: str | None = None
+    iteration: str | None = None
+    stage: str | None = None
+    error: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class StageProgress(BaseModel):
+    """Shards done of one stage of one iteration; ``complete`` once its manifest is written."""
+
+    iteration: int
+    stage: str
+    done: int
+    total: int
+    complete: bool
+
+
+class StageCost(_Open):
+    """What one finished stage cost: shards, engine calls, generated tokens, summed shard seconds."""
+
+    stage: str
+    shards: int
+    engine_calls: int
+    tokens_generated: int
+    seconds: float
+
+
+class TrainingRow(_Open):
+    """One training stage of an iteration: the new version and its loss / margin / NLL numbers."""
+
+    stage: str
+    new_version: str
+    objective: str | None = None
+    records: int | float | None = None
+    steps: int | None = None
+    first_loss: float | int | None = None
+    last_loss: float | int | None = None
+    margin_start: float | None = None
+    margin_end: float | None = None
+    target_nll_before: float | None = None
+    target_nll_after: float | None = None
+    peak_rss_mb: float | None = None
+    loss_curve: list[float] = Field(default_factory=list)
+
+
+class Evaluation(BaseModel):
+    """Rows written by the ``eval`` stage: IFEval per actor version, judge accuracy per refiner version."""
+
+    ifeval: list[dict[str, Any]] = Field(default_factory=list)
+    judge: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class IterationSummary(BaseModel):
+    """Headline numbers and costs of one iteration, from whatever stages are done."""
+
+    iteration: int
+    metrics: dict[str, float | int | None] = Field(
+        description="prompts, responses, pass_rate, negatives, trees, success_rate, "
+        "mean_expansions_per_tree, pairs, rft_examples, ... (None until the stage has run)."
+    )
+    stages: list[StageCost]
+    training: list[TrainingRow]
+    evaluation: Evaluation
+
+
+class IterationView(IterationSummary):
+    """``GET /v1/runs/{id}/iterations/{t}``: the summary plus that iteration's shard progress."""
+
+    progress: list[StageProgress]
+
+
+class RunView(BaseModel):
+    """``GET /v1/runs/{id}``: status, where the run is, progress, per-iteration summaries, versions."""
+
+    id: str
+    status: str | None
+    error: str | None
+    iteration: int
+    stage: str | None
+    progress: list[StageProgress]
+    iterations: list[IterationSummary]
+    models: dict[str, str] = Field(description="Latest published version per role, e.g. {'actor': 'v1'}.")
+    created_at: float
+    updated_at: float
+    run_dir: str
+
+
+class WorkerInfo(_Open):
+    """A live worker as it publishes itself in Redis (expires when the worker dies)."""
+
+    name: str
+    role: str | None = None
+    host: str | None = None
+    pid: str | None = None
+    models: str | None = None
+    current_job: str | None = None
+    last_seen: str | None = None
+
+
+class RefineRequest(BaseModel):
+    run_id: str
+    prompt: str = Field(..., min_length=1)
+    response: str
+    wait_s: float = Field(
+        30.0, ge=0.0, le=600.0, description="Wait this long for the result, then return a job id."
+    )
+
+
+class RefineResult(BaseModel):
+    """A refinement job: finished (200, ``result``), failed (500, ``error``) or pending (202, ``poll``)."""
+
+    job_id: str
+    status: str
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    poll: str | None = None

@@ -1,0 +1,52 @@
+"""Runs: create, list, show, cancel, resume."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException
+
+from shared.config import RunConfig
+
+from ...runs import confine, create_run
+from ..deps import RunPathsDep, SchedulerDep, SettingsDep, require_token
+from ..models import RunCreated, RunListItem, RunStatusChange, RunView
+from ..views import run_view
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[Depends(require_token)])
+
+
+@router.post("", status_code=201, response_model=RunCreated)
+def start_run(config: RunConfig, settings: SettingsDep, scheduler: SchedulerDep) -> RunCreated:
+    """Create a run from a config (the YAML's fields as JSON); paths must lie under the data root."""
+    resolved = confine(config, settings.data_root.resolve())
+    paths = create_run(resolved, settings.runs_root)
+    scheduler.register(paths)
+    return RunCreated(id=paths.run_id, status="queued", run_dir=str(paths.root))
+
+
+@router.get("", response_model=list[RunListItem])
+def list_runs(scheduler: SchedulerDep) -> list[dict]:
+    return [{"id": r, **(scheduler.state(r) or {})} for r in scheduler.run_ids()]
+
+
+@router.get("/{run_id}", response_model=RunView)
+def get_run(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> dict:
+    return run_view(run_id, paths, scheduler)
+
+
+@router.post("/{run_id}/cancel", response_model=RunStatusChange)
+def cancel(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatusChange:
+    scheduler.cancel(run_id, paths)
+    return RunStatusChange(id=run_id, status="cancelled")
+
+
+@router.post(
+    "/{run_id}/resume",
+    response_model=RunStatusChange,
+    responses={409: {"description": "the run is still queued or running"}},
+)
+def resume(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatusChange:
+    state = scheduler.state(run_id) or {}
+    if state.get("status") in ("queued", "running"):
+        raise HTTPException(409, f"run {run_id} is {state['status']}; only failed or cancelled runs resume")
+    scheduler.resume(run_id, paths)
+    return RunStatusChange(id=run_id, status="queued")
