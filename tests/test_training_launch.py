@@ -1,0 +1,134 @@
+"""Training launched as on a cluster: the train stage runs ``accelerate launch`` in a child process.
+
+On these CPU machines two processes run DDP over gloo through the same command a GPU node uses. Same
+data, same seed: two ranks with per-device batch 2 see exactly the examples that one process with batch
+4 sees at each step (accelerate shards each global batch across ranks in sampler order) and DDP averages
+the two halves' gradients, so the loss curves agree up to float32 summation order (measured: ~2e-7).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from service_harness import variant_prompts
+
+from services.runs import create_run
+from shared.config import RunConfig
+from workers.artifacts import RunPaths, read_json
+from workers.stages.common import StageSpec
+from workers.stages.train import checkpoint_dir, run_train_actor
+from workers.versions import METADATA, version_dir
+
+pytestmark = pytest.mark.timeout(600)
+
+PAIRS = [
+    {
+        "prompt": f"Write a short poem about {topic} in {n} sentences.",
+        "chosen": " ".join(["The sea was calm and blue."] * n),
+        "rejected": "the river light, quiet stone, " * (n + 1),
+    }
+    for n, topic in enumerate(
+        ["the sea", "rain", "a garden", "the moon", "coffee", "winter", "bees", "music"], 1
+    )
+]
+STEPS = 4
+# Float32 reductions in another order (gloo all-reduce of two half-batch gradients vs one batch) drift by
+# ~1e-7 per step; a wrong data split or an unaveraged gradient moves step 2's loss by > 1e-2.
+LOSS_TOLERANCE = 1e-4
+
+
+class NoEngines:
+    """The train stage only asks its engine provider to release inference memory."""
+
+    def release(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from workers.models.tiny import tiny_model_cached
+
+    return tiny_model_cached(tmp_path_factory.mktemp("launch-models"), seed=0, imprint_steps=0)
+
+
+def actor_run(root: Path, model: Path, name: str, **train: Any) -> RunPaths:
+    """A run whose iteration 0 has assembled ``PAIRS``: ready for its train_actor stage."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in variant_prompts(2)))
+    settings = {
+        "objective": "dpo",
+        "max_steps": STEPS,
+        "max_length": 256,
+        "learning_rate": 1e-3,
+        "warmup_ratio": 0.0,
+        "sft_weight": 0.0,
+    } | train
+    config = RunConfig.model_validate(
+        {
+            "name": name,
+            "seed": 3,
+            "prompts": str(root / "prompts.jsonl"),
+            "actor": {"model": str(model)},
+            "refiner": {"model": str(model)},
+            "train_actor": settings,
+        }
+    )
+    paths = create_run(config, root / "runs", name)
+    data = paths.data_file(0, "pairs.jsonl")
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    return paths
+
+
+def train_stage(paths: RunPaths) -> tuple[dict[str, Any], list[tuple[int, int]]]:
+    steps: list[tuple[int, int]] = []
+    spec = StageSpec(run_dir=str(paths.root), iteration=0, stage="train_actor", shard=0)
+    result = run_train_actor(paths, spec, NoEngines(), lambda label, done, total: steps.append((done, total)))
+    return result.metrics, steps
+
+
+def test_two_processes_ddp_match_one_process_and_publish_once(tmp_path: Path, model_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    one = actor_run(tmp_path / "one", model_path, "one", batch_size=4)
+    two = actor_run(tmp_path / "two", model_path, "two", batch_size=2, num_processes=2, save_steps=2)
+    torch.manual_seed(0)
+    single, _ = train_stage(one)
+    double, steps = train_stage(two)
+
+    diffs = [abs(a - b) for a, b in zip(single["loss_curve"], double["loss_curve"], strict=True)]
+    print(
+        f"1 process {single['loss_curve']}\n2 processes {double['loss_curve']}\nmax |diff| {max(diffs):.3g}"
+    )
+    assert single["world_size"] == 1 and double["world_size"] == 2
+    assert max(diffs) < LOSS_TOLERANCE
+    assert (
+        single["loss_curve"][-1] < single["loss_curve"][0] - 0.1
+    )  # it trained: the comparison means something
+    assert steps == [(k, STEPS) for k in range(1, STEPS + 1)]  # rank 0's progress reached the caller
+
+    target = version_dir(two, "actor", 1)
+    meta = read_json(target / METADATA)
+    assert meta["num_processes"] == 2 and meta["metrics"]["loss_steps"] == list(range(1, STEPS + 1))
+    siblings = sorted(p.name for p in target.parent.iterdir())
+    assert siblings == ["v1"], siblings  # published once, no staging folder left behind
+    assert not checkpoint_dir(two, "actor", 1).exists()  # step checkpoints removed after publishing
+    assert AutoModelForCausalLM.from_pretrained(target) is not None
+
+
+def test_a_failing_launched_job_fails_the_stage_with_the_childs_error(
+    tmp_path: Path, model_path: Path
+) -> None:
+    from workers.training.launch import TrainingLaunchError
+
+    # Every prompt is longer than 16 tokens: each rank drops all examples and raises.
+    paths = actor_run(tmp_path, model_path, "bad", max_length=16, num_processes=2)
+    with pytest.raises(TrainingLaunchError) as failure:
+        train_stage(paths)
+    message = str(failure.value)
+    assert "exited with code" in message and "no example left after truncation" in message, message
+    assert not version_dir(paths, "actor", 1).exists()
