@@ -7,61 +7,31 @@ never recomputed, which makes ``--resume`` after a crash (or Ctrl-C) continue wh
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shared.config import ModelConfig, RunConfig
-from shared.engine import Engine
+from shared.config import RunConfig
 from workers.artifacts import RunPaths
-from workers.engines import build_engine
+from workers.engines.slot import EngineSlot, OnLoad
 from workers.stages import EngineProvider, Progress, StageSpec, num_shards, run_stage, write_stage_manifest
-from workers.stages.common import Role, load_config
-from workers.versions import ModelVersion
+from workers.stages.common import load_config
 
 log = logging.getLogger("spar.local")
 
 
-@dataclass
-class LocalEngines:
-    """Loads each role's engine on first use and keeps it across shards and stages.
+class LocalEngines(EngineSlot):
+    """The executor's engine: loaded on first use, kept across shards and stages, one at a time.
 
-    Actor and refiner share one engine when they are the same model version with the same engine
-    settings (the demo's case). A newer version replaces the old one, and ``release`` frees all of
-    them before a training stage needs the memory.
+    Actor and refiner share it when they are the same model version with the same engine settings
+    (the demo's case). Another version or model closes the resident engine before the next loads,
+    and ``release`` closes it before a training stage needs the memory
+    (:class:`workers.engines.slot.EngineSlot`).
     """
 
-    config: RunConfig
-    loaded: dict[str, Engine] = field(default_factory=dict)
-    on_load: Callable[[str, str, float], None] | None = None
-
-    def engine_for(self, role: Role, version: ModelVersion) -> Engine:
-        model: ModelConfig = getattr(self.config, role)
-        key = model.model_dump_json(exclude={"version", "model"}) + version.path + str(version.adapter)
-        if key not in self.loaded:
-            started = time.perf_counter()
-            self.loaded[key] = build_engine(model, version, seed=self.config.seed)
-            seconds = time.perf_counter() - started
-            log.info(
-                "engine loaded",
-                extra={
-                    "event": "engine.load",
-                    "role": role,
-                    "version": version.version,
-                    "path": version.path,
-                    "adapter": version.adapter,
-                    "seconds": round(seconds, 2),
-                },
-            )
-            if self.on_load is not None:
-                self.on_load(role, f"{version.version} ({version.path})", seconds)
-        return self.loaded[key]
-
-    def release(self) -> None:
-        self.loaded.clear()
-        gc.collect()
+    def __init__(self, config: RunConfig, on_load: OnLoad | None = None) -> None:
+        super().__init__(config, on_load)
 
 
 StageHook = Callable[[int, str, int, int], None]

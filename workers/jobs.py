@@ -1,8 +1,8 @@
 """The functions RQ workers execute. Arguments and results are JSON; the work is the stage runners'.
 
-A worker process keeps its loaded engines in :data:`ENGINES` across jobs (RQ's ``SimpleWorker``
+A worker process keeps its loaded engine in :data:`ENGINES` across jobs (RQ's ``SimpleWorker``
 runs jobs in-process), so a GPU model is loaded once and replaced only when a job names another
-model version.
+model version; at most one engine is resident (see ``workers.engines.slot``).
 """
 
 from __future__ import annotations
@@ -11,48 +11,28 @@ import logging
 import os
 from pathlib import Path
 
-from shared.config import RunConfig
-
 from .artifacts import RunPaths
+from .engines.slot import EngineSlot
 from .stages import StageSpec, run_stage
-from .stages.common import Role, load_config
-from .versions import ModelVersion, version_for
+from .stages.common import load_config
+from .versions import version_for
 
 log = logging.getLogger("spar.jobs")
 
 
-class WorkerEngines:
-    """The engines of one worker process: at most one per role, switched when the version changes."""
+class WorkerEngines(EngineSlot):
+    """The engine of one worker process: at most one resident, closed before the next one loads.
 
-    def __init__(self) -> None:
-        self.loaded: dict[str, tuple[str, object]] = {}
-        self.config: RunConfig | None = None
-        self.current: dict[str, str] = {}
+    See :class:`workers.engines.slot.EngineSlot`: a version swap or a switch to the other role's
+    model ends the old engine (for vLLM its whole host process) before building the new one, and the
+    train stage's ``release()`` closes it for real. ``published()`` is what the worker advertises.
+    """
 
-    def engine_for(self, role: Role, version: ModelVersion):
-        from .engines import build_engine
-
-        assert self.config is not None, "bind a run config before asking for an engine"
-        model = getattr(self.config, role)
-        key = model.model_dump_json(exclude={"version", "model"}) + version.path + str(version.adapter)
-        held = self.loaded.get(role)
-        if held is None or held[0] != key:
-            self.loaded.pop(role, None)  # free the old version before loading the new one
-            same = next((engine for k, engine in self.loaded.values() if k == key), None)
-            engine = same if same is not None else build_engine(model, version, seed=self.config.seed)
-            self.loaded[role] = (key, engine)
-            self.current[role] = f"{version.version} ({version.path})"
-            log.info(
-                "engine loaded", extra={"event": "engine.load", "role": role, "version": version.version}
-            )
-        return self.loaded[role][1]
-
-    def release(self) -> None:
-        import gc
-
-        self.loaded.clear()
-        self.current.clear()
-        gc.collect()
+    def published(self) -> dict[str, str]:
+        return {
+            "models": ", ".join(f"{r}: {v}" for r, v in self.current.items()),
+            "engine_pids": ",".join(str(pid) for pid in self.host_pids()),
+        }
 
 
 ENGINES = WorkerEngines()

@@ -6,18 +6,56 @@ CPU machines) and never loads torch models until an engine is actually built.
 
 from __future__ import annotations
 
+import gc
+import logging
+import os
+
 from shared.config import ModelConfig
 from shared.engine import Engine
 
 from ..versions import ModelVersion
 
+log = logging.getLogger("spar.engines")
 
-def build_engine(model: ModelConfig, version: ModelVersion, seed: int = 0) -> Engine:
+
+def close_engine(engine: object) -> None:
+    """Free an engine's memory now: its own ``close()`` when it has one, then a garbage collection.
+
+    Engines without ``close`` (scripted test engines) are simply dropped. A failing close is logged,
+    not raised: the caller is about to load the next engine and must not be stopped by the old one.
+    """
+    close = getattr(engine, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            log.exception("closing an engine failed")
+    gc.collect()
+
+
+def build_engine(
+    model: ModelConfig, version: ModelVersion, seed: int = 0, isolated: bool | None = None
+) -> Engine:
     """Load the engine a role's config asks for, on the given model version.
 
     A LoRA version is served as base + adapter: vLLM applies the adapter per request
     (``LoRARequest``); the HF engine merges it into the base weights once at load time.
+
+    ``isolated`` hosts the engine in a child process (``ProcessEngine``) whose end returns all of
+    its memory. ``None`` chooses per engine: vLLM is always isolated (``del`` does not reliably free
+    its GPU memory, and its engine-core processes must be ended); the HF engine runs in this
+    process, where ``close()`` frees it (PyTorch's allocator gives the weights back) without the
+    child's start-up cost. ``SPAR_ENGINE_ISOLATION=process|inline`` overrides the choice.
     """
+    if isolated is None:
+        forced = os.environ.get("SPAR_ENGINE_ISOLATION", "").strip().lower()
+        if forced not in {"", "process", "inline"}:
+            raise ValueError(f"SPAR_ENGINE_ISOLATION must be 'process' or 'inline', not {forced!r}")
+        isolated = forced == "process" if forced else model.engine == "vllm"
+    if isolated:
+        from .process import ProcessEngine
+
+        return ProcessEngine(model, version, seed=seed)
     if model.engine == "hf":
         from .hf import HFEngine
 

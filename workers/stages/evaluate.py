@@ -2,12 +2,14 @@
 
 IFEval (strict/loose, prompt/instruction level) of the actor on a configurable subset, and pairwise
 judge accuracy of the refiner on an LLMBar-style file when one is configured. The numbers land in
-the stage's record, hence in the manifest, the CLI summary and the API.
+the stage's record, hence in the manifest, the CLI summary and the API. At most one engine is
+resident while it runs (see ``run_eval``).
 """
 
 from __future__ import annotations
 
 import time
+from itertools import zip_longest
 from pathlib import Path
 
 from ..artifacts import RunPaths, write_jsonl_atomic
@@ -43,22 +45,27 @@ def run_eval(
     e = config.evaluation
     started = time.perf_counter()
     ifeval, judge, rows = [], [], []
-    for version in _versions(paths, config, "actor", spec.iteration):
-        if progress is not None:
-            progress(f"IFEval {version.version}", 0, 1)
-        result = evaluate_ifeval(engines.engine_for("actor", version), e.ifeval_limit, e.max_new_tokens)
-        ifeval.append({"version": version.version, **{k: result[k] for k in IFEVAL_KEYS}})
-        rows.append(
-            {"kind": "ifeval", "version": version_label(version), "responses": result.get("responses", [])}
-        )
-    if e.judge_data is not None:
-        items = load_pairwise(Path(e.judge_data), e.judge_limit)
-        for version in _versions(paths, config, "refiner", spec.iteration):
+    actor_versions = _versions(paths, config, "actor", spec.iteration)
+    items = load_pairwise(Path(e.judge_data), e.judge_limit) if e.judge_data is not None else None
+    refiner_versions = _versions(paths, config, "refiner", spec.iteration) if items is not None else []
+    # Version by version, the actor then the refiner: the provider keeps ONE engine resident and
+    # closes it before loading the next, and when actor and refiner are the same model version
+    # (the demo) one engine serves both evaluations of a version instead of being loaded twice.
+    for actor, refiner in zip_longest(actor_versions, refiner_versions):
+        if actor is not None:
             if progress is not None:
-                progress(f"judge accuracy {version.version}", 0, 1)
+                progress(f"IFEval {actor.version}", 0, 1)
+            result = evaluate_ifeval(engines.engine_for("actor", actor), e.ifeval_limit, e.max_new_tokens)
+            ifeval.append({"version": actor.version, **{k: result[k] for k in IFEVAL_KEYS}})
+            rows.append(
+                {"kind": "ifeval", "version": version_label(actor), "responses": result.get("responses", [])}
+            )
+        if refiner is not None and items is not None:
+            if progress is not None:
+                progress(f"judge accuracy {refiner.version}", 0, 1)
             j = config.judge
             result = evaluate_judge(
-                engines.engine_for("refiner", version),
+                engines.engine_for("refiner", refiner),
                 items,
                 votes=j.votes,
                 temperature=j.temperature,
@@ -66,7 +73,7 @@ def run_eval(
                 max_new_tokens=j.max_new_tokens,
                 seed=config.seed,
             )
-            judge.append({"version": version.version, **{k: result[k] for k in JUDGE_KEYS}})
+            judge.append({"version": refiner.version, **{k: result[k] for k in JUDGE_KEYS}})
     write_jsonl_atomic(paths.shard(spec.iteration, "eval", spec.shard), rows)
     return StageResult(
         counts={"ifeval_versions": len(ifeval), "judge_versions": len(judge)},
