@@ -11,28 +11,22 @@ scheduler's registry cleanup) within ``heartbeat_ttl`` seconds, however long the
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import socket
 import sys
 import threading
 import time
-from multiprocessing.process import BaseProcess
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
-from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.job import Job
-from rq.logutils import setup_loghandlers
-from rq.scheduler import RQScheduler
-from rq.scheduler import run as run_scheduler
-from rq.scripts import release_lock
 from rq.timeouts import UnixSignalDeathPenalty
 
+from . import rq_compat
 from .jobs import ENGINES
 from .queue import REFINE_ONE, RUN_SHARD, SERIALIZER, QueueName, worker_key
 
@@ -40,52 +34,6 @@ log = logging.getLogger("spar.worker")
 
 DEFAULT_HEARTBEAT_TTL = 30
 ALLOWED_FUNCTIONS = frozenset({RUN_SHARD, REFINE_ONE, "workers.jobs.noop"})
-
-
-class SparScheduler(RQScheduler):
-    """RQ's scheduler process (it enqueues scheduled retries), made safe against a killed worker.
-
-    RQ forks the scheduler from the worker, which causes two faults when the worker is killed with
-    SIGKILL (OOM killer, ``kill -9``, a test harness):
-
-    * the child lives on as an orphan, holding the queue's scheduler lock and Redis connections
-      indefinitely: here it watches its parent and stops (releasing the lock, so a live worker's
-      scheduler takes over) once it is re-parented;
-    * a forked child holds copies of the worker's sockets, so Redis still sees the dead worker's
-      blocking BLMOVE as alive and hands it the next job, which then sits in RQ's intermediate
-      queue until RQ's cleanup returns it a minute later: here the process is spawned, not forked,
-      and inherits nothing.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._parent_pid = os.getpid()  # the worker's: it may be dead before the child first runs
-        self._log_setup = {
-            "level": kwargs.get("logging_level", logging.INFO),
-            "date_format": kwargs.get("date_format", DEFAULT_LOGGING_DATE_FORMAT),
-            "log_format": kwargs.get("log_format", DEFAULT_LOGGING_FORMAT),
-        }
-
-    def start(self) -> BaseProcess:
-        self._status = self.Status.STARTED
-        self._connection = None  # the child connects on its own
-        spawn = multiprocessing.get_context("spawn")
-        process = spawn.Process(target=run_scheduler, args=(self,), name="Scheduler")
-        process.start()
-        self._process = process
-        return process
-
-    def work(self) -> None:
-        setup_loghandlers(name="rq.scheduler", **self._log_setup)  # a spawned child starts bare
-        parent = self._parent_pid
-
-        def watch_parent() -> None:
-            while os.getppid() == parent:
-                time.sleep(1.0)
-            self.request_stop()
-
-        threading.Thread(target=watch_parent, daemon=True, name="spar-parent-watch").start()
-        super().work()
 
 
 def _stray_alarm(signum: int, frame: object) -> None:
@@ -161,7 +109,7 @@ class SparWorker(SimpleWorker):
             super().execute_job(job, queue)
         finally:
             if self.needs_fresh_process:  # interrupted: take no further job in this process
-                self._stop_requested = True
+                rq_compat.refuse_further_jobs(self)
             self._stop_beating.set()
             beater.join(timeout=5)
             try:
@@ -183,33 +131,9 @@ class SparWorker(SimpleWorker):
             self.needs_fresh_process = True
             os.kill(os.getpid(), signal.SIGALRM)
 
-    def _start_scheduler(
-        self,
-        burst: bool = False,
-        logging_level: str | None = "INFO",
-        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
-        log_format: str = DEFAULT_LOGGING_FORMAT,
-    ) -> None:
-        """RQ's ``_start_scheduler`` with :class:`SparScheduler` (spawned, stops when we die)."""
-        self.scheduler = SparScheduler(
-            self.queues,
-            connection=self.connection,
-            logging_level=logging_level if logging_level is not None else self.log.level,
-            date_format=date_format,
-            log_format=log_format,
-            serializer=self.serializer,
-        )
-        self.scheduler.acquire_locks()
-        if self.scheduler.acquired_locks:
-            if burst:
-                try:
-                    self.scheduler.register_birth()
-                    self.scheduler.enqueue_scheduled_jobs()
-                finally:
-                    self.scheduler.release_locks()
-                    self.scheduler.register_death()
-            else:
-                self.scheduler.start()
+    def _start_scheduler(self, burst: bool = False, *args: Any, **kwargs: Any) -> None:
+        """RQ's private hook, overridden through the compat module: a spawned scheduler process."""
+        rq_compat.start_scheduler(self, burst, *args, **kwargs)
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()
@@ -306,15 +230,11 @@ def _release_scheduler(worker: SparWorker, connection: Redis) -> None:
     scheduler = worker.scheduler
     if scheduler is None:
         return
-    process = scheduler._process
+    process = rq_compat.scheduler_process(scheduler)
     if process is not None and process.is_alive():
         process.terminate()
         process.join(timeout=10)
-    released = [
-        name
-        for name in sorted(scheduler.acquired_locks)
-        if release_lock(connection, scheduler.get_locking_key(name), scheduler.name)
-    ]
+    released = rq_compat.release_scheduler_locks(scheduler, connection)
     if released:
         log.info(
             "released the ended loop's scheduler locks",
@@ -342,7 +262,7 @@ def _stop_was_requested(worker: SparWorker | None) -> bool:
     """Whether RQ's loop ended because it was asked to (SIGTERM/SIGINT, shutdown command)."""
     if worker is None:
         return False
-    return bool(worker._stop_requested or worker._shutdown_requested_date)
+    return rq_compat.stop_requested(worker)
 
 
 def _restart_process() -> None:
