@@ -1,4 +1,4 @@
-"""Training launched as on a cluster: the train stage runs ``accelerate launch`` in a child process.
+"""Training launched as on a cluster: ``accelerate launch`` in a child process, and resume after a kill.
 
 On these CPU machines two processes run DDP over gloo through the same command a GPU node uses. Same
 data, same seed: two ranks with per-device batch 2 see exactly the examples that one process with batch
@@ -9,6 +9,11 @@ the two halves' gradients, so the loss curves agree up to float32 summation orde
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +137,102 @@ def test_a_failing_launched_job_fails_the_stage_with_the_childs_error(
     message = str(failure.value)
     assert "exited with code" in message and "no example left after truncation" in message, message
     assert not version_dir(paths, "actor", 1).exists()
+
+
+# The train stage in a process of its own, as a train worker runs it. ``pace`` seconds of sleep after each
+# step keep the tiny model's training slow enough to be killed between two checkpoints.
+RUNNER = """
+import json, sys, time
+import torch
+from pathlib import Path
+from workers.artifacts import RunPaths
+from workers.stages.common import StageSpec
+from workers.stages.train import run_train_actor
+
+torch.set_num_threads(1)
+root, pace = Path(sys.argv[1]), float(sys.argv[2])
+
+class NoEngines:
+    def release(self):
+        pass
+
+def progress(label, done, total):
+    print(json.dumps({"done": done, "total": total}), flush=True)
+    time.sleep(pace)
+
+spec = StageSpec(run_dir=str(root), iteration=0, stage="train_actor", shard=0)
+result = run_train_actor(RunPaths(root), spec, NoEngines(), progress)
+print(json.dumps({"metrics": result.metrics}), flush=True)
+"""
+RESUME_STEPS, SAVE_STEPS = 12, 4
+
+
+def start_runner(paths: RunPaths, pace: float, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, str(paths.root), str(pace)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )
+
+
+def printed(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_training_killed_mid_way_resumes_from_its_last_checkpoint(
+    tmp_path: Path, model_path: Path, processes: int
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from workers.training.outcome import resume_point
+
+    paths = actor_run(
+        tmp_path,
+        model_path,
+        "resume",
+        batch_size=2,
+        max_steps=RESUME_STEPS,
+        save_steps=SAVE_STEPS,
+        num_processes=processes,
+        learning_rate=1e-4,
+    )
+    checkpoints = checkpoint_dir(paths, "actor", 1)
+    first = start_runner(paths, pace=1.0, log=tmp_path / "killed.log")
+    deadline = time.monotonic() + 240
+    while resume_point(checkpoints) is None:
+        assert first.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)  # the worker dies without any clean-up
+    first.wait()
+    killed_at = printed(tmp_path / "killed.log")[-1]["done"]
+    assert killed_at < RESUME_STEPS, "training finished before the kill"
+    assert not version_dir(paths, "actor", 1).exists()
+    if processes > 1:  # the launched ranks die with the worker (parent-death signal), not orphaned
+        deadline, job = time.monotonic() + 60, str(checkpoints / "job.json")
+        while job in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout:
+            assert time.monotonic() < deadline, "launched ranks outlived the killed worker"
+            time.sleep(0.5)
+    resumed_from = int(resume_point(checkpoints).name.split("-")[1])  # type: ignore[union-attr]
+
+    retry = start_runner(paths, pace=0.0, log=tmp_path / "retry.log")
+    assert retry.wait(timeout=400) == 0, (tmp_path / "retry.log").read_text()[-3000:]
+    lines = printed(tmp_path / "retry.log")
+    retry_steps = [line["done"] for line in lines if "done" in line]
+    metrics = lines[-1]["metrics"]
+    print(
+        f"killed after step {killed_at}; retry resumed from checkpoint step {resumed_from}; "
+        f"retry logged steps {retry_steps}; curve steps {metrics['loss_steps']}"
+    )
+    # Killed mid-way: the last complete checkpoint is before the end (the launched ranks run unpaced, so
+    # the step count the killed worker relayed may lag behind theirs).
+    assert SAVE_STEPS <= resumed_from < RESUME_STEPS and resumed_from % SAVE_STEPS == 0
+    assert retry_steps[0] == resumed_from + 1 > 1  # the retry did not start at step 0
+    assert retry_steps == list(range(resumed_from + 1, RESUME_STEPS + 1))
+    assert metrics["resumed_from_step"] == resumed_from
+    assert metrics["loss_steps"] == list(range(1, RESUME_STEPS + 1))  # one continuous curve
+    assert len(metrics["loss_curve"]) == RESUME_STEPS
+    assert AutoModelForCausalLM.from_pretrained(version_dir(paths, "actor", 1)) is not None
+    assert not checkpoints.exists()
