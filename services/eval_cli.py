@@ -1,13 +1,17 @@
 """``spar eval``: offline evaluation from the command line.
 
-    spar eval ifeval --model PATH|NAME [--limit N] [--engine hf|vllm] [--batch-size B]
-                     [--max-new-tokens T] [--out FILE]
-    spar eval judge  --model PATH|NAME --data FILE [--votes V] [--limit N] [--out FILE]
+    spar eval ifeval --model PATH|NAME [--limit N] [--max-new-tokens T] [--out FILE] [ENGINE]
+    spar eval judge  --model PATH|NAME --data FILE [--votes V] [--limit N] [--out FILE] [ENGINE]
+
+ENGINE: ``--engine hf|vllm`` and its settings (``--device``, ``--dtype``, ``--batch-size``,
+``--kv-cache-gb``, ``--gpu-memory-utilization``, ``--max-model-len``, ``--overlong`` ...; see
+``services/engine_options.py``), with defaults that suit the device.
 
 Kept apart from ``services/cli.py`` so the evaluation commands can grow without touching the run
 commands; the main parser wires them in with :func:`add_eval_commands` and dispatches with
 :func:`run_eval_command`. Errors a user can fix (missing model, malformed data file, an engine that
-is not installed) are one red line and exit code 2, like the rest of the CLI.
+is not installed, an engine that cannot start) are one red line and exit code 2, like the rest of
+the CLI.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from services.engine_options import add_engine_options, hf_config, vllm_config
+
 
 def add_eval_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``eval ifeval`` and ``eval judge`` to the ``spar`` sub-command parsers; return ``eval``."""
@@ -29,12 +35,9 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
     def common(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
         p.add_argument("--model", required=True, help="model folder or built-in name (smollm2, tiny)")
-        p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
-        p.add_argument("--batch-size", type=_positive, default=16, help="HF engine rows per forward pass")
         p.add_argument("--max-new-tokens", type=_positive, default=max_new_tokens)
         p.add_argument("--limit", type=_positive, help="evaluate the first N items only")
-        p.add_argument("--device", default="cpu", help="HF engine torch device (cpu, cuda, cuda:0 ...)")
-        p.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], default="float32")
+        add_engine_options(p)
         p.add_argument(
             "--cache-dir", type=Path, help="model cache (default: $SPAR_CACHE_DIR or ~/.cache/spar)"
         )
@@ -83,6 +86,7 @@ def run_eval_command(args: argparse.Namespace, console: Any = None) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from shared.engine import EngineStartError
     from workers.engines.vllm import VLLMNotInstalledError
     from workers.evaluation.judge_eval import JudgeDataError
     from workers.models.registry import ModelNotFoundError
@@ -92,6 +96,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ModelNotFoundError,
         SmolLM2NotInstalledError,
         VLLMNotInstalledError,
+        EngineStartError,
         JudgeDataError,
         _MissingEvalPackage,
         FileNotFoundError,
@@ -114,9 +119,8 @@ def _load_engine(args: argparse.Namespace, console: Any) -> Any:
     engine = build_eval_engine(
         args.model,
         engine=args.engine,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
+        hf=hf_config(args),
+        vllm=vllm_config(args),
         seed=getattr(args, "seed", 0),
         cache_dir=args.cache_dir,
     )

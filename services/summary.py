@@ -40,6 +40,9 @@ def iteration_summary(paths: RunPaths, iteration: int) -> dict:
             "shards": m["shards"],
             "engine_calls": m["engine"].get("calls", 0),
             "tokens_generated": m["engine"].get("generated_tokens", 0),
+            # requests beyond the model's context (engine `overlong` policy): skipped / truncated
+            "overlong_skipped": m["engine"].get("overlong_skipped", 0),
+            "overlong_truncated": m["engine"].get("overlong_truncated", 0),
             "seconds": m["shard_seconds"],
         }
         for name, m in stages.items()
@@ -94,7 +97,7 @@ def render(summary: dict):  # -> rich.console.Group
         metrics.add_row(key.replace("_", " "), shown)
 
     costs = Table(title=f"iteration {summary['iteration']}: cost per stage", show_header=True)
-    for col in ("stage", "shards", "engine calls", "tokens generated", "wall s"):
+    for col in ("stage", "shards", "engine calls", "tokens generated", "over-long skip/trunc", "wall s"):
         costs.add_column(col, justify="left" if col == "stage" else "right")
     for row in summary["stages"]:
         costs.add_row(
@@ -102,6 +105,7 @@ def render(summary: dict):  # -> rich.console.Group
             str(row["shards"]),
             str(row["engine_calls"]),
             str(row["tokens_generated"]),
+            f"{row.get('overlong_skipped', 0)}/{row.get('overlong_truncated', 0)}",
             f"{row['seconds']:.1f}",
         )
     parts = [metrics, costs]

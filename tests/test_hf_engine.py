@@ -212,3 +212,59 @@ def test_seed_derivation_is_stable() -> None:
     assert 0 <= row_seed(123, 4) < 2**63
     assert batch_seed([None, None]) is None
     assert batch_seed([1, None]) == batch_seed([1, None]) != batch_seed([None, 1])
+
+
+# --- over-long requests ------------------------------------------------------------------------
+
+
+def _with_context(engine: HFEngine, context: int, overlong: str) -> HFEngine:
+    """An engine over the same weights whose model context is ``context`` tokens."""
+    fresh = HFEngine.from_pretrained_objects(
+        engine.model, engine.tokenizer, HFEngineConfig(batch_size=4, overlong=overlong)  # type: ignore[arg-type]
+    )
+    fresh.max_positions = context
+    return fresh
+
+
+def test_overlong_request_is_skipped_and_the_batch_still_runs(engine: HFEngine) -> None:
+    short, long = _user("Describe rain."), _user("Describe rain. " * 40)
+    long_len = len(engine._prompt_ids(GenerationRequest(messages=long)))
+    fresh = _with_context(engine, long_len + 5, "skip")
+    requests = [
+        GenerationRequest(messages=short, n=2, temperature=0.0, max_new_tokens=8),
+        GenerationRequest(messages=long, n=3, temperature=0.7, max_new_tokens=6, seed=1),  # 6 > 5
+    ]
+    metered = MeteredEngine(fresh)
+    out = metered.generate(requests)
+    assert out[1] == ["", "", ""]
+    assert all(text for text in out[0])
+    assert (fresh.stats.overlong_skipped, fresh.stats.overlong_truncated) == (1, 0)
+    assert metered.stats.as_dict()["overlong_skipped"] == 1  # carried into the shard's engine counts
+    assert fresh.stats.completions == 5
+    short_len = len(engine._prompt_ids(requests[0]))
+    assert fresh.stats.prompt_tokens == 2 * short_len  # the skipped request cost nothing
+
+
+def test_overlong_request_is_truncated_to_the_room_left(engine: HFEngine) -> None:
+    long = _user("Describe rain. " * 40)
+    long_len = len(engine._prompt_ids(GenerationRequest(messages=long)))
+    fresh = _with_context(engine, long_len + 5, "truncate")
+    # Sampling at a high temperature from the random-ish tiny model rarely ends before 5 tokens.
+    request = GenerationRequest(messages=long, n=4, temperature=1.5, max_new_tokens=50, seed=2)
+    out = fresh.generate([request])
+    assert len(out[0]) == 4 and any(out[0])
+    assert (fresh.stats.overlong_skipped, fresh.stats.overlong_truncated) == (0, 1)
+    assert 0 < fresh.stats.generated_tokens <= 4 * 5
+    # the prompt alone over the context: skipped even under truncate
+    tight = _with_context(engine, long_len - 1, "truncate")
+    assert tight.generate([request]) == [["", "", "", ""]]
+    assert (tight.stats.overlong_skipped, tight.stats.overlong_truncated) == (1, 0)
+
+
+def test_prompt_beyond_the_real_context_does_not_fail_the_call(engine: HFEngine) -> None:
+    huge = _user("rain " * (engine.max_positions or 2048))
+    fresh = _with_batch_size(engine, 4)
+    out = fresh.generate(
+        [GenerationRequest(messages=huge, max_new_tokens=4), GenerationRequest(messages=_user("Hi."), max_new_tokens=4)]
+    )
+    assert out[0] == [""] and fresh.stats.overlong_skipped == 1

@@ -11,6 +11,8 @@ algorithm cannot tell them apart except by speed:
 
 Rows are grouped by sampling settings (one ``model.generate`` call has one generation config),
 sorted by prompt length within a group to limit left padding, and run ``batch_size`` rows at a time.
+A request whose prompt plus ``max_new_tokens`` exceeds the model's max positions is skipped or
+truncated (``overlong``), as in the vLLM engine, and counted in ``stats``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from shared.config import HFEngineConfig
-from shared.engine import EngineStats, GenerationRequest
+from shared.engine import EngineStats, GenerationRequest, fit_to_context
+from workers.engines.startup import check_model_folder
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -93,19 +96,7 @@ class HFEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         config = config or HFEngineConfig()
-        path = Path(model_path).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"model folder {str(path)!r} does not exist. HFEngine loads a local Hugging Face model "
-                "folder (config.json, weights, tokenizer): prepare one first (`spar models tiny --out "
-                "DIR` for the offline test model, `spar models prepare smollm2 --out DIR` for SmolLM2, "
-                "or copy a downloaded model folder) and pass its path."
-            )
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{str(path)!r} has no config.json, so it is not a Hugging Face model folder; point "
-                "the engine at the folder that holds config.json, the weights and the tokenizer."
-            )
+        path = check_model_folder(model_path)  # a ModelFolderError: EngineStartError + FileNotFoundError
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=config.trust_remote_code)
         # transformers 5 takes `dtype=`; the old `torch_dtype=` still works but logs a deprecation.
         model = AutoModelForCausalLM.from_pretrained(
@@ -137,7 +128,7 @@ class HFEngine:
         self.name = name
         self.stats = EngineStats()
         self.progress_callback: ProgressCallback | None = None
-        self.device = torch.device(config.device)
+        self.device = resolve_device(config.device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         if tokenizer.chat_template is None:
@@ -187,8 +178,13 @@ class HFEngine:
             return []
         outputs: list[list[str | None]] = [[None] * r.n for r in requests]
         groups: dict[_SamplingKey, list[_Row]] = {}
-        for index, request in enumerate(requests):
-            prompt_ids = tuple(self._prompt_ids(request))
+        for index, original in enumerate(requests):
+            prompt_ids = tuple(self._prompt_ids(original))
+            request = fit_to_context(original, len(prompt_ids), self.max_positions, self.config.overlong)
+            if request is None:  # skipped: its completions stay empty
+                self.stats.overlong_skipped += 1
+                continue
+            self.stats.overlong_truncated += request is not original
             key: _SamplingKey = (
                 request.temperature,
                 request.top_p if request.temperature > 0 else 1.0,  # greedy ignores top_p
@@ -199,7 +195,7 @@ class HFEngine:
                 seed = None if request.seed is None else row_seed(request.seed, copy)
                 groups.setdefault(key, []).append(_Row(index, copy, prompt_ids, seed))
 
-        total = sum(r.n for r in requests)
+        total = sum(len(rows) for rows in groups.values())  # skipped requests have no rows
         done = 0
         for key, rows in groups.items():  # dicts keep first-seen order: deterministic
             rows.sort(key=lambda row: (len(row.prompt_ids), row.request, row.copy))
@@ -215,7 +211,7 @@ class HFEngine:
 
         self.stats.calls += 1
         self.stats.requests += len(requests)
-        self.stats.completions += total
+        self.stats.completions += sum(r.n for r in requests)
         return [[text if text is not None else "" for text in completions] for completions in outputs]
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
@@ -226,12 +222,7 @@ class HFEngine:
         """
         template = self.tokenizer.apply_chat_template
         text = template(request.messages, add_generation_prompt=True, tokenize=False)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if self.max_positions is not None and len(ids) >= self.max_positions:
-            raise ValueError(
-                f"prompt of {len(ids)} tokens does not fit the model's context of {self.max_positions}"
-            )
-        return ids
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _generation_config(self, key: _SamplingKey) -> GenerationConfig:
         """A complete generation config for one sampling group.
@@ -307,6 +298,13 @@ class HFEngine:
         while end > 0 and tokens[end - 1] == self.pad_token_id:
             end -= 1
         return tokens[:end]
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device ``device`` names; ``auto`` is cuda when torch sees a GPU, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:

