@@ -139,6 +139,9 @@ class WorkerInfo(_Open):
     host: str | None = None
     pid: str | None = None
     models: str | None = None
+    engine_pids: str | None = Field(
+        None, description="Process ids of the engine host the worker holds; empty when none is loaded."
+    )
     current_job: str | None = None
     last_seen: str | None = None
 
