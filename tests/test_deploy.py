@@ -331,7 +331,9 @@ def test_dockerfile_pins_agree_with_constraints_and_the_makefile():
     # DeepSpeed: the train image's version satisfies the `train` extra and any constraints pin
     from packaging.requirements import Requirement
 
-    train_extra = [Requirement(r) for r in _pyproject()["project"]["optional-dependencies"]["train"]]
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert "train" in extras, "pyproject.toml: no `train` extra (deepspeed), which the train image installs"
+    train_extra = [Requirement(r) for r in extras["train"]]
     deepspeed = next(r for r in train_extra if r.name == "deepspeed")
     assert deepspeed.specifier.contains(args["DEEPSPEED_VERSION"]), (deepspeed, args["DEEPSPEED_VERSION"])
     if "deepspeed" in pins:
