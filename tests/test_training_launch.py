@@ -96,24 +96,42 @@ def train_stage(paths: RunPaths) -> tuple[dict[str, Any], list[tuple[int, int]]]
     return result.metrics, steps
 
 
-def test_two_processes_ddp_match_one_process_and_publish_once(tmp_path: Path, model_path: Path) -> None:
+def state(folder: Path) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForCausalLM
 
-    one = actor_run(tmp_path / "one", model_path, "one", batch_size=4)
-    two = actor_run(tmp_path / "two", model_path, "two", batch_size=2, num_processes=2, save_steps=2)
-    torch.manual_seed(0)
-    single, _ = train_stage(one)
+    return AutoModelForCausalLM.from_pretrained(folder).state_dict()
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> tuple[dict[str, Any], Path]:
+    """The reference: the train stage in this process, batch 4 (metrics, published folder)."""
+    paths = actor_run(tmp_path_factory.mktemp("one"), model_path, "one", batch_size=4)
+    metrics, _ = train_stage(paths)
+    assert metrics["world_size"] == 1
+    assert (
+        metrics["loss_curve"][-1] < metrics["loss_curve"][0] - 0.1
+    )  # it trained: comparisons mean something
+    return metrics, version_dir(paths, "actor", 1)
+
+
+@pytest.mark.parametrize("distributed", ["none", "deepspeed_zero3", "fsdp"])
+def test_two_processes_match_one_process_and_publish_once(
+    tmp_path: Path, model_path: Path, one_process: tuple[dict[str, Any], Path], distributed: str
+) -> None:
+    """DDP (gloo), DeepSpeed ZeRO-3 (its CPU accelerator) and FSDP2 (gloo) on 2 ranks x batch 2."""
+    single, single_folder = one_process
+    two = actor_run(
+        tmp_path, model_path, "two", batch_size=2, num_processes=2, save_steps=2, distributed=distributed
+    )
     double, steps = train_stage(two)
 
     diffs = [abs(a - b) for a, b in zip(single["loss_curve"], double["loss_curve"], strict=True)]
     print(
-        f"1 process {single['loss_curve']}\n2 processes {double['loss_curve']}\nmax |diff| {max(diffs):.3g}"
+        f"\n{distributed}: 1 process {single['loss_curve']}\n2 processes {double['loss_curve']}"
+        f"\nmax |loss diff| {max(diffs):.3g}"
     )
-    assert single["world_size"] == 1 and double["world_size"] == 2
+    assert double["world_size"] == 2 and double["distributed"] == distributed
     assert max(diffs) < LOSS_TOLERANCE
-    assert (
-        single["loss_curve"][-1] < single["loss_curve"][0] - 0.1
-    )  # it trained: the comparison means something
     assert steps == [(k, STEPS) for k in range(1, STEPS + 1)]  # rank 0's progress reached the caller
 
     target = version_dir(two, "actor", 1)
@@ -122,7 +140,12 @@ def test_two_processes_ddp_match_one_process_and_publish_once(tmp_path: Path, mo
     siblings = sorted(p.name for p in target.parent.iterdir())
     assert siblings == ["v1"], siblings  # published once, no staging folder left behind
     assert not checkpoint_dir(two, "actor", 1).exists()  # step checkpoints removed after publishing
-    assert AutoModelForCausalLM.from_pretrained(target) is not None
+    # Rank 0 saved whole weights (gathered from the shards under ZeRO-3/FSDP), equal to one process's.
+    ref, got = state(single_folder), state(target)
+    assert got.keys() == ref.keys()
+    weight_diff = max(float((ref[k] - got[k]).abs().max()) for k in ref)
+    print(f"max |weight diff| vs 1 process {weight_diff:.3g}")
+    assert weight_diff < 1e-4
 
 
 def test_a_failing_launched_job_fails_the_stage_with_the_childs_error(

@@ -30,6 +30,7 @@ into the training arguments. On CPU it runs in one process with ``distributed='n
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import math
@@ -567,14 +568,18 @@ def distributed_settings(cfg: TrainCommon, cuda_available: bool | None = None) -
     """(strategy actually used, extra TrainingArguments) for ``cfg.distributed``.
 
     ``deepspeed_zero3`` is the reference recipe's (ZeRO-3, weights gathered in 16 bit on save); a ``.json``
-    ``accelerate_config`` replaces the built-in DeepSpeed/FSDP settings. Without CUDA there is nothing to
-    shard over: the run falls back to one process and reports ``none``.
+    ``accelerate_config`` replaces the built-in DeepSpeed/FSDP settings. Both also run without CUDA
+    (DeepSpeed's CPU accelerator, FSDP over gloo), which is how the suite tests them; ``cuda_available``
+    is kept for callers that ask what a GPU node would get.
     """
     if cfg.distributed == "none":
         return "none", {}
-    if not (torch.cuda.is_available() if cuda_available is None else cuda_available):
-        logger.warning("distributed=%s needs CUDA GPUs; training in one process instead", cfg.distributed)
-        return "none", {}
+    if cfg.distributed == "deepspeed_zero3" and importlib.util.find_spec("deepspeed") is None:
+        raise ValueError(
+            "train.distributed=deepspeed_zero3 needs DeepSpeed: install the training extra "
+            "(DS_BUILD_OPS=0 pip install --no-build-isolation -c constraints.txt -e '.[train]'), "
+            "or set distributed: none"
+        )
     custom = (
         cfg.accelerate_config if cfg.accelerate_config and cfg.accelerate_config.endswith(".json") else None
     )
@@ -589,6 +594,20 @@ def distributed_settings(cfg: TrainCommon, cuda_available: bool | None = None) -
         "activation_checkpointing": cfg.gradient_checkpointing,
     }
     return "fsdp", {"fsdp": True, "fsdp_config": fsdp_config, CHECKPOINTING: False}
+
+
+def ensure_deepspeed_comm(strategy: str) -> None:
+    """Join DeepSpeed's communication layer to the process group before ZeRO-3 partitions a model.
+
+    On GPU the training arguments' accelerate state does it; with ``use_cpu`` it does not, and
+    ``zero.Init`` then sees one process and rejects the batch sizes. Call after the training arguments
+    are built (they create the gloo/nccl group) and before any model is loaded.
+    """
+    if strategy != "deepspeed_zero3" or torch.cuda.is_available():
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
 
 
 def lora_config(settings: LoraSettings) -> Any:
@@ -708,6 +727,7 @@ def train_actor(
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
         **kwargs,
     )
+    ensure_deepspeed_comm(strategy)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dtype = model_dtype(cfg)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)

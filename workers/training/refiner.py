@@ -29,7 +29,7 @@ import torch
 from shared.config import RefinerTrainConfig
 from shared.losses import sequence_logps
 from workers.training import encode_chat
-from workers.training.actor import common_training_kwargs, lora_config, model_dtype
+from workers.training.actor import common_training_kwargs, ensure_deepspeed_comm, lora_config, model_dtype
 
 from .outcome import common_metrics, save_outcome, timed_train
 from .progress import StepHook, attach
@@ -130,6 +130,7 @@ def train_refiner(
         padding_free=False,
         **kwargs,
     )
+    ensure_deepspeed_comm(strategy)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = [encode_example(tokenizer, _messages(ex, i), assistant_turns) for i, ex in enumerate(examples)]
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=model_dtype(cfg))
