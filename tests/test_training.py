@@ -275,6 +275,50 @@ def test_distributed_settings() -> None:
     assert distributed_settings(custom, cuda_available=True)[1] == {"deepspeed": "ds.json"}
 
 
+def test_deepspeed_missing_is_a_one_line_error_with_the_fix(monkeypatch) -> None:
+    import importlib.util
+
+    from workers.training.actor import distributed_settings
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "deepspeed" else real(name))
+    with pytest.raises(ValueError, match=r"train\.distributed=deepspeed_zero3 needs DeepSpeed.*\[train\]"):
+        distributed_settings(actor_cfg("dpo", distributed="deepspeed_zero3"))
+
+
+def test_precision_bf16_weights_on_gpu_fp32_on_cpu() -> None:
+    from workers.training.actor import common_training_kwargs, model_dtype
+
+    cfg = actor_cfg("dpo")
+    assert model_dtype(cfg, cuda=True) == torch.bfloat16 and model_dtype(cfg, cuda=False) == torch.float32
+    assert model_dtype(actor_cfg("dpo", dtype="float32"), cuda=True) == torch.float32
+    assert model_dtype(actor_cfg("dpo", dtype="bfloat16"), cuda=False) == torch.bfloat16
+    _, kwargs = common_training_kwargs(cfg, Path("unused"), seed=0)
+    assert kwargs["bf16"] is torch.cuda.is_available()  # bf16 autocast follows bf16 weights
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_gradient_checkpointing_setting_is_honoured(model_path, tokenizer, enabled) -> None:
+    trainer = make_trainer(model_path, tokenizer, "dpo", gradient_checkpointing=enabled)
+    trainer.train()  # TRL turns checkpointing on (its default) or off when training starts
+    assert trainer.model.is_gradient_checkpointing is enabled
+
+
+def test_checkpoints_cut_off_by_a_kill_are_never_resumed_from(tmp_path) -> None:
+    from workers.training.outcome import checkpoint_settings, prune_incomplete, resume_point
+
+    for step, complete in ((4, True), (8, True), (12, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert resume_point(tmp_path) == tmp_path / "checkpoint-8"
+    assert prune_incomplete(tmp_path) == [tmp_path / "checkpoint-12"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-8"]
+    assert resume_point(tmp_path / "absent") is None
+    assert checkpoint_settings(None, 100) == {"save_strategy": "no"}
+    assert checkpoint_settings(tmp_path, 4)["save_steps"] == 4
+
+
 def test_launch_runs_a_job_file(model_path, tmp_path) -> None:
     from workers.training import launch
 
@@ -291,8 +335,16 @@ def test_launch_runs_a_job_file(model_path, tmp_path) -> None:
     assert launch.main(["--role", "actor", "--job", str(job_file)]) == 0
     metrics = json.loads((tmp_path / "out" / "train_metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["role"] == "actor"
-    argv = launch.accelerate_command("actor", job_file, 8, launch.job_config("actor", job))
+    argv = launch.accelerate_command("actor", job_file, 8, launch.job_config("actor", job), progress=True)
     assert argv[1:3] == ["-m", "accelerate.commands.launch"] and "workers.training.launch" in argv
+    assert (
+        argv[argv.index("--num_processes") + 1] == "8" and "--multi_gpu" in argv and argv[-1] == "--progress"
+    )
+    one = launch.accelerate_command("actor", job_file, 1, launch.job_config("actor", job))
+    assert "--multi_gpu" not in one  # accelerate refuses it below 2; single_rank_env sets the ranks
+    assert launch.single_rank_env(1)["WORLD_SIZE"] == "1" and launch.single_rank_env(2) == {}
+    summary = launch.error_summary(["noise", "[rank1]: ValueError: bad data", "ChildFailedError:", "end"])
+    assert summary.splitlines()[:2] == ["errors:", "[rank1]: ValueError: bad data"]
 
 
 # --- the refiner -------------------------------------------------------------------------------
