@@ -237,7 +237,7 @@ class TrainCommon(_Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     max_length: int = Field(2048, ge=16, description="Prompt + response tokens; longer ones are truncated.")
     gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in the backward pass (less activation memory, more compute)."
+        False, description="Recompute activations in the backward pass (less memory, more compute)."
     )
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         "auto",
