@@ -47,7 +47,9 @@ def add_engine_options(parser: argparse.ArgumentParser, batch_size: int = 16) ->
         default=None,
         help="weights dtype (default: float32 for hf; for vllm bfloat16 on CPU, the model's on GPU)",
     )
-    group.add_argument("--batch-size", type=_positive_int, default=batch_size, help="HF engine rows per forward pass")
+    group.add_argument(
+        "--batch-size", type=_positive_int, default=batch_size, help="HF engine rows per forward pass"
+    )
     group.add_argument(
         "--kv-cache-gb",
         type=_positive_float,

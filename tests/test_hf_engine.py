@@ -220,7 +220,9 @@ def test_seed_derivation_is_stable() -> None:
 def _with_context(engine: HFEngine, context: int, overlong: str) -> HFEngine:
     """An engine over the same weights whose model context is ``context`` tokens."""
     fresh = HFEngine.from_pretrained_objects(
-        engine.model, engine.tokenizer, HFEngineConfig(batch_size=4, overlong=overlong)  # type: ignore[arg-type]
+        engine.model,
+        engine.tokenizer,
+        HFEngineConfig(batch_size=4, overlong=overlong),  # type: ignore[arg-type]
     )
     fresh.max_positions = context
     return fresh
@@ -265,6 +267,9 @@ def test_prompt_beyond_the_real_context_does_not_fail_the_call(engine: HFEngine)
     huge = _user("rain " * (engine.max_positions or 2048))
     fresh = _with_batch_size(engine, 4)
     out = fresh.generate(
-        [GenerationRequest(messages=huge, max_new_tokens=4), GenerationRequest(messages=_user("Hi."), max_new_tokens=4)]
+        [
+            GenerationRequest(messages=huge, max_new_tokens=4),
+            GenerationRequest(messages=_user("Hi."), max_new_tokens=4),
+        ]
     )
     assert out[0] == [""] and fresh.stats.overlong_skipped == 1

@@ -90,8 +90,19 @@ def test_cli_prints_a_start_error_without_a_traceback(tiny_model_path: Path, cap
     from services.cli import main
 
     code = main(
-        ["eval", "ifeval", "--model", str(tiny_model_path), "--engine", "vllm", "--kv-cache-gb", "100000",
-         "--limit", "1", "--no-progress"]
+        [
+            "eval",
+            "ifeval",
+            "--model",
+            str(tiny_model_path),
+            "--engine",
+            "vllm",
+            "--kv-cache-gb",
+            "100000",
+            "--limit",
+            "1",
+            "--no-progress",
+        ]
     )
     err = capsys.readouterr().err
     assert code == 2
@@ -145,7 +156,9 @@ def test_mixed_batch_shapes_stops_and_token_limits(engine, tokenizer) -> None:  
             stop=["\n"],
         ),
         GenerationRequest(messages=_user("Write about bees."), n=1, temperature=0.0, max_new_tokens=5),
-        GenerationRequest(messages=_user("A story."), n=4, temperature=1.2, top_p=0.8, max_new_tokens=20, seed=3),
+        GenerationRequest(
+            messages=_user("A story."), n=4, temperature=1.2, top_p=0.8, max_new_tokens=20, seed=3
+        ),
     ]
     before = engine.stats.snapshot()
     out = engine.generate(requests)
@@ -164,7 +177,9 @@ def test_mixed_batch_shapes_stops_and_token_limits(engine, tokenizer) -> None:  
 
 
 def test_generated_token_count_matches_the_tokenizer(engine, tokenizer) -> None:  # noqa: ANN001
-    request = GenerationRequest(messages=_user("Describe the moon."), n=2, temperature=1.0, max_new_tokens=16, seed=9)
+    request = GenerationRequest(
+        messages=_user("Describe the moon."), n=2, temperature=1.0, max_new_tokens=16, seed=9
+    )
     before = engine.stats.snapshot()
     texts = engine.generate([request])[0]
     generated = engine.stats.minus(before).generated_tokens
@@ -175,7 +190,9 @@ def test_generated_token_count_matches_the_tokenizer(engine, tokenizer) -> None:
 
 
 def test_greedy_with_n_above_one_repeats_one_text(engine) -> None:  # noqa: ANN001
-    request = GenerationRequest(messages=_user("Describe autumn leaves."), n=3, temperature=0.0, max_new_tokens=16)
+    request = GenerationRequest(
+        messages=_user("Describe autumn leaves."), n=3, temperature=0.0, max_new_tokens=16
+    )
     before = engine.stats.snapshot()
     (texts,) = engine.generate([request])
     assert len(texts) == 3 and texts[0] and len(set(texts)) == 1
@@ -185,10 +202,14 @@ def test_greedy_with_n_above_one_repeats_one_text(engine) -> None:  # noqa: ANN0
 
 
 def test_seeded_request_is_reproducible_in_a_different_batch(engine) -> None:  # noqa: ANN001
-    seeded = GenerationRequest(messages=_user("Write about a river."), n=3, temperature=1.0, max_new_tokens=24, seed=77)
+    seeded = GenerationRequest(
+        messages=_user("Write about a river."), n=3, temperature=1.0, max_new_tokens=24, seed=77
+    )
     alone = engine.generate([seeded])[0]
     others = [
-        GenerationRequest(messages=_user(f"Write about topic {i}."), n=2, temperature=0.9, max_new_tokens=30, seed=i)
+        GenerationRequest(
+            messages=_user(f"Write about topic {i}."), n=2, temperature=0.9, max_new_tokens=30, seed=i
+        )
         for i in range(5)
     ]
     in_batch = engine.generate([others[0], others[1], seeded, *others[2:]])[2]
@@ -248,7 +269,9 @@ def _adapter(base: Path, out: Path, seed: int) -> Path:
 def test_lora_adapters_switch_on_one_engine(engine, tiny_model_path: Path, tmp_path: Path) -> None:  # noqa: ANN001
     first = _adapter(tiny_model_path, tmp_path / "v1", seed=1)
     second = _adapter(tiny_model_path, tmp_path / "v2", seed=2)
-    request = GenerationRequest(messages=_user("Write about the library."), temperature=0.0, max_new_tokens=24)
+    request = GenerationRequest(
+        messages=_user("Write about the library."), temperature=0.0, max_new_tokens=24
+    )
     llm = engine.llm
 
     base = engine.generate([request])[0][0]

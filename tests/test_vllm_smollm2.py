@@ -53,8 +53,12 @@ def _prompt_len(tokenizer, request: GenerationRequest) -> int:  # noqa: ANN001
 
 def test_mixed_batch_with_counts_against_the_tokenizer(engine, tokenizer) -> None:  # noqa: ANN001
     requests = [
-        GenerationRequest(messages=_user("What is the capital of France?"), temperature=0.0, max_new_tokens=20),
-        GenerationRequest(messages=_user("Name three fruits."), n=3, temperature=0.8, max_new_tokens=24, seed=4),
+        GenerationRequest(
+            messages=_user("What is the capital of France?"), temperature=0.0, max_new_tokens=20
+        ),
+        GenerationRequest(
+            messages=_user("Name three fruits."), n=3, temperature=0.8, max_new_tokens=24, seed=4
+        ),
         GenerationRequest(
             messages=[{"role": "system", "content": "Answer in one line."}, _user("Count to ten.")[0]],
             n=2,
@@ -75,9 +79,11 @@ def test_mixed_batch_with_counts_against_the_tokenizer(engine, tokenizer) -> Non
     # Re-tokenizing a sampled text need not give back the sampled ids (BPE merges them canonically),
     # so the texts' token counts match the engine's up to a couple of tokens per completion (its
     # end token, the stop string, a merge).
-    retokenized = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for texts in out for t in texts)
+    retokenized = sum(
+        len(tokenizer(t, add_special_tokens=False)["input_ids"]) for texts in out for t in texts
+    )
     assert abs(delta.generated_tokens - retokenized) <= 3 * delta.completions, (delta, retokenized)
-    for request, texts in zip(requests, out, strict=True):
+    for request in requests:
         before = engine.stats.snapshot()
         engine.generate([request])  # alone: its own count, within n * max_new_tokens
         assert 0 < engine.stats.minus(before).generated_tokens <= request.n * request.max_new_tokens
@@ -85,7 +91,9 @@ def test_mixed_batch_with_counts_against_the_tokenizer(engine, tokenizer) -> Non
 
 def test_greedy_n_and_batch_invariant_seeds(engine) -> None:  # noqa: ANN001
     greedy = GenerationRequest(messages=_user("Describe the sea."), n=2, temperature=0.0, max_new_tokens=16)
-    seeded = GenerationRequest(messages=_user("Write a haiku."), n=2, temperature=1.0, max_new_tokens=24, seed=11)
+    seeded = GenerationRequest(
+        messages=_user("Write a haiku."), n=2, temperature=1.0, max_new_tokens=24, seed=11
+    )
     other = GenerationRequest(messages=_user("Say hello."), n=3, temperature=0.9, max_new_tokens=12, seed=1)
     greedy_out, seeded_alone = engine.generate([greedy, seeded])
     assert greedy_out[0] and greedy_out[0] == greedy_out[1]

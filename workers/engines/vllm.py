@@ -137,13 +137,20 @@ class VLLMEngine:
         kwargs = llm_kwargs(self.model_path, self.config, seed, self.device)
         folder = check_model_folder(self.model_path)
         check_vllm_startable(
-            folder, self.device, kwargs["dtype"], kwargs.get("kv_cache_memory_bytes"), self.config.max_model_len
+            folder,
+            self.device,
+            kwargs["dtype"],
+            kwargs.get("kv_cache_memory_bytes"),
+            self.config.max_model_len,
         )
         # LoRA must be switched on when the engine starts (it reserves adapter slots in memory),
         # so an engine built without it cannot take an adapter later.
         self.lora_enabled = bool(kwargs["enable_lora"])
         logger.info(
-            "starting vLLM for %s on %s (tp=%d)", self.model_path, self.device, self.config.tensor_parallel_size
+            "starting vLLM for %s on %s (tp=%d)",
+            self.model_path,
+            self.device,
+            self.config.tensor_parallel_size,
         )
         try:
             self.llm = llm_cls(**kwargs)
@@ -251,7 +258,12 @@ class VLLMEngine:
         if skipped or truncated:
             logger.warning(
                 "%d of %d requests exceed max_model_len %d: %d skipped, %d truncated (vllm.overlong=%s)",
-                skipped + truncated, len(requests), self.max_model_len, skipped, truncated, self.config.overlong,
+                skipped + truncated,
+                len(requests),
+                self.max_model_len,
+                skipped,
+                truncated,
+                self.config.overlong,
             )
 
         prompt_tokens = generated_tokens = 0
