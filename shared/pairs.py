@@ -15,15 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .config import CapsConfig
 from .judging import Judgment
+from .records import AssembleCounts, ChatTurn, PairRow, RftExample
 from .search import Node, Tree
 from .seeding import rng_for, text_key
 from .templates import judge_messages, refine_conversation
 from .verdict import Verdict
 
 RFT_PARTS: tuple[str, ...] = ("refinement", "tree_pass", "tree_fail", "stage2_fail", "stage2_pass")
+_Item = TypeVar("_Item", PairRow, RftExample)
 
 
 @dataclass(frozen=True)
@@ -36,24 +39,24 @@ class JudgedResponse:
     judgment: Judgment
 
 
-def dpo_pair(prompt_id: str, tree: Tree) -> dict[str, object] | None:
+def dpo_pair(prompt_id: str, tree: Tree) -> PairRow | None:
     """The (chosen, rejected) pair of a successful tree; None when the tree found no success."""
     success = tree.success
     if success is None:
         return None
-    return {
-        "prompt_id": prompt_id,
-        "tree": tree.key,
-        "prompt": tree.prompt,
-        "chosen": success.response,
-        "rejected": tree.root.response,
-        "rejected_judgment": tree.root.judgment,
-        "chosen_value": success.value,
-        "depth": success.depth,
-    }
+    return PairRow(
+        prompt_id=prompt_id,
+        tree=tree.key,
+        prompt=tree.prompt,
+        chosen=success.response,
+        rejected=tree.root.response,
+        rejected_judgment=tree.root.judgment,
+        chosen_value=success.value,
+        depth=success.depth,
+    )
 
 
-def refinement_example(prompt_id: str, tree: Tree) -> dict[str, object] | None:
+def refinement_example(prompt_id: str, tree: Tree) -> RftExample | None:
     """Parent's refine chat -> the successful child's whole output (reflection and markers)."""
     success = tree.success
     if success is None or success.parent is None or success.raw is None:
@@ -64,7 +67,7 @@ def refinement_example(prompt_id: str, tree: Tree) -> dict[str, object] | None:
     return _example("refinement", prompt_id, tree.key, messages)
 
 
-def tree_judgment_examples(prompt_id: str, tree: Tree, seed: int) -> list[dict[str, object]]:
+def tree_judgment_examples(prompt_id: str, tree: Tree, seed: int) -> list[RftExample]:
     """At most one passing and one failing judgment per tree, from non-unanimous children.
 
     Eligible nodes have 0 < V < 1 and V != 0.5 (the root's vote belongs to stage 2). Which eligible
@@ -81,7 +84,7 @@ def tree_judgment_examples(prompt_id: str, tree: Tree, seed: int) -> list[dict[s
     return out
 
 
-def stage2_judgment_examples(responses: Iterable[JudgedResponse]) -> list[dict[str, object]]:
+def stage2_judgment_examples(responses: Iterable[JudgedResponse]) -> list[RftExample]:
     """Judgments of stage-2 responses whose vote was decided with a dissent."""
     out = []
     for r in responses:
@@ -99,9 +102,9 @@ def stage2_judgment_examples(responses: Iterable[JudgedResponse]) -> list[dict[s
 class Assembled:
     """What stage 4 writes, plus the counts the run summary shows."""
 
-    pairs: list[dict[str, object]] = field(default_factory=list)
-    rft: list[dict[str, object]] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
+    pairs: list[PairRow] = field(default_factory=list)
+    rft: list[RftExample] = field(default_factory=list)
+    counts: AssembleCounts = field(default_factory=AssembleCounts)
 
 
 def assemble(
@@ -118,13 +121,13 @@ def assemble(
     """
     counts: dict[str, int] = {}
 
-    pairs: list[dict[str, object]] = []
+    pairs: list[PairRow] = []
     seen_pairs: set[str] = set()
     for prompt_id, tree in trees:
         pair = dpo_pair(prompt_id, tree)
         if pair is None:
             continue
-        key = text_key(str(pair["prompt"]), str(pair["chosen"]), str(pair["rejected"]))
+        key = text_key(pair.prompt, pair.chosen, pair.rejected)
         if key not in seen_pairs:
             seen_pairs.add(key)
             pairs.append(pair)
@@ -133,18 +136,18 @@ def assemble(
         pairs = _capped(pairs, max_pairs, seed, "pairs")
     counts["pairs"] = len(pairs)
 
-    candidates: dict[str, list[dict[str, object]]] = {part: [] for part in RFT_PARTS}
+    candidates: dict[str, list[RftExample]] = {part: [] for part in RFT_PARTS}
     for prompt_id, tree in trees:
         example = refinement_example(prompt_id, tree)
         if example is not None:
             candidates["refinement"].append(example)
         for example in tree_judgment_examples(prompt_id, tree, seed):
-            candidates[str(example["part"])].append(example)
+            candidates[example.part].append(example)
     for example in stage2_judgment_examples(stage2):
-        candidates[str(example["part"])].append(example)
+        candidates[example.part].append(example)
 
     seen_first_user: set[str] = set()
-    rft: list[dict[str, object]] = []
+    rft: list[RftExample] = []
     for part in RFT_PARTS:
         unique = []
         for example in candidates[part]:
@@ -158,30 +161,31 @@ def assemble(
         counts[f"rft_{part}"] = len(kept)
         rft.extend(kept)
     counts["rft"] = len(rft)
-    return Assembled(pairs=pairs, rft=rft, counts=counts)
+    return Assembled(pairs=pairs, rft=rft, counts=AssembleCounts(**counts))
 
 
-def _capped(items: list[dict[str, object]], cap: int, seed: int, part: str) -> list[dict[str, object]]:
+def _capped(items: list[_Item], cap: int, seed: int, part: str) -> list[_Item]:
     if len(items) <= cap:
         return items
     chosen = sorted(rng_for(seed, "cap", part).sample(range(len(items)), cap))
     return [items[i] for i in chosen]
 
 
-def _first_user(example: dict[str, object]) -> str:
-    messages = example["messages"]
-    assert isinstance(messages, list)
-    return next(m["content"] for m in messages if m["role"] == "user")
+def _first_user(example: RftExample) -> str:
+    return next(m.content for m in example.messages if m.role == "user")
 
 
-def _judgment_example(part: str, prompt_id: str, tree_key: str, prompt: str, node: Node) -> dict[str, object]:
+def _judgment_example(part: str, prompt_id: str, tree_key: str, prompt: str, node: Node) -> RftExample:
     messages = judge_messages(prompt, node.response)
     messages.append({"role": "assistant", "content": node.judgment})
     return _example(part, prompt_id, tree_key, messages)
 
 
-def _example(
-    part: str, prompt_id: str, tree_key: str | None, messages: list[dict[str, str]]
-) -> dict[str, object]:
-    kind = "refinement" if part == "refinement" else "judgment"
-    return {"kind": kind, "part": part, "prompt_id": prompt_id, "tree": tree_key, "messages": messages}
+def _example(part: str, prompt_id: str, tree_key: str | None, messages: list[dict[str, str]]) -> RftExample:
+    return RftExample(
+        kind="refinement" if part == "refinement" else "judgment",
+        part=part,  # type: ignore[arg-type]
+        prompt_id=prompt_id,
+        tree=tree_key,
+        messages=[ChatTurn(**m) for m in messages],  # type: ignore[arg-type]
+    )

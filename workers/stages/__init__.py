@@ -11,6 +11,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from shared.records import ShardDone, StageManifest
+
 from ..artifacts import RunPaths, read_json, write_json_atomic
 from .assemble import MissingStageOutputError, run_assemble
 from .common import (
@@ -95,31 +97,31 @@ def write_stage_manifest(paths: RunPaths, iteration: int, stage: str) -> dict:
     if paths.manifest(iteration, stage).exists():
         return read_json(paths.manifest(iteration, stage))
     config = load_config(paths)
-    records = []
+    records: list[ShardDone] = []
     for shard in range(num_shards(paths, stage)):
         done = paths.shard_done(iteration, stage, shard)
         if not done.exists():
             raise RuntimeError(f"cannot write the {stage} manifest: shard {shard} is not done")
-        records.append(read_json(done))
-    counts: dict[str, float] = {}
+        records.append(ShardDone.from_record(read_json(done)))
+    counts: dict[str, int | float] = {}
     engine: dict[str, int] = {}
     for r in records:
-        for k, v in r["counts"].items():
+        for k, v in r.counts.items():
             counts[k] = counts.get(k, 0) + v
-        for k, v in r["engine"].items():
+        for k, v in r.engine.items():
             engine[k] = engine.get(k, 0) + v
-    manifest = {
-        "run_id": paths.run_id,
-        "iteration": iteration,
-        "stage": stage,
-        "config_hash": config.stage_hash(stage),
-        "models": {role: label for r in records for role, label in r.get("models", {}).items()},
-        "metrics": records[0].get("metrics", {}) if len(records) == 1 else {},
-        "shards": len(records),
-        "counts": counts,
-        "engine": engine,
-        "shard_seconds": sum(r["seconds"] for r in records),
-        "written_at": time.time(),
-    }
+    manifest = StageManifest(
+        run_id=paths.run_id,
+        iteration=iteration,
+        stage=stage,
+        config_hash=config.stage_hash(stage),
+        models={role: label for r in records for role, label in r.models.items()},
+        metrics=records[0].metrics if len(records) == 1 else {},
+        shards=len(records),
+        counts=counts,
+        engine=engine,
+        shard_seconds=sum(r.seconds for r in records),
+        written_at=time.time(),
+    ).as_record()
     write_json_atomic(paths.manifest(iteration, stage), manifest)
     return manifest

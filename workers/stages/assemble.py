@@ -6,6 +6,7 @@ import time
 
 from shared.judging import Judgment
 from shared.pairs import JudgedResponse, assemble
+from shared.records import JudgeRow, TreeRow
 from shared.search import Tree
 from shared.seeding import derive_seed
 
@@ -31,15 +32,14 @@ def run_assemble(
                     f"iteration {spec.iteration}: shard {shard} of stage '{stage}' is not done; "
                     f"run the '{stage}' stage (include it in `stages`) before 'assemble'"
                 )
-        for row in read_jsonl(paths.shard(spec.iteration, "judge", shard)):
-            for r in row["responses"]:
-                stage2.append(
-                    JudgedResponse(
-                        row["id"], row["prompt"], r["text"], Judgment.from_record(row["prompt"], r["text"], r)
-                    )
-                )
-        for record in read_jsonl(paths.shard(spec.iteration, "refine", shard)):
-            trees.append((record["prompt_id"], Tree.from_record(record)))
+        for raw in read_jsonl(paths.shard(spec.iteration, "judge", shard)):
+            row = JudgeRow.from_record(raw)
+            for r in row.responses:
+                judgment = Judgment.from_record(row.prompt, r.text, r.as_record())
+                stage2.append(JudgedResponse(row.id, row.prompt, r.text, judgment))
+        for raw in read_jsonl(paths.shard(spec.iteration, "refine", shard)):
+            tree = TreeRow.from_record(raw)
+            trees.append((tree.prompt_id, Tree.from_record(tree.tree_record())))
         if progress is not None:
             progress("assembling", shard + 1, paths.num_prompt_shards())
 
@@ -50,7 +50,8 @@ def run_assemble(
         seed=derive_seed(config.seed, "assemble", spec.iteration),
         max_pairs=config.data.max_pairs,
     )
-    write_jsonl_atomic(paths.data_file(spec.iteration, "pairs.jsonl"), data.pairs)
-    write_jsonl_atomic(paths.data_file(spec.iteration, "rft.jsonl"), data.rft)
-    write_jsonl_atomic(paths.shard(spec.iteration, "assemble", spec.shard), [data.counts])
-    return StageResult(counts=dict(data.counts), seconds=time.perf_counter() - started)
+    write_jsonl_atomic(paths.data_file(spec.iteration, "pairs.jsonl"), [p.as_record() for p in data.pairs])
+    write_jsonl_atomic(paths.data_file(spec.iteration, "rft.jsonl"), [e.as_record() for e in data.rft])
+    counts = data.counts.as_record()
+    write_jsonl_atomic(paths.shard(spec.iteration, "assemble", spec.shard), [counts])
+    return StageResult(counts=counts, seconds=time.perf_counter() - started)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.config import RunConfig, StageName
 from shared.engine import Engine, EngineStats, MeteredEngine
+from shared.records import ShardDone, ShardSpecRecord
 
 from ..artifacts import RunPaths, read_json, write_json_atomic
 from ..versions import ModelVersion
@@ -71,37 +72,35 @@ def finished(paths: RunPaths, spec: StageSpec, config_hash: str) -> StageResult 
     done = paths.shard_done(spec.iteration, spec.stage, spec.shard)
     if not done.exists():
         return None
-    record = read_json(done)
-    if record.get("config_hash") != config_hash:
+    record = ShardDone.from_record(read_json(done))
+    if record.config_hash != config_hash:
         raise ConfigChangedError(
-            f"{done} was produced with settings {record.get('config_hash')} but the run now has "
+            f"{done} was produced with settings {record.config_hash} but the run now has "
             f"{config_hash}; start a new run (another run id) instead of reusing this directory"
         )
     return StageResult(
-        counts=record["counts"],
-        engine=record["engine"],
-        seconds=record["seconds"],
+        counts=record.counts,
+        engine=record.engine,
+        seconds=record.seconds,
         skipped=True,
-        models=record.get("models", {}),
-        metrics=record.get("metrics", {}),
+        models=record.models,
+        metrics=record.metrics,
     )
 
 
 def record_done(paths: RunPaths, spec: StageSpec, config: RunConfig, result: StageResult) -> None:
     """Write the shard's completion record (after its data files are in place)."""
-    write_json_atomic(
-        paths.shard_done(spec.iteration, spec.stage, spec.shard),
-        {
-            "spec": spec.model_dump(),
-            "config_hash": config.stage_hash(spec.stage),
-            "models": result.models,
-            "metrics": result.metrics,
-            "counts": result.counts,
-            "engine": result.engine,
-            "seconds": result.seconds,
-            "finished_at": time.time(),
-        },
+    record = ShardDone(
+        spec=ShardSpecRecord(**spec.model_dump()),
+        config_hash=config.stage_hash(spec.stage),
+        models=result.models,
+        metrics=result.metrics,
+        counts=result.counts,
+        engine=result.engine,
+        seconds=result.seconds,
+        finished_at=time.time(),
     )
+    write_json_atomic(paths.shard_done(spec.iteration, spec.stage, spec.shard), record.as_record())
 
 
 def version_label(version: ModelVersion) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from shared.iopo import PairForGroup, build_groups
+from shared.records import IopoGroupRow, JudgeRow, PairRow
 from shared.seeding import derive_seed
 
 from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
@@ -28,13 +29,13 @@ def run_iopo_groups(
     if not pairs_file.exists():
         raise FileNotFoundError(f"{pairs_file} is missing: it is written by the 'assemble' stage")
     pairs = [
-        PairForGroup(str(p["tree"]), p["prompt"], p["chosen"], p["rejected"], p.get("rejected_judgment", ""))
-        for p in read_jsonl(pairs_file)
+        PairForGroup(p.tree, p.prompt, p.chosen, p.rejected, p.rejected_judgment)
+        for p in map(PairRow.from_record, read_jsonl(pairs_file))
     ]
     metadata: dict[str, object] = {}
     for shard in range(paths.num_prompt_shards()):
-        for row in read_jsonl(paths.shard(spec.iteration, "judge", shard)):
-            metadata[row["prompt"]] = row.get("metadata")
+        for row in map(JudgeRow.from_record, read_jsonl(paths.shard(spec.iteration, "judge", shard))):
+            metadata[row.prompt] = row.metadata
     backend = config.judge.backend
     rewriter = None
     if backend != "llm":
@@ -65,10 +66,13 @@ def run_iopo_groups(
             llm_fallback=backend != "verifier",
             min_task_overlap=config.iopo.min_task_overlap,
         )
-    for group in result.groups:
-        if group["x2_source"] == "verifier":
-            group["x2_metadata"] = metadata[str(group["x2"])]
-    write_jsonl_atomic(paths.shard(spec.iteration, "iopo_groups", spec.shard), result.groups)
+    groups = [IopoGroupRow.from_record(g) for g in result.groups]
+    for group in groups:
+        if group.x2_source == "verifier":
+            group.x2_metadata = metadata[group.x2]  # type: ignore[assignment]
+    write_jsonl_atomic(
+        paths.shard(spec.iteration, "iopo_groups", spec.shard), [g.as_record() for g in groups]
+    )
     return StageResult(
         counts=dict(result.counts),
         engine=engine.stats.as_dict(),

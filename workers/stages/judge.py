@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from shared.negatives import select_negatives
+from shared.records import JudgeCounts, JudgedResponseRow, JudgeRow, SampleRow
 from shared.seeding import derive_seed, rng_for
 from shared.verdict import Verdict
 
@@ -19,68 +20,51 @@ def run_judge(
 ) -> StageResult:
     config = load_config(paths)
     version = version_for(paths, config, "refiner", spec.iteration)
-    rows = list(read_jsonl(paths.shard(spec.iteration, "sample", spec.shard)))
+    rows = [SampleRow.from_record(r) for r in read_jsonl(paths.shard(spec.iteration, "sample", spec.shard))]
     j = config.judge
     started = time.perf_counter()
     with metered(engines.engine_for("refiner", version), progress, "judging") as engine:
         # stage 2 drops ties (SPAR.md): no re-judging
-        metadata = {row["prompt"]: row["metadata"] for row in rows}
+        metadata = {row.prompt: row.metadata for row in rows}
         judge = stage_judge(engine, j, derive_seed(config.seed, "judge", spec.iteration), 0, metadata)
-        items = [(row["prompt"], text) for row in rows for text in row["responses"]]
+        items = [(row.prompt, text) for row in rows for text in row.responses]
         judgments = iter(judge.judge(items))
         agreement = judge.agreement(items, j.agreement_sample) if j.backend == "verifier_then_llm" else {}
 
-    counts = dict.fromkeys(
-        (
-            "prompts",
-            "responses",
-            "pass",
-            "fail",
-            "undecided",
-            "dissent",
-            "invalid_judgments",
-            "prompts_all_pass",
-            "prompts_with_negatives",
-            "negatives",
-        ),
-        0,
-    )
-    out = []
+    counts = JudgeCounts()
+    out: list[JudgeRow] = []
     for row in rows:
-        judged = []
-        for text in row["responses"]:
+        judged: list[JudgedResponseRow] = []
+        for text in row.responses:
             judgment = next(judgments)
-            judged.append({"text": text, **judgment.as_record()})
-            counts["invalid_judgments"] += judgment.vote.n_invalid
-            counts["dissent"] += int(judgment.vote.dissent)
+            judged.append(JudgedResponseRow.of(text, judgment))
+            counts.invalid_judgments += judgment.vote.n_invalid
+            counts.dissent += int(judgment.vote.dissent)
             if judgment.label is Verdict.PASS:
-                counts["pass"] += 1
+                counts.pass_ += 1
             elif judgment.label is Verdict.FAIL:
-                counts["fail"] += 1
+                counts.fail += 1
             else:
-                counts["undecided"] += 1
-        failed = [i for i, r in enumerate(judged) if r["label"] == Verdict.FAIL]
+                counts.undecided += 1
+        failed = [i for i, r in enumerate(judged) if r.label == Verdict.FAIL]
         negatives = select_negatives(
-            failed, j.negatives_per_prompt, rng_for(config.seed, "negatives", spec.iteration, row["id"])
+            failed, j.negatives_per_prompt, rng_for(config.seed, "negatives", spec.iteration, row.id)
         )
-        counts["prompts"] += 1
-        counts["responses"] += len(judged)
-        counts["prompts_all_pass"] += int(all(r["label"] == Verdict.PASS for r in judged))
-        counts["prompts_with_negatives"] += int(bool(negatives))
-        counts["negatives"] += len(negatives)
+        counts.prompts += 1
+        counts.responses += len(judged)
+        counts.prompts_all_pass += int(all(r.label == Verdict.PASS for r in judged))
+        counts.prompts_with_negatives += int(bool(negatives))
+        counts.negatives += len(negatives)
         out.append(
-            {
-                "id": row["id"],
-                "prompt": row["prompt"],
-                "metadata": row["metadata"],
-                "responses": judged,
-                "negatives": negatives,
-            }
+            JudgeRow(
+                id=row.id, prompt=row.prompt, metadata=row.metadata, responses=judged, negatives=negatives
+            )
         )
-    write_jsonl_atomic(paths.shard(spec.iteration, "judge", spec.shard), out)
+    counts = counts.model_copy(update=agreement)
+    write_jsonl_atomic(paths.shard(spec.iteration, "judge", spec.shard), [r.as_record() for r in out])
     return StageResult(
         models={"refiner": version_label(version)},
-        counts=counts | agreement,
+        counts=counts.as_record(),
         engine=engine.stats.as_dict(),
         seconds=time.perf_counter() - started,
     )

@@ -6,6 +6,7 @@ import time
 from collections import Counter
 
 from shared.judging import Judgment, JudgmentCache
+from shared.records import JudgeRow, RefineCounts, TreeRow
 from shared.search import SearchRoot, search_trees
 from shared.seeding import derive_seed
 
@@ -20,18 +21,18 @@ def run_refine(
 ) -> StageResult:
     config = load_config(paths)
     version = version_for(paths, config, "refiner", spec.iteration)
-    rows = list(read_jsonl(paths.shard(spec.iteration, "judge", spec.shard)))
+    rows = [JudgeRow.from_record(r) for r in read_jsonl(paths.shard(spec.iteration, "judge", spec.shard))]
     cache = JudgmentCache()
     roots: list[SearchRoot] = []
     for row in rows:
-        for r in row["responses"]:
-            cache.put(Judgment.from_record(row["prompt"], r["text"], r))  # stage-2 verdicts are reused
-        for index in row["negatives"]:
-            negative = row["responses"][index]
-            kept = negative["judgments"][negative["kept_index"]]
+        for r in row.responses:  # stage-2 verdicts are reused
+            cache.put(Judgment.from_record(row.prompt, r.text, r.as_record()))
+        for index in row.negatives:
+            negative = row.responses[index]
+            assert negative.kept is not None, "a negative is a decided (failed) response"
             roots.append(
                 SearchRoot(
-                    key=f"{row['id']}#{index}", prompt=row["prompt"], response=negative["text"], judgment=kept
+                    key=f"{row.id}#{index}", prompt=row.prompt, response=negative.text, judgment=negative.kept
                 )
             )
     prompt_of_tree = {root.key: root.key.rsplit("#", 1)[0] for root in roots}
@@ -40,7 +41,7 @@ def run_refine(
     j, s = config.judge, config.search
     with metered(engines.engine_for("refiner", version), progress, "tree search") as engine:
         seed = derive_seed(config.seed, "search-judge", spec.iteration)
-        metadata = {row["prompt"]: row["metadata"] for row in rows}
+        metadata = {row.prompt: row.metadata for row in rows}
         judge = stage_judge(engine, j, seed, s.tie_retries, metadata, cache=cache)
         hits_before = cache.hits
         on_step = (
@@ -54,23 +55,23 @@ def run_refine(
             roots, engine, judge, s, seed=derive_seed(config.seed, "search", spec.iteration), on_step=on_step
         )
 
-    out = [{"prompt_id": prompt_of_tree[t.key], **t.as_record()} for t in trees]
-    write_jsonl_atomic(paths.shard(spec.iteration, "refine", spec.shard), out)
+    out = [TreeRow.model_validate({"prompt_id": prompt_of_tree[t.key], **t.as_record()}) for t in trees]
+    write_jsonl_atomic(paths.shard(spec.iteration, "refine", spec.shard), [t.as_record() for t in out])
     statuses = Counter(t.status for t in trees)
-    counts = {
-        "trees": len(trees),
-        "successes": statuses["success"],
-        "expansions": sum(t.expansions for t in trees),
-        "children": sum(len(t.nodes) - 1 for t in trees),
-        "parse_failures": sum(t.parse_failures for t in trees),
-        "dropped_unparsed": sum(t.dropped_unparsed for t in trees),
-        "dropped_ties": sum(t.dropped_ties for t in trees),
-        "cache_hits": cache.hits - hits_before,
+    counts = RefineCounts(
+        trees=len(trees),
+        successes=statuses["success"],
+        expansions=sum(t.expansions for t in trees),
+        children=sum(len(t.nodes) - 1 for t in trees),
+        parse_failures=sum(t.parse_failures for t in trees),
+        dropped_unparsed=sum(t.dropped_unparsed for t in trees),
+        dropped_ties=sum(t.dropped_ties for t in trees),
+        cache_hits=cache.hits - hits_before,
         **{f"status_{k}": v for k, v in statuses.items()},
-    }
+    )
     return StageResult(
         models={"refiner": version_label(version)},
-        counts=counts,
+        counts=counts.as_record(),
         engine=engine.stats.as_dict(),
         seconds=time.perf_counter() - started,
     )

@@ -1,0 +1,291 @@
+"""Every record spar writes to a run directory, by name: the one place that says what a file holds.
+
+Stages read and write their shards only through these models (``Model.from_record(dict)`` when
+reading a JSON line, ``model.as_record()`` when writing one), so a renamed or missing field fails
+loudly where it is read instead of turning into a silent default. Field order is the order written
+to disk; a change to it changes the files (the tests pin pairs byte for byte).
+
+Files and their records (see ``docs/architecture.md`` for the layout):
+
+============================================  ===========================================
+``prompts/shard_N.jsonl``                     :class:`PromptRow`
+``iter_t/sample/shard_N.jsonl``               :class:`SampleRow`
+``iter_t/judge/shard_N.jsonl``                :class:`JudgeRow` (holding :class:`JudgedResponseRow`)
+``iter_t/refine/shard_N.jsonl``               :class:`TreeRow` (holding :class:`NodeRow`)
+``iter_t/assemble/pairs.jsonl``               :class:`PairRow`
+``iter_t/assemble/rft.jsonl``                 :class:`RftExample`
+``iter_t/assemble/shard_0.jsonl``             :class:`AssembleCounts`
+``iter_t/iopo_groups/shard_0.jsonl``          :class:`IopoGroupRow`
+``iter_t/<stage>/shard_N.done.json``          :class:`ShardDone`
+``iter_t/<stage>/manifest.json``              :class:`StageManifest`
+============================================  ===========================================
+
+Per-stage counts (:class:`SampleCounts`, :class:`JudgeCounts`, :class:`RefineCounts`) are typed for
+the same reason: the summary reads them by attribute.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Record(BaseModel):
+    """A JSON record on disk: unknown keys are refused, fields are written in declaration order."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def as_record(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Self:
+        return cls.model_validate(data)
+
+
+class ChatTurn(Record):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+# --- stage inputs and outputs ------------------------------------------------------------------
+
+
+class PromptRow(Record):
+    """One instruction of the run's prompt set (any extra input fields are kept as metadata)."""
+
+    id: str
+    prompt: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SampleRow(Record):
+    """Stage 1: a prompt and the actor's K responses."""
+
+    id: str
+    prompt: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    responses: list[str]
+
+
+class VoteCounts(Record):
+    pass_: int = Field(alias="pass")
+    fail: int
+    invalid: int
+
+
+class JudgedResponseRow(Record):
+    """Stage 2: one response with every judgment of its last round and the vote they gave.
+
+    ``label``: 1 pass, 0 fail, None undecided; ``kept_index`` points into ``judgments`` at the one
+    that agrees with the majority.
+    """
+
+    text: str
+    label: int | None
+    value: float | None
+    votes: VoteCounts
+    labels: list[int]
+    judgments: list[str]
+    kept_index: int | None
+    rounds: int
+
+    @property
+    def kept(self) -> str | None:
+        return None if self.kept_index is None else self.judgments[self.kept_index]
+
+    @classmethod
+    def of(cls, text: str, judgment: Any) -> JudgedResponseRow:
+        """The row of ``text`` judged by ``judgment`` (a ``shared.judging.Judgment``)."""
+        return cls.model_validate({"text": text, **judgment.as_record()})
+
+
+class JudgeRow(Record):
+    """Stage 2: a prompt's judged responses and which of them are its negatives (indices)."""
+
+    id: str
+    prompt: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    responses: list[JudgedResponseRow]
+    negatives: list[int]
+
+
+class NodeRow(Record):
+    """A node of a search tree; the root (id 0) is the negative, with value 0 and no parent."""
+
+    id: int
+    parent: int | None
+    depth: int
+    response: str
+    judgment: str
+    value: float
+    raw: str | None
+    vote: dict[str, int]
+
+
+class TreeRow(Record):
+    """Stage 3: one search tree of a negative (``key`` = ``<prompt id>#<response index>``)."""
+
+    prompt_id: str
+    key: str
+    prompt: str
+    status: str
+    success_id: int | None
+    expansions: int
+    parse_failures: int
+    dropped_unparsed: int
+    dropped_ties: int
+    max_depth_reached: int
+    nodes: list[NodeRow]
+
+    def tree_record(self) -> dict[str, Any]:
+        """The fields ``shared.search.Tree.from_record`` reads."""
+        record = self.as_record()
+        del record["prompt_id"]
+        return record
+
+
+class PairRow(Record):
+    """Stage 4, for the actor: chosen = the tree's successful refinement, rejected = its root negative."""
+
+    prompt_id: str
+    tree: str
+    prompt: str
+    chosen: str
+    rejected: str
+    rejected_judgment: str
+    chosen_value: float
+    depth: int
+
+
+class RftExample(Record):
+    """Stage 4, for the refiner: a chat whose last (assistant) turn is the target."""
+
+    kind: Literal["refinement", "judgment"]
+    part: Literal["refinement", "tree_pass", "tree_fail", "stage2_fail", "stage2_pass"]
+    prompt_id: str
+    tree: str | None
+    messages: list[ChatTurn]
+
+
+class IopoGroupRow(Record):
+    """``iopo_groups``: (x1, y1, x2, y2) = (x, y_refined, x', y_neg), both facts verified under x'."""
+
+    key: str
+    x1: str
+    y1: str
+    x2: str
+    y2: str
+    x2_source: Literal["refiner", "verifier"]
+    x2_metadata: dict[str, Any] | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        record = super().as_record()
+        if record["x2_metadata"] is None:  # only verifier-written x' carry metadata
+            del record["x2_metadata"]
+        return record
+
+
+# --- per-stage counts --------------------------------------------------------------------------
+
+
+class Counts(Record):
+    """Counts a stage reports per shard; the manifest sums them over shards.
+
+    Optional counts (None) are left out of the record: they exist only for some settings.
+    """
+
+    def as_record(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class SampleCounts(Counts):
+    prompts: int = 0
+    responses: int = 0
+
+
+class JudgeCounts(Counts):
+    prompts: int = 0
+    responses: int = 0
+    pass_: int = Field(0, alias="pass")
+    fail: int = 0
+    undecided: int = 0
+    dissent: int = 0
+    invalid_judgments: int = 0
+    prompts_all_pass: int = 0
+    prompts_with_negatives: int = 0
+    negatives: int = 0
+    agreement_n: int | None = Field(None, description="verifier_then_llm: responses judged both ways")
+    agreement_agree: int | None = None
+    agreement_llm_undecided: int | None = None
+
+
+class RefineCounts(Counts):
+    """``status_<s>`` counts trees by how their search ended (only statuses that occurred)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    trees: int = 0
+    successes: int = 0
+    expansions: int = 0
+    children: int = 0
+    parse_failures: int = 0
+    dropped_unparsed: int = 0
+    dropped_ties: int = 0
+    cache_hits: int = 0
+
+
+class AssembleCounts(Counts):
+    pairs_unique: int = 0
+    pairs: int = 0
+    rft_refinement_candidates: int = 0
+    rft_refinement: int = 0
+    rft_tree_pass_candidates: int = 0
+    rft_tree_pass: int = 0
+    rft_tree_fail_candidates: int = 0
+    rft_tree_fail: int = 0
+    rft_stage2_fail_candidates: int = 0
+    rft_stage2_fail: int = 0
+    rft_stage2_pass_candidates: int = 0
+    rft_stage2_pass: int = 0
+    rft: int = 0
+
+
+# --- bookkeeping -------------------------------------------------------------------------------
+
+
+class ShardSpecRecord(Record):
+    run_dir: str
+    iteration: int
+    stage: str
+    shard: int
+
+
+class ShardDone(Record):
+    """A shard's completion record, written LAST: the shard is done exactly when this file exists."""
+
+    spec: ShardSpecRecord
+    config_hash: str
+    models: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    counts: dict[str, int | float] = Field(default_factory=dict)
+    engine: dict[str, int] = Field(default_factory=dict)
+    seconds: float
+    finished_at: float
+
+
+class StageManifest(Record):
+    """A stage's totals once every shard is done: counts and engine usage summed over shards."""
+
+    run_id: str
+    iteration: int
+    stage: str
+    config_hash: str
+    models: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    shards: int
+    counts: dict[str, int | float] = Field(default_factory=dict)
+    engine: dict[str, int] = Field(default_factory=dict)
+    shard_seconds: float
+    written_at: float
