@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared.config import RunConfig
+from shared.stages import pipeline
 from workers.artifacts import RunPaths
 from workers.engines.slot import EngineSlot, OnLoad
 from workers.stages import EngineProvider, Progress, StageSpec, num_shards, run_stage, write_stage_manifest
@@ -55,13 +56,8 @@ class LocalExecutor:
     def run(self) -> list[dict]:
         """Run (or finish) the whole run; returns the stage manifests in order."""
         config = load_config(self.paths)
-        manifests = []
-        if config.init is not None:
-            manifests.append(self.run_stage(0, "init"))
-        for iteration in range(config.iterations):
-            for stage in config.stages:
-                manifests.append(self.run_stage(iteration, stage))
-        return manifests
+        order = pipeline(config.stages, config.iterations, with_init=config.init is not None)
+        return [self.run_stage(iteration, stage) for iteration, stage in order]
 
     def run_stage(self, iteration: int, stage: str) -> dict:
         total = num_shards(self.paths, stage)

@@ -29,6 +29,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
+from shared.stages import pipeline as stage_pipeline
 from workers.artifacts import RunPaths
 from workers.queue import QUEUES, RUN_SHARD, SERIALIZER, STAGE_QUEUE, WAKE_CHANNEL, job_id
 from workers.stages import StageSpec, num_shards, write_stage_manifest
@@ -67,11 +68,7 @@ class SchedulerSettings:
 def pipeline(paths: RunPaths) -> Iterator[tuple[int, str]]:
     """Every (iteration, stage) of a run, in the order they must complete."""
     config = load_config(paths)
-    if config.init is not None:
-        yield 0, "init"
-    for iteration in range(config.iterations):
-        for stage in config.stages:
-            yield iteration, stage
+    yield from stage_pipeline(config.stages, config.iterations, with_init=config.init is not None)
 
 
 class Scheduler:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.config import STAGES
+from shared.stages import STAGES, TRAINING_STAGES
 from workers.artifacts import RunPaths, read_json
 
 
@@ -48,7 +48,7 @@ def iteration_summary(paths: RunPaths, iteration: int) -> dict:
         for name, m in stages.items()
     ]
     training = []
-    for stage in ("train_actor", "train_refiner"):
+    for stage in TRAINING_STAGES:
         if stage not in stages:
             continue
         m = stages[stage]

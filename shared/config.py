@@ -13,21 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-STAGES: tuple[str, ...] = (
-    "sample",
-    "judge",
-    "refine",
-    "assemble",
-    "iopo_groups",
-    "train_actor",
-    "train_refiner",
-    "eval",
-)
-StageName = Literal[
-    "sample", "judge", "refine", "assemble", "iopo_groups", "train_actor", "train_refiner", "eval"
-]
-# iopo_groups (for objective iopo) and eval (needs the `eval` extra) are opt-in
-DEFAULT_STAGES: tuple[str, ...] = ("sample", "judge", "refine", "assemble", "train_actor", "train_refiner")
+from .stages import DEFAULT_STAGES, STAGES, stage
+
+StageName = Literal[STAGES]  # type: ignore[valid-type]  # the names of shared/stages.py's table
 
 
 class _Strict(BaseModel):
@@ -378,45 +366,14 @@ class RunConfig(_Strict):
             raise ValueError(f"stages must be distinct and in pipeline order {list(STAGES)}")
         return self
 
-    def stage_hash(self, stage: str) -> str:
-        """Hash of the settings that determine a stage's output (recorded in its manifest)."""
+    def stage_hash(self, stage_name: str) -> str:
+        """Hash of the settings that determine a stage's output (recorded in its manifest).
+
+        Which settings count is the stage table's ``hash_sections`` (shared/stages.py).
+        """
         parts: dict[str, object] = {"seed": self.seed, "shard_size": self.shard_size}
-        if stage == "sample":
-            parts |= {"actor": self.actor.model_dump(), "sample": self.sample.model_dump()}
-        elif stage == "judge":
-            parts |= {"refiner": self.refiner.model_dump(), "judge": self.judge.model_dump()}
-        elif stage == "refine":
-            parts |= {
-                "refiner": self.refiner.model_dump(),
-                "judge": self.judge.model_dump(),
-                "search": self.search.model_dump(),
-            }
-        elif stage == "assemble":
-            parts |= {"data": self.data.model_dump()}
-        elif stage == "train_actor":
-            parts |= {"actor": self.actor.model_dump(), "train": self.train_actor.model_dump()}
-        elif stage == "train_refiner":
-            parts |= {"refiner": self.refiner.model_dump(), "train": self.train_refiner.model_dump()}
-        elif stage == "iopo_groups":
-            parts |= {
-                "refiner": self.refiner.model_dump(),
-                "judge": self.judge.model_dump(),
-                "search": self.search.model_dump(),
-                "data": self.data.model_dump(),
-                "iopo": self.iopo.model_dump(),
-            }
-        elif stage == "eval":
-            parts |= {
-                "actor": self.actor.model_dump(),
-                "refiner": self.refiner.model_dump(),
-                "judge": self.judge.model_dump(),
-                "evaluation": self.evaluation.model_dump(),
-            }
-        elif stage == "init":  # stage 0, run once before iteration 0
-            parts |= {
-                "actor": self.actor.model_dump(),
-                "refiner": self.refiner.model_dump(),
-                "init": None if self.init is None else self.init.model_dump(),
-            }
+        for key, section in stage(stage_name).hash_sections.items():
+            value = getattr(self, section)
+            parts[key] = None if value is None else value.model_dump()
         blob = json.dumps(parts, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

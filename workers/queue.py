@@ -12,24 +12,16 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
 
 from rq.serializers import JSONSerializer
 
-QueueName = Literal["actor", "refiner", "train"]
+from shared.stages import STAGE_TABLE, QueueRole
+
+QueueName = QueueRole
 QUEUES: tuple[QueueName, ...] = ("actor", "refiner", "train")
 
-STAGE_QUEUE: dict[str, QueueName] = {
-    "sample": "actor",
-    "judge": "refiner",
-    "refine": "refiner",
-    "assemble": "train",
-    "train_actor": "train",
-    "train_refiner": "train",
-    "init": "train",
-    "eval": "actor",
-    "iopo_groups": "refiner",
-}
+STAGE_QUEUE: dict[str, QueueName] = {s.name: s.queue for s in STAGE_TABLE}
+"""The queue each stage's shards go to (the stage table's ``queue``)."""
 
 RUN_SHARD = "workers.jobs.run_shard"
 REFINE_ONE = "workers.jobs.refine_one"

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from shared.records import ShardDone, StageManifest
+from shared.stages import STAGE_DEFS, stage
 
 from ..artifacts import RunPaths, read_json, write_json_atomic
 from .assemble import MissingStageOutputError, run_assemble
@@ -60,9 +61,13 @@ RUNNERS: dict[str, Runner] = {
 }
 
 
-def num_shards(paths: RunPaths, stage: str) -> int:
-    """Sample, judge and refine follow the prompt shards; assembly and training are single shards."""
-    return paths.num_prompt_shards() if stage in ("sample", "judge", "refine") else 1
+if set(RUNNERS) != set(STAGE_DEFS):  # the stage table and the runners must name the same stages
+    raise ImportError(f"stages without a runner or runners without a stage: {set(RUNNERS) ^ set(STAGE_DEFS)}")
+
+
+def num_shards(paths: RunPaths, stage_name: str) -> int:
+    """A sharded stage follows the prompt shards; the others (assembly, training ...) are one shard."""
+    return paths.num_prompt_shards() if stage(stage_name).sharded else 1
 
 
 def run_stage(
