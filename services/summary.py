@@ -2,63 +2,94 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+from shared.engine import EngineStats
+from shared.records import (
+    AssembleCounts,
+    Counts,
+    JudgeCounts,
+    RefineCounts,
+    SampleCounts,
+    StageManifest,
+    TrainCounts,
+)
 from shared.stages import STAGES, TRAINING_STAGES
+from shared.stages import stage as stage_def
 from workers.artifacts import RunPaths, read_json
+
+C = TypeVar("C", bound=Counts)
 
 
 def _ratio(num: float, den: float) -> float | None:
     return None if not den else num / den
 
 
-def iteration_summary(paths: RunPaths, iteration: int) -> dict:
-    """Headline metrics and per-stage costs of one iteration, from whatever stages are done."""
-    stages: dict[str, dict] = {}
+def _manifests(paths: RunPaths, iteration: int) -> dict[str, StageManifest]:
+    """The manifests of the iteration's finished stages, in pipeline order."""
+    out = {}
     for stage in STAGES:
         manifest = paths.manifest(iteration, stage)
         if manifest.exists():
-            stages[stage] = read_json(manifest)
-    c = {name: m["counts"] for name, m in stages.items()}
-    sample, judge, refine, assemble = (c.get(s, {}) for s in ("sample", "judge", "refine", "assemble"))
+            out[stage] = StageManifest.from_record(read_json(manifest))
+    return out
+
+
+def _counts(stages: dict[str, StageManifest], stage: str, model: type[C]) -> C | None:
+    """A finished stage's summed counts, typed (None when the stage has not run)."""
+    return model.from_record(stages[stage].counts) if stage in stages else None
+
+
+def iteration_summary(paths: RunPaths, iteration: int) -> dict:
+    """Headline metrics and per-stage costs of one iteration, from whatever stages are done."""
+    stages = _manifests(paths, iteration)
+    sample = _counts(stages, "sample", SampleCounts)
+    judge = _counts(stages, "judge", JudgeCounts)
+    refine = _counts(stages, "refine", RefineCounts)
+    assemble = _counts(stages, "assemble", AssembleCounts)
     metrics = {
-        "prompts": sample.get("prompts", judge.get("prompts")),
-        "responses": sample.get("responses", judge.get("responses")),
-        "pass_rate": _ratio(judge.get("pass", 0), judge.get("pass", 0) + judge.get("fail", 0)),
-        "undecided": judge.get("undecided"),
-        "negatives": judge.get("negatives"),
-        "prompts_all_pass": judge.get("prompts_all_pass"),
-        "trees": refine.get("trees"),
-        "success_rate": _ratio(refine.get("successes", 0), refine.get("trees", 0)),
-        "mean_expansions_per_tree": _ratio(refine.get("expansions", 0), refine.get("trees", 0)),
-        "pairs": assemble.get("pairs"),
-        "rft_examples": assemble.get("rft"),
+        "prompts": sample.prompts if sample else judge.prompts if judge else None,
+        "responses": sample.responses if sample else judge.responses if judge else None,
+        "pass_rate": _ratio(judge.pass_, judge.pass_ + judge.fail) if judge else None,
+        "undecided": judge.undecided if judge else None,
+        "negatives": judge.negatives if judge else None,
+        "prompts_all_pass": judge.prompts_all_pass if judge else None,
+        "trees": refine.trees if refine else None,
+        "success_rate": _ratio(refine.successes, refine.trees) if refine else None,
+        "mean_expansions_per_tree": _ratio(refine.expansions, refine.trees) if refine else None,
+        "pairs": assemble.pairs if assemble else None,
+        "rft_examples": assemble.rft if assemble else None,
     }
-    if "iopo_groups" in c:
-        metrics |= {f"iopo_{k}": v for k, v in sorted(c["iopo_groups"].items())}
-    rows = [
-        {
-            "stage": name,
-            "shards": m["shards"],
-            "engine_calls": m["engine"].get("calls", 0),
-            "tokens_generated": m["engine"].get("generated_tokens", 0),
-            # requests beyond the model's context (engine `overlong` policy): skipped / truncated
-            "overlong_skipped": m["engine"].get("overlong_skipped", 0),
-            "overlong_truncated": m["engine"].get("overlong_truncated", 0),
-            "seconds": m["shard_seconds"],
-        }
-        for name, m in stages.items()
-    ]
+    if "iopo_groups" in stages:
+        metrics |= {f"iopo_{k}": v for k, v in sorted(stages["iopo_groups"].counts.items())}
+    rows = []
+    for name, m in stages.items():
+        engine = EngineStats(**m.engine)
+        rows.append(
+            {
+                "stage": name,
+                "shards": m.shards,
+                "engine_calls": engine.calls,
+                "tokens_generated": engine.generated_tokens,
+                # requests beyond the model's context (engine `overlong` policy): skipped / truncated
+                "overlong_skipped": engine.overlong_skipped,
+                "overlong_truncated": engine.overlong_truncated,
+                "seconds": m.shard_seconds,
+            }
+        )
     training = []
     for stage in TRAINING_STAGES:
         if stage not in stages:
             continue
         m = stages[stage]
-        t = m.get("metrics", {})
+        counts = TrainCounts.from_record(m.counts)
+        t = m.metrics
         training.append(
             {
                 "stage": stage,
-                "new_version": m["models"].get(stage.removeprefix("train_") + "_new", ""),
+                "new_version": m.models.get(f"{stage_def(stage).trains}_new", ""),
                 "objective": t.get("objective", "rft" if stage == "train_refiner" else None),
-                "records": m["counts"].get("records"),
+                "records": counts.records,
                 "steps": t.get("steps"),
                 "first_loss": t.get("first_loss", (t.get("loss_curve") or [None])[0]),
                 "last_loss": t.get("last_loss", (t.get("loss_curve") or [None])[-1]),
@@ -70,7 +101,7 @@ def iteration_summary(paths: RunPaths, iteration: int) -> dict:
                 "loss_curve": t.get("loss_curve") or [],
             }
         )
-    evaluation = stages["eval"].get("metrics", {}) if "eval" in stages else {}
+    evaluation = stages["eval"].metrics if "eval" in stages else {}
     return {
         "iteration": iteration,
         "metrics": metrics,

@@ -252,6 +252,13 @@ class AssembleCounts(Counts):
     rft: int = 0
 
 
+class TrainCounts(Counts):
+    """A training stage: records trained on, and 1 if a new version was trained (0: an alias)."""
+
+    records: int = 0
+    trained: int = 0
+
+
 # --- bookkeeping -------------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import RunConfig, TrainCommon
+from shared.records import TrainCounts
 
 from ..artifacts import RunPaths, file_sha256, read_jsonl
 from ..versions import (
@@ -168,7 +169,7 @@ def _train(
     new = version_for(paths, config, role, spec.iteration + 1)
     metrics = done.get("metrics", {})
     return StageResult(
-        counts={"records": done["data"]["records"], "trained": int("alias_of" not in done)},
+        counts=TrainCounts(records=done["data"]["records"], trained=int("alias_of" not in done)).as_record(),
         seconds=time.perf_counter() - started,
         models={role: version_label(parent), f"{role}_new": version_label(new)},
         metrics={k: v for k, v in metrics.items() if k != "loss_curve"}
