@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from services.runs import ConfigError
+    from shared.engine import EngineStartError
     from shared.prompts import PromptFileError
     from workers.models.registry import ModelNotFoundError
     from workers.models.smollm2 import SmolLM2NotInstalledError
@@ -154,6 +155,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (
         WorkerSettingsError,
+        EngineStartError,  # one line naming the engine setting to change
         ConfigError,
         PromptFileError,
         ModelNotFoundError,
