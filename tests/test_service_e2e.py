@@ -12,6 +12,11 @@ def run_body(**overrides) -> dict:
     return tiny_run_body("svc", seed=5, shard_size=2, train_steps=1, **overrides)
 
 
+# The production engine: the actor and refiner workers serve the tiny model through vLLM (its CPU
+# build here), each in its own engine process; a small KV cache keeps two of them affordable.
+VLLM_ROLE = {"model": "models/tiny", "engine": "vllm", "vllm": {"kv_cache_gb": 0.25, "max_model_len": 512}}
+
+
 @pytest.fixture()
 def stack(tmp_path: Path, tiny_model_path: Path):
     s = Stack(root=data_root(tmp_path, tiny_model_path, PROMPTS), redis_url=fresh_redis_url(11))
@@ -19,11 +24,11 @@ def stack(tmp_path: Path, tiny_model_path: Path):
     s.close()
 
 
-def test_a_run_over_rest_end_to_end(stack: Stack) -> None:
+def test_a_run_over_rest_end_to_end_on_the_vllm_engine(stack: Stack) -> None:
     stack.start_api()
     stack.start_workers()
     with stack.client() as c:
-        created = c.post("/v1/runs", json=run_body())
+        created = c.post("/v1/runs", json=run_body(actor=VLLM_ROLE, refiner=VLLM_ROLE))
         assert created.status_code == 201, created.text
         run_id = created.json()["id"]
         final = stack.wait_for(run_id)
@@ -31,6 +36,8 @@ def test_a_run_over_rest_end_to_end(stack: Stack) -> None:
         assert final["models"] == {"actor": "v1", "refiner": "v1"}
         assert all(p["complete"] and p["done"] == p["total"] for p in final["progress"])
         metrics = final["iterations"][0]["metrics"]
+        costs = {row["stage"]: row for row in final["iterations"][0]["stages"]}
+        assert costs["sample"]["tokens_generated"] > 0 and costs["refine"]["engine_calls"] > 0
         pairs = c.get(f"/v1/runs/{run_id}/iterations/0/pairs")
         assert pairs.status_code == 200
         lines = [line for line in pairs.text.splitlines() if line.strip()]
