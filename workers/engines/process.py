@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -172,6 +173,9 @@ class ProcessEngine:
 def _child_env() -> dict[str, str]:
     """The worker's environment, with spar's source root importable by the child."""
     env = dict(os.environ)
+    # vLLM logs every request batch and its whole config at INFO: only its errors reach the run's
+    # output unless SPAR_ENGINE_LOG_LEVEL asks for more (read by its engine processes too)
+    env.setdefault("VLLM_LOGGING_LEVEL", os.environ.get("SPAR_ENGINE_LOG_LEVEL", "ERROR"))
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env
@@ -276,6 +280,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     _die_with_parent()
     logging.basicConfig(level=os.environ.get("SPAR_LOG_LEVEL", "INFO"), stream=sys.stderr)
+    engine_level = os.environ.get("SPAR_ENGINE_LOG_LEVEL", "ERROR")
+    for noisy in ("vllm", "triton", "torch", "transformers", "DeepSpeed"):
+        logging.getLogger(noisy).setLevel(engine_level)
+    if engine_level != "DEBUG":  # deprecation notices from inside vLLM say nothing to a spar user
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm(\.|$)")
     with (
         os.fdopen(args.in_fd, "r", encoding="utf-8") as recv,
         os.fdopen(args.out_fd, "w", encoding="utf-8") as send,
