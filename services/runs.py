@@ -17,13 +17,10 @@ import yaml
 from pydantic import ValidationError
 
 from shared.config import RunConfig
+from shared.errors import ConfigError  # noqa: F401  (also importable from here)
 from shared.prompts import PromptRecord, parse_prompt_lines
 from workers.artifacts import RunPaths, read_json, write_json_atomic, write_jsonl_atomic
 from workers.models.registry import is_builtin
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the field and the fix."""
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

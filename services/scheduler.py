@@ -278,7 +278,8 @@ class _Waker:
                 while self.pubsub.get_message(timeout=0.01) is not None:  # one tick serves a burst
                     pass
             return True
-        except Exception:
+        except Exception as exc:  # Redis away: the scheduler falls back to its periodic tick
+            log.debug("wake-up wait failed", extra={"event": "scheduler.wake_wait_failed", "error": str(exc)})
             self.close()
             return False
 
@@ -286,8 +287,11 @@ class _Waker:
         if self.pubsub is not None:
             try:
                 self.pubsub.close()
-            except Exception:
-                pass
+            except Exception as exc:  # its connection is already gone: nothing left to close
+                log.debug(
+                    "wake-up subscription close failed",
+                    extra={"event": "scheduler.pubsub_close", "error": str(exc)},
+                )
             self.pubsub = None
 
 

@@ -13,6 +13,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared.errors import EngineStartError  # noqa: F401  (also importable from here)
+
 
 class GenerationRequest(BaseModel):
     """One chat prompt and how to sample from it; ``n`` completions are returned for it."""
@@ -41,14 +43,6 @@ class GenerationRequest(BaseModel):
 
 
 OverlongPolicy = Literal["skip", "truncate"]
-
-
-class EngineStartError(RuntimeError):
-    """An engine could not start (memory setting, unsupported model, bad path).
-
-    The message is one line that names the setting to change, so a CLI can print it as is, without
-    a traceback, and a worker's failed job says what to fix.
-    """
 
 
 def fit_to_context(

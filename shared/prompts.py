@@ -11,6 +11,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from shared.errors import DataFileError, PromptFileError  # noqa: F401  (also importable from here)
+
 
 @dataclass(frozen=True)
 class PromptRecord:
@@ -20,26 +22,6 @@ class PromptRecord:
 
     def as_record(self) -> dict[str, object]:
         return {"id": self.id, "prompt": self.prompt, "metadata": self.metadata}
-
-
-class DataFileError(ValueError):
-    """A data file with malformed entries, all listed at once (the first 20 in the message), so a
-    user fixes the file in one pass; ``problems`` holds (entry number, reason) pairs."""
-
-    unit = "entry"  # what an entry is called in the message
-
-    def __init__(self, source: str, problems: list[tuple[int, str]]):
-        self.source = source
-        self.problems = problems
-        shown = "; ".join(f"{self.unit} {n}: {why}" for n, why in problems[:20])
-        more = f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""
-        super().__init__(f"{source}: {len(problems)} malformed {self.unit}(s): {shown}{more}")
-
-
-class PromptFileError(DataFileError):
-    """A prompts file with malformed lines; ``problems`` holds (line number, reason) pairs."""
-
-    unit = "line"
 
 
 def parse_prompt_lines(lines: Iterable[str], source: str = "prompts") -> list[PromptRecord]:

@@ -11,6 +11,8 @@ import logging
 import os
 from pathlib import Path
 
+from shared.errors import InjectedFault  # noqa: F401  (also importable from here)
+
 from .artifacts import RunPaths
 from .engines.slot import EngineSlot
 from .stages import StageSpec, run_stage
@@ -84,10 +86,6 @@ def _wake_scheduler() -> None:
         job.connection.publish(WAKE_CHANNEL, job.id)
     except Exception as exc:  # Redis briefly away: the next tick finds the shard anyway
         log.warning("scheduler wake-up failed", extra={"event": "job.wake_failed", "error": str(exc)})
-
-
-class InjectedFault(RuntimeError):
-    """A failure requested through ``SPAR_FAIL_SHARDS`` (fault-tolerance drills and tests)."""
 
 
 def _injected_fault(spec: StageSpec) -> None:

@@ -26,6 +26,8 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.timeouts import UnixSignalDeathPenalty
 
+from shared.errors import WorkerSettingsError  # noqa: F401  (also importable from here)
+
 from . import rq_compat
 from .jobs import ENGINES
 from .queue import REFINE_ONE, RUN_SHARD, SERIALIZER, QueueName, worker_key
@@ -114,8 +116,10 @@ class SparWorker(SimpleWorker):
             beater.join(timeout=5)
             try:
                 self.publish(current_job="")
-            except Exception:
-                pass
+            except Exception as exc:  # Redis away: the hash expires on its own, the next beat republishes
+                log.warning(
+                    "worker state not published", extra={"event": "worker.publish_failed", "error": str(exc)}
+                )
 
     def kill_horse(self, sig: Any = None) -> None:
         """Stop the running job (``send_stop_job_command``): a SimpleWorker has no horse to kill.
@@ -138,10 +142,6 @@ class SparWorker(SimpleWorker):
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()
         self.publish(current_job="")
-
-
-class WorkerSettingsError(ValueError):
-    """A worker setting from the environment is invalid (the message names the variable)."""
 
 
 def _redis_timeout() -> float:
@@ -272,8 +272,10 @@ def _restart_process() -> None:
         from multiprocessing import resource_tracker
 
         resource_tracker._resource_tracker._stop()
-    except Exception:
-        pass
+    except Exception as exc:  # a leftover helper process is harmless; say so and restart anyway
+        log.warning(
+            "resource tracker not stopped", extra={"event": "worker.tracker_stop_failed", "error": str(exc)}
+        )
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, sys.orig_argv)

@@ -14,10 +14,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis import Redis
 
-from shared.prompts import PromptFileError
+from shared.errors import PromptFileError, SparError
 
 from ..dashboard import router as dashboard_router
-from ..runs import ConfigError
 from ..scheduler import Scheduler
 from .routes import health, iterations, refine, runs, workers
 from .settings import Settings
@@ -66,13 +65,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return await call_next(request)
 
-    @app.exception_handler(ConfigError)
-    async def config_error(_: Request, exc: ConfigError):
-        return JSONResponse({"detail": str(exc)}, status_code=400)
-
-    @app.exception_handler(PromptFileError)
-    async def prompt_error(_: Request, exc: PromptFileError):
-        return JSONResponse({"detail": str(exc), "lines": [n for n, _ in exc.problems]}, status_code=400)
+    @app.exception_handler(SparError)
+    async def spar_error(_: Request, exc: SparError):
+        """Every deliberate error (shared/errors.py) is its status code and its one-line message."""
+        body: dict = {"detail": str(exc)}
+        if isinstance(exc, PromptFileError):
+            body["lines"] = [n for n, _ in exc.problems]
+        return JSONResponse(body, status_code=exc.http_status)
 
     for module in (health, runs, iterations, workers, refine):
         app.include_router(module.router)

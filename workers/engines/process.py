@@ -38,6 +38,7 @@ from typing import IO, Any
 
 from shared.config import ModelConfig
 from shared.engine import EngineStats, GenerationRequest
+from shared.errors import EngineHostError  # noqa: F401  (also importable from here)
 
 from ..versions import ModelVersion
 
@@ -47,13 +48,9 @@ CLOSE_GRACE_S = 60.0
 """How long a child may take to shut its engine down before its process group is killed."""
 
 
-class EngineHostError(RuntimeError):
-    """The engine host process failed to start, died, or reported an error for a call."""
-
-
 def _start_error(kind: str, message: str) -> Exception:
     """The same error class the engine raised in the child when the parent knows it, else ours."""
-    for module in ("workers.engines.vllm", "shared.engine", "workers.engines.hf"):
+    for module in ("shared.errors", "workers.engines.vllm", "shared.engine", "workers.engines.hf"):
         cls = getattr(sys.modules.get(module), kind, None)
         if isinstance(cls, type) and issubclass(cls, Exception):
             try:

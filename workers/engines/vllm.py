@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from shared.config import VLLMEngineConfig
 from shared.engine import EngineStartError, EngineStats, GenerationRequest, fit_to_context
+from shared.errors import VLLMNotInstalledError  # noqa: F401  (also importable from here)
 from workers.engines.startup import check_model_folder, check_vllm_startable
 
 logger = logging.getLogger(__name__)
@@ -47,10 +48,6 @@ _GREEDY_EPS = 1e-5
 DEFAULT_CPU_KV_CACHE_GB = 1.0
 
 Device = Literal["cpu", "cuda"]
-
-
-class VLLMNotInstalledError(ImportError):
-    """vLLM is missing; the message says where it is available and how to install it."""
 
 
 def _import_vllm() -> tuple[Any, Any, Any]:

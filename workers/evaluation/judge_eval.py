@@ -23,15 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from shared.engine import Engine, MeteredEngine
+from shared.errors import JudgeDataError  # noqa: F401  (also importable from here)
 from shared.judging import Judge, Judgment
-from shared.prompts import DataFileError
 from shared.verdict import Verdict
-
-
-class JudgeDataError(DataFileError):
-    """A pairwise data file with malformed items; ``problems`` holds (item number, reason) pairs."""
-
-    unit = "item"
 
 
 @dataclass(frozen=True)

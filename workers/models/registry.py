@@ -13,9 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-
-class ModelNotFoundError(FileNotFoundError):
-    """A model that is neither a built-in name nor a model folder."""
+from shared.errors import ModelNotFoundError  # noqa: F401  (also importable from here)
 
 
 def default_cache_dir() -> Path:

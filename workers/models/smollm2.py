@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared.errors import SmolLM2NotInstalledError  # noqa: F401  (also importable from here)
+
 from ..artifacts import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -35,10 +37,6 @@ MARKER = "spar_model.json"
 MARKER_FORMAT = 1
 # Files a prepared folder must hold besides the marker; a folder missing one is rebuilt.
 REQUIRED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json")
-
-
-class SmolLM2NotInstalledError(ImportError):
-    """The GGUF file of SmolLM2 is not available; the message says how to install it."""
 
 
 def find_smollm2_gguf() -> Path:

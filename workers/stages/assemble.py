@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from shared.errors import MissingStageOutputError  # noqa: F401  (also importable from here)
 from shared.judging import Judgment
 from shared.pairs import JudgedResponse, assemble
 from shared.records import JudgeRow, TreeRow
@@ -12,10 +13,6 @@ from shared.seeding import derive_seed
 
 from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config
-
-
-class MissingStageOutputError(RuntimeError):
-    """The assembly needs the judge and refine outputs of every shard."""
 
 
 def run_assemble(

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.config import RunConfig, StageName
 from shared.engine import Engine, EngineStats, MeteredEngine
+from shared.errors import ConfigChangedError  # noqa: F401  (also importable from here)
 from shared.records import ShardDone, ShardSpecRecord
 
 from ..artifacts import RunPaths, read_json, write_json_atomic
@@ -61,10 +62,6 @@ class StageResult:
 
 def load_config(paths: RunPaths) -> RunConfig:
     return RunConfig.model_validate(read_json(paths.config)["config"])
-
-
-class ConfigChangedError(RuntimeError):
-    """A finished shard was produced with other settings than the run's current ones."""
 
 
 def finished(paths: RunPaths, spec: StageSpec, config_hash: str) -> StageResult | None:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import ActorTrainConfig, RefinerTrainConfig, TrainCommon
+from shared.errors import TrainingLaunchError  # noqa: F401  (also importable from here)
 
 ROLES = ("actor", "refiner")
 PROGRESS_PREFIX = "SPAR_PROGRESS "
@@ -48,10 +49,6 @@ ERROR_LINE = re.compile(r"^(\[rank\d+\]:\s*)?([\w.]*(Error|Exception|Interrupt)|
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger("spar.train.launch")
-
-
-class TrainingLaunchError(RuntimeError):
-    """The launched training exited non-zero; the message carries its last output lines."""
 
 
 def needs_launch(cfg: TrainCommon) -> bool:
