@@ -22,14 +22,9 @@ import time
 from pathlib import Path
 
 from shared.errors import SparError
+from workers.settings import apply_hf_environment
 
-for _var, _value in (
-    ("HF_HUB_OFFLINE", "1"),
-    ("HF_HUB_DISABLE_TELEMETRY", "1"),
-    ("TOKENIZERS_PARALLELISM", "false"),
-    ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
-):
-    os.environ.setdefault(_var, _value)
+apply_hf_environment()  # before anything imports transformers or trl
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -8,13 +8,13 @@ model version; at most one engine is resident (see ``workers.engines.slot``).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from shared.errors import InjectedFault  # noqa: F401  (also importable from here)
 
 from .artifacts import RunPaths
 from .engines.slot import EngineSlot
+from .settings import settings
 from .stages import StageSpec, run_stage
 from .stages.common import load_config
 from .versions import version_for
@@ -41,11 +41,7 @@ ENGINES = WorkerEngines()
 
 
 def _runs_root() -> Path:
-    root = os.environ.get("SPAR_RUNS_DIR")
-    if root:
-        return Path(root).resolve()
-    data = os.environ.get("SPAR_DATA_ROOT")
-    return (Path(data) / "runs").resolve() if data else Path("runs").resolve()
+    return settings().runs_root
 
 
 def _confined(run_dir: str) -> RunPaths:
@@ -90,7 +86,7 @@ def _wake_scheduler() -> None:
 
 def _injected_fault(spec: StageSpec) -> None:
     """Fail the shards named in ``SPAR_FAIL_SHARDS`` ("stage:shard,..."), to drill failure handling."""
-    wanted = {item.strip() for item in os.environ.get("SPAR_FAIL_SHARDS", "").split(",") if item.strip()}
+    wanted = {item.strip() for item in settings().fail_shards.split(",") if item.strip()}
     if f"{spec.stage}:{spec.shard}" in wanted:
         raise InjectedFault(f"injected failure of {spec.stage} shard {spec.shard} (SPAR_FAIL_SHARDS)")
 

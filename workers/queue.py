@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import os
-
 from rq.serializers import JSONSerializer
 
 from shared.stages import STAGE_TABLE, QueueRole
@@ -28,15 +26,16 @@ REFINE_ONE = "workers.jobs.refine_one"
 
 SERIALIZER = JSONSerializer
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
+from .settings import DEFAULT_REDIS_URL  # noqa: E402,F401  (the queues' default, named in one place)
 
 WAKE_CHANNEL = "spar:scheduler:wake"
 """Workers publish here when a shard is done, so the scheduler advances at once, not at its next tick."""
 
 
 def redis_url() -> str:
-    return os.environ.get("SPAR_REDIS_URL", DEFAULT_REDIS_URL)
+    from .settings import settings
+
+    return settings().redis_url
 
 
 def job_id(run_id: str, iteration: int, stage: str, shard: int) -> str:

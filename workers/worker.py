@@ -31,6 +31,7 @@ from shared.errors import WorkerSettingsError  # noqa: F401  (also importable fr
 from . import rq_compat
 from .jobs import ENGINES
 from .queue import REFINE_ONE, RUN_SHARD, SERIALIZER, QueueName, worker_key
+from .settings import settings
 
 log = logging.getLogger("spar.worker")
 
@@ -150,16 +151,7 @@ def _redis_timeout() -> float:
     RQ raises it to at least its blocking-dequeue timeout + 10 s. A stall longer than this makes
     RQ's loop quit; :func:`run_worker` then reconnects instead of letting the process exit.
     """
-    raw = os.environ.get("SPAR_WORKER_REDIS_TIMEOUT", "30")
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise WorkerSettingsError(
-            f"SPAR_WORKER_REDIS_TIMEOUT must be a positive number of seconds, not {raw!r}"
-        )
-    return value
+    return settings().worker_redis_timeout
 
 
 def run_worker(

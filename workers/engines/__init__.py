@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 
 from shared.config import ModelConfig
 from shared.engine import Engine
@@ -48,9 +47,9 @@ def build_engine(
     child's start-up cost. ``SPAR_ENGINE_ISOLATION=process|inline`` overrides the choice.
     """
     if isolated is None:
-        forced = os.environ.get("SPAR_ENGINE_ISOLATION", "").strip().lower()
-        if forced not in {"", "process", "inline"}:
-            raise ValueError(f"SPAR_ENGINE_ISOLATION must be 'process' or 'inline', not {forced!r}")
+        from ..settings import settings as spar_settings
+
+        forced = spar_settings().engine_isolation  # validated: '', process or inline
         isolated = forced == "process" if forced else model.engine == "vllm"
     if isolated:
         from .process import ProcessEngine

@@ -40,6 +40,7 @@ from shared.config import ModelConfig
 from shared.engine import EngineStats, GenerationRequest
 from shared.errors import EngineHostError  # noqa: F401  (also importable from here)
 
+from ..settings import settings
 from ..versions import ModelVersion
 
 log = logging.getLogger("spar.engines.process")
@@ -172,7 +173,7 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     # vLLM logs every request batch and its whole config at INFO: only its errors reach the run's
     # output unless SPAR_ENGINE_LOG_LEVEL asks for more (read by its engine processes too)
-    env.setdefault("VLLM_LOGGING_LEVEL", os.environ.get("SPAR_ENGINE_LOG_LEVEL", "ERROR"))
+    env.setdefault("VLLM_LOGGING_LEVEL", settings().engine_log_level)
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env
@@ -276,8 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-fd", type=int, required=True)
     args = parser.parse_args(argv)
     _die_with_parent()
-    logging.basicConfig(level=os.environ.get("SPAR_LOG_LEVEL", "INFO"), stream=sys.stderr)
-    engine_level = os.environ.get("SPAR_ENGINE_LOG_LEVEL", "ERROR")
+    logging.basicConfig(level=settings().log_level, stream=sys.stderr)
+    engine_level = settings().engine_log_level
     for noisy in ("vllm", "triton", "torch", "transformers", "DeepSpeed"):
         logging.getLogger(noisy).setLevel(engine_level)
     if engine_level != "DEBUG":  # deprecation notices from inside vLLM say nothing to a spar user

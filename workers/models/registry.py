@@ -9,7 +9,6 @@ once into the cache directory (``$SPAR_CACHE_DIR``, default ``~/.cache/spar``) a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,9 @@ from shared.errors import ModelNotFoundError  # noqa: F401  (also importable fro
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("SPAR_CACHE_DIR") or Path.home() / ".cache" / "spar").expanduser()
+    from ..settings import settings
+
+    return settings().cache_root
 
 
 def _smollm2(cache: Path) -> Path:

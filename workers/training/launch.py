@@ -39,6 +39,7 @@ from typing import Any
 
 from shared.config import ActorTrainConfig, RefinerTrainConfig, TrainCommon
 from shared.errors import TrainingLaunchError  # noqa: F401  (also importable from here)
+from workers.settings import apply_hf_environment
 
 ROLES = ("actor", "refiner")
 PROGRESS_PREFIX = "SPAR_PROGRESS "
@@ -282,8 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "--progress", action="store_true", help=f"rank 0 prints '{PROGRESS_PREFIX}{{json}}' after each step"
     )
     ns = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    apply_hf_environment()
     if os.environ.get("SPAR_DIE_WITH_PARENT") == "1":
         _die_with_parent()
     rank0 = int(os.environ.get("RANK", "0")) == 0

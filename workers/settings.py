@@ -1,0 +1,82 @@
+"""Every setting spar reads from the environment, in one pydantic-settings model (``SPAR_*``).
+
+The API server, the workers, the CLI and the engine processes all read their settings here, so a
+variable is named, typed, defaulted and documented once (``docs/operations.md`` lists them for
+operators). Values are read when :func:`settings` is called, not at import, so a process that sets
+a variable (the CLI's ``--cache-dir``, a test) is seen by the code it runs next.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import WorkerSettingsError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+HF_ENVIRONMENT = {
+    "HF_HUB_OFFLINE": "1",  # models are local folders; nothing is fetched from a hub
+    "HF_HUB_DISABLE_TELEMETRY": "1",  # trl and transformers report usage unless told not to
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "TOKENIZERS_PARALLELISM": "false",  # tokenizers' threads and forked workers deadlock
+}
+"""Hugging Face settings every spar process runs with, unless the environment sets them."""
+
+
+class SparSettings(BaseSettings):
+    """The environment of a spar process. Unknown ``SPAR_*`` variables are ignored."""
+
+    model_config = SettingsConfigDict(env_prefix="SPAR_", extra="ignore")
+
+    # where things are
+    redis_url: str = Field(DEFAULT_REDIS_URL, description="Redis of the queues and run states.")
+    data_root: Path = Field(Path("data"), description="Configs may only point inside it.")
+    runs_dir: Path | None = Field(None, description="Where runs live (default: DATA_ROOT/runs).")
+    cache_dir: Path | None = Field(None, description="Built-in models and NLTK data (~/.cache/spar).")
+    # the API server
+    api_token: str = Field("", description="Bearer token required on every route but health.")
+    max_body_bytes: int = Field(1_000_000, ge=1, description="Largest request body the API accepts.")
+    scheduler: bool = Field(True, description="Run the scheduler loop in the API process.")
+    scheduler_interval: float = Field(1.0, gt=0, description="Seconds between scheduler ticks.")
+    job_timeout: int = Field(6 * 3600, ge=1, description="Seconds an inference shard may run.")
+    train_timeout: int = Field(24 * 3600, ge=1, description="Seconds a training job may run.")
+    retries: int = Field(3, ge=0, description="Retries of a failed shard before the run fails.")
+    retry_intervals: str = Field("5,30,120", description="Seconds before each retry, comma separated.")
+    # the workers
+    worker_redis_timeout: float = Field(
+        30.0, gt=0, description="Seconds a worker waits on one Redis reply before it reconnects."
+    )
+    engine_isolation: Literal["", "process", "inline"] = Field(
+        "", description="Where an engine lives: '' (vLLM in a child process, HF inline), process, inline."
+    )
+    log_level: str = Field("INFO", description="Level of spar's own logs in engine processes.")
+    engine_log_level: str = Field("ERROR", description="Level of vLLM's logs inside engine processes.")
+    fail_shards: str = Field("", description="Drills only: 'stage:shard,...' to fail on purpose.")
+
+    @property
+    def runs_root(self) -> Path:
+        return (self.runs_dir or self.data_root / "runs").resolve()
+
+    @property
+    def cache_root(self) -> Path:
+        return (self.cache_dir or Path.home() / ".cache" / "spar").expanduser()
+
+
+def settings() -> SparSettings:
+    """The current environment's settings; an invalid value is an error naming its variable."""
+    try:
+        return SparSettings()
+    except ValidationError as exc:
+        names = ", ".join(f"SPAR_{str(e['loc'][0]).upper()} ({e['msg']})" for e in exc.errors())
+        raise WorkerSettingsError(f"invalid setting in the environment: {names}") from None
+
+
+def apply_hf_environment() -> None:
+    """Set :data:`HF_ENVIRONMENT` where the environment does not say otherwise (before HF imports)."""
+    for name, value in HF_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
