@@ -1,6 +1,6 @@
 """Run configuration: the pydantic models behind ``spar run CONFIG.yaml`` (and later the API).
 
-Every default here is the SPaR paper's (see ``docs`` / SPAR.md) unless its help text says otherwise.
+Every default here is the SPaR paper's (see docs/method.md) unless its help text says otherwise.
 Unknown keys are rejected everywhere (``extra="forbid"``) so that a typo never silently falls back
 to a default.
 """
@@ -273,7 +273,7 @@ class ActorTrainConfig(TrainCommon):
     """Stage 5 (actor): DPO-family preference optimisation on the iteration's pairs."""
 
     objective: Literal["dpo", "ipo", "sr_dpo", "sr_ipo", "iopo"] = Field(
-        "dpo", description="Loss (see LOSSES.md): SPaR uses dpo."
+        "dpo", description="Loss (see docs/objectives.md): SPaR uses dpo."
     )
     beta: float = Field(0.1, gt=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Conservative DPO epsilon (dpo only).")

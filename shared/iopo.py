@@ -1,4 +1,4 @@
-"""IOPO groups from self-play (the product's extension, LOSSES.md).
+"""IOPO groups from self-play (the product's extension, docs/objectives.md).
 
 A successful tree gives (x, y_neg, y_refined) and the judgment j of y_neg, which lists the
 constraints y_neg violates. The refiner rewrites the instruction into x' -- x with those constraints

@@ -1,6 +1,6 @@
 """The five preference objectives of the actor trainer, as pure functions of per-sequence log-probs.
 
-Notation (LOSSES.md): ``logp(y|x)`` is the SUM of the policy's token log-probs over the response;
+Notation (docs/objectives.md): ``logp(y|x)`` is the SUM of the policy's token log-probs over the response;
 ``ref`` the same under the frozen reference; ``r(x, y) = logp(y|x) - ref_logp(y|x)``; ``sigma`` the
 logistic function. Every function returns the per-item (unreduced) loss, so that it can be checked
 against hand-computed values; the trainer averages over the batch and adds the optional SFT terms

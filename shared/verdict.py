@@ -1,7 +1,7 @@
 """Turning a refiner's judgment text into a label.
 
 The reference implementation tests ``"Yes" in text``, which counts "Not", "None" or "Note" and any
-earlier mention of the format as a verdict. The rule here (SPAR.md): take the text after the LAST
+earlier mention of the format as a verdict. The rule here (docs/method.md): take the text after the LAST
 "Final Judgement" (case-insensitive, "Final Judgment" too); the verdict is the first whole word
 "yes" or "no" in it; anything else is invalid.
 """

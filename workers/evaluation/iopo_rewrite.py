@@ -1,7 +1,7 @@
 """IOPO's x' written by program for prompts whose constraints a checker can verify.
 
 An IOPO group needs x' such that the negative y_neg follows it and the refined y_ref does not
-(LOSSES.md). When x carries IFEval metadata (``instruction_id_list`` + ``kwargs``, as
+(docs/objectives.md). When x carries IFEval metadata (``instruction_id_list`` + ``kwargs``, as
 ``spar prompts synth`` writes it), the checker says exactly which constraints y_neg violates, and
 the instruction registry can write a different version of each. So, without asking the refiner:
 

@@ -24,7 +24,7 @@ def run_judge(
     j = config.judge
     started = time.perf_counter()
     with metered(engines.engine_for("refiner", version), progress, "judging") as engine:
-        # stage 2 drops ties (SPAR.md): no re-judging
+        # stage 2 drops ties (docs/method.md): no re-judging
         metadata = {row.prompt: row.metadata for row in rows}
         judge = stage_judge(engine, j, derive_seed(config.seed, "judge", spec.iteration), 0, metadata)
         items = [(row.prompt, text) for row in rows for text in row.responses]

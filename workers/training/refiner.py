@@ -29,8 +29,8 @@ import torch
 from shared.config import RefinerTrainConfig
 from shared.losses import sequence_logps
 from workers.training import encode_chat
-from workers.training.actor import common_training_kwargs, ensure_deepspeed_comm, lora_config, model_dtype
 
+from .arguments import common_training_kwargs, ensure_deepspeed_comm, lora_config, model_dtype
 from .outcome import common_metrics, save_outcome, timed_train
 from .progress import StepHook, attach
 
