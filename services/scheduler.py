@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from redis import Redis
@@ -45,8 +46,20 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 LOCK_KEY = "spar:scheduler:lock"
-ACTIVE = ("queued", "running")
-FINAL = ("succeeded", "failed", "cancelled")
+
+
+class RunStatus(StrEnum):
+    """A run's status as Redis holds it (the enum's values are what is stored and shown)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
+FINAL = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
 def run_key(run_id: str) -> str:
@@ -85,7 +98,7 @@ class Scheduler:
             run_key(paths.run_id),
             mapping={
                 "run_dir": str(paths.root),
-                "status": "queued",
+                "status": RunStatus.QUEUED.value,
                 "created_at": now,
                 "updated_at": now,
                 "error": "",
@@ -137,7 +150,7 @@ class Scheduler:
                     raise  # Redis is away, the run is fine: serve() waits and ticks again
                 except Exception as exc:  # a broken run must not stop the others
                     log.exception("advance failed", extra={"event": "run.advance_error", "run": run_id})
-                    self._set_if_active(run_id, status="failed", error=f"scheduler error: {exc}")
+                    self._set_if_active(run_id, status=RunStatus.FAILED, error=f"scheduler error: {exc}")
 
     def advance(self, run_id: str, paths: RunPaths) -> None:
         for iteration, stage in pipeline(paths):
@@ -152,7 +165,7 @@ class Scheduler:
                     extra={"event": "stage.done", "run": run_id, "iteration": iteration, "stage": stage},
                 )
                 continue
-            if not self._set_if_active(run_id, status="running", iteration=iteration, stage=stage):
+            if not self._set_if_active(run_id, status=RunStatus.RUNNING, iteration=iteration, stage=stage):
                 return  # cancelled meanwhile: enqueue nothing more
             failures = []
             for shard in pending:
@@ -172,10 +185,10 @@ class Scheduler:
                     f"iteration {iteration} stage {stage}: {len(failures)} shard(s) failed after "
                     f"{self.settings.retries} retries; shard {shard}: {error}"
                 )
-                self._set_if_active(run_id, status="failed", error=message)
+                self._set_if_active(run_id, status=RunStatus.FAILED, error=message)
                 log.error("run failed", extra={"event": "run.failed", "run": run_id, "error": message})
             return
-        self._set_if_active(run_id, status="succeeded", stage="", error="")
+        self._set_if_active(run_id, status=RunStatus.SUCCEEDED, stage="", error="")
         log.info("run succeeded", extra={"event": "run.succeeded", "run": run_id})
 
     def _job(self, run_id: str, iteration: int, stage: str, shard: int) -> Job | None:
@@ -203,7 +216,7 @@ class Scheduler:
     # ----- user actions -----------------------------------------------------------------------
     def cancel(self, run_id: str, paths: RunPaths) -> None:
         """Stop queued and running shards of the run and mark it cancelled (finished shards stay)."""
-        self._set(run_id, status="cancelled", error="cancelled by request")
+        self._set(run_id, status=RunStatus.CANCELLED, error="cancelled by request")
         for iteration, stage in pipeline(paths):
             for shard in range(num_shards(paths, stage)):
                 job = self._job(paths.run_id, iteration, stage, shard)
@@ -229,7 +242,7 @@ class Scheduler:
                     JobStatus.CANCELED,
                 ):
                     job.delete()
-        self._set(run_id, status="queued", error="")
+        self._set(run_id, status=RunStatus.QUEUED, error="")
 
     # ----- the loop ---------------------------------------------------------------------------
     def serve(self, stop: object, interval: float = 1.0) -> None:

@@ -130,7 +130,7 @@ class TreeRow(Record):
     prompt_id: str
     key: str
     prompt: str
-    status: str
+    status: Literal["success", "exhausted", "budget", "no_children"]
     success_id: int | None
     expansions: int
     parse_failures: int
@@ -257,6 +257,43 @@ class TrainCounts(Counts):
 
     records: int = 0
     trained: int = 0
+
+
+# --- model versions ----------------------------------------------------------------------------
+
+
+class DataRef(Record):
+    """The data a version was trained on, by path and content hash."""
+
+    file: str
+    sha256: str
+    records: int
+
+
+class VersionMetadata(Record):
+    """``models/<role>/v<k>/spar_version.json``: what a published version is and how it was made.
+
+    Its existence is the record that the training is done. A version with ``alias_of`` is its
+    parent's weights (nothing to learn from); one with ``adapter`` is a LoRA adapter on ``base_model``.
+    """
+
+    role: Literal["actor", "refiner"]
+    version: str
+    parent: str
+    objective: str | None = None
+    data: DataRef
+    hyperparameters: dict[str, Any]
+    created_at: str
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    adapter: bool = False
+    base_model: str | None = None
+    distributed: str | None = None
+    num_processes: int | None = None
+    alias_of: str | None = None
+    reason: str | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 # --- bookkeeping -------------------------------------------------------------------------------

@@ -21,12 +21,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from .config import SearchConfig
 from .engine import Engine, GenerationRequest
 from .judging import Judges, Judgment
 from .seeding import derive_seed
 from .templates import extract_refined, refine_conversation
+
+
+class TreeStatus(StrEnum):
+    """Where a tree's search stands; every status but ``running`` is final (written as its value)."""
+
+    RUNNING = "running"
+    SUCCESS = "success"  # a child's value passed the success threshold
+    EXHAUSTED = "exhausted"  # the depth limit was reached without a success
+    BUDGET = "budget"  # the expansion budget ran out first
+    NO_CHILDREN = "no_children"  # no child could be produced (unparsable replies, ties)
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,7 @@ class Tree:
     dropped_unparsed: int = 0
     dropped_ties: int = 0
     success_id: int | None = None
-    status: str = "running"
+    status: TreeStatus = TreeStatus.RUNNING
     frontier: list[int] = field(default_factory=list)
 
     @property
@@ -117,7 +128,7 @@ class Tree:
             dropped_unparsed=record["dropped_unparsed"],
             dropped_ties=record["dropped_ties"],
             success_id=record["success_id"],
-            status=record["status"],
+            status=TreeStatus(record["status"]),
         )
 
 
@@ -162,7 +173,7 @@ def search_trees(
     ]
     step = 0
     while True:
-        expansions = [e for t in trees if t.status == "running" for e in _next_expansions(t, cfg)]
+        expansions = [e for t in trees if t.status is TreeStatus.RUNNING for e in _next_expansions(t, cfg)]
         if not expansions:
             break
         step += 1
@@ -171,7 +182,7 @@ def search_trees(
         for tree in {id(e.tree): e.tree for e in expansions}.values():
             _advance(tree, children.get(tree.key, {}), cfg)
         if on_step is not None:
-            on_step(step, sum(t.status == "running" for t in trees))
+            on_step(step, sum(t.status is TreeStatus.RUNNING for t in trees))
     return trees
 
 
@@ -193,7 +204,7 @@ def _next_expansions(tree: Tree, cfg: SearchConfig) -> list[_Expansion]:
         if left is not None:
             left -= want
     if not out:
-        tree.status = "budget" if tree.frontier else _exhausted_status(tree)
+        tree.status = TreeStatus.BUDGET if tree.frontier else _exhausted_status(tree)
         tree.frontier = []
         return []
     taken = {e.node.id for e in out}
@@ -201,8 +212,8 @@ def _next_expansions(tree: Tree, cfg: SearchConfig) -> list[_Expansion]:
     return out
 
 
-def _exhausted_status(tree: Tree) -> str:
-    return "no_children" if len(tree.nodes) == 1 else "exhausted"
+def _exhausted_status(tree: Tree) -> TreeStatus:
+    return TreeStatus.NO_CHILDREN if len(tree.nodes) == 1 else TreeStatus.EXHAUSTED
 
 
 def _expand(
@@ -308,5 +319,5 @@ def _advance(tree: Tree, children: dict[int, list[Node]], cfg: SearchConfig) -> 
 
 def _succeed(tree: Tree, node: Node) -> None:
     tree.success_id = node.id
-    tree.status = "success"
+    tree.status = TreeStatus.SUCCESS
     tree.frontier = []

@@ -147,3 +147,23 @@ def test_counts_are_typed_and_optional_counts_stay_out_of_the_record() -> None:
     assert JudgeCounts.from_record(counts.as_record()) == counts
     with pytest.raises(ValidationError, match="pases"):
         JudgeCounts.from_record({"pases": 1})
+
+
+def test_version_metadata_is_validated_when_written(tmp_path) -> None:
+    from workers.versions import read_metadata, write_metadata
+
+    meta = {
+        "role": "actor",
+        "version": "v1",
+        "parent": "v0 (tiny)",
+        "objective": "dpo",
+        "data": {"file": "pairs.jsonl", "sha256": "0" * 64, "records": 0},
+        "hyperparameters": {},
+        "created_at": "2026-12-02T00:00:00+00:00",
+        "alias_of": "v0",
+    }
+    write_metadata(tmp_path, meta)
+    read = read_metadata(tmp_path)
+    assert read is not None and read.alias_of == "v0" and read.data.records == 0 and not read.adapter
+    with pytest.raises(ValidationError, match="alias"):
+        write_metadata(tmp_path, meta | {"alias": "v0"})

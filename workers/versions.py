@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.config import RunConfig
+from shared.records import VersionMetadata
 
 from .artifacts import RunPaths, read_json, write_json_atomic
 
@@ -49,9 +50,10 @@ def version_dir(paths: RunPaths, role: str, version: int) -> Path:
     return paths.root / "models" / role / f"v{version}"
 
 
-def read_metadata(directory: Path) -> dict | None:
+def read_metadata(directory: Path) -> VersionMetadata | None:
+    """The published version's metadata, or None when the version does not exist (yet)."""
     meta = directory / METADATA
-    return read_json(meta) if meta.exists() else None
+    return VersionMetadata.from_record(read_json(meta)) if meta.exists() else None
 
 
 def version_for(
@@ -67,11 +69,12 @@ def version_for(
             f"{role} version v{iteration} does not exist in {paths.root}: run iteration {iteration - 1}'s "
             f"train_{role} stage first (or include it in `stages`)"
         )
-    if meta.get("alias_of") is not None:
+    if meta.alias_of is not None:
         parent = version_for(paths, config, role, iteration - 1)
         return ModelVersion(role, f"v{iteration}", parent.path, parent.adapter)
-    if meta.get("adapter"):
-        return ModelVersion(role, f"v{iteration}", meta["base_model"], str(directory))
+    if meta.adapter:
+        assert meta.base_model is not None, f"{directory}: an adapter version names its base_model"
+        return ModelVersion(role, f"v{iteration}", meta.base_model, str(directory))
     return ModelVersion(role, f"v{iteration}", str(directory))
 
 
@@ -96,4 +99,5 @@ def publishing(target: Path) -> Iterator[Path]:
 
 
 def write_metadata(directory: Path, metadata: dict) -> None:
-    write_json_atomic(directory / METADATA, metadata)
+    """Validate ``metadata`` as :class:`VersionMetadata` (a wrong key fails here) and write it."""
+    write_json_atomic(directory / METADATA, VersionMetadata.model_validate(metadata).as_record())

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..scheduler import RunStatus
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -27,7 +29,7 @@ class Readiness(BaseModel):
 
 class RunCreated(BaseModel):
     id: str
-    status: str
+    status: RunStatus
     run_dir: str
 
 
@@ -35,7 +37,7 @@ class RunStatusChange(BaseModel):
     """The answer to cancel and resume."""
 
     id: str
-    status: str
+    status: RunStatus
 
 
 class RunListItem(_Open):
@@ -119,7 +121,7 @@ class RunView(BaseModel):
     """``GET /v1/runs/{id}``: status, where the run is, progress, per-iteration summaries, versions."""
 
     id: str
-    status: str | None
+    status: RunStatus | None
     error: str | None
     iteration: int
     stage: str | None

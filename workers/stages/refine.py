@@ -7,7 +7,7 @@ from collections import Counter
 
 from shared.judging import Judgment, JudgmentCache
 from shared.records import JudgeRow, RefineCounts, TreeRow
-from shared.search import SearchRoot, search_trees
+from shared.search import SearchRoot, TreeStatus, search_trees
 from shared.seeding import derive_seed
 
 from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
@@ -60,14 +60,14 @@ def run_refine(
     statuses = Counter(t.status for t in trees)
     counts = RefineCounts(
         trees=len(trees),
-        successes=statuses["success"],
+        successes=statuses[TreeStatus.SUCCESS],
         expansions=sum(t.expansions for t in trees),
         children=sum(len(t.nodes) - 1 for t in trees),
         parse_failures=sum(t.parse_failures for t in trees),
         dropped_unparsed=sum(t.dropped_unparsed for t in trees),
         dropped_ties=sum(t.dropped_ties for t in trees),
         cache_hits=cache.hits - hits_before,
-        **{f"status_{k}": v for k, v in statuses.items()},
+        **{f"status_{k.value}": v for k, v in statuses.items()},
     )
     return StageResult(
         models={"refiner": version_label(version)},

@@ -167,9 +167,9 @@ def _train(
         assert done is not None
     shutil.rmtree(checkpoints, ignore_errors=True)  # published: the step checkpoints have served
     new = version_for(paths, config, role, spec.iteration + 1)
-    metrics = done.get("metrics", {})
+    metrics = done.metrics
     return StageResult(
-        counts=TrainCounts(records=done["data"]["records"], trained=int("alias_of" not in done)).as_record(),
+        counts=TrainCounts(records=done.data.records, trained=int(done.alias_of is None)).as_record(),
         seconds=time.perf_counter() - started,
         models={role: version_label(parent), f"{role}_new": version_label(new)},
         metrics={k: v for k, v in metrics.items() if k != "loss_curve"}
@@ -272,6 +272,6 @@ def run_init(
         shutil.rmtree(checkpoint_dir(paths, role, 0), ignore_errors=True)
         meta = read_metadata(target)
         assert meta is not None
-        counts[f"{role}_records"] = meta["data"]["records"]
+        counts[f"{role}_records"] = meta.data.records
         models[f"{role}_new"] = version_label(version_for(paths, config, role, 0))
     return StageResult(counts=counts, seconds=time.perf_counter() - started, models=models)

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from shared.config import RunConfig
 
 from ...runs import confine, create_run
+from ...scheduler import ACTIVE, RunStatus
 from ..deps import RunPathsDep, SchedulerDep, SettingsDep, require_token
 from ..models import RunCreated, RunListItem, RunStatusChange, RunView
 from ..views import run_view
@@ -20,7 +21,7 @@ def start_run(config: RunConfig, settings: SettingsDep, scheduler: SchedulerDep)
     resolved = confine(config, settings.data_root.resolve())
     paths = create_run(resolved, settings.runs_root)
     scheduler.register(paths)
-    return RunCreated(id=paths.run_id, status="queued", run_dir=str(paths.root))
+    return RunCreated(id=paths.run_id, status=RunStatus.QUEUED, run_dir=str(paths.root))
 
 
 @router.get("", response_model=list[RunListItem])
@@ -36,7 +37,7 @@ def get_run(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> dict:
 @router.post("/{run_id}/cancel", response_model=RunStatusChange)
 def cancel(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatusChange:
     scheduler.cancel(run_id, paths)
-    return RunStatusChange(id=run_id, status="cancelled")
+    return RunStatusChange(id=run_id, status=RunStatus.CANCELLED)
 
 
 @router.post(
@@ -46,7 +47,7 @@ def cancel(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatu
 )
 def resume(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatusChange:
     state = scheduler.state(run_id) or {}
-    if state.get("status") in ("queued", "running"):
+    if state.get("status") in ACTIVE:
         raise HTTPException(409, f"run {run_id} is {state['status']}; only failed or cancelled runs resume")
     scheduler.resume(run_id, paths)
-    return RunStatusChange(id=run_id, status="queued")
+    return RunStatusChange(id=run_id, status=RunStatus.QUEUED)
