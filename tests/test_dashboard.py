@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from service_harness import PROMPTS, TOKEN, Stack, data_root, fresh_redis_url, tiny_run_body
+from service_harness import PROMPTS, TOKEN, Stack, RedisServer, data_root, tiny_run_body
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -48,8 +48,8 @@ def finished_run(root: Path, redis_url: str) -> str:
 
 
 @pytest.fixture()
-def stack(tmp_path: Path, tiny_model_path: Path):
-    s = Stack(root=data_root(tmp_path, tiny_model_path, PROMPTS), redis_url=fresh_redis_url(9))
+def stack(tmp_path: Path, tiny_model_path: Path, redis_server: RedisServer):
+    s = Stack(root=data_root(tmp_path, tiny_model_path, PROMPTS), redis_url=redis_server.url)
     yield s
     s.close()
 
@@ -57,7 +57,15 @@ def stack(tmp_path: Path, tiny_model_path: Path):
 def add_stand_in_manifests(run_dir: Path) -> None:
     """Manifests of the stages too slow for this test (training, IFEval), in the shape their stages
     write, so the API serves loss and evaluation numbers and the dashboard must chart them."""
-    stub = {"config_hash": "test", "engine": {}, "iteration": 0, "shard_seconds": 1.0, "shards": 1}
+    stub = {
+        "run_id": run_dir.name,
+        "config_hash": "test",
+        "engine": {},
+        "iteration": 0,
+        "shard_seconds": 1.0,
+        "shards": 1,
+        "written_at": 0.0,
+    }
     manifests = {
         "iopo_groups": stub
         | {

@@ -54,6 +54,11 @@ def test_summary_shows_the_overlong_counts(tmp_path, monkeypatch) -> None:  # no
     import services.summary as summary
 
     manifest = {
+        "run_id": "r",
+        "iteration": 0,
+        "stage": "sample",
+        "config_hash": "test",
+        "written_at": 0.0,
         "counts": {"prompts": 3, "responses": 6},
         "engine": {"calls": 1, "generated_tokens": 40, "overlong_skipped": 2, "overlong_truncated": 1},
         "shards": 1,
