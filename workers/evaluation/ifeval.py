@@ -11,7 +11,8 @@ Metrics (the paper reports their mean as "IFEval average"):
 
 * prompt-level strict/loose: share of prompts whose every instruction is followed;
 * instruction-level strict/loose: share of all instructions followed;
-* loose = the checker's relaxed test (first/last line dropped, ``*`` removed), an upper bound.
+* loose = the checker's relaxed test (first/last line dropped, ``*`` removed), an upper bound;
+* ``ci95``: each metric's 95% bootstrap interval over prompts (:mod:`shared.bootstrap`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
+from shared.bootstrap import bootstrap_interval
 from shared.engine import Engine, GenerationRequest
 
 from .punkt import ensure_punkt
@@ -148,10 +150,22 @@ def score_responses(items: Sequence[dict[str, Any]], responses: Sequence[str]) -
         "instruction_loose": _rate(counts["instruction_loose"], counts["instructions"]),
     }
     result["average"] = sum(result[m] for m in METRICS) / len(METRICS)
+    result["ci95"] = confidence_intervals(records)
     result["per_instruction"] = breakdown(per_instruction)
     result["per_category"] = breakdown(per_category)
     result["records"] = records
     return result
+
+
+def confidence_intervals(records: Sequence[dict[str, Any]], samples: int = 1000) -> dict[str, list[float]]:
+    """95% bootstrap intervals (over prompts) of the four metrics, from :func:`score_responses`'s records."""
+    units: dict[str, list[tuple[int, int]]] = {m: [] for m in METRICS}
+    for r in records:
+        for mode in ("strict", "loose"):
+            follows = r[mode]
+            units[f"prompt_{mode}"].append((int(all(follows)), 1))
+            units[f"instruction_{mode}"].append((sum(follows), len(follows)))
+    return {m: list(bootstrap_interval(units[m], samples=samples, seed=k)) for k, m in enumerate(METRICS)}
 
 
 def ifeval_requests(items: Sequence[dict[str, Any]], max_new_tokens: int) -> list[GenerationRequest]:

@@ -112,6 +112,26 @@ def _label_name(judgment: Judgment) -> str:
     return {Verdict.PASS: "pass", Verdict.FAIL: "fail", None: "undecided"}[judgment.label]
 
 
+def pointwise_scores(preferred_pass: int, other_fail: int, other_pass: int, n: int) -> dict[str, float]:
+    """The paper's pointwise view: each of the 2N outputs judged on its own, as a binary classifier.
+
+    Gold: the preferred output should pass (the positive class, "follows the instruction"), the
+    other should fail. An undecided output counts as wrong. ``pointwise_accuracy`` is the share of
+    the 2N outputs judged right; ``pointwise_f1`` the F1 of the positive class (precision: of the
+    outputs judged pass, how many are preferred ones; recall: of the preferred outputs, how many pass).
+    """
+    judged_pass = preferred_pass + other_pass
+    precision = preferred_pass / judged_pass if judged_pass else 0.0
+    recall = preferred_pass / n if n else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "pointwise_accuracy": (preferred_pass + other_fail) / (2 * n) if n else 0.0,
+        "pointwise_precision": precision,
+        "pointwise_recall": recall,
+        "pointwise_f1": f1,
+    }
+
+
 def evaluate_judge(
     engine: Engine,
     items: Sequence[PairItem],
@@ -124,8 +144,9 @@ def evaluate_judge(
 ) -> dict[str, Any]:
     """Judge both outputs of every item and score the refiner as a pairwise judge.
 
-    Returns ``n``, ``accuracy`` (preferred passes and the other fails), ``invalid_rate`` (share of
-    sampled judgments that parse INVALID), ``undecided_rate`` (share of the 2N outputs whose vote is
+    Returns ``n``, ``accuracy`` (per pair: preferred passes and the other fails), the pointwise
+    ``pointwise_accuracy``/``_precision``/``_recall``/``_f1`` (:func:`pointwise_scores`),
+    ``invalid_rate`` (share of sampled judgments that parse INVALID), ``undecided_rate`` (share of the 2N outputs whose vote is
     tied), ``pass_rate`` (share of outputs judged pass: a judge biased to Yes shows here),
     ``preferred_pass_rate``, ``other_fail_rate``, the judge settings, ``judge_s``, ``engine_calls``
     and per-item ``records``. The defaults are stage 2's (votes 5, temperature 0.7, ties dropped).
@@ -179,6 +200,7 @@ def evaluate_judge(
         "n": n,
         "accuracy": correct / n,
         "n_correct": correct,
+        **pointwise_scores(preferred_pass, other_fail, passes - preferred_pass, n),
         "invalid_rate": n_invalid / n_labels if n_labels else 0.0,
         "undecided_rate": undecided / (2 * n),
         "pass_rate": passes / (2 * n),

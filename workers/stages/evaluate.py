@@ -23,8 +23,9 @@ IFEVAL_KEYS = (
     "instruction_loose",
     "average",
     "n_prompts",
+    "ci95",
 )
-JUDGE_KEYS = ("accuracy", "invalid_rate", "undecided_rate", "n")
+JUDGE_KEYS = ("accuracy", "pointwise_accuracy", "pointwise_f1", "invalid_rate", "undecided_rate", "n")
 
 
 def _versions(paths: RunPaths, config, role: str, iteration: int) -> list[ModelVersion]:
