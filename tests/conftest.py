@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from service_harness import RedisServer
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the network
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
@@ -24,27 +27,23 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
-def private_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int]]:
-    """A redis-server of our own on a free port, with an append-only file so a pause loses nothing.
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of our own on a free loopback port, append-only file on (as deployed).
 
-    Yields the process (tests SIGSTOP it to make Redis unreachable) and its port.
+    Tests that need a Redis use this (or ``private_redis``): none may touch a server it did not
+    start. The server can be killed and restarted on the same port and folder (``restart``).
     """
-    from service_harness import free_port, wait_for_redis
+    from service_harness import RedisServer
 
-    port = free_port()
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    log = (tmp_path / "redis.log").open("w")
-    proc = subprocess.Popen(
-        ["redis-server", *f"--port {port} --bind 127.0.0.1 --appendonly yes".split(), "--dir", str(folder)]
-        + ["--save", ""],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    server = RedisServer(tmp_path / "redis").start()
     try:
-        wait_for_redis(port)
-        yield proc, port
+        yield server
     finally:
-        proc.send_signal(signal.SIGCONT)  # never leave it stopped, even when the test failed mid-pause
-        proc.terminate()
-        proc.wait(timeout=20)
+        server.stop()
+
+
+@pytest.fixture()
+def private_redis(redis_server: RedisServer) -> tuple[subprocess.Popen, int]:
+    """``redis_server`` as (process, port): tests SIGSTOP the process to make Redis unreachable."""
+    assert redis_server.proc is not None
+    return redis_server.proc, redis_server.port

@@ -1,7 +1,8 @@
-"""Real processes for the service tests: a Redis database, the API (uvicorn) and workers per role.
+"""Real processes for the service tests: a Redis server, the API (uvicorn) and workers per role.
 
-Each test gets its own Redis database number on the project's Redis (127.0.0.1:6379), flushed
-before use, and its own data root; processes are started with ``spar`` and killed at the end.
+Each test starts its own ``redis-server`` on a free loopback port (:class:`RedisServer`) and gets its
+own data root; processes are started with ``spar`` and killed at the end. Nothing here ever touches a
+Redis it did not start (no flush of a shared server, whatever database number).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from redis import Redis
 from workers.queue import QUEUES
 
 BIN = Path(sys.executable).parent
-TOKEN = "test-token-123"
+TOKEN = "test-token-0123456789abcdef0123456789abcdef"  # >= 32 chars
 PROMPTS = [
     "Write a haiku about rain. Use exactly three lines.",
     "List three fruits in lowercase, separated by commas.",
@@ -199,11 +200,6 @@ class Stack:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in self.logs)
 
 
-def fresh_redis_url(db: int, port: int = 6379) -> str:
-    Redis(port=port, db=db).flushdb()
-    return f"redis://127.0.0.1:{port}/{db}"
-
-
 def data_root(tmp: Path, tiny_model: Path, prompts: list[str]) -> Path:
     root = tmp / "data"
     (root / "models").mkdir(parents=True)
@@ -225,18 +221,68 @@ def wait_for_redis(port: int, timeout: float = 20) -> None:
             time.sleep(0.1)
 
 
+@dataclass
+class RedisServer:
+    """A ``redis-server`` of our own on a free loopback port, with its data in ``folder``.
+
+    ``appendonly``: persist every write to an append-only file (fsync every second), as deployed
+    (docker-compose and the kustomize base run Redis with ``--appendonly yes``), so a drill can kill
+    it and start it again on the same port and folder and find the queues and runs where they were.
+    """
+
+    folder: Path
+    appendonly: bool = True
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = (self.folder / "redis.log").open("a")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
+            + ["--appendonly", "yes" if self.appendonly else "no", "--save", ""],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for_redis(self.port)
+        return self
+
+    def stop(self, how: str = "term") -> None:
+        """Stop the server: ``kill`` (SIGKILL: what the AOF last fsynced survives), ``shutdown``
+        (Redis's SHUTDOWN: the AOF is flushed first) or ``term`` (SIGTERM, a clean stop)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            if how == "kill":
+                self.proc.kill()
+            elif how == "shutdown":
+                try:
+                    Redis(port=self.port, socket_timeout=5).shutdown(nosave=True)
+                except Exception:  # noqa: BLE001  (SHUTDOWN closes the connection: redis-py may raise)
+                    pass
+            else:
+                self.proc.send_signal(signal.SIGCONT)  # never leave it stopped by a pause drill
+                self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+    def restart(self, how: str = "kill", down_s: float = 0.0) -> None:
+        """Stop it (``how``), stay down ``down_s`` seconds, and start it on the same port and folder."""
+        self.stop(how)
+        time.sleep(down_s)
+        self.start()
+
+
 @contextmanager
-def private_redis(folder: Path) -> Iterator[str]:
-    """A redis-server of our own on a free port (no persistence): nobody else's data is touched."""
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
+def private_redis(folder: Path, appendonly: bool = False) -> Iterator[str]:
+    """A redis-server of our own on a free port (no persistence by default): nobody else's data is touched."""
+    server = RedisServer(folder, appendonly=appendonly).start()
     try:
-        wait_for_redis(port)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
+        server.stop()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from service_harness import PROMPTS, TOKEN, Stack, RedisServer, data_root, tiny_run_body
+from service_harness import PROMPTS, TOKEN, RedisServer, Stack, data_root, tiny_run_body
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from service_harness import PROMPTS, Stack, data_root, fresh_redis_url, tiny_run_body
+from service_harness import PROMPTS, RedisServer, Stack, data_root, tiny_run_body
 
 
 def run_body(**overrides) -> dict:
@@ -18,8 +18,8 @@ VLLM_ROLE = {"model": "models/tiny", "engine": "vllm", "vllm": {"kv_cache_gb": 0
 
 
 @pytest.fixture()
-def stack(tmp_path: Path, tiny_model_path: Path):
-    s = Stack(root=data_root(tmp_path, tiny_model_path, PROMPTS), redis_url=fresh_redis_url(11))
+def stack(tmp_path: Path, tiny_model_path: Path, redis_server: RedisServer):
+    s = Stack(root=data_root(tmp_path, tiny_model_path, PROMPTS), redis_url=redis_server.url)
     yield s
     s.close()
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from redis import Redis
-from service_harness import free_port, fresh_redis_url
+from service_harness import RedisServer, free_port
 
 from workers.queue import worker_key
 
@@ -64,8 +64,10 @@ def probe(url: str, tmp_path: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_the_liveness_probe_fails_without_a_worker_and_passes_when_redis_is_away(tmp_path: Path) -> None:
-    url = fresh_redis_url(8)
+def test_the_liveness_probe_fails_without_a_worker_and_passes_when_redis_is_away(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    url = redis_server.url
     missing = probe(url, tmp_path)
     assert missing.returncode == 1 and "no live refiner worker" in missing.stderr
     Redis.from_url(url).hset(
