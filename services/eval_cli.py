@@ -216,8 +216,12 @@ def render_ifeval(result: dict[str, Any], details: bool = False) -> list[Any]:
     head = Table(title=f"IFEval: {result['model']} ({result['n_prompts']} prompts)")
     head.add_column("metric")
     head.add_column("value", justify="right")
+    head.add_column("95% CI (bootstrap over prompts)", justify="right")
+    intervals = result.get("ci95", {})
     for key in ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose", "average"):
-        head.add_row(key.replace("_", "-"), f"{100 * result[key]:.1f}")
+        ci = intervals.get(key)
+        shown = f"{100 * ci[0]:.1f} - {100 * ci[1]:.1f}" if ci else ""
+        head.add_row(key.replace("_", "-"), f"{100 * result[key]:.1f}", shown)
     head.add_row("instructions", str(result["n_instructions"]))
     head.add_row("generation s", f"{result['generation_s']:.1f}")
     head.add_row("prompts / s", f"{result['prompts_per_s']:.2f}")
@@ -241,6 +245,8 @@ def render_judge(result: dict[str, Any]) -> Any:
     table.add_row("n", str(result["n"]))
     for key in (
         "accuracy",
+        "pointwise_accuracy",
+        "pointwise_f1",
         "invalid_rate",
         "undecided_rate",
         "pass_rate",
