@@ -94,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             import uvicorn
 
             from services import logs
+            from services.api.main import check_token
+            from services.api.settings import Settings
 
+            check_token(Settings())  # a missing or short SPAR_API_TOKEN: one line, before uvicorn
             logs.configure(None, json_stderr=True)
             uvicorn.run(
                 "services.api:create_app", factory=True, host=args.host, port=args.port, log_level="info"

@@ -7,6 +7,7 @@ from the manifests every finished stage writes.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -18,7 +19,9 @@ from rq.registry import DeferredJobRegistry, FailedJobRegistry, FinishedJobRegis
 from workers.artifacts import RunPaths, read_json
 from workers.queue import QUEUES, SERIALIZER
 
-from .scheduler import Scheduler, pipeline
+from .scheduler import Scheduler, started_pipeline
+
+log = logging.getLogger("spar.metrics")
 
 
 class _Collector:
@@ -62,15 +65,21 @@ class _Collector:
             if not paths.config.exists():
                 continue
             run_tokens = run_pairs = 0.0
-            for iteration, stage in pipeline(paths):
-                manifest = paths.manifest(iteration, stage)
-                if not manifest.exists():
-                    continue
-                m = read_json(manifest)
-                durations.add_metric([run_id, str(iteration), stage], m["shard_seconds"])
-                run_tokens += m["engine"].get("generated_tokens", 0)
-                if stage == "assemble":
-                    run_pairs += m["counts"].get("pairs", 0)
+            try:
+                for iteration, stage in started_pipeline(paths):  # never the iterations only asked for
+                    manifest = paths.manifest(iteration, stage)
+                    if not manifest.exists():
+                        continue
+                    m = read_json(manifest)
+                    durations.add_metric([run_id, str(iteration), stage], m["shard_seconds"])
+                    run_tokens += m["engine"].get("generated_tokens", 0)
+                    if stage == "assemble":
+                        run_pairs += m["counts"].get("pairs", 0)
+            except (OSError, ValueError, KeyError) as exc:  # one unreadable run must not stop the scrape
+                log.warning(
+                    "run skipped", extra={"event": "metrics.run_skipped", "run": run_id, "error": str(exc)}
+                )
+                continue
             tokens.add_metric([run_id], run_tokens)
             pairs.add_metric([run_id], run_pairs)
         for status, count in by_status.items():

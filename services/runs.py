@@ -9,15 +9,19 @@ whatever directory ``spar run`` is started from.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import math
+import os
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
-from shared.config import RunConfig
-from shared.errors import ConfigError  # noqa: F401  (also importable from here)
+from shared.config import RunConfig, path_fields, walk_fields, with_fields
+from shared.errors import ConfigError, StorageError
 from shared.prompts import PromptRecord, parse_prompt_lines
 from workers.artifacts import RunPaths, read_json, write_json_atomic, write_jsonl_atomic
 from workers.models.registry import is_builtin
@@ -53,36 +57,38 @@ def load_config_file(path: Path) -> RunConfig:
     return resolve_paths(config, path.parent)
 
 
-def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
-    """Make the prompt file and model folders absolute, relative to ``base``."""
+def resolve_paths(config: RunConfig, base: Path, check_files: bool = True) -> RunConfig:
+    """Make every path field (:func:`shared.config.path_fields`) absolute, relative to ``base``.
+
+    A model field holding a built-in name ('tiny', 'smollm2') is left as it is. ``check_files``:
+    the init datasets must exist (the API checks only after confining them, so that a client cannot
+    probe for files outside the data root).
+    """
 
     def absolute(p: str) -> str:
         q = Path(p).expanduser()
         return str(q if q.is_absolute() else (base / q).resolve())
 
-    update: dict[str, object] = {"prompts": absolute(config.prompts)}
-    for role in ("actor", "refiner"):
-        model = getattr(config, role)
-        if not is_builtin(model.model):
-            update[role] = model.model_copy(update={"model": absolute(model.model)})
-    if config.init is not None:
-        init_update = {
-            key: absolute(getattr(config.init, key))
-            for key in ("actor_data", "refiner_data")
-            if getattr(config.init, key) is not None
-        }
-        for key, path in init_update.items():
-            if not Path(path).is_file():
+    update = {
+        where: absolute(value)
+        for where, value, kind in path_fields(config)
+        if not (kind == "model" and is_builtin(value))
+    }
+    resolved = with_fields(config, update)
+    if check_files and resolved.init is not None:
+        for key in ("actor_data", "refiner_data"):
+            path = getattr(resolved.init, key)
+            if path is not None and not Path(path).is_file():
                 raise ConfigError(f"init.{key}: file {path} does not exist (relative to the config file)")
-        update["init"] = config.init.model_copy(update=init_update)
-    return config.model_copy(update=update)
+    return resolved
 
 
 def read_prompts(config: RunConfig) -> list[PromptRecord]:
+    """The prompt file's records; every malformed line (not UTF-8, not JSON, too deep) by number."""
     path = Path(config.prompts)
     if not path.is_file():
         raise ConfigError(f"prompts: file {path} does not exist (paths are relative to the config file)")
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         records = parse_prompt_lines(f, source=str(path))
     return records[: config.max_prompts] if config.max_prompts else records
 
@@ -93,26 +99,47 @@ def new_run_id(name: str) -> str:
 
 
 def create_run(config: RunConfig, runs_dir: Path, run_id: str | None = None, source: str = "") -> RunPaths:
-    """Write the run's config and prompt shards; refuses to reuse an existing run directory."""
+    """Write the run's config and prompt shards; refuses to reuse an existing run directory.
+
+    Atomic: the run is built in a hidden temporary folder beside its final place and renamed into
+    it, so a full or read-only disk leaves no half-created run behind (and the error says which).
+    """
     prompts = read_prompts(config)
-    paths = RunPaths(runs_dir / (run_id or new_run_id(config.name)))
-    if paths.config.exists():
-        raise ConfigError(f"run {paths.root} exists already; resume it with --resume {paths.root}")
+    final = RunPaths(runs_dir / (run_id or new_run_id(config.name)))
+    if final.root.exists():
+        raise ConfigError(f"run {final.root} exists already; resume it with --resume {final.root}")
     n_shards = math.ceil(len(prompts) / config.shard_size)
-    for k in range(n_shards):
-        chunk = prompts[k * config.shard_size : (k + 1) * config.shard_size]
-        write_jsonl_atomic(paths.prompt_shard(k), [p.as_record() for p in chunk])
-    write_json_atomic(
-        paths.config,
-        {
-            "config": config.model_dump(mode="json"),
-            "source": source,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(),
-            "prompts": len(prompts),
-            "shards": n_shards,
-        },
-    )
-    return paths
+    building: Path | None = None
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=f".creating-{final.run_id}-", dir=runs_dir))
+        paths = RunPaths(building)
+        for k in range(n_shards):
+            chunk = prompts[k * config.shard_size : (k + 1) * config.shard_size]
+            write_jsonl_atomic(paths.prompt_shard(k), [p.as_record() for p in chunk])
+        write_json_atomic(
+            paths.config,
+            {
+                "config": config.model_dump(mode="json"),
+                "source": source,
+                "created_at": dt.datetime.now(dt.UTC).isoformat(),
+                "prompts": len(prompts),
+                "shards": n_shards,
+            },
+        )
+        os.chmod(building, 0o755)  # mkdtemp makes it private; run folders are shared like their files
+        os.rename(building, final.root)  # fails (EEXIST/ENOTEMPTY) if the run appeared meanwhile
+        building = None
+    except OSError as exc:
+        if final.root.exists() and exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise ConfigError(
+                f"run {final.root} exists already; resume it with --resume {final.root}"
+            ) from exc
+        raise StorageError(runs_dir, exc) from exc
+    finally:
+        if building is not None:
+            shutil.rmtree(building, ignore_errors=True)
+    return final
 
 
 def open_run(run_dir: Path) -> RunPaths:
@@ -123,21 +150,44 @@ def open_run(run_dir: Path) -> RunPaths:
     return paths
 
 
-def confine(config: RunConfig, root: Path) -> RunConfig:
-    """Resolve the config's paths against the data root; anything outside it is refused (400)."""
-    resolved = resolve_paths(config, root)
-    paths = {"prompts": resolved.prompts}
-    for role in ("actor", "refiner"):
-        model = getattr(resolved, role).model
-        if model != getattr(config, role).model:  # a path, not a built-in name
-            paths[f"{role}.model"] = model
-    if resolved.init is not None:
-        paths |= {
-            f"init.{k}": getattr(resolved.init, k)
-            for k in ("actor_data", "refiner_data")
-            if getattr(resolved.init, k) is not None
-        }
-    for field, value in paths.items():
-        if not Path(value).resolve().is_relative_to(root):
-            raise ConfigError(f"{field}: {value} is outside the data root {root}; put the file under it")
-    return resolved
+def confine(
+    config: RunConfig, root: Path, *, allow_remote_code: bool = False, max_iterations: int | None = None
+) -> RunConfig:
+    """The server's rules for a config sent over the API (400 naming the field on any breach).
+
+    * Every path field (marked with :func:`shared.config.path_field`, so fields added later are
+      covered too), relative or absolute, must resolve -- through symlinks -- to a place inside the
+      data root ``root``; relative ones are taken relative to it. Built-in model names pass.
+    * ``trust_remote_code`` (hf and vllm sections of both roles) is refused unless the server was
+      started with ``SPAR_ALLOW_REMOTE_CODE=1``: it runs Python shipped in a model folder.
+    * ``iterations`` may not exceed the server's ``SPAR_MAX_ITERATIONS``.
+    """
+    root = root.resolve()
+    for where, _, value in walk_fields(config):
+        if where.endswith(".trust_remote_code") and value is True and not allow_remote_code:
+            raise ConfigError(
+                f"{where}: executing code shipped with a model is disabled on this server; "
+                "set it to false (an operator may allow it with SPAR_ALLOW_REMOTE_CODE=1)"
+            )
+    if max_iterations is not None and config.iterations > max_iterations:
+        raise ConfigError(
+            f"iterations: {config.iterations} is over this server's limit of {max_iterations} "
+            "(SPAR_MAX_ITERATIONS)"
+        )
+    for where, value, _ in path_fields(config):
+        if "\x00" in value:
+            raise ConfigError(f"{where}: a path may not contain a NUL character")
+    resolved = resolve_paths(config, root, check_files=False)
+    original = {where: value for where, value, _ in path_fields(config)}
+    for where, value, kind in path_fields(resolved):
+        if kind == "model" and value == original.get(where) and is_builtin(value):
+            continue  # a built-in model name, not a path
+        try:
+            inside = Path(value).resolve().is_relative_to(root)
+        except (OSError, ValueError, RuntimeError) as exc:  # too long, a symlink loop ...
+            raise ConfigError(f"{where}: {original.get(where)!r} is not a usable path ({exc})") from exc
+        if not inside:
+            raise ConfigError(
+                f"{where}: {original.get(where)} is outside the data root {root}; put the file under it"
+            )
+    return resolve_paths(resolved, root)  # absolute already: this checks the init files exist

@@ -84,6 +84,23 @@ def pipeline(paths: RunPaths) -> Iterator[tuple[int, str]]:
     yield from stage_pipeline(config.stages, config.iterations, with_init=config.init is not None)
 
 
+def started_pipeline(paths: RunPaths) -> Iterator[tuple[int, str]]:
+    """The (iteration, stage) pairs of the iterations a run has reached: every iteration up to the
+    one of its first unfinished stage (all of them once the run is done).
+
+    Routes and scrapes walk this, not :func:`pipeline`: a run's cost to show, cancel or resume must
+    not grow with the iteration count a client asked for, only with the work that exists. No job
+    exists past the first unfinished stage (the scheduler enqueues one stage at a time).
+    """
+    current: int | None = None
+    for iteration, stage in pipeline(paths):
+        if current is not None and iteration > current:
+            return
+        if current is None and not paths.manifest(iteration, stage).exists():
+            current = iteration
+        yield iteration, stage
+
+
 class Scheduler:
     def __init__(self, redis: Redis, settings: SchedulerSettings | None = None):
         self.redis = redis
@@ -217,7 +234,7 @@ class Scheduler:
     def cancel(self, run_id: str, paths: RunPaths) -> None:
         """Stop queued and running shards of the run and mark it cancelled (finished shards stay)."""
         self._set(run_id, status=RunStatus.CANCELLED, error="cancelled by request")
-        for iteration, stage in pipeline(paths):
+        for iteration, stage in started_pipeline(paths):
             for shard in range(num_shards(paths, stage)):
                 job = self._job(paths.run_id, iteration, stage, shard)
                 if job is None:
@@ -233,7 +250,7 @@ class Scheduler:
 
     def resume(self, run_id: str, paths: RunPaths) -> None:
         """Re-activate a failed or cancelled run: failed jobs are dropped so their shards run again."""
-        for iteration, stage in pipeline(paths):
+        for iteration, stage in started_pipeline(paths):
             for shard in range(num_shards(paths, stage)):
                 job = self._job(paths.run_id, iteration, stage, shard)
                 if job is not None and job.get_status(refresh=True) in (

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -18,22 +19,79 @@ from .stages import DEFAULT_STAGES, STAGES, stage
 StageName = Literal[STAGES]  # type: ignore[valid-type]  # the names of shared/stages.py's table
 
 
+PATH_KEY = "x-spar-path"
+"""The JSON-schema mark of a path field: ``"file"`` (a path) or ``"model"`` (a path or a built-in name)."""
+
+MAX_ITERATIONS = 1000
+"""The most iterations any config may ask for (each one trains two models)."""
+
+MAX_TOKENS = 131_072
+"""The longest generation or sequence any field allows (a long-context model's window)."""
+
+
+def path_field(default: Any, *, kind: Literal["file", "model"] = "file", description: str) -> Any:
+    """A config field holding a filesystem path: marked so that every such field is resolved and
+    confined to the server's data root by one rule (``services/runs.py: confine``), including fields
+    added later. ``kind="model"`` also accepts a built-in model name."""
+    return Field(default, max_length=4096, description=description, json_schema_extra={PATH_KEY: kind})
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are refused, and so are NaN and Infinity in every float (a 422 naming the field)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def walk_fields(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """Every field of ``model`` and its nested sections: (dotted name, FieldInfo, value), depth first."""
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        where = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            yield from walk_fields(value, where + ".")
+        else:
+            yield where, info, value
+
+
+def path_fields(model: BaseModel) -> Iterator[tuple[str, str, str]]:
+    """The set path fields of a config: (dotted name, value, kind), for every field marked by
+    :func:`path_field`."""
+    for where, info, value in walk_fields(model):
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get(PATH_KEY) and value is not None:
+            yield where, value, str(extra[PATH_KEY])
+
+
+def with_fields(config: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """A copy of ``config`` with dotted fields replaced (and validated again)."""
+    data = config.model_dump()
+    for where, value in values.items():
+        *parents, leaf = where.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return RunConfig.model_validate(data)
 
 
 class HFEngineConfig(_Strict):
     """Settings of the Hugging Face transformers engine (CPU or a single GPU)."""
 
-    batch_size: int = Field(16, ge=1, description="Sequences per generate() call (rows after expanding n).")
+    batch_size: int = Field(
+        16, ge=1, le=4096, description="Sequences per generate() call (rows after expanding n; <= 4096)."
+    )
     device: str = Field(
-        "cpu", description="torch device: cpu, cuda, cuda:0 ..., or auto (cuda when available, else cpu)."
+        "cpu",
+        max_length=32,
+        description="torch device: cpu, cuda, cuda:0 ..., or auto (cuda when available, else cpu).",
     )
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         "float32", description="Weights dtype; float32 on CPU (bfloat16 halves memory on a GPU)."
     )
     trust_remote_code: bool = Field(
-        False, description="Execute code shipped with the model folder. Off unless you trust it."
+        False,
+        description="Execute code shipped with the model folder. Off unless you trust it; the API "
+        "refuses it unless the server runs with SPAR_ALLOW_REMOTE_CODE=1.",
     )
     overlong: Literal["skip", "truncate"] = Field(
         "skip",
@@ -56,41 +114,56 @@ class VLLMEngineConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where vLLM runs: auto (cuda when torch sees a GPU, else cpu), cpu or cuda."
     )
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is sharded over (GPU only).")
+    tensor_parallel_size: int = Field(
+        1, ge=1, le=64, description="GPUs one model is sharded over (GPU only; <= 64)."
+    )
     gpu_memory_utilization: float = Field(
         0.9, gt=0.0, le=1.0, description="GPU: share of the card for weights + KV cache (unused on CPU)."
     )
     kv_cache_gb: float | None = Field(
         None,
         gt=0.0,
+        le=4096.0,
         description=(
-            "KV cache size in GiB. None: 1 GiB on CPU; on GPU sized by gpu_memory_utilization. Raise it "
+            "KV cache size in GiB (<= 4096). None: 1 GiB on CPU; on GPU sized by "
+            "gpu_memory_utilization. Raise it "
             "for more concurrent sequences, lower it when the engine cannot start for lack of memory."
         ),
     )
     max_model_len: int | None = Field(
-        None, ge=1, description="Context length cap (saves KV cache); None: the model's own."
+        None,
+        ge=1,
+        le=1_048_576,
+        description="Context length cap (saves KV cache; <= 2^20); None: the model's own.",
     )
     dtype: str = Field(
         "auto",
+        max_length=32,
         description="vLLM dtype: auto (bfloat16 on CPU, the model's dtype on GPU), bfloat16, float16 ...",
     )
     enable_prefix_caching: bool = Field(True, description="Judge/refine prompts share long prefixes.")
-    max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank an adapter may have.")
-    max_loras: int = Field(1, ge=1, description="Adapters resident at once.")
-    lora_adapter: str | None = Field(
+    max_lora_rank: int = Field(
+        64, ge=1, le=1024, description="Largest LoRA rank an adapter may have (<= 1024)."
+    )
+    max_loras: int = Field(1, ge=1, le=256, description="Adapters resident at once (<= 256).")
+    lora_adapter: str | None = path_field(
         None, description="Path of a LoRA adapter to apply on top of `model` (LoRA-trained versions)."
     )
     enable_lora: bool = Field(
         False, description="Start with LoRA support even without lora_adapter, to switch adapters later."
     )
-    trust_remote_code: bool = Field(False, description="Execute code shipped with the model folder.")
+    trust_remote_code: bool = Field(
+        False,
+        description="Execute code shipped with the model folder; the API refuses it unless the server "
+        "runs with SPAR_ALLOW_REMOTE_CODE=1.",
+    )
     enforce_eager: bool | None = Field(
         None, description="Skip CUDA graph capture. None: on for CPU (required there), off on GPU."
     )
     cpu_reserved_cores: int | None = Field(
         None,
         ge=0,
+        le=1024,
         description=(
             "CPU: cores vLLM keeps for its front-end instead of compute (VLLM_CPU_NUM_OF_RESERVED_CPU). "
             "None: 0 on machines with at most 4 cores (2 cores, SmolLM2: 154 -> 203 tokens/s), else "
@@ -109,10 +182,12 @@ class VLLMEngineConfig(_Strict):
 class ModelConfig(_Strict):
     """Which model plays a role and which engine serves it."""
 
-    model: str = Field(
-        ..., description="A local model folder (used as is) or a built-in name: 'smollm2', 'tiny'."
+    model: str = path_field(
+        ...,
+        kind="model",
+        description="A local model folder (used as is) or a built-in name: 'smollm2', 'tiny'.",
     )
-    version: str = Field("v0", description="Version label recorded in manifests.")
+    version: str = Field("v0", max_length=64, description="Version label recorded in manifests.")
     engine: Literal["hf", "vllm"] = "hf"
     hf: HFEngineConfig = Field(default_factory=HFEngineConfig)
     vllm: VLLMEngineConfig = Field(default_factory=VLLMEngineConfig)
@@ -121,19 +196,21 @@ class ModelConfig(_Strict):
 class SampleConfig(_Strict):
     """Stage 1: the actor samples K responses per prompt."""
 
-    num_responses: int = Field(5, ge=1, description="K responses per prompt.")
-    temperature: float = Field(0.9, ge=0.0)
+    num_responses: int = Field(5, ge=1, le=64, description="K responses per prompt (<= 64).")
+    temperature: float = Field(0.9, ge=0.0, le=10.0, description="Sampling temperature (<= 10).")
     top_p: float = Field(0.9, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(2048, ge=1)
+    max_new_tokens: int = Field(2048, ge=1, le=MAX_TOKENS, description="Tokens per response (<= 131072).")
 
 
 class JudgeConfig(_Strict):
     """Stage 2: self-consistent judging by the refiner."""
 
-    votes: int = Field(5, ge=1, description="Judgments sampled per response; the majority decides.")
-    temperature: float = Field(0.7, ge=0.0)
+    votes: int = Field(
+        5, ge=1, le=64, description="Judgments sampled per response; the majority decides (<= 64)."
+    )
+    temperature: float = Field(0.7, ge=0.0, le=10.0, description="Sampling temperature (<= 10).")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(1024, ge=1)
+    max_new_tokens: int = Field(1024, ge=1, le=MAX_TOKENS, description="Tokens per judgment (<= 131072).")
     backend: Literal["llm", "verifier", "verifier_then_llm"] = Field(
         "llm",
         description="Who judges: the LLM refiner (majority vote), the IFEval-style programmatic verifier "
@@ -143,16 +220,18 @@ class JudgeConfig(_Strict):
     agreement_sample: int = Field(
         32,
         ge=0,
-        description="verifier_then_llm: also LLM-judge up to N verifiable responses to report agreement.",
+        le=100_000,
+        description="verifier_then_llm: also LLM-judge up to N verifiable responses to report agreement "
+        "(<= 100000).",
     )
     negatives_per_prompt: int | Literal["all"] = Field(
-        1, description="Failed responses kept as negatives per prompt: a count or 'all'."
+        1, description="Failed responses kept as negatives per prompt: a count (1 to 64) or 'all'."
     )
 
     @model_validator(mode="after")
     def _positive_negatives(self) -> JudgeConfig:
-        if isinstance(self.negatives_per_prompt, int) and self.negatives_per_prompt < 1:
-            raise ValueError("negatives_per_prompt must be >= 1 or 'all'")
+        if isinstance(self.negatives_per_prompt, int) and not 1 <= self.negatives_per_prompt <= 64:
+            raise ValueError("negatives_per_prompt must be between 1 and 64, or 'all'")
         return self
 
 
@@ -160,33 +239,41 @@ class SearchConfig(_Strict):
     """Stage 3: tree-search refinement of each negative."""
 
     strategy: Literal["bfs", "dfs"] = "bfs"
-    branching: int = Field(3, ge=1, description="Children proposed per expanded node.")
-    beam: int = Field(2, ge=1, description="Children kept (by value) to expand next.")
-    max_depth: int = Field(3, ge=1, description="Depth of the deepest children.")
+    branching: int = Field(3, ge=1, le=32, description="Children proposed per expanded node (<= 32).")
+    beam: int = Field(2, ge=1, le=32, description="Children kept (by value) to expand next (<= 32).")
+    max_depth: int = Field(3, ge=1, le=32, description="Depth of the deepest children (<= 32).")
     success_threshold: float = Field(0.5, ge=0.0, lt=1.0, description="Success when V > this.")
-    budget: int | None = Field(None, ge=1, description="Cap on expansions (children) per tree.")
-    parse_retries: int = Field(3, ge=0, description="Retries of a reply without [[start]]/[[end]].")
-    tie_retries: int = Field(3, ge=0, description="Re-judgings of a child whose vote is tied.")
-    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature of refinements.")
+    budget: int | None = Field(
+        None, ge=1, le=10_000, description="Cap on expansions (children) per tree (<= 10000)."
+    )
+    parse_retries: int = Field(
+        3, ge=0, le=20, description="Retries of a reply without [[start]]/[[end]] (<= 20)."
+    )
+    tie_retries: int = Field(3, ge=0, le=20, description="Re-judgings of a child whose vote is tied (<= 20).")
+    temperature: float = Field(
+        0.7, ge=0.0, le=10.0, description="Sampling temperature of refinements (<= 10)."
+    )
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(2048, ge=1)
+    max_new_tokens: int = Field(2048, ge=1, le=MAX_TOKENS, description="Tokens per refinement (<= 131072).")
 
 
 class CapsConfig(_Strict):
-    """Upper bounds on each part of the refiner's RFT mix (the reference recipe's values)."""
+    """Upper bounds on each part of the refiner's RFT mix (the reference recipe's values; each <= 10^7)."""
 
-    refinement: int = Field(4000, ge=0)
-    tree_pass: int = Field(1500, ge=0)
-    tree_fail: int = Field(1000, ge=0)
-    stage2_fail: int = Field(500, ge=0)
-    stage2_pass: int = Field(2500, ge=0)
+    refinement: int = Field(4000, ge=0, le=10_000_000)
+    tree_pass: int = Field(1500, ge=0, le=10_000_000)
+    tree_fail: int = Field(1000, ge=0, le=10_000_000)
+    stage2_fail: int = Field(500, ge=0, le=10_000_000)
+    stage2_pass: int = Field(2500, ge=0, le=10_000_000)
 
 
 class DataConfig(_Strict):
     """Stage 4: assembling DPO pairs and RFT examples."""
 
     caps: CapsConfig = Field(default_factory=CapsConfig)
-    max_pairs: int | None = Field(None, ge=1, description="Optional cap on DPO pairs.")
+    max_pairs: int | None = Field(
+        None, ge=1, le=10_000_000, description="Optional cap on DPO pairs (<= 10^7)."
+    )
 
 
 class IopoGroupsConfig(_Strict):
@@ -216,24 +303,35 @@ class IopoGroupsConfig(_Strict):
 class LoraSettings(_Strict):
     """LoRA (peft) instead of full fine-tuning; the reference is then the adapter-disabled model."""
 
-    r: int = Field(16, ge=1, description="LoRA rank.")
-    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank (<= 1024).")
+    alpha: int = Field(32, ge=1, le=4096, description="LoRA alpha (scaling = alpha / r; <= 4096).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt, or 'all-linear'."
+        "all-linear", max_length=256, description="Module names to adapt (at most 256), or 'all-linear'."
     )
 
 
 class TrainCommon(_Strict):
     """Settings shared by both trainers (TRL TrainingArguments underneath)."""
 
-    epochs: float = Field(1.0, gt=0.0, description="Passes over the data (ignored when max_steps is set).")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(1, ge=1, description="Per-device batch (pairs, groups or examples).")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    epochs: float = Field(
+        1.0, gt=0.0, le=100.0, description="Passes over the data (ignored when max_steps is set; <= 100)."
+    )
+    max_steps: int | None = Field(
+        None, ge=1, le=1_000_000, description="Stop after this many optimizer steps (<= 10^6)."
+    )
+    batch_size: int = Field(
+        1, ge=1, le=4096, description="Per-device batch (pairs, groups or examples; <= 4096)."
+    )
+    grad_accum: int = Field(1, ge=1, le=4096, description="Gradient accumulation steps (<= 4096).")
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_length: int = Field(2048, ge=16, description="Prompt + response tokens; longer ones are truncated.")
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0, description="Weight decay (<= 10).")
+    max_length: int = Field(
+        2048,
+        ge=16,
+        le=MAX_TOKENS,
+        description="Prompt + response tokens; longer ones are truncated (<= 131072).",
+    )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (less memory, more compute)."
     )
@@ -251,14 +349,17 @@ class TrainCommon(_Strict):
     num_processes: int = Field(
         1,
         ge=1,
-        description="Processes (one per GPU); > 1, or a `distributed` mode, runs `accelerate launch`.",
+        le=1024,
+        description="Processes (one per GPU; <= 1024); > 1, or a `distributed` mode, runs "
+        "`accelerate launch`.",
     )
     save_steps: int | None = Field(
         100,
         ge=1,
+        le=1_000_000,
         description="Checkpoint every this many steps; a killed job resumes from the last (None: off).",
     )
-    accelerate_config: str | None = Field(
+    accelerate_config: str | None = path_field(
         None, description="An accelerate/DeepSpeed/FSDP config file passed through to `accelerate launch`."
     )
 
@@ -275,15 +376,20 @@ class ActorTrainConfig(TrainCommon):
     objective: Literal["dpo", "ipo", "sr_dpo", "sr_ipo", "iopo"] = Field(
         "dpo", description="Loss (see docs/objectives.md): SPaR uses dpo."
     )
-    beta: float = Field(0.1, gt=0.0)
+    beta: float = Field(0.1, gt=0.0, le=100.0, description="DPO/IPO beta (<= 100).")
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Conservative DPO epsilon (dpo only).")
     sft_weight: float = Field(
-        0.1, ge=0.0, description="Weight of the per-token NLL of the chosen response (iopo: y1|x1 and y2|x2)."
+        0.1,
+        ge=0.0,
+        le=100.0,
+        description="Weight of the per-token NLL of the chosen response (iopo: y1|x1 and y2|x2; <= 100).",
     )
-    lam: float = Field(0.5, ge=0.0, description="Sr-DPO/Sr-IPO lambda.")
-    sr_prompt: str = Field(SR_PROMPT_DEFAULT, description="The prompt p prepended to x for Sr-DPO/Sr-IPO.")
-    learning_rate: float = Field(2e-7, gt=0.0)
-    lr_scheduler: str = Field("linear", description="transformers scheduler name.")
+    lam: float = Field(0.5, ge=0.0, le=100.0, description="Sr-DPO/Sr-IPO lambda (<= 100).")
+    sr_prompt: str = Field(
+        SR_PROMPT_DEFAULT, max_length=10_000, description="The prompt p prepended to x for Sr-DPO/Sr-IPO."
+    )
+    learning_rate: float = Field(2e-7, gt=0.0, le=1.0, description="Peak learning rate (<= 1).")
+    lr_scheduler: str = Field("linear", max_length=64, description="transformers scheduler name.")
     precompute_ref_log_probs: bool = Field(
         False, description="Compute reference log-probs once before training (saves memory)."
     )
@@ -292,8 +398,10 @@ class ActorTrainConfig(TrainCommon):
 class RefinerTrainConfig(TrainCommon):
     """Stage 5 (refiner): supervised fine-tuning (RFT) on the refinement and judgment mix."""
 
-    learning_rate: float = Field(2e-6, gt=0.0)
-    lr_scheduler: str = Field("constant_with_warmup", description="transformers scheduler name.")
+    learning_rate: float = Field(2e-6, gt=0.0, le=1.0, description="Peak learning rate (<= 1).")
+    lr_scheduler: str = Field(
+        "constant_with_warmup", max_length=64, description="transformers scheduler name."
+    )
 
 
 class InitConfig(_Strict):
@@ -303,8 +411,8 @@ class InitConfig(_Strict):
     (instruction -> strong-model response for the actor; judgments and refinements for the refiner).
     """
 
-    actor_data: str | None = Field(None, description="SFT data for the actor (JSONL of messages).")
-    refiner_data: str | None = Field(None, description="SFT data for the refiner (JSONL of messages).")
+    actor_data: str | None = path_field(None, description="SFT data for the actor (JSONL of messages).")
+    refiner_data: str | None = path_field(None, description="SFT data for the refiner (JSONL of messages).")
     actor: RefinerTrainConfig = Field(default_factory=RefinerTrainConfig, description="SFT settings (actor).")
     refiner: RefinerTrainConfig = Field(
         default_factory=lambda: RefinerTrainConfig(epochs=5),
@@ -325,21 +433,36 @@ class EvalConfig(_Strict):
     has no training stages); at iteration 0 it also evaluates v0, the baseline.
     """
 
-    ifeval_limit: int | None = Field(64, ge=1, description="First N of IFEval's 541 prompts (None: all).")
-    max_new_tokens: int = Field(512, ge=1)
-    judge_data: str | None = Field(None, description="LLMBar-style JSONL {input, output_1, output_2, label}.")
-    judge_limit: int | None = Field(None, ge=1)
+    ifeval_limit: int | None = Field(
+        64, ge=1, le=100_000, description="First N of IFEval's 541 prompts (None: all; <= 100000)."
+    )
+    max_new_tokens: int = Field(512, ge=1, le=MAX_TOKENS, description="Tokens per answer (<= 131072).")
+    judge_data: str | None = path_field(
+        None, description="LLMBar-style JSONL {input, output_1, output_2, label}."
+    )
+    judge_limit: int | None = Field(None, ge=1, le=10_000_000, description="First N judge items (<= 10^7).")
 
 
 class RunConfig(_Strict):
     """A whole run: data, models, and the settings of each stage."""
 
     name: str = Field("spar", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Run name prefix.")
-    seed: int = Field(0, description="Root of every random choice and sampling seed.")
-    prompts: str = Field(..., description="JSONL file with a 'prompt' field per line.")
-    max_prompts: int | None = Field(None, ge=1, description="Use only the first N prompts.")
-    shard_size: int = Field(64, ge=1, description="Prompts per shard (the unit of work and retry).")
-    iterations: int = Field(1, ge=1)
+    seed: int = Field(
+        0, ge=-(2**63), lt=2**63, description="Root of every random choice and sampling seed (64-bit)."
+    )
+    prompts: str = path_field(..., description="JSONL file with a 'prompt' field per line.")
+    max_prompts: int | None = Field(
+        None, ge=1, le=10_000_000, description="Use only the first N prompts (<= 10^7)."
+    )
+    shard_size: int = Field(
+        64, ge=1, le=100_000, description="Prompts per shard (the unit of work and retry; <= 100000)."
+    )
+    iterations: int = Field(
+        1,
+        ge=1,
+        le=MAX_ITERATIONS,
+        description="Self-play iterations (<= 1000; a server may lower it: SPAR_MAX_ITERATIONS).",
+    )
     stages: list[StageName] = Field(
         default_factory=lambda: list(DEFAULT_STAGES), description="Stages to run, in pipeline order."
     )

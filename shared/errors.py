@@ -11,6 +11,7 @@ Modules raise these from here; several are also importable from where they used 
 
 from __future__ import annotations
 
+import errno
 from typing import ClassVar
 
 
@@ -55,6 +56,18 @@ class JudgeDataError(DataFileError):
     """A pairwise data file with malformed items; ``problems`` holds (item number, reason) pairs."""
 
     unit = "item"
+
+
+class RunNotFoundError(SparError, LookupError):
+    """A run id the service does not know, or whose directory is gone from the data root."""
+
+    http_status = 404
+
+
+class RunConflictError(SparError, RuntimeError):
+    """A request that conflicts with what the run is doing (e.g. a second resume at the same time)."""
+
+    http_status = 409
 
 
 class ModelNotFoundError(SparError, FileNotFoundError):
@@ -129,3 +142,19 @@ class EngineHostError(SparError, RuntimeError):
 
 class TrainingLaunchError(SparError, RuntimeError):
     """The launched training exited non-zero; the message carries its last output lines."""
+
+
+class StorageError(SparError, RuntimeError):
+    """The data root cannot be written (disk full, read-only, no permission): nothing was left behind.
+
+    507 (Insufficient Storage) for a full disk or quota, 503 for a read-only or unwritable one.
+    """
+
+    http_status = 503
+
+    def __init__(self, where: object, cause: OSError):
+        self.cause = cause
+        full = cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        why = "the disk is full" if full else f"it cannot be written ({cause.strerror or cause})"
+        super().__init__(f"could not create the run under {where}: {why}; free space or fix the data root")
+        self.http_status = 507 if full else 503  # type: ignore[misc]

@@ -24,21 +24,36 @@ class PromptRecord:
         return {"id": self.id, "prompt": self.prompt, "metadata": self.metadata}
 
 
-def parse_prompt_lines(lines: Iterable[str], source: str = "prompts") -> list[PromptRecord]:
+def parse_prompt_lines(lines: Iterable[str] | Iterable[bytes], source: str = "prompts") -> list[PromptRecord]:
     """Validate every line; raise :class:`PromptFileError` listing all problems, or return records.
 
-    Blank lines are allowed and skipped. Lines without an ``id`` get ``line-<number>``.
+    Blank lines are allowed and skipped. Lines without an ``id`` get ``line-<number>``. Lines may
+    be bytes (a file opened in binary), so that text that is not UTF-8 is reported by line number.
     """
     records: list[PromptRecord] = []
     problems: list[tuple[int, str]] = []
     first_line_of_id: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
+    for number, raw in enumerate(lines, start=1):
+        if isinstance(raw, bytes):  # read in binary: a non-UTF-8 line is a problem of its own
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append((number, f"not UTF-8 text (byte {exc.start + 1}); save the file as UTF-8"))
+                continue
+        else:
+            line = raw
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             problems.append((number, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+            continue
+        except RecursionError:
+            problems.append((number, "JSON nested too deeply; a prompt line is one flat object"))
+            continue
+        except ValueError as exc:  # e.g. an integer over Python's 4300-digit limit
+            problems.append((number, f"not usable JSON ({str(exc).split(';')[0][:120]})"))
             continue
         if not isinstance(obj, dict):
             problems.append((number, "expected a JSON object with a 'prompt' field"))

@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.errors import WorkerSettingsError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+MIN_TOKEN_LENGTH = 32
+"""Shortest SPAR_API_TOKEN the API starts with (e.g. ``openssl rand -hex 32`` gives 64)."""
 
 HF_ENVIRONMENT = {
     "HF_HUB_OFFLINE": "1",  # models are local folders; nothing is fetched from a hub
@@ -39,8 +41,22 @@ class SparSettings(BaseSettings):
     runs_dir: Path | None = Field(None, description="Where runs live (default: DATA_ROOT/runs).")
     cache_dir: Path | None = Field(None, description="Built-in models and NLTK data (~/.cache/spar).")
     # the API server
-    api_token: str = Field("", description="Bearer token required on every route but health.")
-    max_body_bytes: int = Field(1_000_000, ge=1, description="Largest request body the API accepts.")
+    api_token: str = Field(
+        "",
+        description=f"Bearer token required on every route but health; at least {MIN_TOKEN_LENGTH} "
+        "characters (the API refuses to start with a shorter one).",
+    )
+    max_body_bytes: int = Field(
+        1_000_000, ge=1, description="Largest request body the API accepts (bytes received, chunked too)."
+    )
+    allow_remote_code: bool = Field(
+        False,
+        description="Accept trust_remote_code: true in run configs (workers then run Python shipped "
+        "with a model folder). Off: such a config is refused with a 400.",
+    )
+    max_iterations: int = Field(
+        100, ge=1, le=1000, description="Most iterations a run created over the API may ask for."
+    )
     scheduler: bool = Field(True, description="Run the scheduler loop in the API process.")
     scheduler_interval: float = Field(1.0, gt=0, description="Seconds between scheduler ticks.")
     job_timeout: int = Field(6 * 3600, ge=1, description="Seconds an inference shard may run.")

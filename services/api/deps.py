@@ -14,23 +14,25 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 
+from shared.errors import RunNotFoundError
 from workers.artifacts import RunPaths
 
 from ..scheduler import Scheduler
 from .settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)
+MAX_RUN_ID = 200  # names are at most 64 characters (RunConfig.name) plus a stamp
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_redis(request: Request) -> Redis:
+async def get_redis(request: Request) -> Redis:
     return request.app.state.redis
 
 
-def get_scheduler(request: Request) -> Scheduler:
+async def get_scheduler(request: Request) -> Scheduler:
     return request.app.state.scheduler
 
 
@@ -39,11 +41,14 @@ RedisDep = Annotated[Redis, Depends(get_redis)]
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 
 
-def require_token(
+async def require_token(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """Every ``/v1`` route: ``Authorization: Bearer $SPAR_API_TOKEN`` (compared in constant time)."""
+    """Every ``/v1`` route: ``Authorization: Bearer $SPAR_API_TOKEN`` (compared in constant time).
+
+    ``async`` like the getters above: no I/O, so it never waits for a thread of the shared pool.
+    """
     given = credentials.credentials if credentials else ""
     if not secrets.compare_digest(given.encode(), settings.api_token.encode()):
         raise HTTPException(
@@ -54,11 +59,20 @@ def require_token(
 
 
 def run_paths(run_id: str, scheduler: SchedulerDep) -> RunPaths:
-    """The run directory of ``run_id`` (404 when the scheduler does not know the run)."""
+    """The run directory of ``run_id``: 404 when the scheduler does not know the run, or when its
+    directory (its config) is gone from the data root."""
+    if len(run_id) > MAX_RUN_ID:
+        raise RunNotFoundError(f"no run {run_id[:40]!r}...: run ids are at most {MAX_RUN_ID} characters")
     state = scheduler.state(run_id)
     if state is None:
-        raise HTTPException(404, f"no run {run_id!r}; list runs with GET /v1/runs")
-    return RunPaths(Path(state["run_dir"]))
+        raise RunNotFoundError(f"no run {run_id!r}; list runs with GET /v1/runs")
+    paths = RunPaths(Path(state["run_dir"]))
+    if not paths.config.is_file():
+        raise RunNotFoundError(
+            f"run {run_id}: its directory {paths.root} is gone (no config.json); it cannot be shown, "
+            "cancelled or resumed"
+        )
+    return paths
 
 
 RunPathsDep = Annotated[RunPaths, Depends(run_paths)]

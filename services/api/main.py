@@ -11,21 +11,36 @@ import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis import Redis
 
-from shared.errors import PromptFileError, SparError
+from shared.errors import PromptFileError, SparError, WorkerSettingsError
+from workers.settings import MIN_TOKEN_LENGTH
 
 from ..dashboard import router as dashboard_router
 from ..scheduler import Scheduler
+from .docs import add_docs
+from .limits import BodyLimit
 from .routes import health, iterations, refine, runs, workers
 from .settings import Settings
 
 
+def check_token(settings: Settings) -> None:
+    """The API refuses to start without a token of at least ``MIN_TOKEN_LENGTH`` characters: a short
+    one can be guessed, and it guards every route that starts work or reads run data."""
+    if not settings.api_token:
+        raise WorkerSettingsError("SPAR_API_TOKEN is not set: the API refuses to start without a token")
+    if len(settings.api_token) < MIN_TOKEN_LENGTH:
+        raise WorkerSettingsError(
+            f"SPAR_API_TOKEN is {len(settings.api_token)} characters; the API needs at least "
+            f"{MIN_TOKEN_LENGTH} (e.g. `openssl rand -hex 32`)"
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    if not settings.api_token:
-        raise RuntimeError("SPAR_API_TOKEN is not set: the API refuses to start without a token")
+    check_token(settings)
     redis = Redis.from_url(
         settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10
     )
@@ -53,17 +68,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="SPaR self-play iterations: start, monitor, cancel, resume; download pairs.",
+        docs_url=None,  # served from the installed swagger-ui-bundle by add_docs, never from a CDN
+        redoc_url=None,  # no offline ReDoc bundle: /openapi.json is the contract
     )
     app.state.settings, app.state.redis, app.state.scheduler = settings, redis, scheduler
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and int(length) > settings.max_body_bytes:
-            return JSONResponse(
-                {"detail": f"request body over {settings.max_body_bytes} bytes"}, status_code=413
-            )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError):
+        """422 naming each bad field; the offending input is echoed only as a short repr (a NaN is
+        not JSON, and a 10^300-digit number or a megabyte string is not worth sending back)."""
+        errors = [
+            {
+                "loc": list(err.get("loc", ())),
+                "field": ".".join(str(p) for p in err.get("loc", ())[1:]) or "(body)",
+                "msg": err.get("msg", ""),
+                "type": err.get("type", ""),
+                "input": _short(err.get("input")),
+            }
+            for err in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(SparError)
     async def spar_error(_: Request, exc: SparError):
@@ -76,4 +102,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, runs, iterations, workers, refine):
         app.include_router(module.router)
     app.include_router(dashboard_router)
+    add_docs(app)
     return app
+
+
+def _short(value: object) -> str:
+    try:
+        text = repr(value) if not isinstance(value, str) else value
+    except ValueError:  # an integer past Python's digit limit for str()
+        return "(a number too long to show)"
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -149,11 +149,18 @@ class WorkerInfo(_Open):
 
 
 class RefineRequest(BaseModel):
-    run_id: str
-    prompt: str = Field(..., min_length=1)
-    response: str
+    """One response to refine. Unknown keys, NaN and Infinity are refused (422 naming the field)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    run_id: str = Field(..., min_length=1, max_length=200)
+    prompt: str = Field(..., min_length=1, max_length=100_000, description="At most 100000 characters.")
+    response: str = Field(..., max_length=200_000, description="At most 200000 characters.")
     wait_s: float = Field(
-        30.0, ge=0.0, le=600.0, description="Wait this long for the result, then return a job id."
+        30.0,
+        ge=0.0,
+        le=120.0,
+        description="Wait this long (<= 120 s; no thread is held) for the result, then return a job id.",
     )
 
 

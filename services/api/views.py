@@ -6,20 +6,26 @@ from typing import Any
 
 from rq.job import Job, JobStatus
 
+from shared.errors import RunConflictError
+from shared.stages import stage as stage_info
 from workers.artifacts import RunPaths
-from workers.stages import num_shards
 
-from ..scheduler import Scheduler, pipeline
+from ..scheduler import Scheduler, started_pipeline
 from ..summary import iteration_summary
 
 
 def stage_progress(paths: RunPaths, only: int | None = None) -> list[dict[str, Any]]:
-    """Shards done per (iteration, stage) of the run's pipeline, optionally of one iteration."""
+    """Shards done per (iteration, stage) of the iterations the run has reached (optionally of one).
+
+    Bounded by the work that exists (:func:`services.scheduler.started_pipeline`), never by the
+    iteration count the config asks for.
+    """
     out = []
-    for iteration, stage in pipeline(paths):
+    total_shards = paths.num_prompt_shards() if (paths.root / "prompts").exists() else 0
+    for iteration, stage in started_pipeline(paths):
         if only is not None and iteration != only:
             continue
-        total = num_shards(paths, stage) if (paths.root / "prompts").exists() else 0
+        total = total_shards if stage_info(stage).sharded else 1
         done = sum(paths.shard_done(iteration, stage, k).exists() for k in range(total))
         out.append(
             {
@@ -33,16 +39,27 @@ def stage_progress(paths: RunPaths, only: int | None = None) -> list[dict[str, A
     return out
 
 
+def iterations_on_disk(paths: RunPaths, limit: int) -> list[int]:
+    """The iterations that have a folder (``iter_<t>``, t < ``limit``), in order: what a view lists."""
+    found = []
+    for child in paths.root.glob("iter_*"):
+        digits = child.name.removeprefix("iter_")
+        if digits.isdigit() and len(digits) < 10 and int(digits) < limit and child.is_dir():
+            found.append(int(digits))
+    return sorted(found)
+
+
 def run_view(run_id: str, paths: RunPaths, scheduler: Scheduler) -> dict[str, Any]:
     """Everything ``GET /v1/runs/{id}`` shows (see :class:`services.api.models.RunView`)."""
     from workers.jobs import latest_version
     from workers.stages.common import load_config
 
     state = scheduler.state(run_id) or {}
-    config = load_config(paths)
-    iterations = [
-        iteration_summary(paths, t) for t in range(config.iterations) if (paths.root / f"iter_{t}").exists()
-    ]
+    try:
+        config = load_config(paths)
+    except (OSError, ValueError) as exc:  # removed meanwhile, or written by an older, laxer version
+        raise RunConflictError(f"run {run_id}: its config.json cannot be read ({str(exc)[:200]})") from exc
+    iterations = [iteration_summary(paths, t) for t in iterations_on_disk(paths, config.iterations)]
     return {
         "id": run_id,
         "status": state.get("status"),

@@ -1,19 +1,42 @@
-"""Liveness, readiness and Prometheus metrics: no token, for probes and scrapers."""
+"""Liveness, readiness and Prometheus metrics: no token, for probes and scrapers.
+
+``/healthz`` and ``/readyz`` are ``async`` and use no injected (threaded) dependency: they must
+answer within a second whatever else the API is doing, and sync routes share one thread pool that
+slow requests can fill. Readiness pings Redis through its own client (short socket timeouts) on its
+own thread, and gives up after :data:`READY_TIMEOUT_S`.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from redis import Redis
 
 from ..deps import RedisDep, SchedulerDep
 from ..models import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
+READY_TIMEOUT_S = 0.8
+_PINGER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spar-readyz")
+
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
+async def healthz() -> Health:
     return Health(ok=True)
+
+
+def _ping_client(request: Request) -> Redis:
+    state = request.app.state
+    if getattr(state, "ping_redis", None) is None:
+        url = state.settings.redis_url
+        state.ping_redis = Redis.from_url(
+            url, socket_timeout=READY_TIMEOUT_S, socket_connect_timeout=READY_TIMEOUT_S
+        )
+    return state.ping_redis
 
 
 @router.get(
@@ -22,11 +45,15 @@ def healthz() -> Health:
     response_model_exclude_none=True,
     responses={503: {"model": Readiness, "description": "Redis is not reachable"}},
 )
-def readyz(redis: RedisDep) -> Response:
+async def readyz(request: Request) -> Response:
+    client = _ping_client(request)
+    loop = asyncio.get_running_loop()
     try:
-        redis.ping()
+        await asyncio.wait_for(loop.run_in_executor(_PINGER, client.ping), READY_TIMEOUT_S + 0.1)
+    except TimeoutError:
+        return JSONResponse({"ok": False, "redis": "no answer to PING in time"}, status_code=503)
     except Exception as exc:
-        return JSONResponse({"ok": False, "redis": str(exc)}, status_code=503)
+        return JSONResponse({"ok": False, "redis": str(exc)[:300]}, status_code=503)
     return JSONResponse({"ok": True})
 
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.responses import StreamingResponse
+
+from shared.config import MAX_ITERATIONS
 
 from ...summary import iteration_summary
 from ..deps import RunPathsDep, require_token
 from ..models import IterationView
 from ..views import stage_progress
+
+Iteration = Annotated[int, Path(ge=0, lt=MAX_ITERATIONS, description="Iteration number, from 0.")]
 
 router = APIRouter(
     prefix="/v1/runs/{run_id}/iterations", tags=["iterations"], dependencies=[Depends(require_token)]
@@ -18,7 +23,7 @@ router = APIRouter(
 
 
 @router.get("/{iteration}", response_model=IterationView)
-def get_iteration(run_id: str, iteration: int, paths: RunPathsDep) -> dict:
+def get_iteration(run_id: str, iteration: Iteration, paths: RunPathsDep) -> dict:
     if not (paths.root / f"iter_{iteration}").exists():
         raise HTTPException(404, f"run {run_id} has no iteration {iteration} yet")
     return iteration_summary(paths, iteration) | {"progress": stage_progress(paths, only=iteration)}
@@ -34,7 +39,7 @@ def get_iteration(run_id: str, iteration: int, paths: RunPathsDep) -> dict:
         }
     },
 )
-def download_pairs(run_id: str, iteration: int, paths: RunPathsDep) -> StreamingResponse:
+def download_pairs(run_id: str, iteration: Iteration, paths: RunPathsDep) -> StreamingResponse:
     file = paths.data_file(iteration, "pairs.jsonl")
     if not file.exists():
         raise HTTPException(404, f"iteration {iteration} of {run_id} has no pairs yet (assemble not done)")

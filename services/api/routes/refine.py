@@ -1,10 +1,18 @@
-"""Inference-time refinement of one response with a run's latest refiner (a job on the refiner queue)."""
+"""Inference-time refinement of one response with a run's latest refiner (a job on the refiner queue).
+
+``POST /v1/refine`` waits for the result up to ``wait_s`` seconds without holding a thread: it is
+``async`` and polls the job with ``asyncio.sleep`` between short Redis reads, so any number of
+waiting clients cannot starve the thread pool (or the health probes). ``GET /v1/refine/{id}``
+shows refinement jobs only; any other job id (a shard's, say) is a 404.
+"""
 
 from __future__ import annotations
 
-import time
+import asyncio
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -17,36 +25,48 @@ from ..views import refine_view
 
 router = APIRouter(prefix="/v1/refine", tags=["refine"], dependencies=[Depends(require_token)])
 
+POLL_S = 0.2
 _OUTCOMES = {
     202: {"model": RefineResult, "description": "still running: poll the given URL"},
     500: {"model": RefineResult, "description": "the refinement job failed"},
 }
+JobId = Annotated[str, Path(max_length=100, description="The job id POST /v1/refine returned.")]
 
 
 @router.post("", response_model=RefineResult, responses=_OUTCOMES)
-def refine(body: RefineRequest, settings: SettingsDep, scheduler: SchedulerDep) -> JSONResponse:
-    paths = run_paths(body.run_id, scheduler)
-    job = scheduler.queues["refiner"].enqueue(
+async def refine(body: RefineRequest, settings: SettingsDep, scheduler: SchedulerDep) -> JSONResponse:
+    paths = await run_in_threadpool(run_paths, body.run_id, scheduler)
+    job = await run_in_threadpool(
+        scheduler.queues["refiner"].enqueue,
         REFINE_ONE,
         kwargs={"run_dir": str(paths.root), "prompt": body.prompt, "response": body.response},
         job_timeout=settings.job_timeout,
         result_ttl=24 * 3600,
     )
-    deadline = time.monotonic() + body.wait_s
-    while time.monotonic() < deadline:
-        status = job.get_status(refresh=True)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + body.wait_s
+    while loop.time() < deadline:
+        status = await run_in_threadpool(job.get_status, True)
         if status in (JobStatus.FINISHED, JobStatus.FAILED):
             break
-        time.sleep(0.2)
-    code, view = refine_view(job)
+        await asyncio.sleep(POLL_S)
+    code, view = await run_in_threadpool(refine_view, job)
     return JSONResponse(view, status_code=code)
 
 
-@router.get("/{job_id}", response_model=RefineResult, responses=_OUTCOMES)
-def refine_result(job_id: str, redis: RedisDep) -> JSONResponse:
+def _refine_job(job_id: str, redis: RedisDep) -> Job:
+    """The refinement job ``job_id``; 404 for an unknown id and for any job that is not a refinement."""
     try:
         job = Job.fetch(job_id, connection=redis, serializer=SERIALIZER)
-    except NoSuchJobError:
-        raise HTTPException(404, f"no refinement job {job_id!r}") from None
-    code, view = refine_view(job)
+        is_refine = job.func_name == REFINE_ONE
+    except (NoSuchJobError, ValueError, TypeError):  # unknown, or stored data that is not a job
+        is_refine = False
+    if not is_refine:
+        raise HTTPException(404, f"no refinement job {job_id!r}; ids come from POST /v1/refine")
+    return job
+
+
+@router.get("/{job_id}", response_model=RefineResult, responses=_OUTCOMES)
+def refine_result(job_id: JobId, redis: RedisDep) -> JSONResponse:
+    code, view = refine_view(_refine_job(job_id, redis))
     return JSONResponse(view, status_code=code)

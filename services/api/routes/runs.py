@@ -12,13 +12,20 @@ from ..deps import RunPathsDep, SchedulerDep, SettingsDep, require_token
 from ..models import RunCreated, RunListItem, RunStatusChange, RunView
 from ..views import run_view
 
+RESUME_LOCK_S = 60  # longer than any resume takes; the lock is deleted as soon as it is done
+
 router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[Depends(require_token)])
 
 
 @router.post("", status_code=201, response_model=RunCreated)
 def start_run(config: RunConfig, settings: SettingsDep, scheduler: SchedulerDep) -> RunCreated:
     """Create a run from a config (the YAML's fields as JSON); paths must lie under the data root."""
-    resolved = confine(config, settings.data_root.resolve())
+    resolved = confine(
+        config,
+        settings.data_root.resolve(),
+        allow_remote_code=settings.allow_remote_code,
+        max_iterations=settings.max_iterations,
+    )
     paths = create_run(resolved, settings.runs_root)
     scheduler.register(paths)
     return RunCreated(id=paths.run_id, status=RunStatus.QUEUED, run_dir=str(paths.root))
@@ -43,11 +50,21 @@ def cancel(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatu
 @router.post(
     "/{run_id}/resume",
     response_model=RunStatusChange,
-    responses={409: {"description": "the run is still queued or running"}},
+    responses={409: {"description": "the run is still queued or running, or being resumed right now"}},
 )
 def resume(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatusChange:
-    state = scheduler.state(run_id) or {}
-    if state.get("status") in ACTIVE:
-        raise HTTPException(409, f"run {run_id} is {state['status']}; only failed or cancelled runs resume")
-    scheduler.resume(run_id, paths)
+    """Only one resume of a run at a time (a short Redis lock, across API replicas): a second one
+    sent meanwhile gets 409, not a half-done duplicate."""
+    lock = f"spar:run:{run_id}:resuming"
+    if not scheduler.redis.set(lock, "1", nx=True, ex=RESUME_LOCK_S):
+        raise HTTPException(409, f"run {run_id} is being resumed by another request; check its status")
+    try:
+        state = scheduler.state(run_id) or {}
+        if state.get("status") in ACTIVE:
+            raise HTTPException(
+                409, f"run {run_id} is {state['status']}; only failed or cancelled runs resume"
+            )
+        scheduler.resume(run_id, paths)
+    finally:
+        scheduler.redis.delete(lock)
     return RunStatusChange(id=run_id, status=RunStatus.QUEUED)
