@@ -33,6 +33,7 @@ from rq.registry import StartedJobRegistry
 from shared.stages import pipeline as stage_pipeline
 from workers.artifacts import RunPaths
 from workers.queue import QUEUES, RUN_SHARD, SERIALIZER, STAGE_QUEUE, WAKE_CHANNEL, job_id
+from workers.rq_compat import SparJob
 from workers.stages import StageSpec, num_shards, write_stage_manifest
 from workers.stages.common import load_config
 
@@ -105,7 +106,9 @@ class Scheduler:
     def __init__(self, redis: Redis, settings: SchedulerSettings | None = None):
         self.redis = redis
         self.settings = settings or SchedulerSettings()
-        self.queues = {name: Queue(name, connection=redis, serializer=SERIALIZER) for name in QUEUES}
+        self.queues = {
+            name: Queue(name, connection=redis, serializer=SERIALIZER, job_class=SparJob) for name in QUEUES
+        }
         self._cas = redis.register_script(_SET_IF_ACTIVE)
 
     # ----- the run registry -------------------------------------------------------------------
@@ -157,7 +160,9 @@ class Scheduler:
     def tick(self) -> None:
         """Advance every active run by what can be done now (cheap when nothing changed)."""
         for name in QUEUES:  # jobs of dead workers come back (retry) or fail here
-            StartedJobRegistry(name, connection=self.redis, serializer=SERIALIZER).cleanup()
+            # SparJob: an abandoned job's stored on_failure callback is never imported here
+            started = StartedJobRegistry(name, self.redis, job_class=SparJob, serializer=SERIALIZER)
+            started.cleanup()
         for run_id in self.run_ids():
             state = self.state(run_id)
             if state and state["status"] in ACTIVE:

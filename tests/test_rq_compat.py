@@ -7,6 +7,7 @@ worker's shutdown or retry handling at run time.
 from __future__ import annotations
 
 import inspect
+import re
 import subprocess
 from multiprocessing.process import BaseProcess
 
@@ -84,3 +85,63 @@ def test_burst_scheduling_takes_and_returns_the_lock_without_a_process(redis: Re
     rq_compat.start_scheduler(worker, burst=True)
     assert rq_compat.scheduler_process(worker.scheduler) is None
     assert not redis.exists(worker.scheduler.get_locking_key("burst"))
+
+
+def test_the_job_hash_fields_refusal_reads_are_where_rq_stores_each_hazard(redis: Redis) -> None:
+    """``refusal_reasons`` reads RQ's storage fields (``JOB_HAZARD_FIELDS``) from the job's hash."""
+    from rq import Callback, Repeat
+    from rq.webhook import Webhook
+
+    queue = Queue("compat", connection=redis)
+    parent = queue.enqueue("workers.jobs.noop")
+    job = queue.enqueue(
+        "workers.jobs.noop",
+        on_success=Callback("os.getcwd"),
+        on_failure=Callback("os.getpid"),
+        on_stopped=Callback("os.getppid"),
+        webhooks=[Webhook("http://127.0.0.1:9/x", "finished")],
+        depends_on=parent,
+        repeat=Repeat(times=2),
+    )
+    stored = redis.hgetall(job.key)
+    for field in rq_compat.JOB_HAZARD_FIELDS:
+        assert stored.get(field.encode()), f"RQ no longer stores {field} in a job's hash"
+    reasons = rq_compat.refusal_reasons(job, frozenset({"workers.jobs.noop"}))
+    assert len(reasons) == len(rq_compat.JOB_HAZARD_FIELDS)
+    plain = queue.enqueue("workers.jobs.noop")
+    assert rq_compat.refusal_reasons(plain, frozenset({"workers.jobs.noop"})) == []
+
+
+def test_the_callback_name_privates_hold_what_rq_stores_and_imports(redis: Redis) -> None:
+    """``disarm`` clears these so that RQ, saving the failed job, stores no callback name."""
+    from rq import Callback
+    from rq.job import Job
+
+    job = Queue("compat", connection=redis).enqueue("workers.jobs.noop", on_success=Callback("os.getcwd"))
+    job = Job.fetch(job.id, connection=redis)
+    assert [getattr(job, name) for name in rq_compat.PRIVATE_JOB_ATTRIBUTES] == ["os.getcwd", None, None]
+    rq_compat.disarm(job, ["test"])
+    assert all(getattr(job, name) is None for name in rq_compat.PRIVATE_JOB_ATTRIBUTES)
+    assert job.to_dict()["success_callback_name"] == "" and job.success_callback is None
+    assert not any(redis.hget(job.key, f) for f in rq_compat.JOB_HAZARD_FIELDS)
+    assert job.func_name == "workers.jobs.refused" and job.args == [f"refused job {job.id}: test"]
+
+
+def test_rq_reaches_callbacks_and_webhooks_only_through_what_spar_job_overrides() -> None:
+    """SparJob overrides these members; RQ's worker, queue and registry call nothing else for them."""
+    import rq.job
+    import rq.queue
+    import rq.registry
+    import rq.worker.base
+    import rq.worker.worker_classes
+
+    for name in rq_compat.JOB_PUBLIC_HOOKS:
+        assert name in vars(rq_compat.SparJob), name
+        assert hasattr(rq.job.Job, name), f"rq.Job no longer has {name}"
+    # every place RQ runs a callback or sends a webhook goes through these names
+    private_uses = re.compile(r"\._(success|failure|stopped)_callback\(|\.webhooks\b.*\.send\(")
+    for module in (rq.worker.base, rq.worker.worker_classes, rq.queue, rq.registry):
+        source = inspect.getsource(module)
+        assert not private_uses.search(source), module.__name__
+    job_source = inspect.getsource(rq.job.Job)
+    assert job_source.count("webhook.send(") == 1  # only in send_webhooks

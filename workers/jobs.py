@@ -140,9 +140,13 @@ def latest_version(paths: RunPaths, role: str) -> int:
     return k
 
 
-def refused(*args: object, **kwargs: object) -> dict:
-    """What a worker runs instead of a job naming a function outside spar's job functions."""
-    raise PermissionError("this worker only runs spar's job functions (workers.jobs.run_shard, refine_one)")
+def refused(reason: str = "", *args: object, **kwargs: object) -> dict:
+    """What a worker runs instead of a job it refuses (``workers.rq_compat.refusal_reasons``).
+
+    Raising makes RQ record the job as failed, with ``reason`` in its result, through its usual
+    failure path; nothing of the refused job has run.
+    """
+    raise PermissionError(reason or "this worker only runs spar's job functions")
 
 
 def noop(payload: dict | None = None) -> dict:

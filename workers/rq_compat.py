@@ -8,7 +8,15 @@ spar's worker needs three things RQ has no public hook for:
 * to know whether RQ's work loop ended because a stop was requested (:func:`stop_requested`) and
   to ask it to take no further job (:func:`refuse_further_jobs`);
 * to stop and unlock an ended loop's scheduler process (:func:`scheduler_process`,
-  :func:`release_scheduler_locks`).
+  :func:`release_scheduler_locks`);
+* to never run what a job stored in Redis asks for besides its function: callbacks
+  (``on_success``/``on_failure``/``on_stopped``, imported by dotted path and called in the worker,
+  and by RQ's registry cleanup in whichever process cleans) and webhooks (HTTP requests from inside
+  the cluster). spar creates neither, nor dependencies or repeats, so a job carrying one was not
+  enqueued by spar: :func:`refusal_reasons` names what it carries (read from the job's Redis hash,
+  RQ's storage fields in :data:`JOB_HAZARD_FIELDS`), :func:`disarm` makes the worker fail it through
+  RQ's normal failure path without running any of it, and :class:`SparJob` is the job class of every
+  spar queue, worker and registry, whose callbacks and webhooks are never looked up at all.
 
 Everything else in spar uses RQ's public API. RQ's version range is pinned in pyproject.toml
 (``rq>=2.12,<2.13``) because these names may change in any minor release; the tests fail first.
@@ -26,6 +34,7 @@ from typing import Any
 
 from redis import Redis
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.job import Job
 from rq.logutils import setup_loghandlers
 from rq.scheduler import RQScheduler
 from rq.scheduler import run as run_scheduler
@@ -35,7 +44,52 @@ from rq.worker import Worker
 PRIVATE_WORKER_ATTRIBUTES = ("_stop_requested", "_shutdown_requested_date")
 PRIVATE_WORKER_METHODS = ("_start_scheduler",)
 PRIVATE_SCHEDULER_ATTRIBUTES = ("_status", "_connection", "_process")
-"""The RQ privates this module touches; the compat tests check each exists and behaves as used."""
+PRIVATE_JOB_ATTRIBUTES = ("_success_callback_name", "_failure_callback_name", "_stopped_callback_name")
+JOB_HAZARD_FIELDS: dict[str, str] = {
+    "success_callback_name": "an on_success callback",
+    "failure_callback_name": "an on_failure callback",
+    "stopped_callback_name": "an on_stopped callback",
+    "webhooks": "webhooks",
+    "dependency_ids": "dependencies",
+    "dependency_id": "a dependency",
+    "repeats_left": "repeats",
+}
+"""RQ's fields of a job's Redis hash that make RQ run or enqueue something besides the job's function."""
+JOB_PUBLIC_HOOKS = ("success_callback", "failure_callback", "stopped_callback", "send_webhooks")
+"""The RQ privates this module touches; the compat tests check each exists and behaves as used.
+``JOB_PUBLIC_HOOKS`` are the Job members :class:`SparJob` overrides: RQ reaches callbacks and webhooks
+only through them (checked by a test that runs a job with both through RQ's own worker)."""
+
+log = logging.getLogger("spar.worker")
+
+
+class SparJob(Job):
+    """RQ's Job without callbacks and webhooks: nothing a job's Redis hash names runs in a spar process.
+
+    RQ imports a stored callback by its dotted path and calls it -- in the worker on success,
+    failure or stop, and in whichever process cleans the started registry of an abandoned job (the
+    worker's maintenance, spar's scheduler) -- and sends stored webhooks from inside the cluster.
+    spar never sets either, so here they are always absent, whatever the hash says; a job carrying
+    them is also refused outright by the worker (:func:`refusal_reasons`).
+    """
+
+    @property
+    def success_callback(self) -> None:
+        return None
+
+    @property
+    def failure_callback(self) -> None:
+        return None
+
+    @property
+    def stopped_callback(self) -> None:
+        return None
+
+    def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
+        if self.webhooks:
+            log.warning(
+                "stored webhooks not sent", extra={"event": "worker.webhooks_ignored", "job": self.id}
+            )
 
 
 class SparScheduler(RQScheduler):
@@ -142,3 +196,51 @@ def release_scheduler_locks(scheduler: RQScheduler, connection: Redis) -> list[s
         for name in sorted(scheduler.acquired_locks)
         if release_lock(connection, scheduler.get_locking_key(name), scheduler.name)
     ]
+
+
+def refusal_reasons(job: Job, allowed_functions: frozenset[str]) -> list[str]:
+    """Why a spar worker must not run ``job`` (empty when it may): read from its Redis hash.
+
+    spar enqueues only its own job functions, with no callbacks, webhooks, dependencies or
+    repeats; anything else was put there by someone else. The hash is read directly (not RQ's
+    parsed job, which drops webhooks it cannot parse), and the function name is read without
+    importing anything.
+    """
+    stored = dict(zip(JOB_HAZARD_FIELDS, job.connection.hmget(job.key, list(JOB_HAZARD_FIELDS)), strict=True))
+    reasons = [
+        f"it carries {what} ({_short(stored[field])})"
+        for field, what in JOB_HAZARD_FIELDS.items()
+        if stored[field] not in (None, b"", b"[]")
+    ]
+    try:
+        func, instance = job.func_name, job.instance
+    except Exception as exc:  # an unreadable payload: not one spar wrote
+        return [*reasons, f"its payload cannot be read ({type(exc).__name__})"]
+    if func not in allowed_functions or instance is not None:
+        reasons.insert(0, f"it names {func!r}, and this worker only runs spar's job functions")
+    return reasons
+
+
+def _short(value: bytes | None) -> str:
+    text = (value or b"").decode("utf-8", "replace")
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def disarm(job: Job, reasons: list[str]) -> None:
+    """Make RQ fail ``job`` with ``reasons`` through its normal failure path, running none of it.
+
+    RQ then records the job as failed (its registries, status and result, as for any failed job)
+    with a PermissionError naming the reasons. Only this in-memory copy changes before RQ saves
+    it: its function becomes :func:`workers.jobs.refused`, its arguments the reasons; retries and
+    repeats are dropped, callbacks and webhooks cleared (:class:`SparJob` ignores them anyway).
+    """
+    job.func_name = "workers.jobs.refused"
+    job.instance = None
+    job.args = [f"refused job {job.id}: " + "; ".join(reasons)]
+    job.kwargs = {}
+    job.retries_left = 0
+    job.repeats_left = None
+    job.webhooks = []
+    for name in PRIVATE_JOB_ATTRIBUTES:  # RQ saves the job when it fails it: store no callback names
+        setattr(job, name, None)
+    job.connection.hdel(job.key, *JOB_HAZARD_FIELDS)  # nor webhooks, dependencies, repeats

@@ -62,6 +62,7 @@ class SparWorker(SimpleWorker):
     """A SimpleWorker that heartbeats during jobs and publishes what it is doing for ``/v1/workers``."""
 
     death_penalty_class = SparDeathPenalty
+    job_class = rq_compat.SparJob  # stored callbacks and webhooks are never looked up
 
     def __init__(self, *args: Any, role: str, heartbeat_ttl: int = DEFAULT_HEARTBEAT_TTL, **kwargs: Any):
         kwargs.setdefault("serializer", SERIALIZER)
@@ -100,10 +101,13 @@ class SparWorker(SimpleWorker):
                 log.warning("heartbeat failed", extra={"event": "worker.heartbeat_failed", "error": str(exc)})
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        if job.func_name not in ALLOWED_FUNCTIONS:
-            # RQ imports whatever dotted path a job names: only spar's own job functions may run here.
-            log.error("refused job", extra={"event": "worker.refused", "job": job.id, "func": job.func_name})
-            job.func_name = "workers.jobs.refused"
+        reasons = rq_compat.refusal_reasons(job, ALLOWED_FUNCTIONS)
+        if reasons:
+            # Whoever can write to Redis can enqueue a job; RQ would import and call whatever dotted
+            # path it names -- its function, its callbacks -- and send its webhooks. Only jobs as spar
+            # enqueues them run here; any other is failed, with the reasons, before any of it runs.
+            log.error("refused job", extra={"event": "worker.refused", "job": job.id, "reasons": reasons})
+            rq_compat.disarm(job, reasons)
         self.publish(current_job=job.id)
         self._stop_beating.clear()
         beater = threading.Thread(target=self._beat, args=(job,), daemon=True, name="spar-heartbeat")
@@ -182,7 +186,7 @@ def run_worker(
             if previous is not None:
                 _release_scheduler(previous, connection)
                 previous = None
-            queue = Queue(role, connection=connection, serializer=SERIALIZER)
+            queue = Queue(role, connection=connection, serializer=SERIALIZER, job_class=rq_compat.SparJob)
             worker = SparWorker(
                 [queue],
                 connection=connection,
