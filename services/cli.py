@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
 
     add_prompts_commands(sub)
 
+    report = sub.add_parser("report", help="write a self-contained report (HTML or Markdown) of runs")
+    report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    report.add_argument("--out", type=Path, help="output file (default: RUN_DIR/report.html or .md)")
+    report.add_argument("--format", choices=["html", "md"], default="html")
+
     models = sub.add_parser("models", help="build or prepare local model folders")
     msub = models.add_subparsers(dest="models_command", required=True)
     prep = msub.add_parser("prepare", help="prepare a built-in model as a Hugging Face folder")
@@ -118,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
             from services.eval_cli import run_eval_command
 
             return run_eval_command(args, console)
+        if args.command == "report":
+            from services.report import write_report
+
+            out = args.out or args.run_dirs[0] / f"report.{args.format}"
+            console.print(f"report written to {write_report(args.run_dirs, out, args.format)}")
+            return 0
         if args.command == "prompts":
             from services.prompts_cli import run_prompts_command
 

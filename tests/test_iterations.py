@@ -146,6 +146,25 @@ def test_the_eval_stage_scores_each_model_version(tmp_path: Path, tiny_model_pat
         assert r["n_prompts"] == 3 and 0.0 <= r["prompt_strict"] <= r["prompt_loose"] <= 1.0
     for r in evaluation["judge"]:
         assert r["n"] == 3 and 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["invalid_rate"] <= 1.0
+        assert 0.0 <= r["pointwise_accuracy"] <= 1.0 and 0.0 <= r["pointwise_f1"] <= 1.0
+    for r in evaluation["ifeval"]:
+        for metric, (low, high) in r["ci95"].items():
+            assert low <= r[metric] <= high, metric
+
+    # `spar report` on the same run: every evaluated version, its intervals, the counts and costs
+    from services.cli import main
+
+    assert (
+        main(["report", str(paths.root), str(paths.root), "--format", "md", "--out", str(tmp_path / "r.md")])
+        == 0
+    )
+    report = (tmp_path / "r.md").read_text()
+    v1 = evaluation["ifeval"][1]
+    low, high = v1["ci95"]["prompt_strict"]
+    assert f"| v1 | {100 * v1['prompt_strict']:.1f} [{100 * low:.1f}, {100 * high:.1f}]" in report
+    assert "## Comparison" in report and report.count(f"| {paths.run_id} | v1 |") == 2
+    assert f"eval `{read_json(paths.manifest(0, 'eval'))['config_hash']}`" in report
+    assert main(["report", str(paths.root)]) == 0 and "<svg" in (paths.root / "report.html").read_text()
 
 
 def test_iopo_groups_from_a_tiny_run_train_the_actor(tmp_path: Path, tiny_model_path: Path) -> None:
