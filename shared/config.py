@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -224,15 +224,9 @@ class JudgeConfig(_Strict):
         description="verifier_then_llm: also LLM-judge up to N verifiable responses to report agreement "
         "(<= 100000).",
     )
-    negatives_per_prompt: int | Literal["all"] = Field(
+    negatives_per_prompt: Annotated[int, Field(ge=1, le=64)] | Literal["all"] = Field(
         1, description="Failed responses kept as negatives per prompt: a count (1 to 64) or 'all'."
     )
-
-    @model_validator(mode="after")
-    def _positive_negatives(self) -> JudgeConfig:
-        if isinstance(self.negatives_per_prompt, int) and not 1 <= self.negatives_per_prompt <= 64:
-            raise ValueError("negatives_per_prompt must be between 1 and 64, or 'all'")
-        return self
 
 
 class SearchConfig(_Strict):
@@ -273,6 +267,12 @@ class DataConfig(_Strict):
     caps: CapsConfig = Field(default_factory=CapsConfig)
     max_pairs: int | None = Field(
         None, ge=1, le=10_000_000, description="Optional cap on DPO pairs (<= 10^7)."
+    )
+    pairs_from: Literal["refinement", "samples"] = Field(
+        "refinement",
+        description="Where DPO pairs come from: refinement (SPaR: the tree's success vs its root negative) "
+        "or samples (the paper's ablation: a passing and a failing sample of the same prompt, no "
+        "refinement; the refine stage may then be left out).",
     )
 
 

@@ -56,6 +56,38 @@ def dpo_pair(prompt_id: str, tree: Tree) -> PairRow | None:
     )
 
 
+def sample_pairs(stage2: Sequence[JudgedResponse], seed: int) -> list[PairRow]:
+    """The ablation's pairs: per prompt, a passing sample (chosen) against a failing one (rejected).
+
+    No refinement: both responses are the actor's own independent samples, judged in stage 2. The
+    choice among a prompt's passing and failing samples is seeded; prompts lacking either give none.
+    """
+    by_prompt: dict[str, list[JudgedResponse]] = {}
+    for r in stage2:
+        by_prompt.setdefault(r.prompt_id, []).append(r)
+    pairs = []
+    for prompt_id, responses in by_prompt.items():
+        passed = [r for r in responses if r.judgment.label is Verdict.PASS]
+        failed = [r for r in responses if r.judgment.label is Verdict.FAIL]
+        if not passed or not failed:
+            continue
+        rng = rng_for(seed, "sample-pairs", prompt_id)
+        chosen, rejected = rng.choice(passed), rng.choice(failed)
+        pairs.append(
+            PairRow(
+                prompt_id=prompt_id,
+                tree=f"{prompt_id}#samples",
+                prompt=chosen.prompt,
+                chosen=chosen.response,
+                rejected=rejected.response,
+                rejected_judgment=rejected.judgment.kept or "",
+                chosen_value=chosen.judgment.value or 0.0,
+                depth=0,
+            )
+        )
+    return pairs
+
+
 def refinement_example(prompt_id: str, tree: Tree) -> RftExample | None:
     """Parent's refine chat -> the successful child's whole output (reflection and markers)."""
     success = tree.success
@@ -113,6 +145,7 @@ def assemble(
     caps: CapsConfig,
     seed: int,
     max_pairs: int | None = None,
+    pairs_from: str = "refinement",
 ) -> Assembled:
     """DPO pairs and the capped, de-duplicated RFT mix from an iteration's trees and judgments.
 
@@ -123,8 +156,12 @@ def assemble(
 
     pairs: list[PairRow] = []
     seen_pairs: set[str] = set()
-    for prompt_id, tree in trees:
-        pair = dpo_pair(prompt_id, tree)
+    candidates_pairs = (
+        [dpo_pair(prompt_id, tree) for prompt_id, tree in trees]
+        if pairs_from == "refinement"
+        else list(sample_pairs(stage2, seed))
+    )
+    for pair in candidates_pairs:
         if pair is None:
             continue
         key = text_key(pair.prompt, pair.chosen, pair.rejected)

@@ -167,3 +167,15 @@ def test_version_metadata_is_validated_when_written(tmp_path) -> None:
     assert read is not None and read.alias_of == "v0" and read.data.records == 0 and not read.adapter
     with pytest.raises(ValidationError, match="alias"):
         write_metadata(tmp_path, meta | {"alias": "v0"})
+
+
+def test_sample_pairs_contrast_a_passing_and_a_failing_sample_of_one_prompt() -> None:
+    from shared.pairs import sample_pairs
+
+    stage2 = [judged("good", 4, prompt="x"), judged("bad", 0, prompt="x"), judged("only", 4, prompt="y")]
+    stage2[2] = JudgedResponse("p2", "y", "only", stage2[2].judgment)  # a prompt with no failing sample
+    (pair,) = sample_pairs(stage2, seed=0)
+    assert (pair.prompt, pair.chosen, pair.rejected, pair.depth) == ("x", "good", "bad", 0)
+    data = assemble([], stage2, CapsConfig(), seed=0, pairs_from="samples")
+    assert [p.chosen for p in data.pairs] == ["good"] and data.counts.pairs == 1
+    assert assemble([], stage2, CapsConfig(), seed=0).pairs == []  # refinement pairs need trees

@@ -22,8 +22,11 @@ def run_assemble(
     started = time.perf_counter()
     trees: list[tuple[str, Tree]] = []
     stage2: list[JudgedResponse] = []
+    # pairs from independent samples (the ablation) need no trees; trees still feed the RFT mix
+    use_trees = config.data.pairs_from == "refinement" or "refine" in config.stages
+    needed = ("judge", "refine") if use_trees else ("judge",)
     for shard in range(paths.num_prompt_shards()):
-        for stage in ("judge", "refine"):
+        for stage in needed:
             if not paths.shard_done(spec.iteration, stage, shard).exists():
                 raise MissingStageOutputError(
                     f"iteration {spec.iteration}: shard {shard} of stage '{stage}' is not done; "
@@ -34,7 +37,7 @@ def run_assemble(
             for r in row.responses:
                 judgment = Judgment.from_record(row.prompt, r.text, r.as_record())
                 stage2.append(JudgedResponse(row.id, row.prompt, r.text, judgment))
-        for raw in read_jsonl(paths.shard(spec.iteration, "refine", shard)):
+        for raw in read_jsonl(paths.shard(spec.iteration, "refine", shard)) if use_trees else ():
             tree = TreeRow.from_record(raw)
             trees.append((tree.prompt_id, Tree.from_record(tree.tree_record())))
         if progress is not None:
@@ -46,6 +49,7 @@ def run_assemble(
         config.data.caps,
         seed=derive_seed(config.seed, "assemble", spec.iteration),
         max_pairs=config.data.max_pairs,
+        pairs_from=config.data.pairs_from,
     )
     write_jsonl_atomic(paths.data_file(spec.iteration, "pairs.jsonl"), [p.as_record() for p in data.pairs])
     write_jsonl_atomic(paths.data_file(spec.iteration, "rft.jsonl"), [e.as_record() for e in data.rft])
