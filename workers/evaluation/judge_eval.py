@@ -144,12 +144,13 @@ def evaluate_judge(
 ) -> dict[str, Any]:
     """Judge both outputs of every item and score the refiner as a pairwise judge.
 
-    Returns ``n``, ``accuracy`` (per pair: preferred passes and the other fails), the pointwise
-    ``pointwise_accuracy``/``_precision``/``_recall``/``_f1`` (:func:`pointwise_scores`),
-    ``invalid_rate`` (share of sampled judgments that parse INVALID), ``undecided_rate`` (share of
-    the 2N outputs whose vote is tied), ``pass_rate`` (share of outputs judged pass: a judge biased
-    to Yes shows here), ``preferred_pass_rate``, ``other_fail_rate``, the judge settings,
-    ``judge_s``, ``engine_calls`` and per-item ``records``. The defaults are stage 2's (votes 5, temperature 0.7, ties dropped).
+    Returns ``n``; ``accuracy`` (per pair: the preferred output passes and the other fails); the
+    pointwise ``pointwise_accuracy``, ``_precision``, ``_recall`` and ``_f1`` (see
+    :func:`pointwise_scores`); ``invalid_rate`` (share of sampled judgments that parse INVALID);
+    ``undecided_rate`` (share of the 2N outputs whose vote is tied); ``pass_rate`` (share of
+    outputs judged pass: a judge biased to Yes shows here); ``preferred_pass_rate``;
+    ``other_fail_rate``; the judge settings, ``judge_s``, ``engine_calls`` and per-item
+    ``records``. The defaults are stage 2's (votes 5, temperature 0.7, ties dropped).
     """
     items = list(items)
     if not items:
