@@ -44,6 +44,12 @@ OVERLAYS = {
 }
 GPU_OVERLAYS = ("gpu", "gpu-keda")
 TOKEN_SECRET = "spar-api-token"
+REDIS_SECRET = "spar-redis"
+REDIS_USER = "spar"
+# every SPAR_REDIS_URL: the in-cluster Service, user spar, the password from the Secret
+K8S_REDIS_URL = "redis://spar:$(REDIS_PASSWORD)@redis:6379/0"
+COMPOSE_PASSWORD = re.compile(r"\$\{SPAR_REDIS_PASSWORD:\?[^}]+\}")  # required, no default
+SPAR_COMPONENTS = ("api", "worker-actor", "worker-refiner", "worker-train")
 DATA_PVC = "spar-data"
 SPAR_PART_OF = {"app.kubernetes.io/part-of": "spar"}
 
@@ -126,7 +132,9 @@ def test_compose_profiles_split_cpu_and_gpu_workers():
     for name in cpu:
         s = services[name]
         assert s["build"]["target"] == "cpu"
-        assert "deploy" not in s, f"{name}: a CPU worker must not reserve devices"
+        assert "reservations" not in s["deploy"]["resources"], (
+            f"{name}: a CPU worker must not reserve devices"
+        )
     for name in gpu:
         s = services[name]
         role = name.removeprefix("worker-")
@@ -150,7 +158,10 @@ def test_compose_every_spar_service_shares_the_data_volume_and_env():
             continue
         assert "spar-data:/data" in s["volumes"], name
         env = s["environment"]
-        assert env["SPAR_REDIS_URL"].startswith("redis://redis:6379/")
+        user, password, rest = re.fullmatch(
+            r"redis://([^:@]+):(.+)@(redis:6379/\d+)", env["SPAR_REDIS_URL"]
+        ).groups()
+        assert user == REDIS_USER and COMPOSE_PASSWORD.fullmatch(password), env["SPAR_REDIS_URL"]
         assert env["SPAR_DATA_ROOT"] == "/data"
         assert env["HF_HUB_OFFLINE"] == "1"
         # the token only reaches the API
@@ -678,13 +689,13 @@ def test_redis_is_persistent_and_reachable(rendered, overlay):
     services = objects(docs, "Service")
     assert services[statefulset["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
     # SPAR_REDIS_URL points at the in-cluster Service
-    url = objects(docs, "ConfigMap")["spar-config"]["data"]["SPAR_REDIS_URL"]
-    host_port = re.fullmatch(r"redis://([^:/]+):(\d+)/(\d+)", url)
+    host_port = re.fullmatch(r"redis://[^@]+@([^:/]+):(\d+)/(\d+)", K8S_REDIS_URL)
     assert host_port and host_port.group(1) in services
     assert int(host_port.group(2)) == services[host_port.group(1)]["spec"]["ports"][0]["port"]
-    # and only spar's pods may connect
+    # and only spar's API and worker pods may connect (test_network_policies)
     policy = objects(docs, "NetworkPolicy")["redis-clients"]
-    assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {"matchLabels": SPAR_PART_OF}}]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
     for workload in spar_workloads(docs).values():
         assert workload["spec"]["template"]["metadata"]["labels"].items() >= SPAR_PART_OF.items()
 
@@ -693,8 +704,15 @@ def test_keda_scaled_objects(rendered):
     docs = rendered["gpu-keda"]
     deployments = objects(docs, "Deployment")
     config = objects(docs, "ConfigMap")["spar-config"]["data"]
-    db = re.fullmatch(r"redis://[^/]+/(\d+)", config["SPAR_REDIS_URL"]).group(1)
-    redis_host, redis_port = re.fullmatch(r"redis://([^:/]+):(\d+)/\d+", config["SPAR_REDIS_URL"]).groups()
+    user, redis_host, redis_port, db = re.fullmatch(
+        r"redis://([^:]+):[^@]+@([^:/]+):(\d+)/(\d+)", K8S_REDIS_URL
+    ).groups()
+    # KEDA logs in as spar does, with the password from the Secret (never in the ScaledObjects)
+    auth = objects(docs, "TriggerAuthentication")["spar-redis"]
+    assert auth["apiVersion"] == "keda.sh/v1alpha1"
+    assert auth["spec"] == {
+        "secretTargetRef": [{"parameter": "password", "name": REDIS_SECRET, "key": "password"}]
+    }
     scaled = objects(docs, "ScaledObject")
     for role in ROLES:
         so = scaled[f"worker-{role}"]
@@ -708,7 +726,10 @@ def test_keda_scaled_objects(rendered):
         assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
         (trigger,) = spec["triggers"]
         assert trigger["type"] == "redis"
+        assert trigger["authenticationRef"] == {"name": "spar-redis"}
         meta = trigger["metadata"]
+        assert meta["username"] == user
+        assert not {"password", "passwordFromEnv"} & set(meta), "the password comes from the Secret"
         # KEDA's trigger metadata is a map of strings: a bare number is rejected by its CRD
         assert all(isinstance(v, str) for v in meta.values()), meta
         assert meta["listName"] == f"rq:queue:{role}"
@@ -736,3 +757,210 @@ def test_workers_stop_gracefully_and_vllm_settings(rendered, overlay):
     for role in ROLES:
         spec = pod_spec(deployments[f"worker-{role}"])
         assert spec["terminationGracePeriodSeconds"] >= MIN_WORKER_GRACE_S, role
+
+
+# ------------------------------------------------------------------- Redis access, network, resources
+
+
+def _acl_users(args: list[str]) -> dict[str, list[str]]:
+    """``--user NAME RULE...`` groups of a redis-server command line, by user name."""
+    users: dict[str, list[str]] = {}
+    for i, arg in enumerate(args):
+        if arg == "--user":
+            rules = []
+            for rule in args[i + 2 :]:
+                if rule.startswith("--"):
+                    break
+                rules.append(rule)
+            users[args[i + 1]] = rules
+    return users
+
+
+def _check_acl(users: dict[str, list[str]], password: str, where: str) -> None:
+    # the passwordless default user is off (Redis's own default: on, nopass, every command)
+    assert "default" in users and "off" in users["default"] and "on" not in users["default"], where
+    spar = users.get(REDIS_USER)
+    assert spar and spar[0] == "on", where
+    assert [r for r in spar if r.startswith(">")] == [f">{password}"], where
+    assert "nopass" not in spar and "-@admin" in spar and "-flushall" in spar, where
+    assert set(users) == {"default", REDIS_USER}, where
+
+
+def test_compose_redis_requires_a_password_from_the_environment():
+    redis = compose()["services"]["redis"]
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    password = next(r[1:] for r in _acl_users(command)[REDIS_USER] if r.startswith(">"))
+    assert COMPOSE_PASSWORD.fullmatch(password), password
+    _check_acl(_acl_users(command), password, "compose")
+    assert not {"--requirepass", "--protected-mode"} & set(command)
+    # the healthcheck logs in (redis-cli reads REDISCLI_AUTH) and wants PONG, not an exit code
+    assert COMPOSE_PASSWORD.fullmatch(redis["environment"]["REDISCLI_AUTH"])
+    check = " ".join(redis["healthcheck"]["test"])
+    assert f"--user {REDIS_USER}" in check and "PONG" in check
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_redis_requires_a_password_from_the_secret(rendered, overlay):
+    container = main_container(objects(rendered[overlay], "StatefulSet")["redis"])
+    env = {e["name"]: e for e in container["env"]}
+    for name in ("REDIS_PASSWORD", "REDISCLI_AUTH"):
+        assert env[name] == {
+            "name": name,
+            "valueFrom": {"secretKeyRef": {"name": REDIS_SECRET, "key": "password"}},
+        }
+    _check_acl(_acl_users(container["args"]), "$(REDIS_PASSWORD)", overlay)
+    probe = " ".join(container["readinessProbe"]["exec"]["command"])
+    assert f"--user {REDIS_USER}" in probe and "PONG" in probe
+
+
+def test_compose_and_kubernetes_give_redis_the_same_rules():
+    compose_users = _acl_users(compose()["services"]["redis"]["command"])
+    k8s_users = _acl_users(main_container(objects(build(OVERLAYS["base"]), "StatefulSet")["redis"])["args"])
+
+    def without_password(users: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {u: [r for r in rules if not r.startswith(">")] for u, rules in users.items()}
+
+    assert without_password(compose_users) == without_password(k8s_users)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_spar_redis_url_carries_the_password_from_the_secret(rendered, overlay):
+    docs = rendered[overlay]
+    for config in objects(docs, "ConfigMap").values():
+        assert "SPAR_REDIS_URL" not in config["data"], "the URL carries a password: not in a ConfigMap"
+        assert not any("PASSWORD" in key for key in config["data"])
+    for name, workload in spar_workloads(docs).items():
+        env = main_container(workload)["env"]
+        names = [e["name"] for e in env]
+        url = env[names.index("SPAR_REDIS_URL")]
+        assert url == {"name": "SPAR_REDIS_URL", "value": K8S_REDIS_URL}, name
+        # $(REDIS_PASSWORD) is expanded only from a variable defined before it
+        password = env[names.index("REDIS_PASSWORD")]
+        assert names.index("REDIS_PASSWORD") < names.index("SPAR_REDIS_URL"), name
+        assert password["valueFrom"] == {"secretKeyRef": {"name": REDIS_SECRET, "key": "password"}}, name
+    # the Secret is created out of band, like the token's (deploy/README.md says how)
+    assert not objects(docs, "Secret")
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    assert f"create secret generic {REDIS_SECRET} --from-literal=password=" in readme
+
+
+# a password in a committed file: a URL's user:password@, a Redis ACL >password, requirepass
+_PASSWORD_PATTERNS = (
+    re.compile(r"rediss?://[^:/@\s\"']*:([^@\s\"']+)@"),
+    re.compile(r"""["']>([^"']+)["']|^\s*-\s+>(\S+)$"""),
+    re.compile(r"requirepass[\s\"',]+([^\s\"',\]]+)"),
+)
+# what may stand where a password goes: a reference to the secret, or an obvious placeholder
+_ALLOWED_PASSWORDS = re.compile(
+    r"\$\(REDIS_PASSWORD\)|\$\{SPAR_REDIS_PASSWORD(:\?[^}]*)?\}|\$SPAR_REDIS_PASSWORD|<[a-z-]+>|password|\.\.\.",
+    re.IGNORECASE,
+)
+
+
+def test_no_plaintext_password_is_committed():
+    files = [COMPOSE, ROOT / "README.md", *DEPLOY.rglob("*"), *(ROOT / "docs").rglob("*.md")]
+    found = []
+    for path in files:
+        if not path.is_file() or path.suffix not in {".yml", ".yaml", ".md", ""}:
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if "redis" not in line.lower() and "pass" not in line.lower() and ">" not in line:
+                continue
+            for pattern in _PASSWORD_PATTERNS:
+                for match in pattern.finditer(line):
+                    value = next(g for g in match.groups() if g is not None)
+                    if not _ALLOWED_PASSWORDS.fullmatch(value):
+                        found.append(f"{path.relative_to(ROOT)}: {line.strip()}")
+    assert not found, "plaintext passwords:\n" + "\n".join(found)
+    # the check finds one: a URL and an ACL rule with literal passwords
+    assert _PASSWORD_PATTERNS[0].search("redis://spar:hunter2@redis:6379/0").group(1) == "hunter2"
+    assert _PASSWORD_PATTERNS[1].search('      - ">hunter2"').group(1) == "hunter2"
+    assert not _ALLOWED_PASSWORDS.fullmatch("hunter2")
+
+
+def _selects(selector: dict, labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions) matches ``labels``."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies(rendered, overlay):
+    """The API takes connections on its port only; workers take none; Redis only from spar's pods."""
+    docs = rendered[overlay]
+    policies = objects(docs, "NetworkPolicy")
+    pods = {
+        w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"]
+        for w in [*objects(docs, "Deployment").values(), *objects(docs, "StatefulSet").values()]
+    }
+
+    def selected(policy: dict) -> set[str]:
+        return {name for name, labels in pods.items() if _selects(policy["spec"]["podSelector"], labels)}
+
+    api = policies["spar-api"]
+    assert selected(api) == {"spar-api"} and api["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = api["spec"]["ingress"]
+    port = main_container(objects(docs, "Deployment")["spar-api"])["ports"][0]["containerPort"]
+    assert rule == {"ports": [{"protocol": "TCP", "port": port}]}, "the API port and nothing else"
+
+    workers = policies["spar-workers"]
+    assert selected(workers) == {f"worker-{r}" for r in ROLES}
+    assert workers["spec"]["policyTypes"] == ["Ingress"] and not workers["spec"].get("ingress")
+
+    redis = policies["redis-clients"]
+    assert selected(redis) == {"redis"} and redis["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = redis["spec"]["ingress"]
+    sources = rule["from"]
+    assert all(set(source) == {"podSelector"} for source in sources), "pods of this namespace only"
+    admitted = {
+        name for name, labels in pods.items() if any(_selects(s["podSelector"], labels) for s in sources)
+    }
+    assert admitted == {"spar-api", *(f"worker-{r}" for r in ROLES)}
+    # a pod of someone else's that merely says it is part of spar is not admitted
+    assert not any(_selects(s["podSelector"], dict(SPAR_PART_OF)) for s in sources)
+    expected = {"redis-clients", "spar-api", "spar-workers"} | (
+        {"redis-keda"} if overlay == "gpu-keda" else set()
+    )
+    assert set(policies) == expected
+
+
+def _compose_quantity(value: str) -> str:
+    """A compose value with ``${VAR:-default}``: its default (what runs when .env does not set it)."""
+    match = re.fullmatch(r"\$\{[A-Z_]+:-([^}]+)\}", str(value))
+    return match.group(1) if match else str(value)
+
+
+def _bytes(value: str) -> float:
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)b?", value.lower()).groups()
+    return float(number) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[unit]
+
+
+def test_compose_every_service_has_cpu_and_memory_limits():
+    services = compose()["services"]
+    for name, s in services.items():
+        limits = s["deploy"]["resources"]["limits"]
+        cpus = float(_compose_quantity(limits["cpus"]))
+        memory = _bytes(_compose_quantity(limits["memory"]))
+        assert 0 < cpus <= 64 and memory >= 2**30, (name, limits)
+        # overridable from .env, one variable each
+        assert re.fullmatch(r"\$\{SPAR_[A-Z_]+_CPUS:-[^}]+\}", str(limits["cpus"])), name
+        assert re.fullmatch(r"\$\{SPAR_[A-Z_]+_MEMORY:-[^}]+\}", str(limits["memory"])), name
+        if "shm_size" in s:  # a memory-backed /dev/shm counts against the limit: leave room beside it
+            assert memory >= 2 * _bytes(s["shm_size"]), name
+    # every override variable is documented
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    names = re.findall(r"\$\{(SPAR_[A-Z_]+_(?:CPUS|MEMORY)):-", COMPOSE.read_text(encoding="utf-8"))
+    assert len(names) >= 2 * len(services)
+    assert [n for n in names if f"`{n}`" not in readme] == []
