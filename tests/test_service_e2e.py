@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,21 @@ def test_bad_input_gets_clear_errors(stack: Stack) -> None:
         r = c.post("/v1/runs", json=run_body(prompts="bad.jsonl"))
         assert r.status_code == 400 and "line 2" in r.text and r.json()["lines"] == [2]
         r = c.post("/v1/runs", content=b"x" * 2_000_000, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413
+        # the spawned API applies the same rules as the in-process table (tests/test_api_hostile.py)
+        r = c.post("/v1/runs", json=run_body(actor={"model": "/usr/lib"}))
+        assert r.status_code == 400 and "actor.model" in r.text and "outside the data root" in r.text
+        r = c.post(
+            "/v1/runs", json=run_body(refiner={"model": "models/tiny", "hf": {"trust_remote_code": True}})
+        )
+        assert r.status_code == 400 and "SPAR_ALLOW_REMOTE_CODE" in r.text
+        body = run_body()
+        body["sample"]["temperature"] = "@"
+        nan = json.dumps(body).replace('"@"', "NaN")
+        r = c.post("/v1/runs", content=nan, headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and "sample.temperature" in r.text
+        chunks = (b"x" * 100_000 for _ in range(30))  # no Content-Length: counted as received
+        r = c.post("/v1/runs", content=chunks, headers={"Content-Type": "application/json"})
         assert r.status_code == 413
     with stack.client(token=None) as anonymous:
         assert anonymous.get("/v1/runs").status_code == 401
