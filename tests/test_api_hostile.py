@@ -125,6 +125,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             gone = client.post("/v1/runs", json=base_body(name="gone"), headers=AUTH).json()
             shutil.rmtree(gone["run_dir"])
             w.gone_id = gone["id"]
+            old = client.post("/v1/runs", json=base_body(name="laxer"), headers=AUTH).json()
+            config = Path(old["run_dir"]) / "config.json"  # as an older, unbounded version wrote it
+            record_ = json.loads(config.read_text())
+            record_["config"]["iterations"] = 10**9
+            config.write_text(json.dumps(record_))
+            w.extra["laxer"] = old["id"]
+            w.redis.hset(f"spar:run:{old['id']}", "status", "failed")  # resumable but for its config
             job = Queue("actor", connection=w.redis, serializer=SERIALIZER).enqueue(
                 RUN_SHARD, kwargs={"spec": {}}, job_id="not-a-refine-job"
             )
@@ -381,6 +388,14 @@ case("ids/gone-run-view", "GET", lambda w: f"/v1/runs/{w.gone_id}", 404, "is gon
 case("ids/gone-run-cancel", "POST", lambda w: f"/v1/runs/{w.gone_id}/cancel", 404, "is gone")
 case("ids/gone-run-resume", "POST", lambda w: f"/v1/runs/{w.gone_id}/resume", 404, "is gone")
 case("ids/gone-run-iteration", "GET", lambda w: f"/v1/runs/{w.gone_id}/iterations/0", 404, "is gone")
+case("ids/unbounded-old-run-view", "GET", lambda w: f"/v1/runs/{w.extra['laxer']}", 409, "cannot be read")
+case(
+    "ids/unbounded-old-run-resume",
+    "POST",
+    lambda w: f"/v1/runs/{w.extra['laxer']}/resume",
+    409,
+    "cannot be read",
+)
 case("ids/refine-unknown", "GET", "/v1/refine/nope", 404, "no refinement job")
 case("ids/refine-shard-job", "GET", lambda w: f"/v1/refine/{w.shard_job}", 404, "no refinement job")
 case("ids/refine-long-id", "GET", "/v1/refine/" + "x" * 500, 422, "job_id")
@@ -572,6 +587,7 @@ def test_a_huge_iteration_count_costs_only_what_was_started(world: World, tmp_pa
             ("GET", f"/v1/runs/{run_id}"),
             ("POST", f"/v1/runs/{run_id}/cancel"),
             ("GET", "/metrics"),
+            ("POST", f"/v1/runs/{world.extra['laxer']}/cancel"),  # its config says 10^9 iterations
         ]:
             r = timed(lambda: c.request(method, path, headers=AUTH))  # noqa: B023
             assert r.status_code == 200, r.text

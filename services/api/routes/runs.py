@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Depends, HTTPException
 
 from shared.config import RunConfig
+from shared.errors import RunConflictError
 
 from ...runs import confine, create_run
 from ...scheduler import ACTIVE, RunStatus
@@ -12,6 +15,7 @@ from ..deps import RunPathsDep, SchedulerDep, SettingsDep, require_token
 from ..models import RunCreated, RunListItem, RunStatusChange, RunView
 from ..views import run_view
 
+log = logging.getLogger("spar.api")
 RESUME_LOCK_S = 60  # longer than any resume takes; the lock is deleted as soon as it is done
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[Depends(require_token)])
@@ -43,7 +47,16 @@ def get_run(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> dict:
 
 @router.post("/{run_id}/cancel", response_model=RunStatusChange)
 def cancel(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatusChange:
-    scheduler.cancel(run_id, paths)
+    """Marks the run cancelled first, then stops its jobs. A run whose config.json no longer reads
+    (written by a laxer version, or damaged) is still cancelled: the scheduler could never have
+    enqueued its jobs, so there is nothing to stop."""
+    try:
+        scheduler.cancel(run_id, paths)
+    except (OSError, ValueError) as exc:
+        log.warning(
+            "cancel: config unreadable",
+            extra={"event": "run.cancel_unreadable", "run": run_id, "error": str(exc)[:200]},
+        )
     return RunStatusChange(id=run_id, status=RunStatus.CANCELLED)
 
 
@@ -64,7 +77,12 @@ def resume(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatu
             raise HTTPException(
                 409, f"run {run_id} is {state['status']}; only failed or cancelled runs resume"
             )
-        scheduler.resume(run_id, paths)
+        try:
+            scheduler.resume(run_id, paths)
+        except (OSError, ValueError) as exc:
+            raise RunConflictError(
+                f"run {run_id}: its config.json cannot be read ({str(exc)[:200]}); start a new run"
+            ) from exc
     finally:
         scheduler.redis.delete(lock)
     return RunStatusChange(id=run_id, status=RunStatus.QUEUED)
