@@ -308,7 +308,7 @@ def settled_jobs(redis: Redis, paths: RunPaths) -> list[tuple[str, object]]:
     """The run's shard jobs that are not (yet) finished, with their status."""
     jobs = [
         job_id(paths.run_id, i, stage, k)
-        for i, stage in pipeline(DRILL_STAGES, 1)
+        for i, stage in pipeline(DRILL_STAGES, 1, with_init=False)
         for k in range(num_shards(paths, stage))
     ]
     fetched = [(j, fetch(redis, j)) for j in jobs]
