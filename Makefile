@@ -1,5 +1,5 @@
 # One-command entry points. `make demo` runs the local demo, `make test` the whole test suite (after
-# tests/prepare.sh has Redis and Chromium ready).
+# tests/prepare.sh has redis-server and Chromium ready).
 # Both create .venv on first use: torch==2.13.0 (the CPU build from the machine's local wheel)
 # goes in FIRST, then everything else under constraints.txt, so nothing can pull a CUDA torch.
 
@@ -39,7 +39,7 @@ demo: install
 # pytest's arguments: the whole suite by default, a subset with e.g. `make test PYTEST_ARGS=tests/test_deploy.py`
 PYTEST_ARGS ?=
 
-# tests/prepare.sh starts (or installs) Redis and installs Chromium when missing, or fails at once with
+# tests/prepare.sh installs redis-server and Chromium when missing, or fails at once with
 # the command that fixes it. pytest's exit code 5 (no tests collected) is a failure: a test command
 # that ran nothing must not pass.
 test: install

@@ -277,8 +277,8 @@ def running_shard(stack: Stack, redis: Redis, run_id: str, stage: str, pids: set
         return found
 
     found = wait_until(candidates, 180, f"a {stage} shard of {run_id} to run", stack)
-    deadline = time.monotonic() + 1.0  # a moment for the other shard to start too
-    while len(found) < shards and time.monotonic() < deadline:  # type: ignore[arg-type]
+    deadline = time.monotonic() + 0.3  # a moment for the other shard to start on the other worker
+    while not any(child_pids(c[1]) for c in found) and time.monotonic() < deadline:  # type: ignore[union-attr]
         found = candidates() or found
         time.sleep(0.05)
     return next((c for c in found if child_pids(c[1])), found[0])  # type: ignore[union-attr,index]
