@@ -36,7 +36,7 @@ from service_harness import private_redis  # noqa: E402
 def drain(url: str, tmp: Path, jobs: int, n_workers: int, plain: bool) -> tuple[float, float, int]:
     """Start the workers, wait until all are idle, enqueue; returns (enqueue s, total s, failed)."""
     redis = Redis.from_url(url)
-    redis.flushdb()
+    redis.flushdb()  # our own redis-server (private_redis below), emptied between the two measurements
     env = os.environ | {"SPAR_REDIS_URL": url}
     command = (
         [str(BIN / "rq"), "worker", "-w", "rq.worker.SimpleWorker", "-S", "json", "-u", url, "actor"]
