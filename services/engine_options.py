@@ -8,9 +8,13 @@ so the device-aware defaults (see ``shared.config``) are decided in one place.
 from __future__ import annotations
 
 import argparse
+from typing import TypeVar
+
+from pydantic import ValidationError
 
 from shared.config import HFEngineConfig, VLLMEngineConfig
 from shared.engine import EngineStartError
+from shared.errors import ConfigError
 
 
 def _positive_int(text: str) -> int:
@@ -72,9 +76,28 @@ def add_engine_options(parser: argparse.ArgumentParser, batch_size: int = 16) ->
     )
 
 
+FLAGS = {"kv_cache_gb": "--kv-cache-gb", "max_model_len": "--max-model-len", "batch_size": "--batch-size"}
+
+
+_Config = TypeVar("_Config", HFEngineConfig, VLLMEngineConfig)
+
+
+def _settings(model: type[_Config], **values: object) -> _Config:
+    """``model(**values)``, with an out-of-range value reported as the flag that set it."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{FLAGS.get(str(e['loc'][0]), '--' + str(e['loc'][0]).replace('_', '-'))}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid engine option: {problems}") from None
+
+
 def hf_config(args: argparse.Namespace) -> HFEngineConfig:
     """The HF engine settings the flags describe."""
-    return HFEngineConfig(
+    return _settings(
+        HFEngineConfig,
         batch_size=args.batch_size,
         device=args.device,
         dtype=args.dtype or "float32",
@@ -87,7 +110,8 @@ def vllm_config(args: argparse.Namespace) -> VLLMEngineConfig:
     device = "cuda" if str(args.device).startswith("cuda") else args.device
     if device not in ("auto", "cpu", "cuda"):
         raise EngineStartError(f"--device {args.device} is not a vLLM device: use auto, cpu or cuda")
-    return VLLMEngineConfig(
+    return _settings(
+        VLLMEngineConfig,
         device=device,
         dtype=args.dtype or "auto",
         kv_cache_gb=args.kv_cache_gb,

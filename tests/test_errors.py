@@ -72,3 +72,11 @@ def test_the_cli_prints_a_spar_error_as_one_line(tmp_path, capsys) -> None:
     assert main(["run", str(config), "--runs-dir", str(tmp_path / "runs")]) == 2
     out = capsys.readouterr()
     assert "search.branching" in out.out + out.err and "Traceback" not in out.out + out.err
+
+
+def test_an_out_of_range_engine_flag_is_one_line_naming_the_flag(tmp_path, capsys) -> None:
+    from services.cli import main
+
+    code = main(["eval", "ifeval", "--model", str(tmp_path), "--engine", "vllm", "--kv-cache-gb", "100000"])
+    err = capsys.readouterr()
+    assert code == 2 and "--kv-cache-gb" in err.out + err.err and "Traceback" not in err.out + err.err

