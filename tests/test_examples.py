@@ -7,7 +7,7 @@ import pytest
 
 from services.runs import load_config_file
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").rglob("*.yaml"))
 
 
 def test_examples_exist() -> None:
