@@ -126,7 +126,7 @@ class Stack:
             stdout=self._log("api"),
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # generous: a loaded 2-core machine imports slowly
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:

@@ -321,8 +321,14 @@ def settled_jobs(redis: Redis, paths: RunPaths) -> list[tuple[str, object]]:
 
 
 @pytest.fixture()
-def make_stack(tmp_path: Path, tiny_model_path: Path) -> Iterator[Callable[..., Stack]]:
-    """A factory of stacks (data root with ``n`` prompts, a Redis URL); every process is killed after."""
+def make_stack(
+    tmp_path: Path, tiny_model_path: Path, redis_server: RedisServer
+) -> Iterator[Callable[..., Stack]]:
+    """A factory of stacks (data root with ``n`` prompts, a Redis URL); every process is killed after.
+
+    It depends on ``redis_server`` so that the test's Redis is started first and stopped last, after
+    every process that talks to it.
+    """
     made: list[Stack] = []
 
     def make(redis_url: str, n_prompts: int = N_PROMPTS) -> Stack:
