@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psutil
 
 from shared.config import ModelConfig, VLLMEngineConfig
 from shared.engine import GenerationRequest
+from workers.engines.footprint import process_tree  # noqa: E402
 
 REQUESTS = [
     GenerationRequest(
@@ -39,17 +39,7 @@ REQUESTS = [
 ]
 
 
-def tree() -> tuple[float, int]:
-    """(RSS of this process and all its descendants in MB, number of descendants)."""
-    me = psutil.Process()
-    procs = [me, *me.children(recursive=True)]
-    rss = 0
-    for proc in procs:
-        try:
-            rss += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return rss / 2**20, len(procs) - 1
+tree = process_tree
 
 
 def settle() -> tuple[float, int]:

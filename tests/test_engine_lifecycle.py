@@ -18,6 +18,7 @@ import pytest
 
 from shared.config import ModelConfig, RunConfig, VLLMEngineConfig
 from shared.engine import EngineStats, GenerationRequest, MeteredEngine
+from workers.engines.footprint import process_tree  # noqa: E402
 from workers.engines.slot import EngineSlot
 from workers.versions import ModelVersion
 
@@ -33,17 +34,7 @@ REQUESTS = [
 ] + [GenerationRequest(messages=[{"role": "user", "content": "Say hi."}], temperature=0.0, max_new_tokens=8)]
 
 
-def tree() -> tuple[float, int]:
-    """(RSS of this process and all its descendants in MB, number of descendants)."""
-    me = psutil.Process()
-    procs = [me, *me.children(recursive=True)]
-    rss = 0
-    for proc in procs:
-        try:
-            rss += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return rss / 2**20, len(procs) - 1
+tree = process_tree
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,9 +319,7 @@ TOLERANCE = 0.10
 def test_after_a_swap_the_worker_holds_what_a_fresh_start_on_v1_holds(swap: dict) -> None:
     swapped, fresh, start = swap["swapped"], swap["fresh"], swap["start"]
     footprint = fresh[0] - start[0]
-    print(
-        f"swapped {swapped[0]:.0f} MB/{swapped[1]} children, fresh {fresh[0]:.0f} MB/{fresh[1]} children"
-    )
+    print(f"swapped {swapped[0]:.0f} MB/{swapped[1]} children, fresh {fresh[0]:.0f} MB/{fresh[1]} children")
     assert footprint > 1000  # a real vLLM engine was measured (weights + 1 GiB KV cache)
     assert swapped[1] == fresh[1]
     assert abs(swapped[0] - fresh[0]) < TOLERANCE * footprint
