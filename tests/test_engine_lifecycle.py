@@ -128,7 +128,17 @@ def test_the_eval_stage_holds_one_engine_at_a_time(monkeypatch: pytest.MonkeyPat
     for role in ("actor", "refiner"):
         target = version_dir(paths, role, 1)
         target.mkdir(parents=True)
-        write_metadata(target, {"role": role, "version": "v1"})
+        write_metadata(
+            target,
+            {
+                "role": role,
+                "version": "v1",
+                "parent": "v0",
+                "data": {"file": "pairs.jsonl", "sha256": "0" * 64, "records": 0},
+                "hyperparameters": {},
+                "created_at": "2026-12-02T00:00:00+00:00",
+            },
+        )
     slot, events = fake_slot(monkeypatch, actor="A", refiner="R")
     resident: list[int] = []
 
