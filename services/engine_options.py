@@ -16,19 +16,7 @@ from shared.config import HFEngineConfig, VLLMEngineConfig
 from shared.engine import EngineStartError
 from shared.errors import ConfigError
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
-    return value
+from .cli_types import positive_float, positive_int
 
 
 def _fraction(text: str) -> float:
@@ -52,11 +40,11 @@ def add_engine_options(parser: argparse.ArgumentParser, batch_size: int = 16) ->
         help="weights dtype (default: float32 for hf; for vllm bfloat16 on CPU, the model's on GPU)",
     )
     group.add_argument(
-        "--batch-size", type=_positive_int, default=batch_size, help="HF engine rows per forward pass"
+        "--batch-size", type=positive_int, default=batch_size, help="HF engine rows per forward pass"
     )
     group.add_argument(
         "--kv-cache-gb",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="vLLM KV cache in GiB (default: 1 on CPU; on GPU sized by --gpu-memory-utilization)",
     )
@@ -66,8 +54,8 @@ def add_engine_options(parser: argparse.ArgumentParser, batch_size: int = 16) ->
         default=VLLMEngineConfig.model_fields["gpu_memory_utilization"].default,
         help="vLLM on GPU: share of the card for weights + KV cache",
     )
-    group.add_argument("--max-model-len", type=_positive_int, default=None, help="vLLM context cap (tokens)")
-    group.add_argument("--tensor-parallel-size", type=_positive_int, default=1, help="vLLM: GPUs per model")
+    group.add_argument("--max-model-len", type=positive_int, default=None, help="vLLM context cap (tokens)")
+    group.add_argument("--tensor-parallel-size", type=positive_int, default=1, help="vLLM: GPUs per model")
     group.add_argument(
         "--overlong",
         choices=["skip", "truncate"],

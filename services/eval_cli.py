@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from services.cli_types import positive_int
 from services.engine_options import add_engine_options, hf_config, vllm_config
 from shared.errors import EvalPackageMissingError, SparError
 
@@ -36,8 +37,8 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
     def common(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
         p.add_argument("--model", required=True, help="model folder or built-in name (smollm2, tiny)")
-        p.add_argument("--max-new-tokens", type=_positive, default=max_new_tokens)
-        p.add_argument("--limit", type=_positive, help="evaluate the first N items only")
+        p.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens)
+        p.add_argument("--limit", type=positive_int, help="evaluate the first N items only")
         add_engine_options(p)
         p.add_argument(
             "--cache-dir", type=Path, help="model cache (default: $SPAR_CACHE_DIR or ~/.cache/spar)"
@@ -55,19 +56,12 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     common(judge, max_new_tokens=1024)
     judge.add_argument("--data", type=Path, required=True, help="JSONL (or JSON array) of pairwise items")
     judge.add_argument(
-        "--votes", type=_positive, default=5, help="judgments per output; the majority decides"
+        "--votes", type=positive_int, default=5, help="judgments per output; the majority decides"
     )
     judge.add_argument("--temperature", type=float, default=0.7, help="judging temperature (stage 2's)")
     judge.add_argument("--seed", type=int, default=0)
     judge.add_argument("--tie-retries", type=int, default=0, help="re-judge tied outputs up to N times")
     return ev
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def run_eval_command(args: argparse.Namespace, console: Any = None) -> int:

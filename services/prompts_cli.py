@@ -18,12 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from services.cli_types import positive_int
 
 
 def _constraints(text: str) -> int:
@@ -40,7 +35,7 @@ def add_prompts_commands(subparsers: argparse._SubParsersAction) -> argparse.Arg
     synth = psub.add_parser(
         "synth", help="prompts with IFEval-style constraints a program can check (verifier judge)"
     )
-    synth.add_argument("--n", type=_positive, required=True, help="number of prompts")
+    synth.add_argument("--n", type=positive_int, required=True, help="number of prompts")
     synth.add_argument("--seed", type=int, default=0, help="same seed, same file")
     synth.add_argument("--max-constraints", type=_constraints, default=4, help="1..4 constraints per prompt")
     synth.add_argument("--id-prefix", default="synth", help="ids are <prefix>-0000, <prefix>-0001, ...")
