@@ -2,6 +2,7 @@
 
     spar run CONFIG.yaml [--runs-dir runs] [--run-id ID]   create a run and execute it locally
     spar run --resume RUN_DIR                               finish an interrupted run
+    spar run ARM.yaml --fork RUN_DIR                        a new run reusing RUN_DIR's shared stages
     spar models prepare smollm2 --out DIR                   SmolLM2-135M-Instruct as an HF folder
     spar models tiny --out DIR                              the offline tiny test model
     spar eval ifeval --model PATH [--limit N]               IFEval accuracies (strict/loose)
@@ -36,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an existing run directory")
     run.add_argument(
         "--runs-dir", type=Path, default=Path("runs"), help="where runs are created (default: runs)"
+    )
+    run.add_argument(
+        "--fork",
+        type=Path,
+        metavar="RUN_DIR",
+        help="reuse RUN_DIR's finished stages that this config leaves identical (ablations)",
     )
     run.add_argument("--run-id", help="run id (default: <name>-<UTC time>-<random>)")
     run.add_argument("--cache-dir", type=Path, help="model cache (default: $SPAR_CACHE_DIR or ~/.cache/spar)")
@@ -165,11 +172,20 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
 
     if (args.config is None) == (args.resume is None):
         raise ConfigError("give either a CONFIG file or --resume RUN_DIR (not both)")
+    if args.resume is not None and args.fork is not None:
+        raise ConfigError("--fork makes a new run from CONFIG; it cannot be combined with --resume")
     if args.resume is not None:
         paths = open_run(args.resume)
     else:
         config = load_config_file(args.config)
+        source = open_run(args.fork) if args.fork is not None else None
         paths = create_run(config, args.runs_dir, args.run_id, source=str(args.config))
+        if source is not None:
+            from services.fork import fork_into
+
+            reused = fork_into(source, paths)
+            listed = ", ".join(f"{s}@{t}" for t, s in reused) or "nothing (no stage is shared)"
+            console.print(f"forked from {source.run_id}: reusing {listed}")
     if args.cache_dir is not None:
         os.environ["SPAR_CACHE_DIR"] = str(args.cache_dir.resolve())
     _quiet_libraries()

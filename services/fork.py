@@ -1,0 +1,129 @@
+"""Forking a run: a new run that reuses the finished stages an earlier run shares with it.
+
+An ablation changes one setting (where the pairs come from, the objective, the judge's backend);
+everything the pipeline does before that setting first matters is the same computation, often
+most of an iteration's cost. ``spar run ARM.yaml --fork SOURCE_RUN`` creates the new run as
+usual, then walks both runs' pipelines in order and links into it every stage whose output is
+provably identical, stopping at the first that is not:
+
+* the two pipelines must list the same (iteration, stage) at this position -- a stage's inputs
+  are what the stages before it wrote, so the prefix must match, not only the stage itself;
+* the stage's settings hash (``RunConfig.stage_hash``, recorded in each shard's completion record)
+  must be the same under the new config, and every shard of it must be done in the source;
+* the prompts (their shard files, byte for byte) must be identical, else nothing is shared.
+
+Files are hard-linked where the file system allows (a fork costs no space), copied otherwise, and
+only completion records and data are taken: the manifests are rebuilt for the new run. A training
+stage brings the model version it published. ``fork.json`` in the new run records the source and
+what was reused, so the report can tell reused stages (and their wall time) from work done here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+
+from shared.config import RunConfig
+from shared.errors import ConfigError
+from shared.records import ShardDone
+from shared.stages import pipeline, stage
+from workers.artifacts import RunPaths, read_json, write_json_atomic
+from workers.versions import version_dir
+
+FORK_RECORD = "fork.json"
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link ``src``'s files under ``dst`` (copying across file systems), skipping manifests."""
+
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=link, ignore=shutil.ignore_patterns("manifest.json", ".*"))
+
+
+def _prompts_identical(a: RunPaths, b: RunPaths) -> bool:
+    n = a.num_prompt_shards()
+    if n != b.num_prompt_shards():
+        return False
+    return all(a.prompt_shard(k).read_bytes() == b.prompt_shard(k).read_bytes() for k in range(n))
+
+
+def _stage_reusable(source: RunPaths, config: RunConfig, iteration: int, name: str) -> bool:
+    shards = source.num_prompt_shards() if stage(name).sharded else 1
+    wanted = config.stage_hash(name)
+    for shard in range(shards):
+        done = source.shard_done(iteration, name, shard)
+        if not done.exists() or ShardDone.from_record(read_json(done)).config_hash != wanted:
+            return False
+    return True
+
+
+def _published(iteration: int, name: str) -> list[tuple[str, int]]:
+    """The model versions a stage publishes: (role, version number)."""
+    if name == "init":
+        return [("actor", 0), ("refiner", 0)]
+    trains = stage(name).trains
+    return [(trains, iteration + 1)] if trains is not None else []
+
+
+def shared_prefix(source: RunPaths, target: RunPaths) -> list[tuple[int, str]]:
+    """The (iteration, stage) pairs at the head of ``target``'s pipeline that ``source`` already did."""
+    if not _prompts_identical(source, target):
+        return []
+    src_config = RunConfig.model_validate(read_json(source.config)["config"])
+    config = RunConfig.model_validate(read_json(target.config)["config"])
+    src_order = list(pipeline(src_config.stages, src_config.iterations, with_init=src_config.init is not None))
+    order = list(pipeline(config.stages, config.iterations, with_init=config.init is not None))
+    reusable: list[tuple[int, str]] = []
+    for position, step in enumerate(order):
+        if position >= len(src_order) or src_order[position] != step:
+            break
+        if not _stage_reusable(source, config, *step):
+            break
+        reusable.append(step)
+    return reusable
+
+
+def fork_into(source: RunPaths, target: RunPaths) -> list[tuple[int, str]]:
+    """Link ``source``'s shared finished stages into the new run ``target``; returns what was reused.
+
+    ``target`` must be freshly created (no stage done yet): forking into a run that has work of its
+    own could mix two lineages.
+    """
+    if source.root.resolve() == target.root.resolve():
+        raise ConfigError("--fork: the source run is the new run itself")
+    if any(target.root.glob("iter_*")) or (target.root / "models").exists():
+        raise ConfigError(f"--fork: {target.root} has stages of its own; fork only into a new run")
+    reused = shared_prefix(source, target)
+    for iteration, name in reused:
+        src_dir = source.stage_dir(iteration, name)
+        if src_dir.exists():
+            _link_tree(src_dir, target.stage_dir(iteration, name))
+        for role, version in _published(iteration, name):
+            published = version_dir(source, role, version)
+            if published.exists():
+                _link_tree(published, version_dir(target, role, version))
+    write_json_atomic(
+        target.root / FORK_RECORD,
+        {
+            "source": str(source.root.resolve()),
+            "source_run_id": source.run_id,
+            "reused": [{"iteration": t, "stage": s} for t, s in reused],
+            "forked_at": dt.datetime.now(dt.UTC).isoformat(),
+        },
+    )
+    return reused
+
+
+def reused_stages(paths: RunPaths) -> set[tuple[int, str]]:
+    """The stages ``paths`` took from the run it was forked from (empty for a run made from scratch)."""
+    record = paths.root / FORK_RECORD
+    if not record.exists():
+        return set()
+    return {(r["iteration"], r["stage"]) for r in read_json(record).get("reused", [])}

@@ -1,0 +1,138 @@
+"""`spar run ARM.yaml --fork RUN`: an ablation reuses exactly the stages it shares with its source run."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from test_iterations import write_config
+
+from services.cli import main
+from services.fork import FORK_RECORD, fork_into, reused_stages, shared_prefix
+from services.local import LocalExecutor
+from services.runs import create_run, load_config_file
+from shared.errors import ConfigError
+from workers.artifacts import RunPaths, read_json
+from workers.versions import METADATA, version_dir
+
+STAGES = ["sample", "judge", "refine", "assemble", "train_actor", "train_refiner"]
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory, tiny_model_path: Path):
+    """One finished tiny iteration: the run every fork below shares stages with."""
+    tmp = tmp_path_factory.mktemp("fork-source")
+    config = load_config_file(write_config(tmp, tiny_model_path, stages=STAGES))
+    paths = create_run(config, tmp / "runs", "source")
+    LocalExecutor.for_run(paths).run()
+    return tmp, paths
+
+
+def arm(tmp: Path, source_config: Path, name: str, **changes) -> Path:
+    """The source's config with nested ``changes`` (section -> {key: value}) applied."""
+    config = yaml.safe_load(source_config.read_text())
+    for section, value in changes.items():
+        if isinstance(value, dict):
+            config[section] = {**config.get(section, {}), **value}
+        else:
+            config[section] = value
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_an_objective_ablation_reuses_everything_before_actor_training(source_run, tmp_path: Path) -> None:
+    tmp, source = source_run
+    config = arm(tmp, tmp / "config.yaml", "lr", train_actor={"learning_rate": 3e-4})
+    target = create_run(load_config_file(config), tmp_path / "runs", "lr")
+    reused = fork_into(source, target)
+    assert reused == [(0, "sample"), (0, "judge"), (0, "refine"), (0, "assemble")]
+    assert reused_stages(target) == set(reused)
+    record = read_json(target.root / FORK_RECORD)
+    assert record["source_run_id"] == "source" and record["source"] == str(source.root.resolve())
+    # the reused data is the source's, byte for byte, and linked rather than copied
+    for _, stage in reused:
+        for src in source.stage_dir(0, stage).glob("shard_*"):
+            dst = target.stage_dir(0, stage) / src.name
+            assert dst.read_bytes() == src.read_bytes()
+            assert os.stat(dst).st_ino == os.stat(src).st_ino
+    assert not (target.root / "models").exists()  # no training stage was shared
+
+    before = {p: p.stat().st_mtime_ns for p in (target.root / "iter_0").rglob("shard_*")}
+    LocalExecutor.for_run(target).run()
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert before == after  # nothing reused was recomputed
+    assert read_json(target.manifest(0, "sample"))["run_id"] == "lr"  # manifests belong to the new run
+    meta = read_json(version_dir(target, "actor", 1) / METADATA)
+    assert meta["hyperparameters"]["learning_rate"] == 3e-4
+    # the actor trained on the very pairs the source assembled
+    src_meta = read_json(version_dir(source, "actor", 1) / METADATA)
+    assert meta["data"]["sha256"] == src_meta["data"]["sha256"]
+
+
+def test_the_shared_prefix_stops_at_the_first_changed_stage(source_run, tmp_path: Path) -> None:
+    tmp, source = source_run
+    cases = {
+        # where the pairs come from: assembly differs, so every later stage does too
+        "samples": ({"data": {"pairs_from": "samples"}}, ["sample", "judge", "refine"]),
+        # the judge's votes change the judgments, hence the refinement trees built on them
+        "votes": ({"judge": {"votes": 3}}, ["sample"]),
+        # the refiner's training alone: the actor's training (before it in the pipeline) is shared
+        "refiner_lr": (
+            {"train_refiner": {"learning_rate": 3e-4}},
+            ["sample", "judge", "refine", "assemble", "train_actor"],
+        ),
+        # a pipeline without the refine stage reads other inputs from its second stage on
+        "no_refine": ({"stages": ["sample", "judge", "assemble"]}, ["sample", "judge"]),
+        "same": ({}, STAGES),
+    }
+    for name, (changes, expected) in cases.items():
+        target = create_run(load_config_file(arm(tmp, tmp / "config.yaml", name, **changes)), tmp_path, name)
+        assert [s for _, s in shared_prefix(source, target)] == expected, name
+
+
+def test_a_shared_training_stage_brings_its_model_version(source_run, tmp_path: Path) -> None:
+    tmp, source = source_run
+    config = arm(tmp, tmp / "config.yaml", "rft", train_refiner={"learning_rate": 3e-4})
+    target = create_run(load_config_file(config), tmp_path / "runs", "rft")
+    assert (0, "train_actor") in fork_into(source, target)
+    for name in ("model.safetensors", METADATA):
+        assert (version_dir(target, "actor", 1) / name).read_bytes() == (
+            version_dir(source, "actor", 1) / name
+        ).read_bytes()
+    assert not version_dir(target, "refiner", 1).exists()
+
+
+def test_other_prompts_share_nothing(source_run, tmp_path: Path) -> None:
+    tmp, source = source_run
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"prompt": "Write one sentence about rain."}) + "\n")
+    target = create_run(load_config_file(arm(tmp, tmp / "config.yaml", "other", prompts=str(other))), tmp_path, "o")
+    assert fork_into(source, target) == []
+    assert read_json(target.root / FORK_RECORD)["reused"] == []
+
+
+def test_fork_refuses_a_run_with_work_of_its_own(source_run, tmp_path: Path) -> None:
+    tmp, source = source_run
+    with pytest.raises(ConfigError, match="itself"):
+        fork_into(source, source)
+    target = create_run(load_config_file(tmp / "config.yaml"), tmp_path, "busy")
+    target.stage_dir(0, "sample").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="fork only into a new run"):
+        fork_into(source, target)
+
+
+def test_the_cli_forks_and_rejects_fork_with_resume(source_run, tmp_path: Path, capsys) -> None:
+    tmp, source = source_run
+    config = arm(tmp, tmp / "config.yaml", "cli", train_actor={"learning_rate": 2e-4}, stages=STAGES[:5])
+    code = main(
+        ["run", str(config), "--fork", str(source.root), "--runs-dir", str(tmp_path), "--run-id", "cli", "--no-progress"]
+    )
+    assert code == 0
+    err = capsys.readouterr()
+    assert "forked from source: reusing sample@0, judge@0, refine@0, assemble@0" in err.out + err.err
+    assert (version_dir(RunPaths(tmp_path / "cli"), "actor", 1) / METADATA).exists()
+    code = main(["run", "--resume", str(tmp_path / "cli"), "--fork", str(source.root)])
+    assert code == 2
+    assert "cannot be combined with --resume" in "".join(capsys.readouterr())
