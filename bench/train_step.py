@@ -119,6 +119,7 @@ def run_variant(
         learning_rate=1e-4,
         max_steps=total,
         batch_size=batch_size,
+        grad_accum=1,
         max_length=512,
         warmup_ratio=0.0,
         sft_weight=0.0,

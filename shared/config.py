@@ -210,7 +210,9 @@ class JudgeConfig(_Strict):
     )
     temperature: float = Field(0.7, ge=0.0, le=10.0, description="Sampling temperature (<= 10).")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(1024, ge=1, le=MAX_TOKENS, description="Tokens per judgment (<= 131072).")
+    max_new_tokens: int = Field(
+        2048, ge=1, le=MAX_TOKENS, description="Tokens per judgment (<= 131072; reference 2048)."
+    )
     backend: Literal["llm", "verifier", "verifier_then_llm"] = Field(
         "llm",
         description="Who judges: the LLM refiner (majority vote), the IFEval-style programmatic verifier "
@@ -248,7 +250,14 @@ class SearchConfig(_Strict):
         0.7, ge=0.0, le=10.0, description="Sampling temperature of refinements (<= 10)."
     )
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(2048, ge=1, le=MAX_TOKENS, description="Tokens per refinement (<= 131072).")
+    max_new_tokens: int = Field(
+        3072, ge=1, le=MAX_TOKENS, description="Tokens per refinement (<= 131072; reference 3072)."
+    )
+    accept_unterminated: bool = Field(
+        True,
+        description="Keep the text after [[start]] when a refinement has no [[end]] (cut off by the token "
+        "limit), as the reference does; false: such a reply is a parse failure and is retried.",
+    )
 
 
 class CapsConfig(_Strict):
@@ -388,6 +397,13 @@ class ActorTrainConfig(TrainCommon):
     sr_prompt: str = Field(
         SR_PROMPT_DEFAULT, max_length=10_000, description="The prompt p prepended to x for Sr-DPO/Sr-IPO."
     )
+    grad_accum: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Gradient accumulation steps (<= 4096). The reference trains DPO at an effective batch "
+        "of 32 = batch_size x grad_accum x num_processes: divide it by the processes you launch.",
+    )
     learning_rate: float = Field(2e-7, gt=0.0, le=1.0, description="Peak learning rate (<= 1).")
     lr_scheduler: str = Field("linear", max_length=64, description="transformers scheduler name.")
     precompute_ref_log_probs: bool = Field(
@@ -398,6 +414,20 @@ class ActorTrainConfig(TrainCommon):
 class RefinerTrainConfig(TrainCommon):
     """Stage 5 (refiner): supervised fine-tuning (RFT) on the refinement and judgment mix."""
 
+    grad_accum: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Gradient accumulation steps (<= 4096). The reference trains SFT at an effective batch "
+        "of 64 = batch_size x grad_accum x num_processes: divide it by the processes you launch.",
+    )
+    max_length: int = Field(
+        4096,
+        ge=16,
+        le=MAX_TOKENS,
+        description="Prompt + response tokens; longer ones are truncated (<= 131072; reference SFT 4096: a "
+        "refinement example holds the prompt, the response, its judgment and the refinement).",
+    )
     learning_rate: float = Field(2e-6, gt=0.0, le=1.0, description="Peak learning rate (<= 1).")
     lr_scheduler: str = Field(
         "constant_with_warmup", max_length=64, description="transformers scheduler name."

@@ -246,7 +246,7 @@ def _expand(
         next_missing: dict[int, int] = {}
         for i, texts in zip(order, outputs, strict=True):
             for raw in texts:
-                refined = extract_refined(raw)
+                refined = extract_refined(raw, cfg.accept_unterminated)
                 if refined is None:
                     expansions[i].tree.parse_failures += 1
                     next_missing[i] = next_missing.get(i, 0) + 1

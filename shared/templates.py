@@ -8,7 +8,6 @@ distribution; here both go through :func:`refine_conversation`).
 
 from __future__ import annotations
 
-import re
 
 JUDGE_TEMPLATE = """You are an expert evaluator of instruction following. Check whether the Output \
 honestly, precisely and closely follows the Prompt. Go through every constraint the Prompt sets \
@@ -35,7 +34,6 @@ Final Refined Output: [[start]] <the complete refined Output> [[end]]"""
 START_MARKER = "[[start]]"
 END_MARKER = "[[end]]"
 
-_REFINED = re.compile(re.escape(START_MARKER) + r"(.*?)" + re.escape(END_MARKER), re.DOTALL)
 
 Message = dict[str, str]
 
@@ -62,14 +60,21 @@ def refine_conversation(prompt: str, response: str, judgment: str) -> list[Messa
     ]
 
 
-def extract_refined(text: str) -> str | None:
-    """The refined response between the LAST ``[[start]]`` ... ``[[end]]`` pair, stripped.
+def extract_refined(text: str, accept_unterminated: bool = False) -> str | None:
+    """The refined response after the LAST ``[[start]]``, up to the ``[[end]]`` that follows it, stripped.
 
-    ``None`` when the markers are missing or enclose nothing: the expansion failed to parse.
-    The last pair is taken because a model sometimes quotes the format before answering.
+    The last ``[[start]]`` is taken because a model sometimes quotes the format before answering.
+    A reply whose last ``[[start]]`` has no ``[[end]]`` after it (typically cut off by the token
+    limit) yields ``None`` unless ``accept_unterminated``, which keeps the text after the marker, as
+    the reference implementation does. ``None`` also when there is no ``[[start]]`` or the marked
+    text is empty: the expansion failed to parse.
     """
-    matches = _REFINED.findall(text)
-    if not matches:
+    at = text.rfind(START_MARKER)
+    if at < 0:
         return None
-    refined = matches[-1].strip()
+    rest = text[at + len(START_MARKER) :]
+    end = rest.find(END_MARKER)
+    if end < 0 and not accept_unterminated:
+        return None
+    refined = (rest if end < 0 else rest[:end]).strip()
     return refined or None

@@ -20,7 +20,7 @@ def write_config(tmp_path: Path, model: Path, **overrides) -> Path:
     # (RFT judgment examples) on any machine; 4 x 3 x 3 gave none on some CPUs.
     prompts = variant_prompts(8)
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    train = {"max_steps": 2, "batch_size": 2, "max_length": 256, "learning_rate": 1e-4}
+    train = {"max_steps": 2, "batch_size": 2, "grad_accum": 1, "max_length": 256, "learning_rate": 1e-4}
     config = {
         "name": "it",
         "seed": 5,

@@ -143,6 +143,17 @@ def test_empty_markers_are_a_failed_parse() -> None:
     assert tree.dropped_unparsed == 3
 
 
+def test_a_refinement_cut_off_before_its_end_marker_follows_the_setting() -> None:
+    cut = "Reflection: shorten it.\nFinal Refined Output: [[start]] a shorter answer that was cut"
+    engine = ScriptedEngine(judge_fn=no, refine_fn=lambda *a: cut)
+    (tree,) = run(engine, parse_retries=1, max_depth=1)  # the reference's default: keep the text
+    assert tree.parse_failures == 0 and len(tree.nodes) == 4
+    assert {n.response for n in tree.nodes[1:]} == {"a shorter answer that was cut"}
+    engine = ScriptedEngine(judge_fn=no, refine_fn=lambda *a: cut)
+    (tree,) = run(engine, parse_retries=1, max_depth=1, accept_unterminated=False)
+    assert tree.parse_failures == 6 and tree.dropped_unparsed == 3 and len(tree.nodes) == 1
+
+
 def test_budget_caps_expansions() -> None:
     engine = ScriptedEngine(judge_fn=no)
     (tree,) = run(engine, budget=7)

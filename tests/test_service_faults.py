@@ -68,6 +68,7 @@ def drill_body() -> dict:
             "max_steps": 60,
             "save_steps": 4,
             "batch_size": 2,
+            "grad_accum": 1,
             "max_length": 256,
             "learning_rate": 1e-4,
         },

@@ -78,6 +78,7 @@ def actor_cfg(objective: str, **overrides) -> ActorTrainConfig:
         learning_rate=1e-3,
         max_steps=4,
         batch_size=2,
+        grad_accum=1,
         max_length=256,
         warmup_ratio=0.0,
     )
@@ -328,7 +329,7 @@ def test_launch_runs_a_job_file(model_path, tmp_path) -> None:
         "model_path": str(model_path),
         "data_file": str(data),
         "out_dir": str(tmp_path / "out"),
-        "config": {"objective": "dpo", "max_steps": 2, "batch_size": 2, "max_length": 256},
+        "config": {"objective": "dpo", "max_steps": 2, "batch_size": 2, "grad_accum": 1, "max_length": 256},
     }
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps(job))
@@ -404,7 +405,7 @@ def test_label_mask_covers_exactly_the_assistant_turns(tokenizer) -> None:
 def test_refiner_rft_lowers_the_target_nll(model_path, tmp_path) -> None:
     from workers.training.refiner import train_refiner
 
-    cfg = RefinerTrainConfig(learning_rate=1e-3, max_steps=8, batch_size=2, max_length=512, warmup_ratio=0.1)
+    cfg = RefinerTrainConfig(learning_rate=1e-3, max_steps=8, batch_size=2, grad_accum=1, max_length=512, warmup_ratio=0.1)
     metrics = train_refiner(model_path, rft_examples(), cfg, tmp_path / "refiner", seed=0)
     assert metrics["steps"] == 8 and len(metrics["loss_curve"]) == 8
     assert metrics["target_nll_after"] < metrics["target_nll_before"] - 0.5, metrics
@@ -418,7 +419,7 @@ def test_refiner_lora_saves_the_adapter_and_its_base(model_path, tmp_path) -> No
     from workers.training.refiner import train_refiner
 
     cfg = RefinerTrainConfig(
-        learning_rate=1e-3, max_steps=4, batch_size=2, max_length=512, lora=LoraSettings(r=8, alpha=16)
+        learning_rate=1e-3, max_steps=4, batch_size=2, grad_accum=1, max_length=512, lora=LoraSettings(r=8, alpha=16)
     )
     metrics = train_refiner(model_path, rft_examples(), cfg, tmp_path / "adapter", seed=0)
     assert metrics["lora"] is True and metrics["base_model"] == str(model_path)

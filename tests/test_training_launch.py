@@ -67,6 +67,7 @@ def actor_run(root: Path, model: Path, name: str, **train: Any) -> RunPaths:
     settings = {
         "objective": "dpo",
         "max_steps": STEPS,
+        "grad_accum": 1,
         "max_length": 256,
         "learning_rate": 1e-3,
         "warmup_ratio": 0.0,
