@@ -8,8 +8,11 @@ charts, no script, nothing loaded from elsewhere) or Markdown:
   expansions, pairs, RFT examples), the cost per stage (engine calls, tokens, wall time) and the
   training curves; per model version IFEval's four metrics with 95% intervals and the refiner's
   judge accuracy (pairwise and pointwise), from the ``eval`` stage;
-* with several runs, a comparison table laid out like the paper's: one row per run (arm), one
-  column per metric, for the last evaluated actor and refiner versions.
+* with several runs, the tables laid out like the paper's (rows = arms, columns = metrics): the
+  last evaluated versions; IFEval of every actor version of every arm; each arm's difference from
+  the first run named (the reference arm) at the same version; judge accuracy per refiner version;
+  and the wall time each arm spent. A run forked from another (``spar run --fork``) counts only the
+  stages it computed itself; the stages it reused are marked.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from shared.stages import STAGE_TABLE
 from workers.artifacts import RunPaths, read_json
 from workers.stages.common import load_config
 
+from .fork import FORK_RECORD
 from .summary import iteration_summary
 
 IFEVAL_METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
@@ -40,6 +44,24 @@ class RunReport:
     config: dict[str, Any]
     hashes: dict[str, str]
     iterations: list[dict[str, Any]] = field(default_factory=list)
+    forked_from: str | None = None
+    reused: set[tuple[int, str]] = field(default_factory=set)
+    """Stages taken from ``forked_from`` (their wall time was spent by that run)."""
+
+    def name(self) -> str:
+        """How tables name the run: its config's ``name`` (the arm), else its run id."""
+        return str(self.config.get("name") or self.run_id)
+
+    def wall_seconds(self) -> tuple[float, float]:
+        """(seconds this run computed, seconds of the stages it reused from its source)."""
+        own = reused = 0.0
+        for it in self.iterations:
+            for s in it["stages"]:
+                if (it["iteration"], s["stage"]) in self.reused:
+                    reused += s["seconds"]
+                else:
+                    own += s["seconds"]
+        return own, reused
 
     def ifeval_by_version(self) -> dict[str, dict[str, Any]]:
         """Each actor version's IFEval row; a version evaluated twice keeps its latest row."""
@@ -60,6 +82,10 @@ def load_run(run_dir: Path) -> RunReport:
         if manifest is not None:
             hashes[s.name] = read_json(manifest)["config_hash"]
     report = RunReport(paths.run_id, paths.root, read_json(paths.config)["config"], hashes)
+    if (paths.root / FORK_RECORD).exists():
+        fork = read_json(paths.root / FORK_RECORD)
+        report.forked_from = fork["source_run_id"]
+        report.reused = {(r["iteration"], r["stage"]) for r in fork["reused"]}
     for t in range(config.iterations):
         if (paths.root / f"iter_{t}").exists():
             report.iterations.append(iteration_summary(paths, t))
@@ -94,12 +120,95 @@ def comparison_rows(reports: list[RunReport]) -> tuple[list[str], list[list[str]
         ifeval, judge = r.ifeval_by_version(), r.judge_by_version()
         actor = list(ifeval)[-1] if ifeval else None
         refiner = list(judge)[-1] if judge else None
-        row = [r.run_id, actor or "-"]
+        row = [r.name(), actor or "-"]
         row += [_ci(ifeval[actor], m) for m in IFEVAL_METRICS] if actor else ["-"] * 4
         row += [_pct(ifeval[actor]["average"]) if actor else "-", refiner or "-"]
         row += [_pct(judge[refiner].get(m)) for m in JUDGE_METRICS] if refiner else ["-"] * 3
         rows.append(row)
     return header, rows
+
+
+def version_rows(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
+    """IFEval of every evaluated actor version of every run: rows (arm, version)."""
+    header = ["arm", "version", *IFEVAL_METRICS, "average", "prompts"]
+    rows = []
+    for r in reports:
+        for v, row in r.ifeval_by_version().items():
+            rows.append(
+                [
+                    r.name(),
+                    v,
+                    *(_ci(row, m) for m in IFEVAL_METRICS),
+                    _pct(row["average"]),
+                    str(row.get("n_prompts", "-")),
+                ]
+            )
+    return header, rows
+
+
+def delta_rows(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
+    """Each other arm minus the first run at the same actor version, in IFEval points.
+
+    Both arms are scored on the same prompts, so this is the ablation's effect; whether it is more
+    than noise is read against the intervals in the per-version table.
+    """
+    header = ["arm", "version", *IFEVAL_METRICS, "average"]
+    base = reports[0].ifeval_by_version()
+    rows = []
+    for r in reports[1:]:
+        for v, row in r.ifeval_by_version().items():
+            if v not in base or v == "v0":
+                continue
+            diffs = [100 * (row[m] - base[v][m]) for m in (*IFEVAL_METRICS, "average")]
+            rows.append([f"{r.name()} - {reports[0].name()}", v, *(f"{d:+.1f}" for d in diffs)])
+    return header, rows
+
+
+def judge_rows(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
+    """The refiner's judge accuracy per version per arm (in %)."""
+    header = ["arm", "version", "pairwise", "pointwise", "pointwise F1", "invalid", "n"]
+    rows = []
+    for r in reports:
+        for v, row in r.judge_by_version().items():
+            rows.append(
+                [
+                    r.name(),
+                    v,
+                    _pct(row.get("accuracy")),
+                    _pct(row.get("pointwise_accuracy")),
+                    _pct(row.get("pointwise_f1")),
+                    _pct(row.get("invalid_rate")),
+                    str(row.get("n", "-")),
+                ]
+            )
+    return header, rows
+
+
+def wall_rows(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
+    """Wall time per arm: what it computed, and what it reused from the run it was forked from."""
+    header = ["arm", "run", "iterations", "computed (min)", "reused (min)", "forked from"]
+    rows = []
+    for r in reports:
+        own, reused = r.wall_seconds()
+        rows.append(
+            [
+                r.name(),
+                r.run_id,
+                str(len(r.iterations)),
+                f"{own / 60:.1f}",
+                f"{reused / 60:.1f}",
+                r.forked_from or "-",
+            ]
+        )
+    return header, rows
+
+
+def _table(title: str, table: tuple[list[str], list[list[str]]]) -> list[str]:
+    header, rows = table
+    if not rows:
+        return []
+    out = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(row) + " |" for row in rows] + [""]
 
 
 def _line_chart(title: str, series: dict[str, list[float]], width: int = 360, height: int = 160) -> str:
@@ -139,13 +248,19 @@ def _line_chart(title: str, series: dict[str, list[float]], width: int = 360, he
 def render_markdown(reports: list[RunReport]) -> str:
     out = ["# spar report", ""]
     if len(reports) > 1:
-        header, rows = comparison_rows(reports)
-        out += ["## Comparison (last evaluated versions; IFEval in % with 95% bootstrap CI)", ""]
-        out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(row) + " |" for row in rows]
-        out.append("")
+        out += ["## Comparison of arms (IFEval in % with 95% bootstrap CI over prompts)", ""]
+        out += _table("Last evaluated versions", comparison_rows(reports))
+        out += _table("IFEval by actor version", version_rows(reports))
+        out += _table(
+            f"Difference from {reports[0].name()} at the same version (points)", delta_rows(reports)
+        )
+        out += _table("Judge accuracy by refiner version (%)", judge_rows(reports))
+        out += _table("Wall time", wall_rows(reports))
     for r in reports:
         out += [f"## Run `{r.run_id}`", "", f"Directory: `{r.root}`", ""]
+        if r.forked_from is not None:
+            reused = ", ".join(f"{s}@{t}" for t, s in sorted(r.reused)) or "nothing"
+            out += [f"Forked from `{r.forked_from}`, reusing {reused} (marked *reused* below).", ""]
         out += ["Stage config hashes: " + ", ".join(f"{k} `{v}`" for k, v in r.hashes.items()), ""]
         out += _markdown_versions(r)
         for it in r.iterations:
@@ -154,8 +269,8 @@ def render_markdown(reports: list[RunReport]) -> str:
             out += [f"| {k.replace('_', ' ')} | {_num(v)} |" for k, v in it["metrics"].items()]
             out += ["", "| stage | shards | engine calls | tokens | wall s |", "|---|---|---|---|---|"]
             out += [
-                f"| {s['stage']} | {s['shards']} | {s['engine_calls']} | {s['tokens_generated']} "
-                f"| {s['seconds']:.1f} |"
+                f"| {s['stage']}{' *reused*' if (it['iteration'], s['stage']) in r.reused else ''} "
+                f"| {s['shards']} | {s['engine_calls']} | {s['tokens_generated']} | {s['seconds']:.1f} |"
                 for s in it["stages"]
             ]
             for t in it["training"]:

@@ -8,7 +8,6 @@ distribution; here both go through :func:`refine_conversation`).
 
 from __future__ import annotations
 
-
 JUDGE_TEMPLATE = """You are an expert evaluator of instruction following. Check whether the Output \
 honestly, precisely and closely follows the Prompt. Go through every constraint the Prompt sets \
 (content, format, length, style, keywords, language, casing and so on) and list each one the Output \

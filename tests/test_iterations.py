@@ -162,7 +162,10 @@ def test_the_eval_stage_scores_each_model_version(tmp_path: Path, tiny_model_pat
     v1 = evaluation["ifeval"][1]
     low, high = v1["ci95"]["prompt_strict"]
     assert f"| v1 | {100 * v1['prompt_strict']:.1f} [{100 * low:.1f}, {100 * high:.1f}]" in report
-    assert "## Comparison" in report and report.count(f"| {paths.run_id} | v1 |") == 2
+    assert "## Comparison" in report and "### IFEval by actor version" in report
+    assert report.count("| it | v1 | ") == 6  # last versions, IFEval by version, judge by version; twice
+    # the same run compared with itself: every difference is zero
+    assert "| it - it | v1 | +0.0 | +0.0 | +0.0 | +0.0 | +0.0 |" in report
     assert f"eval `{read_json(paths.manifest(0, 'eval'))['config_hash']}`" in report
     assert main(["report", str(paths.root)]) == 0 and "<svg" in (paths.root / "report.html").read_text()
 

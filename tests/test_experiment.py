@@ -1,0 +1,141 @@
+"""The experiment's configs, scaled down to the tiny model: every arm runs, forks share, the report compares.
+
+The SmolLM2 experiment (examples/experiment/) takes hours on 2 cores; this runs the very same config
+files with only the size changed (tiny model, a few prompts, 2 iterations, short answers, the HF
+engine), so a broken arm, fork or report is caught by the suite and not after an afternoon of CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.cli import main
+from services.report import load_run
+from workers.artifacts import RunPaths, read_json
+
+EXPERIMENT = Path(__file__).resolve().parent.parent / "examples" / "experiment"
+ARMS = ("main", "verifier", "samples", "sr_dpo")
+
+
+def scaled_down(arm: str, tmp: Path, model: Path) -> Path:
+    """The arm's config with only its size changed; written next to copies of its data files."""
+    source = EXPERIMENT / f"smollm2_{arm}.yaml"
+    config = yaml.safe_load(source.read_text())
+
+    def data(relative: str, lines: int, name: str) -> str:
+        rows = (source.parent / relative).read_text().splitlines()[:lines]
+        (tmp / name).write_text("\n".join(rows) + "\n")
+        return name
+
+    config |= {
+        "prompts": data(config["prompts"], 6, "prompts.jsonl"),
+        "shard_size": 3,
+        "iterations": 2,
+    }
+    config["init"] |= {"refiner_data": data(config["init"]["refiner_data"], 8, "init.jsonl")}
+    config["init"]["refiner"] |= {"max_steps": 2, "max_length": 256}
+    for role in ("actor", "refiner"):
+        config[role] = {"model": str(model), "engine": "hf", "hf": {"batch_size": 16}}
+    config["sample"] |= {"max_new_tokens": 24}
+    config["judge"] |= {"max_new_tokens": 32}
+    config["search"] |= {"max_new_tokens": 40}
+    for stage in ("train_actor", "train_refiner"):
+        config[stage] |= {"max_steps": 2, "max_length": 256}
+    config["evaluation"] |= {
+        "ifeval_limit": 3,
+        "max_new_tokens": 16,
+        "judge_data": data(config["evaluation"]["judge_data"], 3, "judge.jsonl"),
+    }
+    path = tmp / f"{arm}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, tiny_model_path: Path) -> dict[str, RunPaths]:
+    """The main arm from scratch, then each other arm forked from it, as docs/results describes."""
+    tmp = tmp_path_factory.mktemp("experiment")
+    runs = tmp / "runs"
+    configs = {arm: scaled_down(arm, tmp, tiny_model_path) for arm in ARMS}
+    assert (
+        main(["run", str(configs["main"]), "--runs-dir", str(runs), "--run-id", "main", "--no-progress"]) == 0
+    )
+    for arm in ARMS[1:]:
+        argv = [
+            "run",
+            str(configs[arm]),
+            "--fork",
+            str(runs / "main"),
+            "--runs-dir",
+            str(runs),
+            "--run-id",
+            arm,
+        ]
+        assert main([*argv, "--no-progress"]) == 0
+    return {arm: RunPaths(runs / arm) for arm in ARMS}
+
+
+def test_every_arm_runs_two_iterations_and_evaluates_each_version(experiment) -> None:
+    for arm, paths in experiment.items():
+        report = load_run(paths.root)
+        assert list(report.ifeval_by_version()) == ["v0", "v1", "v2"], arm
+        assert list(report.judge_by_version()) == ["v0", "v1", "v2"], arm
+        for row in report.ifeval_by_version().values():
+            assert row["n_prompts"] == 3 and set(row["ci95"]) >= {"prompt_strict", "instruction_loose"}
+
+
+def test_each_arm_changes_what_it_says(experiment) -> None:
+    config = {arm: read_json(p.config)["config"] for arm, p in experiment.items()}
+    assert config["verifier"]["judge"]["backend"] == "verifier"
+    assert config["samples"]["data"]["pairs_from"] == "samples"
+    assert config["sr_dpo"]["train_actor"]["objective"] == "sr_dpo"
+    # beside the name and the one change, each arm is the main arm's config
+    main_config = config["main"]
+    for arm, change in (("verifier", "judge"), ("samples", "data"), ("sr_dpo", "train_actor")):
+        other = {k: v for k, v in config[arm].items() if k not in ("name", change)}
+        assert other == {k: v for k, v in main_config.items() if k not in ("name", change)}, arm
+    meta = read_json(experiment["sr_dpo"].root / "models" / "actor" / "v1" / "spar_version.json")
+    assert meta["objective"] == "sr_dpo"
+
+
+def test_forked_arms_reuse_exactly_the_shared_stages(experiment) -> None:
+    reused = {arm: load_run(experiment[arm].root).reused for arm in ARMS[1:]}
+    shared = {(0, "init"), (0, "sample"), (0, "judge"), (0, "refine")}
+    assert reused["samples"] == shared  # the pairs differ from assembly on
+    assert reused["sr_dpo"] == shared | {(0, "assemble")}  # the same pairs, another loss
+    assert reused["verifier"] == {(0, "init"), (0, "sample")}  # another judge from stage 2 on
+    # the reused sample stage is the main arm's, byte for byte
+    main_samples = experiment["main"].shard(0, "sample", 0).read_bytes()
+    assert all(experiment[a].shard(0, "sample", 0).read_bytes() == main_samples for a in ARMS[1:])
+
+
+def test_the_report_compares_the_arms(experiment, tmp_path: Path) -> None:
+    out = tmp_path / "report.md"
+    dirs = [str(experiment[arm].root) for arm in ARMS]
+    assert main(["report", *dirs, "--format", "md", "--out", str(out)]) == 0
+    text = out.read_text()
+    for title in (
+        "IFEval by actor version",
+        "Difference from exp-main",
+        "Judge accuracy by refiner",
+        "Wall time",
+    ):
+        assert f"### {title}" in text, title
+    runs = {arm: load_run(experiment[arm].root) for arm in ARMS}
+    for r in runs.values():
+        for version, row in r.ifeval_by_version().items():
+            assert f"| {r.name()} | {version} | {100 * row['prompt_strict']:.1f} [" in text
+    # the deltas are the differences of the per-version numbers above
+    base, other = runs["main"].ifeval_by_version(), runs["samples"].ifeval_by_version()
+    delta = 100 * (other["v2"]["average"] - base["v2"]["average"])
+    line = next(x for x in text.splitlines() if x.startswith("| exp-samples - exp-main | v2 |"))
+    assert line.rstrip(" |").endswith(f"{delta:+.1f}")
+    # a forked arm's wall time counts only what it computed
+    own, reused = runs["sr_dpo"].wall_seconds()
+    assert reused > 0 and f"| {own / 60:.1f} | {reused / 60:.1f} | main |" in text
+    assert "Forked from `main`, reusing" in text and "*reused*" in text
+    assert main(["report", *dirs, "--out", str(tmp_path / "report.html")]) == 0
+    assert "exp-verifier" in (tmp_path / "report.html").read_text()
