@@ -44,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="reuse RUN_DIR's finished stages that this config leaves identical (ablations)",
     )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config setting, e.g. --set train_actor.learning_rate=2e-5 (repeatable)",
+    )
     run.add_argument("--run-id", help="run id (default: <name>-<UTC time>-<random>)")
     run.add_argument("--cache-dir", type=Path, help="model cache (default: $SPAR_CACHE_DIR or ~/.cache/spar)")
     run.add_argument("--log-json", action="store_true", help="also print structured JSON logs on stderr")
@@ -172,12 +180,14 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
 
     if (args.config is None) == (args.resume is None):
         raise ConfigError("give either a CONFIG file or --resume RUN_DIR (not both)")
+    if args.resume is not None and args.overrides:
+        raise ConfigError("--set changes a new run's config; a resumed run keeps the settings it has")
     if args.resume is not None and args.fork is not None:
         raise ConfigError("--fork makes a new run from CONFIG; it cannot be combined with --resume")
     if args.resume is not None:
         paths = open_run(args.resume)
     else:
-        config = load_config_file(args.config)
+        config = load_config_file(args.config, args.overrides)
         source = open_run(args.fork) if args.fork is not None else None
         paths = create_run(config, args.runs_dir, args.run_id, source=str(args.config))
         if source is not None:

@@ -67,6 +67,10 @@ class RunReport:
         """Each actor version's IFEval row; a version evaluated twice keeps its latest row."""
         return {r["version"]: r for it in self.iterations for r in it["evaluation"]["ifeval"]}
 
+    def validation_by_version(self) -> dict[str, dict[str, Any]]:
+        """Each actor version's score on the validation split (the recipe-tuning metric)."""
+        return {r["version"]: r for it in self.iterations for r in it["evaluation"].get("validation", [])}
+
     def judge_by_version(self) -> dict[str, dict[str, Any]]:
         return {r["version"]: r for it in self.iterations for r in it["evaluation"]["judge"]}
 
@@ -128,12 +132,13 @@ def comparison_rows(reports: list[RunReport]) -> tuple[list[str], list[list[str]
     return header, rows
 
 
-def version_rows(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
-    """IFEval of every evaluated actor version of every run: rows (arm, version)."""
+def version_rows(reports: list[RunReport], split: str = "ifeval") -> tuple[list[str], list[list[str]]]:
+    """IFEval (or the validation split) of every evaluated actor version of every run: rows (arm, version)."""
     header = ["arm", "version", *IFEVAL_METRICS, "average", "prompts"]
     rows = []
     for r in reports:
-        for v, row in r.ifeval_by_version().items():
+        scores = r.ifeval_by_version() if split == "ifeval" else r.validation_by_version()
+        for v, row in scores.items():
             rows.append(
                 [
                     r.name(),
@@ -252,6 +257,9 @@ def render_markdown(reports: list[RunReport]) -> str:
         out += _table("Last evaluated versions", comparison_rows(reports))
         out += _table("IFEval by actor version", version_rows(reports))
         out += _table(
+            "Validation split (recipe tuning) by actor version", version_rows(reports, "validation")
+        )
+        out += _table(
             f"Difference from {reports[0].name()} at the same version (points)", delta_rows(reports)
         )
         out += _table("Judge accuracy by refiner version (%)", judge_rows(reports))
@@ -285,6 +293,15 @@ def render_markdown(reports: list[RunReport]) -> str:
 def _markdown_versions(r: RunReport) -> list[str]:
     out: list[str] = []
     ifeval, judge = r.ifeval_by_version(), r.judge_by_version()
+    validation = r.validation_by_version()
+    if validation:
+        out += ["Validation split (% with 95% bootstrap CI; the recipe-tuning metric, not IFEval):", ""]
+        out += ["| version | " + " | ".join(IFEVAL_METRICS) + " | average | prompts |"]
+        out += ["|" + "---|" * (len(IFEVAL_METRICS) + 3)]
+        for v, row in validation.items():
+            cells = " | ".join(_ci(row, m) for m in IFEVAL_METRICS)
+            out.append(f"| {v} | {cells} | {_pct(row['average'])} | {row.get('n_prompts', '-')} |")
+        out.append("")
     if ifeval:
         out += ["IFEval (% with 95% bootstrap CI over prompts):", ""]
         out += ["| version | " + " | ".join(IFEVAL_METRICS) + " | average | prompts |"]

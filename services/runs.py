@@ -40,8 +40,33 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config_file(path: Path) -> RunConfig:
-    """Parse and validate a YAML run config, with relative paths made absolute."""
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``KEY.PATH=VALUE`` settings on top of a parsed config (``spar run --set``); VALUE is YAML.
+
+    Why: a sweep (learning rates, seeds) is one config file and a few command lines, not one file
+    per point. Every key must name a mapping path; the result is validated like the file itself.
+    """
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. train_actor.learning_rate=2e-5")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {exc}") from exc
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section of settings")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config_file(path: Path, overrides: list[str] | None = None) -> RunConfig:
+    """Parse and validate a YAML run config (plus ``--set`` overrides), relative paths made absolute."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
@@ -50,6 +75,7 @@ def load_config_file(path: Path) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    raw = apply_overrides(raw, overrides or [])
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
@@ -105,6 +131,12 @@ def create_run(config: RunConfig, runs_dir: Path, run_id: str | None = None, sou
     it, so a full or read-only disk leaves no half-created run behind (and the error says which).
     """
     prompts = read_prompts(config)
+    if config.evaluation.validation_prompts is not None and "eval" in config.stages:
+        from workers.stages.evaluate import validation_items
+
+        validation_items(
+            Path(config.evaluation.validation_prompts)
+        )  # a wrong file fails now, not hours later
     final = RunPaths(runs_dir / (run_id or new_run_id(config.name)))
     if final.root.exists():
         raise ConfigError(f"run {final.root} exists already; resume it with --resume {final.root}")

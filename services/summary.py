@@ -107,7 +107,11 @@ def iteration_summary(paths: RunPaths, iteration: int) -> dict:
         "metrics": metrics,
         "stages": rows,
         "training": training,
-        "evaluation": {"ifeval": evaluation.get("ifeval", []), "judge": evaluation.get("judge", [])},
+        "evaluation": {
+            "ifeval": evaluation.get("ifeval", []),
+            "judge": evaluation.get("judge", []),
+            "validation": evaluation.get("validation", []),
+        },
     }
 
 

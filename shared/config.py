@@ -463,8 +463,17 @@ class EvalConfig(_Strict):
     has no training stages); at iteration 0 it also evaluates v0, the baseline.
     """
 
+    ifeval: bool = Field(
+        True,
+        description="Score the actor on IFEval (false: only on validation_prompts, e.g. to tune a recipe).",
+    )
     ifeval_limit: int | None = Field(
         64, ge=1, le=100_000, description="First N of IFEval's 541 prompts (None: all; <= 100000)."
+    )
+    validation_prompts: str | None = path_field(
+        None,
+        description="Prompts with IFEval-style metadata (`spar prompts synth`), scored by the IFEval "
+        "checker: the split to tune learning rates and steps on, so that IFEval stays a test set.",
     )
     max_new_tokens: int = Field(512, ge=1, le=MAX_TOKENS, description="Tokens per answer (<= 131072).")
     judge_data: str | None = path_field(

@@ -17,7 +17,7 @@ from services.report import load_run
 from workers.artifacts import RunPaths, read_json
 
 EXPERIMENT = Path(__file__).resolve().parent.parent / "examples" / "experiment"
-ARMS = ("main", "verifier", "samples", "sr_dpo")
+ARMS = ("main", "verifier", "samples", "sr_dpo", "iopo")
 
 
 def scaled_down(arm: str, tmp: Path, model: Path) -> Path:
@@ -33,7 +33,7 @@ def scaled_down(arm: str, tmp: Path, model: Path) -> Path:
     config |= {
         "prompts": data(config["prompts"], 6, "prompts.jsonl"),
         "shard_size": 3,
-        "iterations": 2,
+        "iterations": min(config["iterations"], 2),
     }
     config["init"] |= {"refiner_data": data(config["init"]["refiner_data"], 8, "init.jsonl")}
     config["init"]["refiner"] |= {"max_steps": 2, "max_length": 256}
@@ -44,11 +44,12 @@ def scaled_down(arm: str, tmp: Path, model: Path) -> Path:
     config["search"] |= {"max_new_tokens": 40}
     for stage in ("train_actor", "train_refiner"):
         config[stage] |= {"max_steps": 2, "max_length": 256}
-    config["evaluation"] |= {
-        "ifeval_limit": 3,
-        "max_new_tokens": 16,
-        "judge_data": data(config["evaluation"]["judge_data"], 3, "judge.jsonl"),
-    }
+    evaluation = config["evaluation"]
+    evaluation |= {"ifeval_limit": 3, "max_new_tokens": 16}
+    if evaluation.get("judge_data"):
+        evaluation["judge_data"] = data(evaluation["judge_data"], 3, "judge.jsonl")
+    if evaluation.get("validation_prompts"):
+        evaluation["validation_prompts"] = data(evaluation["validation_prompts"], 3, "validation.jsonl")
     path = tmp / f"{arm}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -79,7 +80,8 @@ def experiment(tmp_path_factory, tiny_model_path: Path) -> dict[str, RunPaths]:
 
 
 def test_every_arm_runs_two_iterations_and_evaluates_each_version(experiment) -> None:
-    for arm, paths in experiment.items():
+    for arm in ARMS:
+        paths = experiment[arm]
         report = load_run(paths.root)
         assert list(report.ifeval_by_version()) == ["v0", "v1", "v2"], arm
         assert list(report.judge_by_version()) == ["v0", "v1", "v2"], arm
@@ -99,6 +101,10 @@ def test_each_arm_changes_what_it_says(experiment) -> None:
         assert other == {k: v for k, v in main_config.items() if k not in ("name", change)}, arm
     meta = read_json(experiment["sr_dpo"].root / "models" / "actor" / "v1" / "spar_version.json")
     assert meta["objective"] == "sr_dpo"
+    meta = read_json(experiment["iopo"].root / "models" / "actor" / "v1" / "spar_version.json")
+    assert (
+        meta.get("objective", "iopo") == "iopo" and (experiment["iopo"].manifest(0, "iopo_groups")).exists()
+    )
 
 
 def test_forked_arms_reuse_exactly_the_shared_stages(experiment) -> None:
@@ -107,6 +113,7 @@ def test_forked_arms_reuse_exactly_the_shared_stages(experiment) -> None:
     assert reused["samples"] == shared  # the pairs differ from assembly on
     assert reused["sr_dpo"] == shared | {(0, "assemble")}  # the same pairs, another loss
     assert reused["verifier"] == {(0, "init"), (0, "sample")}  # another judge from stage 2 on
+    assert reused["iopo"] == shared | {(0, "assemble")}  # the groups are made after assembly
     # the reused sample stage is the main arm's, byte for byte
     main_samples = experiment["main"].shard(0, "sample", 0).read_bytes()
     assert all(experiment[a].shard(0, "sample", 0).read_bytes() == main_samples for a in ARMS[1:])
@@ -139,3 +146,34 @@ def test_the_report_compares_the_arms(experiment, tmp_path: Path) -> None:
     assert "Forked from `main`, reusing" in text and "*reused*" in text
     assert main(["report", *dirs, "--out", str(tmp_path / "report.html")]) == 0
     assert "exp-verifier" in (tmp_path / "report.html").read_text()
+
+
+def test_recipe_tuning_scores_the_validation_split_and_never_ifeval(experiment) -> None:
+    same, other = load_run(experiment["tune-same"].root), load_run(experiment["tune-lr"].root)
+    # the main arm's own setting: its training is reused, so the tuned point is the main arm's v1
+    assert (0, "train_actor") in same.reused and (0, "train_actor") not in other.reused
+    for r in (same, other):
+        evaluation = r.iterations[0]["evaluation"]
+        assert evaluation["ifeval"] == [] and evaluation["judge"] == []
+        assert [row["version"] for row in evaluation["validation"]] == ["v0", "v1"]
+        assert all(row["n_prompts"] == 3 for row in evaluation["validation"])
+    assert read_json(experiment["tune-lr"].config)["config"]["train_actor"]["learning_rate"] == 3e-4
+    # v0 is the same model on the same prompts in both: the same score
+    assert (
+        same.iterations[0]["evaluation"]["validation"][0]
+        == other.iterations[0]["evaluation"]["validation"][0]
+    )
+
+
+def test_a_validation_file_without_metadata_fails_when_the_run_is_created(
+    tmp_path: Path, tiny_model_path
+) -> None:
+    from services.runs import create_run, load_config_file
+    from shared.errors import PromptFileError
+
+    config = scaled_down("tune", tmp_path, tiny_model_path)
+    (tmp_path / "validation.jsonl").write_text('{"prompt": "Write a poem."}\n')
+    with pytest.raises(PromptFileError, match="validation.jsonl.*line 1.*instruction_id_list"):
+        create_run(load_config_file(config), tmp_path / "runs")
+    with pytest.raises(Exception, match="train_actor.learning_rate"):
+        load_config_file(config, ["train_actor.learning_rate=-1"])

@@ -8,6 +8,7 @@ resident while it runs (see ``run_eval``).
 
 from __future__ import annotations
 
+import json
 import time
 from itertools import zip_longest
 from pathlib import Path
@@ -36,6 +37,49 @@ def _versions(paths: RunPaths, config, role: str, iteration: int) -> list[ModelV
     return chosen + [latest]
 
 
+def validation_items(path: Path) -> list[dict]:
+    """The validation prompts as the IFEval scorer reads them; every line must carry the metadata.
+
+    Called when a run is created too (``services.runs.create_run``), so a wrong file fails at once
+    and not after the iteration's training.
+    """
+    from shared.errors import PromptFileError
+
+    items, problems = [], []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise PromptFileError(str(path), [(0, f"cannot be read ({exc.strerror or exc})")]) from exc
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            problems.append((n, "not JSON"))
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            problems.append((n, "needs a 'prompt' string"))
+        elif not row.get("instruction_id_list") or not isinstance(row.get("kwargs"), list):
+            problems.append(
+                (n, "needs instruction_id_list and kwargs (write the file with `spar prompts synth`)")
+            )
+        else:
+            items.append(
+                {
+                    "key": row.get("id", n),
+                    "prompt": row["prompt"],
+                    "instruction_id_list": row["instruction_id_list"],
+                    "kwargs": row["kwargs"],
+                }
+            )
+    if problems:
+        raise PromptFileError(f"evaluation.validation_prompts {path}", problems)
+    if not items:
+        raise PromptFileError(f"evaluation.validation_prompts {path}", [(0, "holds no prompts")])
+    return items
+
+
 def run_eval(
     paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
 ) -> StageResult:
@@ -45,7 +89,8 @@ def run_eval(
     config = load_config(paths)
     e = config.evaluation
     started = time.perf_counter()
-    ifeval, judge, rows = [], [], []
+    ifeval, judge, validation, rows = [], [], [], []
+    held_out = validation_items(Path(e.validation_prompts)) if e.validation_prompts else None
     actor_versions = _versions(paths, config, "actor", spec.iteration)
     items = load_pairwise(Path(e.judge_data), e.judge_limit) if e.judge_data is not None else None
     refiner_versions = _versions(paths, config, "refiner", spec.iteration) if items is not None else []
@@ -53,13 +98,27 @@ def run_eval(
     # closes it before loading the next, and when actor and refiner are the same model version
     # (the demo) one engine serves both evaluations of a version instead of being loaded twice.
     for actor, refiner in zip_longest(actor_versions, refiner_versions):
-        if actor is not None:
+        if actor is not None and e.ifeval:
             if progress is not None:
                 progress(f"IFEval {actor.version}", 0, 1)
             result = evaluate_ifeval(engines.engine_for("actor", actor), e.ifeval_limit, e.max_new_tokens)
             ifeval.append({"version": actor.version, **{k: result[k] for k in IFEVAL_KEYS}})
             rows.append(
                 {"kind": "ifeval", "version": version_label(actor), "responses": result.get("responses", [])}
+            )
+        if actor is not None and held_out is not None:
+            if progress is not None:
+                progress(f"validation {actor.version}", 0, 1)
+            result = evaluate_ifeval(
+                engines.engine_for("actor", actor), max_new_tokens=e.max_new_tokens, items=held_out
+            )
+            validation.append({"version": actor.version, **{k: result[k] for k in IFEVAL_KEYS}})
+            rows.append(
+                {
+                    "kind": "validation",
+                    "version": version_label(actor),
+                    "responses": result.get("responses", []),
+                }
             )
         if refiner is not None and items is not None:
             if progress is not None:
@@ -79,5 +138,5 @@ def run_eval(
     return StageResult(
         counts={"ifeval_versions": len(ifeval), "judge_versions": len(judge)},
         seconds=time.perf_counter() - started,
-        metrics={"ifeval": ifeval, "judge": judge},
+        metrics={"ifeval": ifeval, "judge": judge, "validation": validation},
     )
