@@ -78,7 +78,9 @@ def shared_prefix(source: RunPaths, target: RunPaths) -> list[tuple[int, str]]:
         return []
     src_config = RunConfig.model_validate(read_json(source.config)["config"])
     config = RunConfig.model_validate(read_json(target.config)["config"])
-    src_order = list(pipeline(src_config.stages, src_config.iterations, with_init=src_config.init is not None))
+    src_order = list(
+        pipeline(src_config.stages, src_config.iterations, with_init=src_config.init is not None)
+    )
     order = list(pipeline(config.stages, config.iterations, with_init=config.init is not None))
     reusable: list[tuple[int, str]] = []
     for position, step in enumerate(order):
@@ -118,6 +120,7 @@ def fork_into(source: RunPaths, target: RunPaths) -> list[tuple[int, str]]:
             "forked_at": dt.datetime.now(dt.UTC).isoformat(),
         },
     )
+    target.note_change(f"forked from {source.run_id}")
     return reused
 
 

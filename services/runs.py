@@ -159,6 +159,7 @@ def create_run(config: RunConfig, runs_dir: Path, run_id: str | None = None, sou
                 "shards": n_shards,
             },
         )
+        paths.note_change("created")
         os.chmod(building, 0o755)  # mkdtemp makes it private; run folders are shared like their files
         os.rename(building, final.root)  # fails (EEXIST/ENOTEMPTY) if the run appeared meanwhile
         building = None

@@ -86,6 +86,32 @@ class RunPaths:
         return self.root / "config.json"
 
     @property
+    def changes(self) -> Path:
+        """Append-only journal, one line per finished shard or stage: its size is the run's version.
+
+        Readers (the API's run view) compare its size instead of re-reading every manifest; appends
+        are atomic (O_APPEND) from any number of workers, and the size only grows, so a change is
+        never missed the way an mtime of coarse granularity can miss two changes in one tick.
+        """
+        return self.root / ".changes"
+
+    def note_change(self, what: str) -> None:
+        """Record that the run's files changed (after the change is on disk)."""
+        fd = os.open(self.changes, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (what.replace("\n", " ") + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def change_stamp(self) -> tuple[int, int] | None:
+        """(inode, size) of the change journal; None for a run made before it existed."""
+        try:
+            st = os.stat(self.changes)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size
+
+    @property
     def events(self) -> Path:
         return self.root / "events.jsonl"
 

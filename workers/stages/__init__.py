@@ -129,4 +129,5 @@ def write_stage_manifest(paths: RunPaths, iteration: int, stage: str) -> dict:
         written_at=time.time(),
     ).as_record()
     write_json_atomic(paths.manifest(iteration, stage), manifest)
+    paths.note_change(f"manifest {iteration} {stage}")
     return manifest

@@ -98,6 +98,7 @@ def record_done(paths: RunPaths, spec: StageSpec, config: RunConfig, result: Sta
         finished_at=time.time(),
     )
     write_json_atomic(paths.shard_done(spec.iteration, spec.stage, spec.shard), record.as_record())
+    paths.note_change(f"done {spec.iteration} {spec.stage} {spec.shard}")
 
 
 def version_label(version: ModelVersion) -> str:
