@@ -108,7 +108,9 @@ def test_other_prompts_share_nothing(source_run, tmp_path: Path) -> None:
     tmp, source = source_run
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"prompt": "Write one sentence about rain."}) + "\n")
-    target = create_run(load_config_file(arm(tmp, tmp / "config.yaml", "other", prompts=str(other))), tmp_path, "o")
+    target = create_run(
+        load_config_file(arm(tmp, tmp / "config.yaml", "other", prompts=str(other))), tmp_path, "o"
+    )
     assert fork_into(source, target) == []
     assert read_json(target.root / FORK_RECORD)["reused"] == []
 
@@ -127,7 +129,17 @@ def test_the_cli_forks_and_rejects_fork_with_resume(source_run, tmp_path: Path, 
     tmp, source = source_run
     config = arm(tmp, tmp / "config.yaml", "cli", train_actor={"learning_rate": 2e-4}, stages=STAGES[:5])
     code = main(
-        ["run", str(config), "--fork", str(source.root), "--runs-dir", str(tmp_path), "--run-id", "cli", "--no-progress"]
+        [
+            "run",
+            str(config),
+            "--fork",
+            str(source.root),
+            "--runs-dir",
+            str(tmp_path),
+            "--run-id",
+            "cli",
+            "--no-progress",
+        ]
     )
     assert code == 0
     err = capsys.readouterr()
