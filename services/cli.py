@@ -205,16 +205,38 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
     started = time.perf_counter()
     with _progress(console, disabled=args.no_progress) as (on_shard, on_batch):
         executor = LocalExecutor.for_run(paths, progress=on_batch, on_shard=on_shard)
-        executor.engines.on_load = lambda role, path, s: console.print(
-            f"loaded {role} model {path} in {s:.1f} s"
-        )
+        loads: list[float] = []
+
+        def on_load(role: str, path: str, seconds: float) -> None:
+            loads.append(seconds)
+            console.print(f"loaded {role} model {path} in {seconds:.1f} s")
+
+        executor.engines.on_load = on_load
         executor.run()
     config = load_config(paths)
     out = report_console()
     for t in range(config.iterations):
         out.print(render(iteration_summary(paths, t)))
-    out.print(f"run {paths.run_id} done in {time.perf_counter() - started:.1f} s; outputs in {paths.root}")
+    total = time.perf_counter() - started
+    out.print(time_breakdown(executor.stage_wall, loads, total))
+    out.print(f"run {paths.run_id} done in {total:.1f} s; outputs in {paths.root}")
     return 0
+
+
+def time_breakdown(stage_wall: dict[tuple[int, str], float], loads: list[float], total: float) -> str:
+    """Where this invocation's wall time went: per stage (summed over iterations), engine loads
+    (inside those stages), and the rest (start-up, summaries). Stages a resume skipped cost ~0."""
+    per_stage: dict[str, float] = {}
+    for (_, stage), seconds in stage_wall.items():
+        per_stage[stage] = per_stage.get(stage, 0.0) + seconds
+    parts = [f"{stage} {seconds:.1f} s" for stage, seconds in per_stage.items() if seconds >= 0.05]
+    other = max(total - sum(per_stage.values()), 0.0)
+    return (
+        f"where the time went ({total:.1f} s): "
+        + ", ".join(parts)
+        + f"; of which engine loads {sum(loads):.1f} s "
+        f"({len(loads)}); outside stages {other:.1f} s"
+    )
 
 
 def _worker_probe(args: argparse.Namespace) -> int:

@@ -144,7 +144,18 @@ def test_the_cli_forks_and_rejects_fork_with_resume(source_run, tmp_path: Path, 
     assert code == 0
     err = capsys.readouterr()
     assert "forked from source: reusing sample@0, judge@0, refine@0, assemble@0" in err.out + err.err
+    assert "where the time went" in err.out + err.err and "train_actor" in err.out + err.err
     assert (version_dir(RunPaths(tmp_path / "cli"), "actor", 1) / METADATA).exists()
     code = main(["run", "--resume", str(tmp_path / "cli"), "--fork", str(source.root)])
     assert code == 2
     assert "cannot be combined with --resume" in "".join(capsys.readouterr())
+
+
+def test_the_time_breakdown_sums_stages_over_iterations() -> None:
+    from services.cli import time_breakdown
+
+    text = time_breakdown({(0, "sample"): 2.0, (0, "judge"): 3.0, (1, "sample"): 4.0}, [1.5, 0.5], 10.0)
+    assert text == (
+        "where the time went (10.0 s): sample 6.0 s, judge 3.0 s; of which engine loads 2.0 s (2); "
+        "outside stages 1.0 s"
+    )
