@@ -139,7 +139,8 @@ class VLLMEngineConfig(_Strict):
     dtype: str = Field(
         "auto",
         max_length=32,
-        description="vLLM dtype: auto (bfloat16 on CPU, the model's dtype on GPU), bfloat16, float16 ...",
+        description="vLLM dtype: auto (on CPU bfloat16 where the CPU has native bfloat16, else float32; "
+        "the model's dtype on GPU), bfloat16, float16 ...",
     )
     enable_prefix_caching: bool = Field(True, description="Judge/refine prompts share long prefixes.")
     max_lora_rank: int = Field(

