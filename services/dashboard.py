@@ -33,6 +33,21 @@ Data it reads from ``GET /v1/runs/{id}``:
   latest row, and fractions are in [0, 1]. A single object instead of a list is accepted too.
   Nothing there renders "no evaluations yet" rather than an error.
 
+Per run, the runs list offers the run's report (``GET /v1/runs/{id}/report``, the page ``spar
+report`` writes): a plain link cannot send the token, so the page fetches the report with the
+header and opens it as a ``blob:`` URL in a new tab, or saves the Markdown (``?format=md``) as a
+file. A ``blob:`` document inherits the policy of the page that made it, so this page's CSP also
+allows the report's own inline ``<style>`` by hash (:func:`report_style_hashes`); the report has
+no script, and this policy would run none.
+
+Below the run, "Inspect iteration" browses one iteration's refinement trees
+(``GET /v1/runs/{id}/iterations/{t}/trees``, a page at a time, filtered by status) and DPO pairs
+(``.../pairs/sample``). A tree shows its root (the negative and its judgment) and every
+refinement, indented by depth, with votes and value; the nodes on the path to the success are
+highlighted. That panel is not rebuilt by the periodic refresh, so what a user is reading stays
+put. Tree rows carry ``data-key``/``data-status``; each node ``data-node-id``, ``data-parent``,
+``data-depth``, ``data-value`` and ``data-on-path``, for browser tests.
+
 Every chart is an ``<svg>`` with a stable id (``chart-negatives``, ``chart-success-rate``,
 ``chart-expansions``, ``chart-pairs``, ``chart-loss-<t>-<stage>``, ``chart-ifeval``,
 ``chart-judge``) and a ``data-values`` attribute holding the first plotted series as JSON
@@ -44,33 +59,45 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Iterable
 from functools import cache
 from importlib.resources import files
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
+from .report import render_html
+
 router = APIRouter()
 
 _INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
 
 
-def content_security_policy(html: str, *, connect: str = "'self'") -> str:
+def inline_hashes(html: str) -> dict[str, list[str]]:
+    """The CSP source (``'sha256-...'``) of each inline ``<script>`` and ``<style>`` block of ``html``."""
+    hashes: dict[str, list[str]] = {"script": [], "style": []}
+    for kind, body in _INLINE.findall(html):
+        digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+        hashes[kind].append(f"'sha256-{digest}'")
+    return hashes
+
+
+def content_security_policy(html: str, *, connect: str = "'self'", extra_styles: Iterable[str] = ()) -> str:
     """A strict CSP for a page whose only code is its inline ``<script>``/``<style>`` blocks.
 
     Each block is allowed by its SHA-256 hash (no ``'unsafe-inline'``): anything injected into the
     page -- another script, an event-handler attribute, a script from elsewhere -- does not run, and
     the page may only talk to its own origin (``connect-src``), where the token is sent.
+    ``extra_styles``: hashes of style blocks of documents the page opens as ``blob:`` URLs (they
+    inherit this policy), i.e. the run report's.
     """
-    hashes: dict[str, list[str]] = {"script": [], "style": []}
-    for kind, body in _INLINE.findall(html):
-        digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
-        hashes[kind].append(f"'sha256-{digest}'")
+    hashes = inline_hashes(html)
+    styles = hashes["style"] + [h for h in extra_styles if h not in hashes["style"]]
     return "; ".join(
         [
             "default-src 'none'",
             "script-src " + (" ".join(hashes["script"]) or "'none'"),
-            "style-src " + (" ".join(hashes["style"]) or "'none'"),
+            "style-src " + (" ".join(styles) or "'none'"),
             f"connect-src {connect}",
             "img-src 'self' data:",
             "base-uri 'none'",
@@ -81,6 +108,14 @@ def content_security_policy(html: str, *, connect: str = "'self'") -> str:
 
 
 @cache
+def report_style_hashes() -> tuple[str, ...]:
+    """Hashes of the run report's inline style (:func:`services.report.render_html`), taken from
+    the renderer itself so that a restyled report stays allowed. Only styles: a script in the
+    report would not run under this policy, which is what the token in ``localStorage`` needs."""
+    return tuple(inline_hashes(render_html([]))["style"])
+
+
+@cache
 def dashboard_html() -> str:
     """The page, read once from the package (it never changes while the server runs)."""
     return files("services").joinpath("static/dashboard.html").read_text(encoding="utf-8")
@@ -88,9 +123,10 @@ def dashboard_html() -> str:
 
 @cache
 def dashboard_headers() -> dict[str, str]:
+    csp = content_security_policy(dashboard_html(), extra_styles=report_style_hashes())
     return {
         "Cache-Control": "no-cache",
-        "Content-Security-Policy": content_security_policy(dashboard_html()),
+        "Content-Security-Policy": csp,
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
     }

@@ -179,6 +179,19 @@ case(
     auth=False,
 )
 case("auth/no-token-cancel", "POST", lambda w: f"/v1/runs/{w.run_id}/cancel", 401, _denied, auth=False)
+for label, route in {
+    "report": "report",
+    "trees": "iterations/0/trees",
+    "pairs-sample": "iterations/0/pairs/sample",
+}.items():
+    case(
+        f"auth/no-token-{label}",
+        "GET",
+        lambda w, r=route: f"/v1/runs/{w.run_id}/{r}",
+        401,
+        _denied,
+        auth=False,
+    )
 for label, value in {
     "wrong": "Bearer wrong-token-of-enough-length-0123456789",
     "prefix": f"Bearer {TOKEN[:-1]}",
@@ -382,6 +395,55 @@ case(
     422,
     "iteration",
 )
+case(
+    "ids/trees-not-refined", "GET", lambda w: f"/v1/runs/{w.run_id}/iterations/0/trees", 404, "no refinement"
+)
+case(
+    "ids/pairs-sample-not-assembled",
+    "GET",
+    lambda w: f"/v1/runs/{w.run_id}/iterations/0/pairs/sample",
+    404,
+    "no pairs",
+)
+case(
+    "ids/trees-10^300",
+    "GET",
+    lambda w: f"/v1/runs/{w.run_id}/iterations/1{'0' * 300}/trees",
+    422,
+    "iteration",
+)
+case("ids/report-unknown", "GET", "/v1/runs/nope/report", 404, "no run")
+case("ids/report-gone", "GET", lambda w: f"/v1/runs/{w.gone_id}/report", 404, "is gone")
+case(
+    "ids/report-unbounded-old-run",
+    "GET",
+    lambda w: f"/v1/runs/{w.extra['laxer']}/report",
+    409,
+    "cannot be built",
+)
+for label, query in {"zero": "limit=0", "201": "limit=201", "10^300": "limit=1" + "0" * 300}.items():
+    case(
+        f"bounds/trees-limit-{label}",
+        "GET",
+        lambda w, q=query: f"/v1/runs/{w.run_id}/iterations/0/trees?{q}",
+        422,
+        "limit",
+    )
+case(
+    "bounds/trees-offset-negative",
+    "GET",
+    lambda w: f"/v1/runs/{w.run_id}/iterations/0/trees?offset=-1",
+    422,
+    "offset",
+)
+case(
+    "bounds/trees-status",
+    "GET",
+    lambda w: f"/v1/runs/{w.run_id}/iterations/0/trees?status=won",
+    422,
+    "status",
+)
+case("bounds/report-format", "GET", lambda w: f"/v1/runs/{w.run_id}/report?format=pdf", 422, "format")
 case("ids/cancel-unknown", "POST", "/v1/runs/nope/cancel", 404, "no run")
 case("ids/resume-unknown", "POST", "/v1/runs/nope/resume", 404, "no run")
 case("ids/gone-run-view", "GET", lambda w: f"/v1/runs/{w.gone_id}", 404, "is gone")

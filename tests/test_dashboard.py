@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from redis import Redis
 from service_harness import PROMPTS, TOKEN, RedisServer, Stack, data_root, tiny_run_body
+
+from workers.artifacts import RunPaths
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -47,11 +50,28 @@ def finished_run(root: Path, redis_url: str) -> str:
     return paths.run_id
 
 
-@pytest.fixture()
-def stack(tmp_path: Path, tiny_model_path: Path, redis_server: RedisServer):
-    s = Stack(root=data_root(tmp_path, tiny_model_path, PROMPTS), redis_url=redis_server.url)
-    yield s
-    s.close()
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> Iterator[tuple[Stack, str]]:
+    """One finished tiny run behind a real API process, shared by this module's browser tests (the
+    run is the slow part). The tests only add stand-in manifests to it, which no other test reads."""
+    tmp = tmp_path_factory.mktemp("dashboard")
+    server = RedisServer(tmp / "redis").start()
+    s = Stack(root=data_root(tmp, tiny_model_path, PROMPTS), redis_url=server.url)
+    try:
+        run_id = finished_run(s.root, s.redis_url)
+        s.start_api()
+        yield s, run_id
+    finally:
+        s.close()
+        server.stop()
+
+
+def need_chromium() -> None:
+    if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's Chromium with `apt-get install -y chromium` "
+            "(.ci/run does this); the dashboard test needs a real browser"
+        )
 
 
 def add_stand_in_manifests(run_dir: Path) -> None:
@@ -113,25 +133,22 @@ def add_stand_in_manifests(run_dir: Path) -> None:
             },
         },
     }
+    paths = RunPaths(run_dir)
     for stage, manifest in manifests.items():
         (run_dir / "iter_0" / stage).mkdir(parents=True, exist_ok=True)
         (run_dir / "iter_0" / stage / "manifest.json").write_text(json.dumps(manifest))
+        paths.note_change(f"manifest 0 {stage}")  # as a stage does: the API caches its view until then
 
 
 def _values(page, chart_id: str) -> list:
     return json.loads(page.get_attribute(f"#{chart_id}", "data-values"))
 
 
-def test_dashboard_shows_the_runs_numbers(stack: Stack) -> None:
-    if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
-        pytest.fail(
-            f"{CHROMIUM} is missing: install Debian's Chromium with `apt-get install -y chromium` "
-            "(.ci/run does this); the dashboard test needs a real browser"
-        )
+def test_dashboard_shows_the_runs_numbers(served: tuple[Stack, str]) -> None:
+    need_chromium()
     from playwright.sync_api import sync_playwright
 
-    run_id = finished_run(stack.root, stack.redis_url)
-    stack.start_api()
+    stack, run_id = served
     with stack.client() as c:
         run = c.get(f"/v1/runs/{run_id}").json()
         anonymous = c.get("/", headers={"Authorization": ""})
@@ -194,6 +211,129 @@ def test_dashboard_shows_the_runs_numbers(stack: Stack) -> None:
             first_last = [training["first_loss"], training["last_loss"]]
             assert loss == (training.get("loss_curve") or first_last)
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def _rendered_nodes(page) -> list[dict]:
+    """What the tree view shows of each node, in screen order."""
+    return page.eval_on_selector_all(
+        "#tree .node",
+        """nodes => nodes.map(n => ({
+            id: Number(n.dataset.nodeId),
+            parent: n.dataset.parent === "" ? null : Number(n.dataset.parent),
+            depth: Number(n.dataset.depth),
+            value: Number(n.dataset.value),
+            on_success_path: n.dataset.onPath === "true",
+            response: n.querySelector("pre.response").textContent,
+            judgment: n.querySelector("pre.judgment-text").textContent,
+            raw: n.querySelector("pre.raw-text") ? n.querySelector("pre.raw-text").textContent : null,
+            votes: n.querySelector(".node-votes").textContent,
+            indent: getComputedStyle(n).marginLeft,
+            success: n.classList.contains("success"),
+        }))""",
+    )
+
+
+def test_dashboard_inspects_an_iteration_and_opens_the_report(served: tuple[Stack, str]) -> None:
+    """Trees listed as the API pages them; a clicked tree shows exactly the API's nodes (indented,
+    the success path marked); the pairs tab; the status filter; the report opened with the token
+    as a blob: page whose inline style the inherited CSP allows; the Markdown saved."""
+    need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    stack, run_id = served
+    base = f"/v1/runs/{run_id}/iterations/0"
+    with stack.client() as c:
+        trees = c.get(f"{base}/trees", params={"limit": 20}).json()
+        successes = c.get(f"{base}/trees", params={"status": "success", "limit": 20}).json()
+        pairs = c.get(f"{base}/pairs/sample", params={"limit": 20}).json()
+    assert trees["total"] > 0 and pairs["total"] > 0
+    tree = max(trees["trees"], key=lambda t: (len(t["success_path"]), len(t["nodes"])))
+    assert len(tree["success_path"]) >= 2  # the tiny run (seed 3) refines some negative to success
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1300}, accept_downloads=True)
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{stack.url}/#token={TOKEN}")
+            page.wait_for_selector('#inspect-body[data-state="loaded"] #tree-list', timeout=30_000)
+            assert page.input_value("#inspect-iteration") == "0"
+
+            rows = page.locator("#tree-list tbody tr")
+            assert [rows.nth(k).get_attribute("data-key") for k in range(rows.count())] == [
+                t["key"] for t in trees["trees"]
+            ]
+            assert [rows.nth(k).get_attribute("data-status") for k in range(rows.count())] == [
+                t["status"] for t in trees["trees"]
+            ]
+            assert page.get_attribute("#trees", "data-total") == str(trees["total"])
+
+            page.click(f'#tree-list tr[data-key="{tree["key"]}"]')
+            page.wait_for_selector(f'#tree[data-key="{tree["key"]}"]', timeout=10_000)
+            shown = _rendered_nodes(page)
+            by_id = {n["id"]: n for n in tree["nodes"]}
+            assert sorted(n["id"] for n in shown) == sorted(by_id)
+            for n in shown:
+                api = by_id[n["id"]]
+                for key in ("parent", "depth", "on_success_path", "response", "judgment", "raw"):
+                    assert n[key] == api[key], (n["id"], key)
+                assert n["value"] == pytest.approx(api["value"])
+                assert n["indent"] == f"{24 * api['depth']}px"
+                assert n["success"] == (n["id"] == tree["success_id"])
+                for name, count in api["vote"].items():
+                    assert f"{name} {count}" in n["votes"]
+            order = [n["id"] for n in shown]  # tree order: every parent above its children
+            assert order[0] == 0 and all(order.index(by_id[i]["parent"]) < order.index(i) for i in order[1:])
+            assert [n["id"] for n in shown if n["on_success_path"]] == tree["success_path"]
+            root_judgment = page.locator('#tree .node[data-node-id="0"] details.judgment')
+            assert root_judgment.get_attribute("open") is not None  # the root's judgment is shown
+            page.screenshot(path=str(ARTIFACTS / "dashboard-tree.png"), full_page=True)
+
+            page.select_option("#inspect-status", "success")
+            page.wait_for_function(
+                "n => (document.querySelector('#trees') || {dataset: {}}).dataset.total === n",
+                arg=str(successes["total"]),
+                timeout=10_000,
+            )
+            statuses = page.eval_on_selector_all("#tree-list tbody tr", "rs => rs.map(r => r.dataset.status)")
+            assert statuses == ["success"] * len(successes["trees"])
+            assert page.locator(f'#tree[data-key="{tree["key"]}"]').count() == 1  # still open
+
+            page.click("#tab-pairs")
+            page.wait_for_selector("#pairs .pair, #pairs .empty", timeout=10_000)
+            cards = page.locator("#pairs .pair")
+            assert cards.count() == len(pairs["pairs"])
+            for k, pair in enumerate(pairs["pairs"]):
+                card = cards.nth(k)
+                assert card.get_attribute("data-tree") == pair["tree"]
+                assert card.locator("pre.prompt").text_content() == pair["prompt"]
+                assert card.locator("pre.chosen-text").text_content() == pair["chosen"]
+                assert card.locator("pre.rejected-text").text_content() == pair["rejected"]
+            assert page.is_hidden("#status-filter") and page.locator("#tree .node").count() == 0
+
+            with context.expect_page(timeout=30_000) as opened:
+                page.click(f'#runs .report-link[data-run="{run_id}"]')
+            report = opened.value
+            report.wait_for_url("blob:**", timeout=30_000)
+            report.wait_for_load_state()
+            assert run_id in report.locator("body").inner_text()
+            assert report.locator("svg").count() >= 1
+            # the report's <style> applied: the inherited CSP allows it by hash
+            assert report.eval_on_selector("pre", "p => getComputedStyle(p).whiteSpace") == "pre-wrap"
+            assert page.url.startswith(stack.url)  # the dashboard stayed where it was
+
+            with page.expect_download(timeout=30_000) as saved:
+                page.click(f'#runs .report-md[data-run="{run_id}"]')
+            download = saved.value
+            assert download.suggested_filename == f"{run_id}-report.md"
+            assert f"`{run_id}`" in Path(download.path()).read_text()
+            assert page.get_attribute("#detail", "data-loaded") == run_id  # the buttons select no run
             assert errors == []
         finally:
             browser.close()

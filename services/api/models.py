@@ -7,7 +7,7 @@ allow extra fields, so a new count reaches clients without an API change.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -172,3 +172,73 @@ class RefineResult(BaseModel):
     result: dict[str, Any] | None = None
     error: str | None = None
     poll: str | None = None
+
+
+TreeStatus = Literal["success", "exhausted", "budget", "no_children"]
+
+
+class NodeView(BaseModel):
+    """One node of a refinement tree, as the iteration browser shows it.
+
+    Node 0 is the root: the actor's negative response and the judgment that failed it (value 0, no
+    parent, no raw reply). Every other node is a refinement of its parent by the refiner.
+    """
+
+    id: int
+    parent: int | None
+    depth: int
+    value: float = Field(description="Share of the judge's votes that passed this response (0 for the root).")
+    vote: dict[str, int] = Field(description="Vote counts of the node's judgment: pass, fail, invalid, ...")
+    judgment: str = Field(description="The judgment kept for this response (the majority's).")
+    response: str = Field(description="The refined response (the root: the negative itself).")
+    raw: str | None = Field(description="The refiner's full reply the refinement was parsed from.")
+    on_success_path: bool = Field(description="On the path from the root to the tree's success_id.")
+
+
+class TreeView(BaseModel):
+    """One refinement tree of an iteration (``iter_<t>/refine/shard_<N>.jsonl``, a TreeRow)."""
+
+    prompt_id: str
+    key: str = Field(description="<prompt id>#<response index>: which negative the tree refines.")
+    prompt: str
+    status: TreeStatus
+    success_id: int | None
+    success_path: list[int] = Field(description="Node ids from the root to success_id (empty without one).")
+    expansions: int
+    parse_failures: int
+    dropped_unparsed: int
+    dropped_ties: int
+    max_depth_reached: int
+    shard: int = Field(description="The refine shard the tree was read from.")
+    nodes: list[NodeView]
+
+
+class TreePage(BaseModel):
+    """``GET /v1/runs/{id}/iterations/{t}/trees``: a page of trees, in file order across shards."""
+
+    total: int = Field(description="Trees matching the filter, over every shard written so far.")
+    offset: int
+    limit: int
+    trees: list[TreeView]
+
+
+class PairView(BaseModel):
+    """One DPO pair (``iter_<t>/assemble/pairs.jsonl``, a PairRow)."""
+
+    prompt_id: str
+    tree: str = Field(description="Key of the tree the pair came from.")
+    prompt: str
+    chosen: str = Field(description="The tree's successful refinement.")
+    rejected: str = Field(description="The tree's root: the actor's negative response.")
+    rejected_judgment: str
+    chosen_value: float
+    depth: int
+
+
+class PairPage(BaseModel):
+    """``GET /v1/runs/{id}/iterations/{t}/pairs/sample``: a page of pairs as JSON."""
+
+    total: int
+    offset: int
+    limit: int
+    pairs: list[PairView]

@@ -1,14 +1,17 @@
-"""Runs: create, list, show, cancel, resume."""
+"""Runs: create, list, show, cancel, resume, and the run's report (HTML or Markdown)."""
 
 from __future__ import annotations
 
 import logging
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import HTMLResponse, Response
 
 from shared.config import RunConfig
 from shared.errors import RunConflictError
 
+from ...report import load_run, render_html, render_markdown
 from ...runs import confine, create_run
 from ...scheduler import ACTIVE, RunStatus
 from ..deps import RunPathsDep, SchedulerDep, SettingsDep, require_token
@@ -17,6 +20,9 @@ from ..views import run_view
 
 log = logging.getLogger("spar.api")
 RESUME_LOCK_S = 60  # longer than any resume takes; the lock is deleted as soon as it is done
+# The report is one page with inline CSS and SVG and no script: it may use nothing else, so text
+# from the run (prompts, configs) can never turn into code or a request, whoever opens it.
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[Depends(require_token)])
 
@@ -86,3 +92,36 @@ def resume(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatu
     finally:
         scheduler.redis.delete(lock)
     return RunStatusChange(id=run_id, status=RunStatus.QUEUED)
+
+
+@router.get(
+    "/{run_id}/report",
+    response_class=HTMLResponse,
+    responses={
+        200: {
+            "content": {"text/html": {}, "text/markdown": {}},
+            "description": "the run's report (`spar report`): HTML with inline SVG charts, or Markdown",
+        },
+        409: {"description": "the run's config or manifests cannot be read"},
+    },
+)
+def get_report(
+    run_id: str,
+    paths: RunPathsDep,
+    fmt: Annotated[Literal["html", "md"], Query(alias="format", description="html (default) or md")] = "html",
+) -> Response:
+    """The report ``spar report`` writes, built now from the run directory (a running run shows
+    what is done). Served with a CSP of its own that allows no script and no request at all."""
+    try:
+        report = load_run(paths.root)
+    except (OSError, ValueError) as exc:  # removed meanwhile, or written by an older, laxer version
+        raise RunConflictError(f"run {run_id}: its report cannot be built ({str(exc)[:200]})") from exc
+    headers = {
+        "Content-Security-Policy": REPORT_CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
+    if fmt == "md":
+        return Response(render_markdown([report]), media_type="text/markdown; charset=utf-8", headers=headers)
+    return HTMLResponse(render_html([report]), headers=headers)
