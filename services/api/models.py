@@ -96,6 +96,9 @@ class Evaluation(BaseModel):
 
     ifeval: list[dict[str, Any]] = Field(default_factory=list)
     judge: list[dict[str, Any]] = Field(default_factory=list)
+    validation: list[dict[str, Any]] = Field(
+        default_factory=list, description="Actor versions scored on evaluation.validation_prompts."
+    )
 
 
 class IterationSummary(BaseModel):
