@@ -17,6 +17,9 @@ from services.report import load_run
 from workers.artifacts import RunPaths, read_json
 
 EXPERIMENT = Path(__file__).resolve().parent.parent / "examples" / "experiment"
+# The module's fixture runs seven tiny runs (about 3 minutes on an idle 2-core machine); on a busy
+# one it needs more than the suite's default per-test limit.
+pytestmark = pytest.mark.timeout(2400)
 ARMS = ("main", "verifier", "samples", "sr_dpo", "iopo")
 
 
@@ -31,8 +34,8 @@ def scaled_down(arm: str, tmp: Path, model: Path, iterations: int = 2) -> Path:
         return name
 
     config |= {
-        "prompts": data(config["prompts"], 6, "prompts.jsonl"),
-        "shard_size": 3,
+        "prompts": data(config["prompts"], 4, "prompts.jsonl"),
+        "shard_size": 2,
         "iterations": min(config["iterations"], iterations),
     }
     config["init"] |= {"refiner_data": data(config["init"]["refiner_data"], 8, "init.jsonl")}
@@ -41,7 +44,7 @@ def scaled_down(arm: str, tmp: Path, model: Path, iterations: int = 2) -> Path:
         config[role] = {"model": str(model), "engine": "hf", "hf": {"batch_size": 16}}
     config["sample"] |= {"max_new_tokens": 24}
     config["judge"] |= {"max_new_tokens": 32}
-    config["search"] |= {"max_new_tokens": 40}
+    config["search"] |= {"max_new_tokens": 32}
     for stage in ("train_actor", "train_refiner"):
         config[stage] |= {"max_steps": 2, "max_length": 256}
     evaluation = config["evaluation"]
