@@ -34,8 +34,8 @@ def scaled_down(arm: str, tmp: Path, model: Path, iterations: int = 2) -> Path:
         return name
 
     config |= {
-        "prompts": data(config["prompts"], 4, "prompts.jsonl"),
-        "shard_size": 2,
+        "prompts": data(config["prompts"], 6, "prompts.jsonl"),
+        "shard_size": 3,
         "iterations": min(config["iterations"], iterations),
     }
     config["init"] |= {"refiner_data": data(config["init"]["refiner_data"], 8, "init.jsonl")}
@@ -44,7 +44,7 @@ def scaled_down(arm: str, tmp: Path, model: Path, iterations: int = 2) -> Path:
         config[role] = {"model": str(model), "engine": "hf", "hf": {"batch_size": 16}}
     config["sample"] |= {"max_new_tokens": 24}
     config["judge"] |= {"max_new_tokens": 32}
-    config["search"] |= {"max_new_tokens": 32}
+    config["search"] |= {"max_new_tokens": 40}
     for stage in ("train_actor", "train_refiner"):
         config[stage] |= {"max_steps": 2, "max_length": 256}
     evaluation = config["evaluation"]
