@@ -81,7 +81,12 @@ def experiment(tmp_path_factory, tiny_model_path: Path) -> dict[str, RunPaths]:
             arm,
         ]
         assert main([*argv, "--no-progress"]) == 0
-    return {arm: RunPaths(runs / arm) for arm in ARMS}
+    # recipe tuning: the main arm's setting (reuses its training) and another, on the validation split
+    tune = scaled_down("tune", tmp, tiny_model_path, 1)
+    for name, overrides in (("tune-same", []), ("tune-lr", ["--set", "train_actor.learning_rate=3.0e-4"])):
+        argv = ["run", str(tune), "--fork", str(runs / "main"), "--runs-dir", str(runs), "--run-id", name]
+        assert main([*argv, "--no-progress", *overrides]) == 0
+    return {arm: RunPaths(runs / arm) for arm in (*ARMS, "tune-same", "tune-lr")}
 
 
 def test_every_arm_runs_and_evaluates_each_version(experiment) -> None:
@@ -95,7 +100,7 @@ def test_every_arm_runs_and_evaluates_each_version(experiment) -> None:
 
 
 def test_each_arm_changes_what_it_says(experiment) -> None:
-    config = {arm: read_json(p.config)["config"] for arm, p in experiment.items()}
+    config = {arm: read_json(experiment[arm].config)["config"] for arm in ARMS}
     assert config["verifier"]["judge"]["backend"] == "verifier"
     assert config["samples"]["data"]["pairs_from"] == "samples"
     assert config["sr_dpo"]["train_actor"]["objective"] == "sr_dpo"
