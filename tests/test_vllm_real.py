@@ -25,6 +25,13 @@ CONTEXT = 512  # the engine's max_model_len: over-long prompts stay cheap
 KV_CACHE_GB = 0.25  # 512 bytes a token for the tiny model in bfloat16: room for 500k tokens
 
 
+def _cpu_dtype() -> str:
+    """What `dtype: auto` resolves to on this CPU: bfloat16 where it is native, else float32."""
+    from workers.engines.vllm import cpu_has_native_bf16
+
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
 def _user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
@@ -70,8 +77,9 @@ def test_memory_settings_that_cannot_work_name_the_setting(tiny_model_path: Path
 
     with pytest.raises(EngineStartError, match=r"lower vllm.kv_cache_gb \(--kv-cache-gb\)"):
         VLLMEngine(tiny_model_path, _config(kv_cache_gb=4000.0))
-    # 64 KiB holds 128 tokens of the tiny model: not one 512-token sequence
-    with pytest.raises(EngineStartError, match=r"raise vllm.kv_cache_gb.*max_model_len.*at most 128"):
+    # 64 KiB holds 128 tokens of the tiny model in bfloat16 (64 in float32): not one 512-token sequence
+    fits = 128 if _cpu_dtype() == "bfloat16" else 64
+    with pytest.raises(EngineStartError, match=rf"raise vllm.kv_cache_gb.*max_model_len.*at most {fits}\b"):
         VLLMEngine(tiny_model_path, _config(kv_cache_gb=64 / 2**20))
 
 
@@ -140,7 +148,7 @@ def test_settings_resolved_for_the_cpu(engine) -> None:  # noqa: ANN001
     assert engine.max_model_len == CONTEXT
     config = engine.llm.llm_engine.vllm_config
     assert config.model_config.enforce_eager is True
-    assert str(config.model_config.dtype) == "torch.bfloat16"
+    assert str(config.model_config.dtype) == f"torch.{_cpu_dtype()}"
     assert config.cache_config.kv_cache_memory_bytes == int(KV_CACHE_GB * 2**30)
 
 
