@@ -290,26 +290,25 @@ def render_markdown(reports: list[RunReport]) -> str:
     return "\n".join(out)
 
 
+def _markdown_scores(title: str, scores: dict[str, dict[str, Any]]) -> list[str]:
+    """One table of the IFEval checker's four metrics (with intervals) per actor version."""
+    if not scores:
+        return []
+    out = [title, "", "| version | " + " | ".join(IFEVAL_METRICS) + " | average | prompts |"]
+    out += ["|" + "---|" * (len(IFEVAL_METRICS) + 3)]
+    for v, row in scores.items():
+        cells = " | ".join(_ci(row, m) for m in IFEVAL_METRICS)
+        out.append(f"| {v} | {cells} | {_pct(row['average'])} | {row.get('n_prompts', '-')} |")
+    return out + [""]
+
+
 def _markdown_versions(r: RunReport) -> list[str]:
-    out: list[str] = []
-    ifeval, judge = r.ifeval_by_version(), r.judge_by_version()
-    validation = r.validation_by_version()
-    if validation:
-        out += ["Validation split (% with 95% bootstrap CI; the recipe-tuning metric, not IFEval):", ""]
-        out += ["| version | " + " | ".join(IFEVAL_METRICS) + " | average | prompts |"]
-        out += ["|" + "---|" * (len(IFEVAL_METRICS) + 3)]
-        for v, row in validation.items():
-            cells = " | ".join(_ci(row, m) for m in IFEVAL_METRICS)
-            out.append(f"| {v} | {cells} | {_pct(row['average'])} | {row.get('n_prompts', '-')} |")
-        out.append("")
-    if ifeval:
-        out += ["IFEval (% with 95% bootstrap CI over prompts):", ""]
-        out += ["| version | " + " | ".join(IFEVAL_METRICS) + " | average | prompts |"]
-        out += ["|" + "---|" * (len(IFEVAL_METRICS) + 3)]
-        for v, row in ifeval.items():
-            cells = " | ".join(_ci(row, m) for m in IFEVAL_METRICS)
-            out.append(f"| {v} | {cells} | {_pct(row['average'])} | {row.get('n_prompts', '-')} |")
-        out.append("")
+    judge = r.judge_by_version()
+    out = _markdown_scores(
+        "Validation split (% with 95% bootstrap CI; the recipe-tuning metric, not IFEval):",
+        r.validation_by_version(),
+    )
+    out += _markdown_scores("IFEval (% with 95% bootstrap CI over prompts):", r.ifeval_by_version())
     if judge:
         out += ["Judge accuracy (%):", "", "| version | pairwise | pointwise | pointwise F1 | invalid | n |"]
         out += ["|---|---|---|---|---|---|"]
