@@ -1,21 +1,23 @@
 """How busy the tree search keeps a real engine: a search shard against one flat batch of its requests.
 
-The search sends every frontier node of every tree in one engine call per step (refinements, then
-their judgments), but each call ends with its slowest generation, and between calls the engine
-waits for Python (parsing, vote counting, choosing the next frontier). The physical limit is the
-engine's time on ONE flat batch of the very same requests. This bench:
+The batched search sends every frontier node of every tree in one engine call per step
+(refinements, then their judgments), but each call ends with its slowest generation, and between
+calls the engine waits for Python (parsing, vote counting, choosing the next frontier). The streamed
+search (``search.pipeline``, the default) feeds one request stream instead: each tree moves on as
+soon as its own step is judged. The physical limit is the engine's time on ONE flat batch of the
+very same requests. This bench, per tree count:
 
 1. runs a search shard (BFS defaults: branching 3, beam 2, depth 3; ``--votes`` votes per child)
-   on ``--trees`` negatives through the real engine, recording every request and every call's wall
-   time;
-2. sends exactly those requests (same messages, n, max tokens, seeds) to the same engine as one
-   ``generate`` call.
+   on ``--trees`` negatives through the real engine, once per ``--search`` mode (batched, streamed),
+   recording every request, the engine calls and the time the engine had nothing to run;
+2. sends exactly the batched search's requests (same messages, n, max tokens, seeds) to the same
+   engine as one ``generate`` call; both searches must have sent the same requests (checked).
 
-Per tree count it prints: engine calls, requests, tokens, the search's wall time, the engine's
-busy time inside it, the flat batch's time, **utilisation = tokens/s of the search / tokens/s of
-the flat batch** (1.0 = the search keeps the engine as busy as one flat batch) and the **engine
-idle fraction** = 1 - busy / search (time the engine waited for the search's own Python).
-Same process, same engine, one run: ratios, not absolutes.
+It prints, per mode: engine calls, requests, tokens, the search's wall time, the flat batch's time,
+**utilisation = tokens/s of the search / tokens/s of the flat batch** (1.0 = as busy as one flat
+batch) and the **engine idle fraction** (batched: time between calls; streamed: time with no
+request in flight). Same process, same engine, one run: ratios, not absolutes. The engine is built
+as a worker builds it (vLLM in its engine host process).
 
     python bench/search_utilisation.py --model smollm2 --engine vllm --trees 16 64 256
     python bench/search_utilisation.py --model tiny --engine hf --trees 4 16      # a quick check
@@ -45,12 +47,13 @@ from shared.search import SearchRoot, search_trees  # noqa: E402
 
 @dataclass
 class RecordingEngine:
-    """Passes calls through, keeping every request and each call's wall time."""
+    """Passes calls and streams through, keeping every request and the engine's idle time."""
 
     inner: Engine
     requests: list[GenerationRequest] = field(default_factory=list)
     call_seconds: list[float] = field(default_factory=list)
-    tokens: int = 0
+    streams: int = 0
+    idle_seconds: float = 0.0  # streams only: time with nothing in flight
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
         started = time.perf_counter()
@@ -58,6 +61,42 @@ class RecordingEngine:
         self.call_seconds.append(time.perf_counter() - started)
         self.requests.extend(requests)
         return out
+
+    def open_stream(self):  # noqa: ANN201
+        from shared.streaming import BatchedStream
+
+        opener = getattr(self.inner, "open_stream", None)
+        if not callable(opener):
+            return BatchedStream(self)  # each wait is a recorded generate call
+        self.streams += 1
+        return RecordingStream(self, opener())
+
+
+@dataclass
+class RecordingStream:
+    owner: RecordingEngine
+    inner: object
+    idle_since: float | None = None
+
+    def submit(self, tag, request) -> None:  # noqa: ANN001
+        self.owner.requests.append(request)
+        self.inner.submit(tag, request)
+
+    def poll(self):  # noqa: ANN201
+        if self.idle_since is not None:  # the search submitted more: the engine has work again
+            self.owner.idle_seconds += time.perf_counter() - self.idle_since
+            self.idle_since = None
+        done = self.inner.poll()
+        if not self.inner.pending:
+            self.idle_since = time.perf_counter()
+        return done
+
+    @property
+    def pending(self) -> int:
+        return self.inner.pending
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def negatives(n: int) -> list[SearchRoot]:
@@ -85,37 +124,65 @@ def tokens_of(engine: Engine) -> int:
     return int(getattr(stats, "generated_tokens", 0)) if stats is not None else 0
 
 
-def measure(engine: Engine, trees: int, args: argparse.Namespace) -> dict:
-    cfg = SearchConfig(max_new_tokens=args.refine_tokens, parse_retries=args.parse_retries)
+def search_once(engine: Engine, trees: int, args: argparse.Namespace, pipeline: bool) -> tuple[dict, RecordingEngine]:
+    cfg = SearchConfig(max_new_tokens=args.refine_tokens, parse_retries=args.parse_retries, pipeline=pipeline)
     recorder = RecordingEngine(engine)
     judge = Judge(recorder, votes=args.votes, max_new_tokens=args.judge_tokens, seed=0, tie_retries=3)
     before = tokens_of(engine)
     started = time.perf_counter()
     result = search_trees(negatives(trees), recorder, judge, cfg, seed=0)
     search_s = time.perf_counter() - started
-    search_tokens = tokens_of(engine) - before
-    before = tokens_of(engine)
-    started = time.perf_counter()
-    engine.generate(recorder.requests)
-    flat_s = time.perf_counter() - started
-    flat_tokens = tokens_of(engine) - before
-    busy = sum(recorder.call_seconds)
+    if recorder.streams:
+        calls, idle = recorder.streams, recorder.idle_seconds
+    else:
+        calls, idle = len(recorder.call_seconds), search_s - sum(recorder.call_seconds)
     return {
         "trees": trees,
-        "calls": len(recorder.call_seconds),
+        "search": "streamed" if pipeline else "batched",
+        "calls": calls,
         "requests": len(recorder.requests),
         "completions": sum(r.n for r in recorder.requests),
-        "search_tokens": search_tokens,
-        "flat_tokens": flat_tokens,
+        "search_tokens": tokens_of(engine) - before,
         "search_s": round(search_s, 2),
-        "engine_busy_s": round(busy, 2),
-        "flat_s": round(flat_s, 2),
-        # the issue's definition: tokens/s of the search over tokens/s of the flat batch (the same
-        # requests and seeds generate the same tokens, so this is close to flat_s / search_s)
-        "utilisation": round((search_tokens / search_s) / (flat_tokens / flat_s), 3) if flat_tokens else None,
-        "engine_idle_fraction": round(1 - busy / search_s, 4),
+        "engine_idle_fraction": round(idle / search_s, 4),
         "successes": sum(t.success_id is not None for t in result),
-    }
+        "trees_json": json.dumps([t.as_record() for t in result], sort_keys=True),
+    }, recorder
+
+
+def request_key(request: GenerationRequest) -> str:
+    return request.model_dump_json()
+
+
+def measure(engine: Engine, trees: int, args: argparse.Namespace) -> list[dict]:
+    rows, recorders = [], []
+    for mode in args.search:
+        row, recorder = search_once(engine, trees, args, pipeline=mode == "streamed")
+        rows.append(row)
+        recorders.append(recorder)
+    requests = recorders[0].requests
+    before = tokens_of(engine)
+    started = time.perf_counter()
+    engine.generate(requests)
+    flat_s = time.perf_counter() - started
+    flat_tokens = tokens_of(engine) - before
+    same_requests = all(
+        sorted(map(request_key, r.requests)) == sorted(map(request_key, requests)) for r in recorders
+    )
+    same_trees = len({row["trees_json"] for row in rows}) == 1
+    for row in rows:
+        row.pop("trees_json")
+        row |= {
+            "flat_tokens": flat_tokens,
+            "flat_s": round(flat_s, 2),
+            # the issue's definition: tokens/s of the search over tokens/s of the flat batch
+            "utilisation": round((row["search_tokens"] / row["search_s"]) / (flat_tokens / flat_s), 3)
+            if flat_tokens
+            else None,
+            "same_requests": same_requests,
+            "same_trees": same_trees,
+        }
+    return rows
 
 
 def build(args: argparse.Namespace):
@@ -130,7 +197,7 @@ def build(args: argparse.Namespace):
         hf=HFEngineConfig(batch_size=args.hf_batch_size, dtype="float32"),
         vllm=VLLMEngineConfig(kv_cache_gb=args.kv_cache_gb, max_model_len=2048),
     )
-    return build_engine(config, ModelVersion("refiner", "v0", model_path))
+    return build_engine(config, ModelVersion("refiner", "v0", model_path), isolated=args.isolated)
 
 
 def main() -> None:
@@ -141,11 +208,20 @@ def main() -> None:
     parser.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
     parser.add_argument("--trees", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--votes", type=int, default=5)
+    parser.add_argument("--warmup-trees", type=int, default=2, help="a first, unreported shard")
     parser.add_argument("--refine-tokens", type=int, default=96, help="max new tokens per refinement")
     parser.add_argument("--judge-tokens", type=int, default=48, help="max new tokens per judgment")
     parser.add_argument("--parse-retries", type=int, default=3)
     parser.add_argument("--kv-cache-gb", type=float, default=2.0)
     parser.add_argument("--hf-batch-size", type=int, default=32)
+    parser.add_argument(
+        "--search", nargs="+", choices=["batched", "streamed"], default=["batched", "streamed"],
+        help="the search modes to measure (the flat batch replays the first one's requests)",
+    )
+    parser.add_argument(
+        "--inline", dest="isolated", action="store_const", const=False, default=None,
+        help="run the engine in this process (default: as a worker does, vLLM in its engine host)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
@@ -153,25 +229,17 @@ def main() -> None:
 
     engine = build(args)
     try:
-        measure(engine, min(args.trees), args)  # warm-up: kernels, caches, allocator
-        rows = [measure(engine, n, args) for n in args.trees]
+        measure(engine, args.warmup_trees, args)  # warm-up: kernels, caches, allocator
+        rows = [row for n in args.trees for row in measure(engine, n, args)]
     finally:
         close_engine(engine)
     cols = [
-        "trees",
-        "calls",
-        "requests",
-        "completions",
-        "search_tokens",
-        "flat_tokens",
-        "search_s",
-        "engine_busy_s",
+        "trees", "search", "calls", "requests", "completions", "search_tokens", "search_s", "flat_s",
+        "utilisation", "engine_idle_fraction", "same_requests", "same_trees",
     ]
-    cols += ["flat_s", "utilisation"]
-    cols.append("engine_idle_fraction")
     print(" | ".join(cols))
     for row in rows:
-        print(" | ".join(str(row[c]) for c in cols))
+        print(" | ".join(str(row[c]) for c in cols), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

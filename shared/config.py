@@ -232,6 +232,11 @@ class JudgeConfig(_Strict):
     )
 
 
+# Settings that change how a stage runs, never what it writes: kept out of the stage hash, so that
+# changing one neither invalidates finished stages nor stops a fork from reusing them.
+_EXECUTION_ONLY: dict[str, set[str]] = {"search": {"pipeline"}}
+
+
 class SearchConfig(_Strict):
     """Stage 3: tree-search refinement of each negative."""
 
@@ -253,6 +258,12 @@ class SearchConfig(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(
         3072, ge=1, le=MAX_TOKENS, description="Tokens per refinement (<= 131072; reference 3072)."
+    )
+    pipeline: bool = Field(
+        True,
+        description="Stream the search: each tree advances as soon as its own step is judged, instead of "
+        "all trees waiting for every refinement and judgment of a step (the same trees for the same seeds; "
+        "an execution choice, left out of the stage hash). false: the batched search, step by step.",
     )
     accept_unterminated: bool = Field(
         True,
@@ -547,6 +558,6 @@ class RunConfig(_Strict):
         parts: dict[str, object] = {"seed": self.seed, "shard_size": self.shard_size}
         for key, section in stage(stage_name).hash_sections.items():
             value = getattr(self, section)
-            parts[key] = None if value is None else value.model_dump()
+            parts[key] = None if value is None else value.model_dump(exclude=_EXECUTION_ONLY.get(section))
         blob = json.dumps(parts, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -141,6 +141,29 @@ class Judge:
             cache=cache if cache is not None else JudgmentCache(),
         )
 
+    def request(self, prompt: str, response: str, round_no: int) -> GenerationRequest:
+        """The ``votes`` judgments of one pair in round ``round_no`` (0, then one per tie retry).
+
+        The seed depends on the pair's text and the round only, so a pair gets the same judgments
+        whether it is judged in a batch, alone, or streamed between other requests.
+        """
+        key = JudgmentCache.key(prompt, response)
+        return GenerationRequest(
+            messages=judge_messages(prompt, response),
+            n=self.votes,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            seed=derive_seed(self.seed, "judge", key, round_no),
+        )
+
+    def conclude(self, prompt: str, response: str, texts: Sequence[str], round_no: int) -> Judgment:
+        """The majority vote of one round's judgment texts (the caller re-judges a tie, or not)."""
+        key = JudgmentCache.key(prompt, response)
+        labels = [parse_verdict(t) for t in texts]
+        vote = majority_vote(labels, rng_for(self.seed, "keep", key, round_no))
+        return Judgment(prompt, response, tuple(texts), vote, round_no + 1)
+
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgment]:
         """One :class:`Judgment` per (prompt, response), in order; duplicates are judged once."""
         results: dict[str, Judgment] = {}
@@ -159,27 +182,13 @@ class Judge:
             if not pending:
                 break
             order = list(pending)
-            requests = [
-                GenerationRequest(
-                    messages=judge_messages(*pending[k]),
-                    n=self.votes,
-                    temperature=self.temperature,
-                    top_p=self.top_p,
-                    max_new_tokens=self.max_new_tokens,
-                    seed=derive_seed(self.seed, "judge", k, round_no),
-                )
-                for k in order
-            ]
-            outputs = self.engine.generate(requests)
+            outputs = self.engine.generate([self.request(*pending[k], round_no) for k in order])
             still_tied: dict[str, tuple[str, str]] = {}
             for k, texts in zip(order, outputs, strict=True):
-                prompt, response = pending[k]
-                labels = [parse_verdict(t) for t in texts]
-                vote = majority_vote(labels, rng_for(self.seed, "keep", k, round_no))
-                judgment = Judgment(prompt, response, tuple(texts), vote, round_no + 1)
+                judgment = self.conclude(*pending[k], texts, round_no)
                 results[k] = judgment
-                if not vote.decided:
-                    still_tied[k] = (prompt, response)
+                if not judgment.decided:
+                    still_tied[k] = pending[k]
             pending = still_tied
 
         for judgment in results.values():

@@ -133,7 +133,7 @@ class Tree:
 
 
 @dataclass(frozen=True)
-class _Expansion:
+class Expansion:
     tree: Tree
     node: Node
     children: int
@@ -161,7 +161,12 @@ def search_trees(
     seed: int,
     on_step: StepCallback | None = None,
 ) -> list[Tree]:
-    """Run the configured search on every root together; returns one finished tree per root."""
+    """Run the configured search on every root together; returns one finished tree per root.
+
+    With ``cfg.pipeline`` (the default) and a judge that can be streamed, the trees advance
+    independently over one request stream (``shared.search_stream``): the same trees, without the
+    per-step barriers below. Otherwise (or with ``pipeline: false``) the batched steps run here.
+    """
     trees = [
         Tree(
             key=r.key,
@@ -171,35 +176,41 @@ def search_trees(
         )
         for r in roots
     ]
+    if cfg.pipeline:
+        from .search_stream import search_streamed, stream_judge
+
+        if stream_judge(judge) is not None:
+            search_streamed(trees, engine, judge, cfg, seed, on_step)
+            return trees
     step = 0
     while True:
-        expansions = [e for t in trees if t.status is TreeStatus.RUNNING for e in _next_expansions(t, cfg)]
+        expansions = [e for t in trees if t.status is TreeStatus.RUNNING for e in next_expansions(t, cfg)]
         if not expansions:
             break
         step += 1
         replies = _expand(expansions, engine, cfg, seed)
         children = _judge_children(replies, judge)
         for tree in {id(e.tree): e.tree for e in expansions}.values():
-            _advance(tree, children.get(tree.key, {}), cfg)
+            advance(tree, children.get(tree.key, {}), cfg)
         if on_step is not None:
             on_step(step, sum(t.status is TreeStatus.RUNNING for t in trees))
     return trees
 
 
-def _next_expansions(tree: Tree, cfg: SearchConfig) -> list[_Expansion]:
+def next_expansions(tree: Tree, cfg: SearchConfig) -> list[Expansion]:
     """The nodes this tree expands in the coming step, each with its number of children.
 
     BFS expands the whole frontier; DFS the last node of its stack. Either way the budget caps the
     children requested, and a tree with nothing left to expand is finished here.
     """
     pending = list(tree.frontier) if cfg.strategy == "bfs" else tree.frontier[-1:]
-    out: list[_Expansion] = []
+    out: list[Expansion] = []
     left = None if cfg.budget is None else cfg.budget - tree.expansions
     for node_id in pending:
         want = cfg.branching if left is None else min(cfg.branching, left)
         if want <= 0:
             break
-        out.append(_Expansion(tree, tree.nodes[node_id], want))
+        out.append(Expansion(tree, tree.nodes[node_id], want))
         tree.expansions += want
         if left is not None:
             left -= want
@@ -217,31 +228,19 @@ def _exhausted_status(tree: Tree) -> TreeStatus:
 
 
 def _expand(
-    expansions: list[_Expansion], engine: Engine, cfg: SearchConfig, seed: int
-) -> list[tuple[_Expansion, str, str]]:
+    expansions: list[Expansion], engine: Engine, cfg: SearchConfig, seed: int
+) -> list[tuple[Expansion, str, str]]:
     """Ask for every expansion's children in one call, retrying unparsable replies in batched rounds.
 
     Returns (expansion, raw refiner output, refined response) for each parsed child, in a stable order.
     """
-    parsed: list[tuple[_Expansion, str, str]] = []
+    parsed: list[tuple[Expansion, str, str]] = []
     missing = {i: e.children for i, e in enumerate(expansions)}
     for attempt in range(cfg.parse_retries + 1):
         if not missing:
             break
         order = list(missing)
-        requests = [
-            GenerationRequest(
-                messages=refine_conversation(
-                    expansions[i].tree.prompt, expansions[i].node.response, expansions[i].node.judgment
-                ),
-                n=missing[i],
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                max_new_tokens=cfg.max_new_tokens,
-                seed=derive_seed(seed, "refine", expansions[i].tree.key, expansions[i].node.id, attempt),
-            )
-            for i in order
-        ]
+        requests = [refine_request(expansions[i], missing[i], cfg, seed, attempt) for i in order]
         outputs = engine.generate(requests)
         next_missing: dict[int, int] = {}
         for i, texts in zip(order, outputs, strict=True):
@@ -258,8 +257,21 @@ def _expand(
     return parsed
 
 
+def refine_request(expansion: Expansion, n: int, cfg: SearchConfig, seed: int, attempt: int) -> GenerationRequest:
+    """``n`` refinements of an expanded node; the seed names the tree, the node and the attempt only."""
+    tree, node = expansion.tree, expansion.node
+    return GenerationRequest(
+        messages=refine_conversation(tree.prompt, node.response, node.judgment),
+        n=n,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=derive_seed(seed, "refine", tree.key, node.id, attempt),
+    )
+
+
 def _judge_children(
-    replies: list[tuple[_Expansion, str, str]], judge: Judges
+    replies: list[tuple[Expansion, str, str]], judge: Judges
 ) -> dict[str, dict[int, list[Node]]]:
     """Judge every new child of every tree together; add decided ones to their trees.
 
@@ -268,14 +280,25 @@ def _judge_children(
     judgments = judge.judge([(e.tree.prompt, refined) for e, _, refined in replies])
     grouped: dict[str, dict[int, list[Node]]] = {}
     for (expansion, raw, refined), judgment in zip(replies, judgments, strict=True):
-        tree = expansion.tree
-        if not judgment.decided:
-            tree.dropped_ties += 1
-            continue
-        node = _child_node(tree, expansion.node, raw, refined, judgment)
-        tree.nodes.append(node)
-        grouped.setdefault(tree.key, {}).setdefault(expansion.node.id, []).append(node)
+        attach_child(expansion, raw, refined, judgment, grouped.setdefault(expansion.tree.key, {}))
     return grouped
+
+
+def attach_child(
+    expansion: Expansion, raw: str, refined: str, judgment: Judgment, grouped: dict[int, list[Node]]
+) -> None:
+    """Add a judged child to its tree (a tie is dropped) and to ``grouped``, its step's children by parent.
+
+    Node ids follow the order of the calls, so both searches attach a step's children in one order:
+    by attempt, then expansion, then completion.
+    """
+    tree = expansion.tree
+    if not judgment.decided:
+        tree.dropped_ties += 1
+        return
+    node = _child_node(tree, expansion.node, raw, refined, judgment)
+    tree.nodes.append(node)
+    grouped.setdefault(expansion.node.id, []).append(node)
 
 
 def _child_node(tree: Tree, parent: Node, raw: str, refined: str, judgment: Judgment) -> Node:
@@ -297,7 +320,7 @@ def _ranked(nodes: list[Node]) -> list[Node]:
     return sorted(nodes, key=lambda n: -n.value)
 
 
-def _advance(tree: Tree, children: dict[int, list[Node]], cfg: SearchConfig) -> None:
+def advance(tree: Tree, children: dict[int, list[Node]], cfg: SearchConfig) -> None:
     """Apply one step's judged children to a tree: stop on success, else choose what to expand."""
     if cfg.strategy == "bfs":
         level = _ranked([n for group in children.values() for n in group])

@@ -202,6 +202,39 @@ def test_a_process_engine_answers_like_the_in_process_engine_and_its_close_ends_
         hosted.generate(REQUESTS)
 
 
+def test_a_stream_through_the_engine_host_answers_like_a_batch_and_frees_the_host(
+    tiny_model_path: Path,
+) -> None:
+    """The host runs the stream (batches for an HF engine); tags stay in the parent; after the
+    stream, or a stream closed with work in flight, the host serves ``generate`` again."""
+    from shared.streaming import open_stream
+    from workers.engines.process import ProcessEngine
+
+    model = ModelConfig(model=str(tiny_model_path), engine="hf")
+    hosted = ProcessEngine(model, ModelVersion("actor", "v0", str(tiny_model_path)))
+    try:
+        expected = hosted.generate(REQUESTS)
+        alone = hosted.generate(REQUESTS[:1])  # the HF engine seeds per batch: compare like with like
+        tags = [("tree", object()), "judge", 7, ("x", 1)]  # not JSON: they never leave this process
+        got: dict[object, list[str]] = {}
+        with open_stream(hosted) as stream:
+            for tag, request in zip(tags, REQUESTS, strict=True):
+                stream.submit(tag, request)
+            while stream.pending:
+                got.update(stream.poll())
+        assert [got[tag] for tag in tags] == expected
+        assert hosted.stats.generated_tokens > 0
+
+        with open_stream(hosted) as stream:  # closed with requests never polled
+            stream.submit("left", REQUESTS[0])
+            stream.poll()
+            stream.submit("unsent", REQUESTS[1])
+        assert hosted.generate(REQUESTS[:1]) == alone
+    finally:
+        hosted.close()
+    assert not psutil.Process().children(recursive=True)
+
+
 def test_a_process_engine_that_cannot_start_fails_at_once_and_leaves_no_child(tmp_path: Path) -> None:
     from workers.engines.process import EngineHostError, ProcessEngine
 

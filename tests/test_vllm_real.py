@@ -270,6 +270,95 @@ def test_overlong_prompts_are_skipped_or_truncated_not_fatal(engine, tokenizer) 
         assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= room
 
 
+# --- request streams (the streamed tree search) -------------------------------------------------
+
+
+def _stream_all(engine, requests: list[GenerationRequest], late: list[GenerationRequest] = ()) -> dict:  # noqa: ANN001
+    """Submit ``requests``, and ``late`` ones after the first results came back; every result by tag."""
+    from shared.streaming import open_stream
+
+    results: dict[object, list[str]] = {}
+    order: list[object] = []
+    with open_stream(engine) as stream:
+        for i, request in enumerate(requests):
+            stream.submit(("early", i), request)
+        polls = 0
+        while stream.pending:
+            polls += 1
+            for tag, texts in stream.poll():
+                results[tag] = texts
+                order.append((polls, tag))
+            if late and order:
+                for i, request in enumerate(late):
+                    stream.submit(("late", i), request)
+                late = ()
+    return {"results": results, "order": order, "polls": polls}
+
+
+def test_a_stream_gives_each_seeded_request_what_a_batch_gives_it(engine, tokenizer) -> None:  # noqa: ANN001
+    """Requests of very different lengths finish in different steps; short ones come back first and
+    requests submitted while others run join the running batch; the texts are the batch's."""
+    requests = [
+        GenerationRequest(messages=_user(f"Write about topic {i}."), n=2, temperature=0.9, max_new_tokens=tokens, seed=i)
+        for i, tokens in enumerate([40, 3, 25, 6, 40])
+    ]
+    late = [
+        GenerationRequest(messages=_user("Say hi."), n=3, temperature=0.0, max_new_tokens=8),
+        GenerationRequest(messages=_user("rain " * 600), max_new_tokens=4),  # over-long: skipped
+    ]
+    before = engine.stats.snapshot()
+    expected = engine.generate(requests + late)
+    batch = engine.stats.minus(before)
+    before = engine.stats.snapshot()
+    streamed = _stream_all(engine, requests, late)
+    delta = engine.stats.minus(before)
+    assert [streamed["results"][("early", i)] for i in range(5)] == expected[:5]
+    assert [streamed["results"][("late", i)] for i in range(2)] == expected[5:]
+    assert len({poll for poll, _ in streamed["order"]}) > 1  # results came back step by step
+    assert (delta.calls, delta.requests, delta.overlong_skipped) == (1, 7, 1)
+    assert delta.generated_tokens == batch.generated_tokens > 0
+
+
+def test_closing_a_stream_aborts_what_runs_and_the_engine_serves_on(engine) -> None:  # noqa: ANN001
+    from shared.streaming import open_stream
+
+    long = GenerationRequest(messages=_user("Tell a long story."), n=2, temperature=0.8, max_new_tokens=200, seed=3)
+    with open_stream(engine) as stream:
+        stream.submit("long", long)
+        stream.poll()  # it is running now
+        assert stream.pending == 1
+    assert not engine.llm.llm_engine.has_unfinished_requests()
+    quick = GenerationRequest(messages=_user("Say hi."), temperature=0.0, max_new_tokens=5)
+    assert engine.generate([quick])[0][0]
+
+
+def test_the_streamed_search_builds_the_batched_search_trees_on_vllm(engine) -> None:  # noqa: ANN001
+    """The production engine, both searches, the same seeds: the same trees (and the stream is
+    one engine call where the batched search takes several)."""
+    from shared.config import SearchConfig
+    from shared.judging import Judge
+    from shared.search import SearchRoot, search_trees
+
+    roots = [
+        SearchRoot(key=f"t{i}", prompt=f"Write {i + 2} sentences about tea.", response="Tea.", judgment="No")
+        for i in range(4)
+    ]
+    records = {}
+    calls = {}
+    for pipeline in (False, True):
+        metered = MeteredEngine(engine)
+        cfg = SearchConfig(
+            pipeline=pipeline, branching=2, beam=1, max_depth=2, max_new_tokens=24, parse_retries=1,
+            accept_unterminated=True,
+        )
+        judge = Judge(metered, votes=3, max_new_tokens=12, seed=0, tie_retries=1)
+        trees = search_trees(roots, metered, judge, cfg, seed=0)
+        records[pipeline] = [t.as_record() for t in trees]
+        calls[pipeline] = metered.stats.calls
+    assert records[True] == records[False]
+    assert calls[True] == 1 < calls[False]
+
+
 # --- LoRA ---------------------------------------------------------------------------------------
 
 

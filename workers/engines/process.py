@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -120,11 +122,23 @@ class ProcessEngine:
 
     def _call(self, message: dict[str, Any]) -> dict[str, Any]:
         """One request line out, one reply line back; any interruption ends the child (state unknown)."""
+        self._write(message)
+        return self._read(message["op"])
+
+    def _write(self, message: dict[str, Any]) -> None:
         if self._send is None or self._recv is None:
             raise EngineHostError("this engine was closed; build a new one")
         try:
             self._send.write(json.dumps(message) + "\n")
             self._send.flush()
+        except BaseException:
+            self.close(grace_s=0)  # a half-written message cannot be resynchronised: end the host
+            raise
+
+    def _read(self, op: str) -> dict[str, Any]:
+        if self._recv is None:
+            raise EngineHostError("this engine was closed; build a new one")
+        try:
             line = self._recv.readline()
         except BaseException:
             self.close(grace_s=0)  # a half-read reply cannot be resynchronised: end the host
@@ -137,10 +151,23 @@ class ProcessEngine:
             )
         reply = json.loads(line)
         if not reply.get("ok"):
-            if message["op"] == "start":
+            if op == "start":
                 raise _start_error(reply.get("kind", "Exception"), reply.get("message", ""))
             raise EngineHostError(f"{reply.get('kind')}: {reply.get('message')}")
         return reply
+
+    def _take_stats(self, reply: dict[str, Any]) -> None:
+        for key, value in reply.get("stats", {}).items():
+            if hasattr(self.stats, key):
+                setattr(self.stats, key, value)
+
+    def open_stream(self) -> HostStream:
+        """A request stream into the hosted engine (its own stream, or batches for an HF engine).
+
+        The host keeps stepping its engine while this process handles results and submits more;
+        the stream holds the host until it is closed (``generate`` waits meanwhile).
+        """
+        return HostStream(self)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
         """The whole batch in one message, so the hosted engine batches it as one call."""
@@ -149,9 +176,7 @@ class ProcessEngine:
             return []
         with self._lock:
             reply = self._call({"op": "generate", "requests": [r.model_dump(mode="json") for r in requests]})
-        for key, value in reply["stats"].items():
-            if hasattr(self.stats, key):
-                setattr(self.stats, key, value)
+        self._take_stats(reply)
         return reply["results"]
 
     def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
@@ -166,6 +191,78 @@ class ProcessEngine:
         self._send = self._recv = None
         self._finalizer.detach()
         _end_group(self.proc, send, recv, grace_s)
+
+
+class HostStream:
+    """The parent's end of a request stream into the engine host (see ``ProcessEngine.open_stream``).
+
+    Requests are numbered here and travel as JSON with their numbers; tags never leave this process.
+    Submissions are sent together at the next ``poll``, which then blocks until the host reports at
+    least one finished request. An error in the host ends the host (its engine state is unknown).
+    """
+
+    def __init__(self, host: ProcessEngine) -> None:
+        self.host = host
+        self._ids = itertools.count()
+        self._tags: dict[int, Any] = {}
+        self._unsent: list[list[Any]] = []
+        self._inflight = 0
+        self._open = False
+        host._lock.acquire()
+        try:
+            self._guarded(lambda: host._call({"op": "stream_open"}))
+        except BaseException:
+            host._lock.release()
+            raise
+        self._open = True
+
+    def _guarded(self, action: Any) -> Any:
+        try:
+            return action()
+        except EngineHostError:
+            self.host.close(grace_s=0)
+            raise
+
+    def submit(self, tag: Any, request: GenerationRequest) -> None:
+        number = next(self._ids)
+        self._tags[number] = tag
+        self._unsent.append([number, request.model_dump(mode="json")])
+
+    def poll(self) -> list[tuple[Any, list[str]]]:
+        if self._unsent:
+            self._guarded(lambda: self.host._write({"op": "stream_submit", "items": self._unsent}))
+            self._inflight += len(self._unsent)
+            self._unsent = []
+        if not self._inflight:
+            return []
+        reply = self._guarded(lambda: self.host._read("stream_poll"))
+        self.host._take_stats(reply)
+        done = [(self._tags.pop(number), texts) for number, texts in reply["done"]]
+        self._inflight -= len(done)
+        return done
+
+    @property
+    def pending(self) -> int:
+        return len(self._unsent) + self._inflight
+
+    def close(self) -> None:
+        """End the stream in the host (it aborts what still runs) and free the host for others."""
+        if not self._open:
+            return
+        self._open = False
+        try:
+            if self.host.alive:
+                self.host._write({"op": "stream_close"})
+                while True:  # results still on their way are dropped
+                    reply = self.host._read("stream_close")
+                    if reply.get("closed"):
+                        self.host._take_stats(reply)
+                        break
+        except EngineHostError:
+            self.host.close(grace_s=0)
+        finally:
+            self._tags, self._unsent, self._inflight = {}, [], 0
+            self.host._lock.release()
 
 
 def _child_env() -> dict[str, str]:
@@ -240,10 +337,24 @@ def _serve(recv: IO[str], send: IO[str]) -> None:
         send.write(json.dumps(message) + "\n")
         send.flush()
 
+    # A reader thread fills the inbox, so that a stream can take new requests without stopping
+    # its engine: the engine steps while the parent handles results (see _serve_stream).
+    inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for line in recv:
+                inbox.put(json.loads(line))
+        finally:
+            inbox.put(None)  # the parent's end closed
+
+    threading.Thread(target=read, name="engine-host-reader", daemon=True).start()
     engine = None
     try:
-        for line in recv:
-            message = json.loads(line)
+        while True:
+            message = inbox.get()
+            if message is None:
+                break
             op = message["op"]
             if op == "close":
                 break
@@ -257,18 +368,63 @@ def _serve(recv: IO[str], send: IO[str]) -> None:
                     assert engine is not None, "generate before start"
                     requests = [GenerationRequest.model_validate(r) for r in message["requests"]]
                     results = engine.generate(requests)
-                    stats = getattr(engine, "stats", None)
-                    reply({"ok": True, "results": results, "stats": stats.as_dict() if stats else {}})
+                    reply({"ok": True, "results": results, "stats": _stats(engine)})
+                elif op == "stream_open":
+                    assert engine is not None, "stream before start"
+                    reply({"ok": True})
+                    if not _serve_stream(engine, inbox, reply):
+                        break
                 else:
                     raise ValueError(f"unknown engine host operation {op!r}")
             except Exception as error:
                 log.exception("engine host operation %s failed", op)
                 reply({"ok": False, "kind": type(error).__name__, "message": str(error)})
-                if op == "start":
+                if op in ("start", "stream_open"):  # a stream that failed midway leaves no usable state
                     return
     finally:
         if engine is not None:
             close_engine(engine)
+
+
+def _stats(engine: Any) -> dict[str, int]:
+    stats = getattr(engine, "stats", None)
+    return stats.as_dict() if stats is not None else {}
+
+
+def _serve_stream(engine: Any, inbox: queue.Queue[dict[str, Any] | None], reply: Any) -> bool:
+    """Run one request stream until the parent closes it; False when the parent went away.
+
+    While requests are in flight the engine steps without waiting for messages; every step that
+    finishes requests sends them back at once, with the engine's counters.
+    """
+    from shared.streaming import open_stream
+
+    with open_stream(engine) as stream:
+        while True:
+            messages: list[dict[str, Any] | None] = []
+            if not stream.pending:
+                messages.append(inbox.get())
+            while True:
+                try:
+                    messages.append(inbox.get_nowait())
+                except queue.Empty:
+                    break
+            for message in messages:
+                if message is None or message["op"] == "close":  # the parent is ending this host
+                    return False
+                if message["op"] == "stream_submit":
+                    for number, request in message["items"]:
+                        stream.submit(number, GenerationRequest.model_validate(request))
+                elif message["op"] == "stream_close":
+                    stream.close()
+                    reply({"ok": True, "closed": True, "stats": _stats(engine)})
+                    return True
+                else:
+                    raise ValueError(f"engine host operation {message['op']!r} inside a stream")
+            if stream.pending:
+                done = stream.poll()
+                if done:
+                    reply({"ok": True, "done": done, "stats": _stats(engine)})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -274,6 +274,31 @@ class VLLMEngine:
             stop=list(request.stop) if request.stop else None,
         )
 
+    @staticmethod
+    def _texts(output: Any, param: Any, request: GenerationRequest, label: object) -> list[str]:
+        """A finished ``RequestOutput``'s texts in completion order, ``request.n`` of them."""
+        completions = sorted(output.outputs, key=lambda c: c.index)
+        if len(completions) != param.n:
+            raise RuntimeError(
+                f"vLLM returned {len(completions)} completions for request {label} (asked for n={param.n})"
+            )
+        texts = [c.text for c in completions]
+        if param.n != request.n:  # greedy: one generation stands for all n
+            texts = texts * request.n
+        return texts
+
+    def _fit(self, request: GenerationRequest) -> tuple[list[int], GenerationRequest | None]:
+        """The request's prompt tokens and the request as it fits ``max_model_len`` (None: skip it)."""
+        ids = self.prompt_token_ids(request)
+        return ids, fit_to_context(request, len(ids), self.max_model_len, self.config.overlong)
+
+    def open_stream(self) -> VLLMStream:
+        """A request stream over this engine: requests join the running batch as they are submitted
+        (``LLMEngine.add_request``) and each ``poll`` is one engine step (``LLMEngine.step``), which returns the
+        requests that finished in it. One stream at a time; ``generate`` must not run meanwhile."""
+        self.stats.calls += 1
+        return VLLMStream(self)
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
         """Run the whole batch in one ``LLM.generate`` call; return each request's ``n`` texts in order.
 
@@ -291,8 +316,7 @@ class VLLMEngine:
         sent: list[int] = []  # request index of each prompt sent
         skipped = truncated = 0
         for index, request in enumerate(requests):
-            ids = self.prompt_token_ids(request)
-            fitted = fit_to_context(request, len(ids), self.max_model_len, self.config.overlong)
+            ids, fitted = self._fit(request)
             if fitted is None:
                 skipped += 1
                 continue
@@ -322,19 +346,9 @@ class VLLMEngine:
                     f"vLLM returned {len(outputs)} outputs for a batch of {len(prompts)} requests"
                 )
             for index, param, output in zip(sent, params, outputs, strict=True):
-                request = requests[index]
-                completions = sorted(output.outputs, key=lambda c: c.index)
-                if len(completions) != param.n:
-                    raise RuntimeError(
-                        f"vLLM returned {len(completions)} completions for request {index} "
-                        f"(asked for n={param.n})"
-                    )
-                texts = [c.text for c in completions]
-                if param.n != request.n:  # greedy: one generation stands for all n
-                    texts = texts * request.n
-                results[index] = texts
+                results[index] = self._texts(output, param, requests[index], index)
                 prompt_tokens += len(output.prompt_token_ids or ())
-                generated_tokens += sum(len(c.token_ids) for c in completions)
+                generated_tokens += sum(len(c.token_ids) for c in output.outputs)
 
         self.stats.calls += 1
         self.stats.requests += len(requests)
@@ -344,3 +358,78 @@ class VLLMEngine:
         self.stats.overlong_skipped += skipped
         self.stats.overlong_truncated += truncated
         return results
+
+
+_STREAM_IDS = itertools.count()
+
+
+class VLLMStream:
+    """Continuous batching for the streamed search: see :meth:`VLLMEngine.open_stream`.
+
+    Submissions are buffered and enqueued together at the next ``poll``, so a burst of requests
+    (a tree's retries and judgments) enters the running batch in one go. Over-long requests are
+    skipped or truncated exactly as in ``generate``; a skipped one comes back with empty texts.
+    """
+
+    def __init__(self, engine: VLLMEngine) -> None:
+        self.engine = engine
+        self._queued: list[tuple[Any, GenerationRequest]] = []
+        self._running: dict[str, tuple[Any, GenerationRequest, Any]] = {}
+        self._ready: list[tuple[Any, list[str]]] = []
+
+    def submit(self, tag: Any, request: GenerationRequest) -> None:
+        self._queued.append((tag, request))
+        self.engine.stats.requests += 1
+        self.engine.stats.completions += request.n
+
+    def _enqueue(self) -> None:
+        engine, stats = self.engine, self.engine.stats
+        prompts: list[dict[str, list[int]]] = []
+        params: list[Any] = []
+        meta: list[tuple[Any, GenerationRequest, Any]] = []
+        for tag, request in self._queued:
+            ids, fitted = engine._fit(request)
+            if fitted is None:
+                stats.overlong_skipped += 1
+                self._ready.append((tag, [""] * request.n))
+                continue
+            stats.overlong_truncated += fitted is not request
+            param = engine._sampling_params(fitted)
+            prompts.append({"prompt_token_ids": ids})
+            params.append(param)
+            meta.append((tag, request, param))
+        self._queued = []
+        from vllm.sampling_params import RequestOutputKind
+
+        core = engine.llm.llm_engine
+        for prompt, (tag, request, param) in zip(prompts, meta, strict=True):
+            # our own ids (outputs carry the id given here); only finished requests are reported
+            request_id = f"spar-stream-{next(_STREAM_IDS)}"
+            param.output_kind = RequestOutputKind.FINAL_ONLY
+            core.add_request(request_id, prompt, param, lora_request=engine.lora_request)
+            self._running[request_id] = (tag, request, param)
+
+    def poll(self) -> list[tuple[Any, list[str]]]:
+        if self._queued:
+            self._enqueue()
+        done, self._ready = self._ready, []
+        if not self._running:
+            return done
+        for output in self.engine.llm.llm_engine.step():
+            if not output.finished:
+                continue
+            tag, request, param = self._running.pop(output.request_id)
+            done.append((tag, self.engine._texts(output, param, request, tag)))
+            self.engine.stats.prompt_tokens += len(output.prompt_token_ids or ())
+            self.engine.stats.generated_tokens += sum(len(c.token_ids) for c in output.outputs)
+        return done
+
+    @property
+    def pending(self) -> int:
+        return len(self._queued) + len(self._running) + len(self._ready)
+
+    def close(self) -> None:
+        """Abort what still runs (an interrupted search), so the next call starts on an empty engine."""
+        if self._running:
+            self.engine.llm.llm_engine.abort_request(list(self._running))
+        self._queued, self._running, self._ready = [], {}, []

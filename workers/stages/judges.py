@@ -25,6 +25,14 @@ class StageJudge:
     def cache(self) -> JudgmentCache:
         return self.llm.cache
 
+    @property
+    def stream_judge(self) -> Judge | str | None:
+        """What the streamed tree search judges with: the LLM judge, the verifier inline (it needs no
+        engine), or nothing for ``verifier_then_llm`` (which routes per item: the batched search)."""
+        if self.backend == "llm":
+            return self.llm
+        return "inline" if self.backend == "verifier" else None
+
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgment]:
         if self.backend == "llm":
             return self.llm.judge(items)

@@ -1,0 +1,294 @@
+"""The streamed tree search gives the batched search's trees, whatever order the engine finishes in.
+
+The engines here answer like vLLM with per-request seeds: a completion is a function of the
+request's seed and its index only (never of the batch or the call order), so both searches must
+build identical trees. One of them finishes requests in a random order and in random pieces, as a
+continuous-batching engine does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pytest
+from scripted import FINAL, ScriptedEngine, no, refined, split_judge_prompt
+
+from shared.config import JudgeConfig, SearchConfig
+from shared.engine import GenerationRequest, MeteredEngine
+from shared.judging import Judge
+from shared.search import SearchRoot, search_trees
+from shared.streaming import BatchedStream, open_stream, wait
+from shared.templates import REFINE_INSTRUCTION
+
+
+def _draw(seed: int | None, index: int, salt: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{index}:{salt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass
+class SeededEngine:
+    """Answers depend on (request seed, completion index) only, like a seeded sampler.
+
+    Refinements: some have no markers (parse retries), and children often repeat a text (the same
+    pair judged for two children or two trees). Judgments: yes, no or unparsable (ties happen).
+    """
+
+    unparsable: float = 0.25
+    pass_rate: float = 0.3
+    invalid: float = 0.15
+    variants: int = 4
+    calls: list[list[GenerationRequest]] = field(default_factory=list)
+
+    def answer(self, request: GenerationRequest) -> list[str]:
+        last = request.messages[-1]["content"]
+        out = []
+        for i in range(request.n):
+            if last == REFINE_INSTRUCTION:
+                _, response = split_judge_prompt(request.messages[0]["content"])
+                if _draw(request.seed, i, "parse") < self.unparsable:
+                    out.append("I would refine it, but here are no markers.")
+                else:
+                    out.append(refined(f"{response}/{int(_draw(request.seed, i, 'text') * self.variants)}"))
+            else:
+                split_judge_prompt(last)  # a judge prompt, or this engine is misused
+                u = _draw(request.seed, i, "vote")
+                if u < self.invalid:
+                    out.append("I cannot tell.")
+                else:
+                    verdict = "Yes" if u < self.invalid + self.pass_rate else "No"
+                    out.append(f"Step-by-step verification: checked.\n{FINAL} {verdict}")
+        return out
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
+        self.calls.append(list(requests))
+        return [self.answer(r) for r in requests]
+
+
+@dataclass
+class ShuffledStream:
+    """Finishes a random, sometimes empty, subset of what is in flight on each poll."""
+
+    engine: SeededEngine
+    rng: random.Random
+    inflight: list[tuple[object, GenerationRequest]] = field(default_factory=list)
+    polls: int = 0
+
+    def submit(self, tag, request) -> None:
+        self.inflight.append((tag, request))
+
+    def poll(self):
+        self.polls += 1
+        if not self.inflight or self.rng.random() < 0.2:
+            return []
+        self.rng.shuffle(self.inflight)
+        k = self.rng.randint(1, len(self.inflight))
+        done, self.inflight = self.inflight[:k], self.inflight[k:]
+        return [(tag, self.engine.answer(request)) for tag, request in done]
+
+    @property
+    def pending(self) -> int:
+        return len(self.inflight)
+
+    def close(self) -> None:
+        self.inflight = []
+
+
+@dataclass
+class ShuffledEngine(SeededEngine):
+    order_seed: int = 0
+    streams: list[ShuffledStream] = field(default_factory=list)
+
+    def open_stream(self) -> ShuffledStream:
+        stream = ShuffledStream(self, random.Random(self.order_seed))
+        self.streams.append(stream)
+        return stream
+
+
+def roots(n: int, shared_prompt: bool = False) -> list[SearchRoot]:
+    return [
+        SearchRoot(
+            key=f"t{i}", prompt="one prompt" if shared_prompt else f"prompt {i % 5}", response=f"neg {i % 3}", judgment=no()
+        )
+        for i in range(n)
+    ]
+
+
+def run(engine, cfg: SearchConfig, n_trees: int, votes: int, seed: int = 0, shared_prompt: bool = False):
+    judge = Judge(engine, votes=votes, tie_retries=cfg.tie_retries, seed=seed)
+    trees = search_trees(roots(n_trees, shared_prompt), engine, judge, cfg, seed=seed)
+    return [t.as_record() for t in trees], judge
+
+
+CONFIGS = [
+    {"strategy": "bfs"},
+    {"strategy": "dfs"},
+    {"strategy": "bfs", "branching": 2, "beam": 1, "max_depth": 2},
+    {"strategy": "dfs", "branching": 4, "beam": 3, "max_depth": 3, "budget": 11},
+    {"strategy": "bfs", "branching": 3, "beam": 3, "max_depth": 4, "budget": 20, "parse_retries": 0},
+    {"strategy": "dfs", "branching": 1, "beam": 1, "max_depth": 5, "tie_retries": 0},
+    {"strategy": "bfs", "success_threshold": 0.0, "parse_retries": 5},
+    {"strategy": "dfs", "success_threshold": 0.9, "accept_unterminated": False},
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[str(i) for i in range(len(CONFIGS))])
+@pytest.mark.parametrize("votes", [2, 3, 5])
+def test_streamed_trees_equal_batched_trees_in_any_finishing_order(cfg, votes) -> None:
+    for seed in range(3):
+        batched, _ = run(SeededEngine(), SearchConfig(pipeline=False, **cfg), 7, votes, seed)
+        on_batches, _ = run(SeededEngine(), SearchConfig(pipeline=True, **cfg), 7, votes, seed)
+        shuffled_engine = ShuffledEngine(order_seed=seed)
+        shuffled, _ = run(shuffled_engine, SearchConfig(pipeline=True, **cfg), 7, votes, seed)
+        assert on_batches == batched
+        assert shuffled == batched
+        assert shuffled_engine.streams and shuffled_engine.streams[0].pending == 0
+    statuses = {t["status"] for t in batched}
+    assert statuses  # the configs above cover success, exhaustion, budget and empty trees together
+
+
+def test_the_seeded_engine_exercises_every_path() -> None:
+    """The equivalence above means something only if retries, ties, drops and successes happen."""
+    records = []
+    for cfg in CONFIGS:
+        trees, _ = run(SeededEngine(), SearchConfig(pipeline=True, **cfg), 7, 2)
+        records += trees
+    assert {t["status"] for t in records} >= {"success", "exhausted", "budget"}
+    assert sum(t["parse_failures"] for t in records) > 0
+    assert sum(t["dropped_ties"] for t in records) > 0
+    assert sum(t["dropped_unparsed"] for t in records) > 0
+    assert any(n["vote"].get("invalid") for t in records for n in t["nodes"][1:])
+
+
+def test_identical_pairs_are_judged_once_while_in_flight() -> None:
+    """Children with the same text under the same prompt share one judgment (same as batched)."""
+    cfg = SearchConfig(pipeline=True, strategy="bfs", branching=4, beam=2, max_depth=2)
+    engine = ShuffledEngine(variants=2, unparsable=0.0)
+    trees, judge = run(engine, cfg, 6, 3, shared_prompt=True)
+    batched, _ = run(SeededEngine(variants=2, unparsable=0.0), SearchConfig(pipeline=False, **cfg.model_dump(exclude={"pipeline"})), 6, 3, shared_prompt=True)
+    assert trees == batched
+    children = {(t["prompt"], n["response"]) for t in trees for n in t["nodes"][1:]}
+    # every distinct pair is in the cache exactly once, and far fewer pairs than children exist
+    assert len(children) <= len(judge.cache)
+    assert sum(len(t["nodes"]) - 1 for t in trees) > len(children)
+
+
+@pytest.mark.parametrize("strategy", ["bfs", "dfs"])
+def test_engine_calls_do_not_grow_with_the_number_of_trees_on_a_batch_engine(strategy) -> None:
+    """Each wait is one call; a tree's step is a chain of at most (parse_retries + 1) refinement
+    waves and (tie_retries + 1) judging waves, and all trees start together: the calls are bounded
+    by the steps times that chain, whatever the number of trees."""
+    cfg = SearchConfig(pipeline=True, strategy=strategy, parse_retries=1, tie_retries=1)
+    steps = cfg.max_depth if strategy == "bfs" else sum(cfg.beam**d for d in range(cfg.max_depth))
+    bound = steps * (cfg.parse_retries + 1 + cfg.tie_retries + 1)
+    calls = {}
+    for n_trees in (1, 8, 40, 160):
+        engine = SeededEngine()
+        run(engine, cfg, n_trees, 2)
+        calls[n_trees] = len(engine.calls)
+    assert max(calls.values()) <= bound, calls
+    assert calls[160] >= calls[1]  # (more trees fill the same waves; they add none beyond the bound)
+
+
+def test_stream_waits_mix_refinements_and_judgments_in_one_call() -> None:
+    """On a batch engine the streamed search sends a retry and the judging of parsed children together."""
+    engine = SeededEngine(unparsable=0.5)
+    run(engine, SearchConfig(pipeline=True, strategy="bfs", max_depth=1), 6, 3)
+    kinds = [
+        {"refine" if r.messages[-1]["content"] == REFINE_INSTRUCTION else "judge" for r in call} for call in engine.calls
+    ]
+    assert {"refine", "judge"} in kinds
+
+
+def test_metered_engine_counts_a_stream_of_a_batch_engine_per_call() -> None:
+    engine = SeededEngine()
+    metered = MeteredEngine(engine)
+    run(metered, SearchConfig(pipeline=True), 5, 3)
+    assert metered.stats.calls == len(engine.calls)
+    assert metered.stats.requests == sum(len(c) for c in engine.calls)
+    assert metered.stats.completions == sum(r.n for c in engine.calls for r in c)
+
+
+def test_metered_engine_counts_a_native_stream_as_one_call() -> None:
+    engine = ShuffledEngine()
+    metered = MeteredEngine(engine)
+    trees, _ = run(metered, SearchConfig(pipeline=True), 5, 3)
+    assert metered.stats.calls == 1
+    assert metered.stats.requests > 5
+    batched, _ = run(SeededEngine(), SearchConfig(pipeline=False), 5, 3)
+    assert trees == batched
+
+
+def test_metered_stream_refuses_a_wrong_number_of_completions() -> None:
+    class Short(SeededEngine):
+        def generate(self, requests):
+            return [out[:-1] for out in super().generate(requests)]
+
+    with pytest.raises(RuntimeError, match="completions"):
+        run(MeteredEngine(Short()), SearchConfig(pipeline=True), 2, 3)
+
+
+def test_batched_stream_runs_everything_submitted_as_one_call() -> None:
+    engine = ScriptedEngine()
+    with open_stream(engine) as stream:
+        assert isinstance(stream, BatchedStream)
+        for i in range(5):
+            stream.submit(i, GenerationRequest(messages=[{"role": "user", "content": f"q{i}"}], n=2))
+        assert stream.pending == 5
+        done = wait(stream)
+        assert [tag for tag, _ in done] == list(range(5)) and all(len(t) == 2 for _, t in done)
+        assert stream.pending == 0 and wait(stream) == []
+    assert engine.n_calls == 1
+
+
+def test_a_judge_that_needs_no_engine_is_used_inline() -> None:
+    """The verifier-style judge: children are judged as they are parsed; only refinements stream."""
+    from shared.judging import Judgment
+    from shared.verdict import Verdict
+    from shared.voting import Vote
+
+    class Lengthy:
+        stream_judge = "inline"
+
+        def judge(self, items):
+            out = []
+            for prompt, response in items:
+                label = Verdict.PASS if response.count("/") >= 2 else Verdict.FAIL
+                out.append(Judgment(prompt, response, ("v",), Vote(labels=(label,), label=label, kept_index=0), 1))
+            return out
+
+    cfg = {"strategy": "bfs", "branching": 2}
+    engine = ShuffledEngine(unparsable=0.2)
+    streamed = [t.as_record() for t in search_trees(roots(5), engine, Lengthy(), SearchConfig(pipeline=True, **cfg), 0)]
+    batched = [t.as_record() for t in search_trees(roots(5), SeededEngine(unparsable=0.2), Lengthy(), SearchConfig(pipeline=False, **cfg), 0)]
+    assert streamed == batched
+    assert engine.streams and not engine.calls  # refinements went through the stream, nothing batched
+    assert {t["status"] for t in streamed} == {"success"}
+
+
+def test_a_routing_judge_falls_back_to_the_batched_search() -> None:
+    """verifier_then_llm routes per item and may call the engine inside judge(): not streamable."""
+    from workers.stages.judges import stage_judge
+
+    engine = SeededEngine()
+    judge = stage_judge(engine, JudgeConfig(votes=3, backend="verifier_then_llm"), 0, 3, {})
+    streamed = [t.as_record() for t in search_trees(roots(3), engine, judge, SearchConfig(pipeline=True), 0)]
+    assert judge.stream_judge is None
+    kinds = [{"refine" if r.messages[-1]["content"] == REFINE_INSTRUCTION else "judge" for r in c} for c in engine.calls]
+    # the batched search's pattern: every call holds one kind, refinements first
+    assert all(len(k) == 1 for k in kinds) and kinds[0] == {"refine"} and {"judge"} in kinds
+    assert len(streamed) == 3
+
+
+def test_pipeline_is_left_out_of_the_stage_hash() -> None:
+    from shared.config import RunConfig
+
+    base = {"prompts": "p.jsonl", "actor": {"model": "tiny"}, "refiner": {"model": "tiny"}}
+    on = RunConfig.model_validate(base | {"search": {"pipeline": True}})
+    off = RunConfig.model_validate(base | {"search": {"pipeline": False}})
+    other = RunConfig.model_validate(base | {"search": {"branching": 2}})
+    assert on.stage_hash("refine") == off.stage_hash("refine")
+    assert on.stage_hash("refine") != other.stage_hash("refine")
