@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -67,6 +67,16 @@ def run_key(run_id: str) -> str:
     return f"spar:run:{run_id}"
 
 
+def decode_state(raw: dict) -> dict[str, str] | None:
+    """A run's state hash as Redis returns it (bytes or str), as text; ``None`` for no such run."""
+    if not raw:
+        return None
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+
+
 @dataclass(frozen=True)
 class SchedulerSettings:
     """Job limits. ``job_timeout`` must cover the longest shard (a SimpleWorker-style worker heartbeats
@@ -110,6 +120,12 @@ class Scheduler:
             name: Queue(name, connection=redis, serializer=SERIALIZER, job_class=SparJob) for name in QUEUES
         }
         self._cas = redis.register_script(_SET_IF_ACTIVE)
+        # told of every change this scheduler writes to a run's state (the API's view caches)
+        self.on_change: Callable[[str], None] | None = None
+
+    def _changed(self, run_id: str) -> None:
+        if self.on_change is not None:
+            self.on_change(run_id)
 
     # ----- the run registry -------------------------------------------------------------------
     def register(self, paths: RunPaths) -> None:
@@ -127,23 +143,19 @@ class Scheduler:
             },
         )
         self.redis.zadd(RUNS_INDEX, {paths.run_id: now})
+        self._changed(paths.run_id)
 
     def run_ids(self) -> list[str]:
         return [r.decode() if isinstance(r, bytes) else r for r in self.redis.zrange(RUNS_INDEX, 0, -1)]
 
     def state(self, run_id: str) -> dict[str, str] | None:
-        raw = self.redis.hgetall(run_key(run_id))
-        if not raw:
-            return None
-        return {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in raw.items()
-        }
+        return decode_state(self.redis.hgetall(run_key(run_id)))
 
     def _set(self, run_id: str, **fields: object) -> None:
         self.redis.hset(
             run_key(run_id), mapping={**{k: str(v) for k, v in fields.items()}, "updated_at": time.time()}
         )
+        self._changed(run_id)
 
     def _set_if_active(self, run_id: str, **fields: object) -> bool:
         """Write the scheduler's own status changes only while the run is still queued or running.
@@ -154,7 +166,9 @@ class Scheduler:
         args: list[str] = []
         for k, v in {**{k: str(v) for k, v in fields.items()}, "updated_at": str(time.time())}.items():
             args += [k, v]
-        return bool(self._cas(keys=[run_key(run_id)], args=args))
+        written = bool(self._cas(keys=[run_key(run_id)], args=args))
+        self._changed(run_id)
+        return written
 
     # ----- ticking ----------------------------------------------------------------------------
     def tick(self) -> None:

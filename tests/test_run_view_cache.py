@@ -29,7 +29,7 @@ def run(tmp_path: Path, tiny_model_path: Path, monkeypatch):
     monkeypatch.setattr(views, "DISK_VIEWS", DiskViewCache())
     paths = create_run(load_config_file(write_config(tmp_path, tiny_model_path)), tmp_path / "runs", "cached")
     scheduler = FakeScheduler()
-    scheduler.states["cached"] = {"status": "running", "stage": "sample", "updated_at": "1"}
+    scheduler.states["cached"] = {"status": "running", "stage": "sample", "updated_at": "1", "run_dir": str(paths.root)}
     return paths, scheduler
 
 
@@ -46,7 +46,7 @@ def test_an_unchanged_run_is_served_without_reading_its_files(run) -> None:
     second = run_view("cached", paths, scheduler)
     assert second == first and views.DISK_VIEWS.builds == 1
     # the scheduler's state is live: a new status shows at once, still without a rebuild
-    scheduler.states["cached"] = {"status": "cancelled", "stage": "sample", "updated_at": "2"}
+    scheduler.states["cached"] = {"status": "cancelled", "stage": "sample", "updated_at": "2", "run_dir": str(paths.root)}
     third = run_view("cached", paths, scheduler)
     assert third["status"] == "cancelled" and third["updated_at"] == 2.0 and views.DISK_VIEWS.builds == 1
 
@@ -88,3 +88,179 @@ def test_the_cache_is_bounded(tmp_path: Path, run) -> None:
     before = paths.change_stamp()
     paths.note_change("done 0 sample 0")
     assert paths.change_stamp() != before and paths.change_stamp()[1] > before[1]
+
+
+# --- the bodies GET /v1/runs/{id} serves, and the scheduler states behind them ------------------
+
+
+def test_a_body_is_served_as_built_until_the_state_or_the_files_change(run) -> None:
+    from services.api.views import RunViewBodies
+
+    paths, scheduler = run
+    bodies = RunViewBodies()
+    state = scheduler.states["cached"]
+    assert bodies.lookup("cached", state) is None  # nothing built yet
+    body = bodies.build("cached", state, scheduler)
+    assert bodies.lookup("cached", state) == (body, True)
+    assert bodies.serialised == 1
+    # a finished shard: the last body is still there, marked stale (the route refreshes it)
+    finish_shard(paths, "sample", 0)
+    stale, fresh = bodies.lookup("cached", state)
+    assert stale == body and not fresh
+    rebuilt = bodies.build("cached", state, scheduler)
+    assert rebuilt != body and bodies.lookup("cached", state) == (rebuilt, True)
+    # a new state is never answered from the old body
+    moved = state | {"status": "cancelled", "updated_at": "9"}
+    assert bodies.lookup("cached", moved) is None
+
+
+def test_a_new_state_is_built_from_the_last_files_part_then_marked_stale(run) -> None:
+    import json
+
+    from services.api.views import RunViewBodies
+
+    paths, scheduler = run
+    bodies = RunViewBodies()
+    state = scheduler.states["cached"]
+    bodies.build("cached", state, scheduler)
+    builds = views.DISK_VIEWS.builds
+    finish_shard(paths, "sample", 0)  # files changed...
+    moved = state | {"status": "cancelled", "updated_at": "9"}  # ...and the status too
+    body = bodies.build("cached", moved, scheduler, stale_disk=True)
+    view = json.loads(body)
+    assert view["status"] == "cancelled"  # the state is the new one
+    assert views.DISK_VIEWS.builds == builds  # no file was read for it
+    assert next(p for p in view["progress"] if p["stage"] == "sample")["done"] == 0
+    assert bodies.lookup("cached", moved) == (body, False)  # so the route refreshes it next
+    fresh = json.loads(bodies.build("cached", moved, scheduler))
+    assert next(p for p in fresh["progress"] if p["stage"] == "sample")["done"] == 1
+
+
+def test_unknown_removed_and_overlong_runs_are_404(run, tmp_path: Path) -> None:
+    from services.api.views import RunViewBodies
+    from shared.errors import RunNotFoundError
+
+    paths, scheduler = run
+    bodies = RunViewBodies()
+    with pytest.raises(RunNotFoundError, match="no run"):
+        bodies.lookup("nope", None)
+    with pytest.raises(RunNotFoundError, match="at most"):
+        bodies.lookup("x" * 500, {"run_dir": str(paths.root)})
+    with pytest.raises(RunNotFoundError, match="is gone"):
+        bodies.lookup("gone", {"run_dir": str(tmp_path / "nowhere")})
+
+
+class CountingRedis:
+    """An async Redis with one run hash, counting reads."""
+
+    def __init__(self, state: dict[str, str]) -> None:
+        self.state = state
+        self.reads = 0
+
+    async def hgetall(self, key: str) -> dict[bytes, bytes]:
+        self.reads += 1
+        if key != "spar:run:cached":
+            return {}
+        return {k.encode(): v.encode() for k, v in self.state.items()}
+
+
+def test_live_states_reuse_a_read_for_the_ttl_and_forget_on_a_local_change() -> None:
+    import asyncio
+
+    from services.api.views import LiveStates
+
+    redis = CountingRedis({"status": "running"})
+    states = LiveStates(ttl=60)
+
+    async def reads() -> list:
+        out = [await states.get("cached", redis) for _ in range(5)]
+        redis.state = {"status": "cancelled"}
+        out.append(await states.get("cached", redis))  # within the TTL: not seen yet
+        states.forget("cached")  # what the scheduler calls after it writes the run's state
+        out.append(await states.get("cached", redis))
+        out.append(await states.get("nope", redis))
+        out.append(await states.get("nope", redis))
+        return out
+
+    out = asyncio.run(reads())
+    assert [s["status"] for s in out[:7]] == ["running"] * 6 + ["cancelled"]
+    assert out[7] is None and out[8] is None
+    assert redis.reads == 1 + 1 + 2  # one per TTL, one after forget, unknown runs never kept
+    no_cache = LiveStates(ttl=0)
+    asyncio.run(no_cache.get("cached", redis))
+    asyncio.run(no_cache.get("cached", redis))
+    assert redis.reads == 6
+
+
+def test_the_scheduler_reports_each_state_it_writes(tmp_path: Path) -> None:
+    from service_harness import private_redis
+
+    from redis import Redis
+    from services.scheduler import Scheduler
+    from workers.artifacts import RunPaths
+
+    with private_redis(tmp_path) as url:
+        scheduler = Scheduler(Redis.from_url(url))
+        changed: list[str] = []
+        scheduler.on_change = changed.append
+        paths = RunPaths(tmp_path / "r1")
+        scheduler.register(paths)
+        scheduler._set("r1", status="running")
+        scheduler._set_if_active("r1", stage="judge")
+        assert changed == ["r1", "r1", "r1"]
+
+
+def test_concurrent_polls_build_a_view_once_and_get_the_last_one_during_a_refresh(
+    run, tmp_path: Path, monkeypatch
+) -> None:
+    """Through the route: 20 clients polling at once cause one build; after a finished shard they
+    get the previous view while ONE rebuild runs, then the new one."""
+    import asyncio
+    import json
+    import time
+
+    import httpx
+    from service_harness import TOKEN, private_redis
+
+    from redis import Redis
+    from services.api import Settings, create_app
+    from services.scheduler import Scheduler
+
+    paths, _ = run
+    builds: list[bool] = []
+    real_build = views.RUN_VIEW_BODIES.build
+
+    def slow_build(run_id, state, scheduler, stale_disk=False):  # noqa: ANN001, ANN202
+        builds.append(stale_disk)
+        time.sleep(0.3)  # a long build: every poll meanwhile would start its own without single-flight
+        return real_build(run_id, state, scheduler, stale_disk)
+
+    monkeypatch.setattr(views.RUN_VIEW_BODIES, "build", slow_build)
+    done = lambda body: next(p for p in json.loads(body)["progress"] if p["stage"] == "sample")["done"]  # noqa: E731
+    builds_for_first: list[int] = []
+
+    with private_redis(tmp_path) as url:
+        app = create_app(Settings(api_token=TOKEN, scheduler=False, redis_url=url, data_root=paths.root.parent))
+        Scheduler(Redis.from_url(url)).register(paths)
+
+        async def scenario() -> tuple[list, list, bytes]:
+            transport = httpx.ASGITransport(app=app)
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=headers) as c:
+                first = await asyncio.gather(*(c.get(f"/v1/runs/{paths.run_id}") for _ in range(20)))
+                builds_for_first.append(len(builds))
+                finish_shard(paths, "sample", 0)
+                second = await asyncio.gather(*(c.get(f"/v1/runs/{paths.run_id}") for _ in range(20)))
+                for _ in range(100):  # the background rebuild lands
+                    await asyncio.sleep(0.05)
+                    last = (await c.get(f"/v1/runs/{paths.run_id}")).content
+                    if done(last) == 1:
+                        break
+            return first, second, last
+
+        first, second, last = asyncio.run(scenario())
+    assert {r.status_code for r in first + second} == {200}
+    assert len({r.content for r in first}) == 1 and builds_for_first == [1]  # one build for 20 polls
+    assert {r.content for r in second} == {first[0].content}  # the previous view, not a wait
+    assert done(first[0].content) == 0 and done(last) == 1
+    assert len(builds) == 2 and builds[1] is False  # ONE refresh (files re-read) for the 20 stale polls

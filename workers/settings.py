@@ -59,6 +59,13 @@ class SparSettings(BaseSettings):
     )
     scheduler: bool = Field(True, description="Run the scheduler loop in the API process.")
     scheduler_interval: float = Field(1.0, gt=0, description="Seconds between scheduler ticks.")
+    view_state_ttl: float = Field(
+        0.25,
+        ge=0,
+        le=60,
+        description="Seconds the API may reuse a run's scheduler state read from Redis for GET /v1/runs/{id} "
+        "(its own changes show at once; another API replica's after at most this long; 0: read every time).",
+    )
     job_timeout: int = Field(6 * 3600, ge=1, description="Seconds an inference shard may run.")
     train_timeout: int = Field(24 * 3600, ge=1, description="Seconds a training job may run.")
     retries: int = Field(3, ge=0, description="Retries of a failed shard before the run fails.")

@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from shared.errors import RunNotFoundError
 from workers.artifacts import RunPaths
@@ -36,9 +37,14 @@ async def get_scheduler(request: Request) -> Scheduler:
     return request.app.state.scheduler
 
 
+async def get_live_redis(request: Request) -> AsyncRedis:
+    return request.app.state.live_redis
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
+LiveRedisDep = Annotated[AsyncRedis, Depends(get_live_redis)]
 
 
 async def require_token(
@@ -61,9 +67,17 @@ async def require_token(
 def run_paths(run_id: str, scheduler: SchedulerDep) -> RunPaths:
     """The run directory of ``run_id``: 404 when the scheduler does not know the run, or when its
     directory (its config) is gone from the data root."""
+    check_run_id(run_id)
+    return paths_from_state(run_id, scheduler.state(run_id))
+
+
+def check_run_id(run_id: str) -> None:
     if len(run_id) > MAX_RUN_ID:
         raise RunNotFoundError(f"no run {run_id[:40]!r}...: run ids are at most {MAX_RUN_ID} characters")
-    state = scheduler.state(run_id)
+
+
+def paths_from_state(run_id: str, state: dict[str, str] | None) -> RunPaths:
+    """The run directory named by the scheduler's ``state`` of ``run_id`` (read by the caller)."""
     if state is None:
         raise RunNotFoundError(f"no run {run_id!r}; list runs with GET /v1/runs")
     paths = RunPaths(Path(state["run_dir"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -88,6 +89,11 @@ class DiskViewCache:
                     self._entries.popitem(last=False)
         return view
 
+    def last(self, paths: RunPaths) -> tuple[tuple[int, int], dict[str, Any]] | None:
+        """The last view built for this run and the stamp it was built at, however old."""
+        with self._lock:
+            return self._entries.get(str(paths.root))
+
 
 DISK_VIEWS = DiskViewCache()
 
@@ -107,21 +113,29 @@ def _disk_view(run_id: str, paths: RunPaths) -> dict[str, Any]:
     }
 
 
-def run_view(run_id: str, paths: RunPaths, scheduler: Scheduler) -> dict[str, Any]:
+def run_view(
+    run_id: str, paths: RunPaths, scheduler: Scheduler, state: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Everything ``GET /v1/runs/{id}`` shows (see :class:`services.api.models.RunView`).
 
-    The scheduler's state (status, stage, timestamps) is read live from Redis on every call; what
-    comes from the run directory is cached until the run's files change (:class:`DiskViewCache`).
+    The scheduler's state (status, stage, timestamps) is read live from Redis on every call (or
+    passed in, already read); what comes from the run directory is cached until the run's files
+    change (:class:`DiskViewCache`).
     """
-    state = scheduler.state(run_id) or {}
+    if state is None:
+        state = scheduler.state(run_id) or {}
     disk = DISK_VIEWS.get(paths, lambda: _disk_view(run_id, paths))
+    return {**run_view_live(run_id, paths, state), **disk}
+
+
+def run_view_live(run_id: str, paths: RunPaths, state: dict[str, str]) -> dict[str, Any]:
+    """The part of a run's view that comes from the scheduler's state (no file is read)."""
     return {
         "id": run_id,
         "status": state.get("status"),
         "error": state.get("error") or None,
         "iteration": int(state.get("iteration") or 0),
         "stage": state.get("stage") or None,
-        **disk,
         "created_at": float(state.get("created_at") or 0),
         "updated_at": float(state.get("updated_at") or 0),
         "run_dir": str(paths.root),
@@ -136,3 +150,113 @@ def refine_view(job: Job) -> tuple[int, dict[str, Any]]:
     if status == JobStatus.FAILED:
         return 500, {"job_id": job.id, "status": "failed", "error": str(job.exc_info or "")[-500:]}
     return 202, {"job_id": job.id, "status": str(status), "poll": f"/v1/refine/{job.id}"}
+
+
+class LiveStates:
+    """Runs' scheduler states as last read from Redis, reused for at most ``ttl`` seconds.
+
+    Polling clients would otherwise cost one Redis round trip each. The scheduler of this process
+    forgets a run's entry whenever it writes that run's state (``Scheduler.on_change``), so this
+    API's own changes (a cancel, a stage advanced by its scheduler) show at once; a change written
+    by another replica shows after at most ``ttl``. Unknown runs are never kept (a flood of bogus
+    ids cannot fill it); bounded like the other caches.
+    """
+
+    def __init__(self, ttl: float, capacity: int = 1024) -> None:
+        self.ttl = ttl
+        self.capacity = capacity
+        self._entries: OrderedDict[str, tuple[float, dict[str, str]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    async def get(self, run_id: str, redis: Any) -> dict[str, str] | None:
+        from ..scheduler import decode_state, run_key
+
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(run_id)
+            if hit is not None and now - hit[0] < self.ttl:
+                return hit[1]
+        state = decode_state(await redis.hgetall(run_key(run_id)))
+        if state is not None and self.ttl > 0:
+            with self._lock:
+                self._entries[run_id] = (now, state)  # read time taken BEFORE the read
+                self._entries.move_to_end(run_id)
+                while len(self._entries) > self.capacity:
+                    self._entries.popitem(last=False)
+        return state
+
+    def forget(self, run_id: str) -> None:
+        with self._lock:
+            self._entries.pop(run_id, None)
+
+
+class RunViewBodies:
+    """The JSON body of ``GET /v1/runs/{id}``, validated and serialised once per change.
+
+    A view is the scheduler's live state (read by the caller, once per request) plus the disk part.
+    While neither changed (the same state fields, the same change-journal stamp) the body bytes are
+    served as they are: :meth:`lookup` costs two ``stat`` calls and builds, validates and
+    serialises nothing. Bounded (least recently used out); thread-safe.
+    """
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, tuple[tuple[tuple[str, str], ...], tuple[int, int] | None, bytes]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+        self.serialised = 0
+
+    @staticmethod
+    def _paths(run_id: str, state: dict[str, str] | None) -> RunPaths:
+        from .deps import check_run_id, paths_from_state
+
+        check_run_id(run_id)
+        return paths_from_state(run_id, state)
+
+    def lookup(self, run_id: str, state: dict[str, str] | None) -> tuple[bytes, bool] | None:
+        """The last body for this state: ``(body, True)`` when the run's files did not change since,
+        ``(body, False)`` when they did (the caller serves it while one rebuild runs), ``None`` when
+        there is none for this state. Raises 404 for an unknown or removed run."""
+        paths = self._paths(run_id, state)
+        stamp = paths.change_stamp()
+        assert state is not None
+        with self._lock:
+            hit = self._entries.get(run_id)
+            if hit is None or hit[0] != tuple(sorted(state.items())):
+                return None
+            self._entries.move_to_end(run_id)
+            return hit[2], stamp is not None and hit[1] == stamp
+
+    def build(
+        self, run_id: str, state: dict[str, str] | None, scheduler: Scheduler, stale_disk: bool = False
+    ) -> bytes:
+        """Build the body (disk part from :data:`DISK_VIEWS`) and keep it under the stamp taken first.
+
+        ``stale_disk``: use the last disk part built, whatever its age, and keep the body under that
+        part's stamp, so that the next lookup sees it as stale and has it refreshed in the
+        background. A changed state (a new status) is then answered at once, without reading files.
+        """
+        from .models import RunView
+
+        paths = self._paths(run_id, state)
+        assert state is not None
+        last = DISK_VIEWS.last(paths) if stale_disk else None
+        if last is not None:  # only the state changed, or the caller serves first and refreshes after
+            stamp, disk = last
+            view = {**run_view_live(run_id, paths, state), **disk}
+        else:
+            stamp = paths.change_stamp()  # before the build: a change meanwhile makes the next lookup miss
+            view = run_view(run_id, paths, scheduler, state)
+        body = RunView.model_validate(view).model_dump_json(by_alias=True).encode()
+        with self._lock:
+            self.serialised += 1
+            # a run without a change journal (stamp None) is kept too, but never counts as fresh
+            self._entries[run_id] = (tuple(sorted(state.items())), stamp, body)
+            self._entries.move_to_end(run_id)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return body
+
+
+RUN_VIEW_BODIES = RunViewBodies()

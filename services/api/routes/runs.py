@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from shared.config import RunConfig
 from shared.errors import RunConflictError
 
 from ...report import load_run, render_html, render_markdown
 from ...runs import confine, create_run
-from ...scheduler import ACTIVE, RunStatus
-from ..deps import RunPathsDep, SchedulerDep, SettingsDep, require_token
+from ...scheduler import ACTIVE, RunStatus, Scheduler
+from ..deps import MAX_RUN_ID, LiveRedisDep, RunPathsDep, SchedulerDep, SettingsDep, require_token
 from ..models import RunCreated, RunListItem, RunStatusChange, RunView
-from ..views import run_view
+from ..views import RUN_VIEW_BODIES, LiveStates
 
 log = logging.getLogger("spar.api")
 RESUME_LOCK_S = 60  # longer than any resume takes; the lock is deleted as soon as it is done
@@ -47,10 +49,75 @@ def list_runs(scheduler: SchedulerDep) -> list[dict]:
 
 
 @router.get("/{run_id}", response_model=RunView)
-def get_run(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> dict:
-    return run_view(run_id, paths, scheduler)
+async def get_run(run_id: str, request: Request, scheduler: SchedulerDep, live_redis: LiveRedisDep) -> Response:
+    """The run's status, progress and per-iteration numbers (what a dashboard polls).
+
+    Built only when something changed, and then once, however many clients poll:
+    - the scheduler's state comes from ``LiveStates`` (Redis, reused for ``view_state_ttl``);
+    - while that state and the run's files are unchanged, the body is the cached bytes
+      (``RUN_VIEW_BODIES``, checked against ``RunView`` when built): no build, no serialisation;
+    - after a finished shard (the files changed, the state did not) the last body is served while
+      ONE rebuild runs in a worker thread: its readers never wait for a build;
+    - a changed state (status, stage, iteration) is answered with it at once (its files' part from
+      the last build, refreshed in the background as above): a new status is never stale.
+    """
+    states: LiveStates = request.app.state.live_states
+    state = await states.get(run_id, live_redis) if len(run_id) <= MAX_RUN_ID else None
+    found = RUN_VIEW_BODIES.lookup(run_id, state)
+    if found is None:  # a new state: answered now, from the last disk part when there is one
+        body = await _build_once(run_id, state, scheduler, stale_disk=True)
+        found = RUN_VIEW_BODIES.lookup(run_id, state)
+        fresh = found is not None and found[1]
+    else:
+        body, fresh = found
+    if not fresh:
+        _refresh_in_background(run_id, state, scheduler)
+    return Response(body, media_type="application/json")
 
 
+_BUILDING: dict[tuple[str, tuple[tuple[str, str], ...], bool], asyncio.Future[bytes]] = {}
+_REFRESHING: set[asyncio.Task] = set()
+
+
+async def _build_once(
+    run_id: str, state: dict[str, str] | None, scheduler: Scheduler, stale_disk: bool = False
+) -> bytes:
+    """Build a changed view once, however many requests ask for it meanwhile (they wait for it).
+
+    Without this, every request that arrives while a view is being built misses the cache and
+    builds the same view again: 50 polling clients, 50 builds, all on one core.
+    """
+    key = (run_id, tuple(sorted((state or {}).items())), stale_disk)
+    running = _BUILDING.get(key)
+    if running is not None:
+        return await asyncio.shield(running)
+    future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    _BUILDING[key] = future
+    try:
+        body = await run_in_threadpool(RUN_VIEW_BODIES.build, run_id, state, scheduler, stale_disk)
+        future.set_result(body)
+        return body
+    except BaseException as error:
+        future.set_exception(error)
+        future.exception()  # retrieved here: a build nobody else waited for is not "never retrieved"
+        raise
+    finally:
+        del _BUILDING[key]
+
+
+def _refresh_in_background(run_id: str, state: dict[str, str] | None, scheduler: Scheduler) -> None:
+    key = (run_id, tuple(sorted((state or {}).items())), False)
+    if key in _BUILDING:
+        return
+    task = asyncio.create_task(_build_once(run_id, state, scheduler))
+    _REFRESHING.add(task)  # a reference until done (the loop keeps only weak ones)
+
+    def done(finished: asyncio.Task) -> None:
+        _REFRESHING.discard(finished)
+        if not finished.cancelled() and finished.exception() is not None:
+            log.warning("rebuilding the view of run %s failed: %s", run_id, finished.exception())
+
+    task.add_done_callback(done)
 @router.post("/{run_id}/cancel", response_model=RunStatusChange)
 def cancel(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatusChange:
     """Marks the run cancelled first, then stops its jobs. A run whose config.json no longer reads
