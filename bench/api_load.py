@@ -100,7 +100,16 @@ def run_wrk(url: str, args: argparse.Namespace) -> dict[str, float]:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk (or use --generator httpx)")
-    command = [wrk, "-t1", f"-c{args.clients}", f"-d{int(args.seconds)}s", "--latency", "-H", f"Authorization: Bearer {TOKEN}", url]
+    command = [
+        wrk,
+        "-t1",
+        f"-c{args.clients}",
+        f"-d{int(args.seconds)}s",
+        "--latency",
+        "-H",
+        f"Authorization: Bearer {TOKEN}",
+        url,
+    ]
     if args.load_cpu is not None:
         command = ["taskset", "-c", str(args.load_cpu), *command]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -157,7 +166,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=96, help="enough work to outlast the load")
     parser.add_argument("--generator", choices=["httpx", "wrk"], default="httpx")
     parser.add_argument(
-        "--scheduler-interval", type=float, default=1.0,
+        "--scheduler-interval",
+        type=float,
+        default=1.0,
         help="seconds between the API's scheduler ticks (the product's default; the tests use 0.3)",
     )
     parser.add_argument("--api-cpu", type=int, help="pin the API process to this core")
@@ -210,7 +221,9 @@ def main() -> None:
     if args.generator == "wrk":
         print(f"GET /v1/runs/{{id}}: {args.clients} connections (wrk, one thread) for {args.seconds:.0f} s")
         print(f"run during the load: {before}  ->  {after}")
-        print(f"pinned: API on core {args.api_cpu}, load generator on {args.load_cpu}, workers on {workers_cpu}")
+        print(
+            f"pinned: API on core {args.api_cpu}, load generator on {args.load_cpu}, workers on {workers_cpu}"
+        )
         print(f"requests: {result['requests']}, errors: {result['errors']}")
         print(f"throughput: {result['rps']:.1f} requests/s")
         print(f"latency: p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms, max {result['max']:.1f} ms")
@@ -221,7 +234,9 @@ def main() -> None:
     )
     print(f"run during the load: {before}  ->  {after}")
     if args.api_cpu is not None or args.load_cpu is not None:
-        print(f"pinned: API on core {args.api_cpu}, load generator on {args.load_cpu}, workers on {workers_cpu}")
+        print(
+            f"pinned: API on core {args.api_cpu}, load generator on {args.load_cpu}, workers on {workers_cpu}"
+        )
     print(f"requests: {len(latencies)}, errors: {len(errors)}{f' ({sorted(set(errors))})' if errors else ''}")
     print(f"throughput: {len(latencies) / elapsed:.1f} requests/s")
     p50, p99, worst = cuts[49] * 1000, cuts[98] * 1000, max(latencies) * 1000

@@ -124,7 +124,9 @@ def tokens_of(engine: Engine) -> int:
     return int(getattr(stats, "generated_tokens", 0)) if stats is not None else 0
 
 
-def search_once(engine: Engine, trees: int, args: argparse.Namespace, pipeline: bool) -> tuple[dict, RecordingEngine]:
+def search_once(
+    engine: Engine, trees: int, args: argparse.Namespace, pipeline: bool
+) -> tuple[dict, RecordingEngine]:
     cfg = SearchConfig(max_new_tokens=args.refine_tokens, parse_retries=args.parse_retries, pipeline=pipeline)
     recorder = RecordingEngine(engine)
     judge = Judge(recorder, votes=args.votes, max_new_tokens=args.judge_tokens, seed=0, tie_retries=3)
@@ -215,11 +217,18 @@ def main() -> None:
     parser.add_argument("--kv-cache-gb", type=float, default=2.0)
     parser.add_argument("--hf-batch-size", type=int, default=32)
     parser.add_argument(
-        "--search", nargs="+", choices=["batched", "streamed"], default=["batched", "streamed"],
+        "--search",
+        nargs="+",
+        choices=["batched", "streamed"],
+        default=["batched", "streamed"],
         help="the search modes to measure (the flat batch replays the first one's requests)",
     )
     parser.add_argument(
-        "--inline", dest="isolated", action="store_const", const=False, default=None,
+        "--inline",
+        dest="isolated",
+        action="store_const",
+        const=False,
+        default=None,
         help="run the engine in this process (default: as a worker does, vLLM in its engine host)",
     )
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -234,8 +243,18 @@ def main() -> None:
     finally:
         close_engine(engine)
     cols = [
-        "trees", "search", "calls", "requests", "completions", "search_tokens", "search_s", "flat_s",
-        "utilisation", "engine_idle_fraction", "same_requests", "same_trees",
+        "trees",
+        "search",
+        "calls",
+        "requests",
+        "completions",
+        "search_tokens",
+        "search_s",
+        "flat_s",
+        "utilisation",
+        "engine_idle_fraction",
+        "same_requests",
+        "same_trees",
     ]
     print(" | ".join(cols))
     for row in rows:

@@ -257,7 +257,9 @@ def _expand(
     return parsed
 
 
-def refine_request(expansion: Expansion, n: int, cfg: SearchConfig, seed: int, attempt: int) -> GenerationRequest:
+def refine_request(
+    expansion: Expansion, n: int, cfg: SearchConfig, seed: int, attempt: int
+) -> GenerationRequest:
     """``n`` refinements of an expanded node; the seed names the tree, the node and the attempt only."""
     tree, node = expansion.tree, expansion.node
     return GenerationRequest(

@@ -31,7 +31,16 @@ from dataclasses import dataclass, field
 from .config import SearchConfig
 from .engine import Engine
 from .judging import Judge, Judges, Judgment, JudgmentCache
-from .search import Expansion, StepCallback, Tree, TreeStatus, advance, attach_child, next_expansions, refine_request
+from .search import (
+    Expansion,
+    StepCallback,
+    Tree,
+    TreeStatus,
+    advance,
+    attach_child,
+    next_expansions,
+    refine_request,
+)
 from .streaming import RequestStream, open_stream, wait
 from .templates import extract_refined
 
@@ -165,7 +174,9 @@ class StreamedSearch:
         judgment = self.llm.conclude(entry.prompt, entry.response, texts, round_no)
         if not judgment.decided and round_no < self.llm.tie_retries:
             entry.round_no = round_no + 1
-            self.stream.submit(("judge", key, entry.round_no), self.llm.request(entry.prompt, entry.response, entry.round_no))
+            self.stream.submit(
+                ("judge", key, entry.round_no), self.llm.request(entry.prompt, entry.response, entry.round_no)
+            )
             return
         del self.judging[key]
         self.llm.cache.put(judgment)

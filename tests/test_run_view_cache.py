@@ -29,7 +29,12 @@ def run(tmp_path: Path, tiny_model_path: Path, monkeypatch):
     monkeypatch.setattr(views, "DISK_VIEWS", DiskViewCache())
     paths = create_run(load_config_file(write_config(tmp_path, tiny_model_path)), tmp_path / "runs", "cached")
     scheduler = FakeScheduler()
-    scheduler.states["cached"] = {"status": "running", "stage": "sample", "updated_at": "1", "run_dir": str(paths.root)}
+    scheduler.states["cached"] = {
+        "status": "running",
+        "stage": "sample",
+        "updated_at": "1",
+        "run_dir": str(paths.root),
+    }
     return paths, scheduler
 
 
@@ -46,7 +51,12 @@ def test_an_unchanged_run_is_served_without_reading_its_files(run) -> None:
     second = run_view("cached", paths, scheduler)
     assert second == first and views.DISK_VIEWS.builds == 1
     # the scheduler's state is live: a new status shows at once, still without a rebuild
-    scheduler.states["cached"] = {"status": "cancelled", "stage": "sample", "updated_at": "2", "run_dir": str(paths.root)}
+    scheduler.states["cached"] = {
+        "status": "cancelled",
+        "stage": "sample",
+        "updated_at": "2",
+        "run_dir": str(paths.root),
+    }
     third = run_view("cached", paths, scheduler)
     assert third["status"] == "cancelled" and third["updated_at"] == 2.0 and views.DISK_VIEWS.builds == 1
 
@@ -193,9 +203,9 @@ def test_live_states_reuse_a_read_for_the_ttl_and_forget_on_a_local_change() -> 
 
 
 def test_the_scheduler_reports_each_state_it_writes(tmp_path: Path) -> None:
+    from redis import Redis
     from service_harness import private_redis
 
-    from redis import Redis
     from services.scheduler import Scheduler
     from workers.artifacts import RunPaths
 
@@ -220,9 +230,9 @@ def test_concurrent_polls_build_a_view_once_and_get_the_last_one_during_a_refres
     import time
 
     import httpx
+    from redis import Redis
     from service_harness import TOKEN, private_redis
 
-    from redis import Redis
     from services.api import Settings, create_app
     from services.scheduler import Scheduler
 
@@ -240,7 +250,9 @@ def test_concurrent_polls_build_a_view_once_and_get_the_last_one_during_a_refres
     builds_for_first: list[int] = []
 
     with private_redis(tmp_path) as url:
-        app = create_app(Settings(api_token=TOKEN, scheduler=False, redis_url=url, data_root=paths.root.parent))
+        app = create_app(
+            Settings(api_token=TOKEN, scheduler=False, redis_url=url, data_root=paths.root.parent)
+        )
         Scheduler(Redis.from_url(url)).register(paths)
 
         async def scenario() -> tuple[list, list, bytes]:

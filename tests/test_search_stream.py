@@ -111,7 +111,10 @@ class ShuffledEngine(SeededEngine):
 def roots(n: int, shared_prompt: bool = False) -> list[SearchRoot]:
     return [
         SearchRoot(
-            key=f"t{i}", prompt="one prompt" if shared_prompt else f"prompt {i % 5}", response=f"neg {i % 3}", judgment=no()
+            key=f"t{i}",
+            prompt="one prompt" if shared_prompt else f"prompt {i % 5}",
+            response=f"neg {i % 3}",
+            judgment=no(),
         )
         for i in range(n)
     ]
@@ -168,7 +171,13 @@ def test_identical_pairs_are_judged_once_while_in_flight() -> None:
     cfg = SearchConfig(pipeline=True, strategy="bfs", branching=4, beam=2, max_depth=2)
     engine = ShuffledEngine(variants=2, unparsable=0.0)
     trees, judge = run(engine, cfg, 6, 3, shared_prompt=True)
-    batched, _ = run(SeededEngine(variants=2, unparsable=0.0), SearchConfig(pipeline=False, **cfg.model_dump(exclude={"pipeline"})), 6, 3, shared_prompt=True)
+    batched, _ = run(
+        SeededEngine(variants=2, unparsable=0.0),
+        SearchConfig(pipeline=False, **cfg.model_dump(exclude={"pipeline"})),
+        6,
+        3,
+        shared_prompt=True,
+    )
     assert trees == batched
     children = {(t["prompt"], n["response"]) for t in trees for n in t["nodes"][1:]}
     # every distinct pair is in the cache exactly once, and far fewer pairs than children exist
@@ -198,7 +207,8 @@ def test_stream_waits_mix_refinements_and_judgments_in_one_call() -> None:
     engine = SeededEngine(unparsable=0.5)
     run(engine, SearchConfig(pipeline=True, strategy="bfs", max_depth=1), 6, 3)
     kinds = [
-        {"refine" if r.messages[-1]["content"] == REFINE_INSTRUCTION else "judge" for r in call} for call in engine.calls
+        {"refine" if r.messages[-1]["content"] == REFINE_INSTRUCTION else "judge" for r in call}
+        for call in engine.calls
     ]
     assert {"refine", "judge"} in kinds
 
@@ -257,13 +267,23 @@ def test_a_judge_that_needs_no_engine_is_used_inline() -> None:
             out = []
             for prompt, response in items:
                 label = Verdict.PASS if response.count("/") >= 2 else Verdict.FAIL
-                out.append(Judgment(prompt, response, ("v",), Vote(labels=(label,), label=label, kept_index=0), 1))
+                out.append(
+                    Judgment(prompt, response, ("v",), Vote(labels=(label,), label=label, kept_index=0), 1)
+                )
             return out
 
     cfg = {"strategy": "bfs", "branching": 2}
     engine = ShuffledEngine(unparsable=0.2)
-    streamed = [t.as_record() for t in search_trees(roots(5), engine, Lengthy(), SearchConfig(pipeline=True, **cfg), 0)]
-    batched = [t.as_record() for t in search_trees(roots(5), SeededEngine(unparsable=0.2), Lengthy(), SearchConfig(pipeline=False, **cfg), 0)]
+    streamed = [
+        t.as_record()
+        for t in search_trees(roots(5), engine, Lengthy(), SearchConfig(pipeline=True, **cfg), 0)
+    ]
+    batched = [
+        t.as_record()
+        for t in search_trees(
+            roots(5), SeededEngine(unparsable=0.2), Lengthy(), SearchConfig(pipeline=False, **cfg), 0
+        )
+    ]
     assert streamed == batched
     assert engine.streams and not engine.calls  # refinements went through the stream, nothing batched
     assert {t["status"] for t in streamed} == {"success"}
@@ -277,7 +297,10 @@ def test_a_routing_judge_falls_back_to_the_batched_search() -> None:
     judge = stage_judge(engine, JudgeConfig(votes=3, backend="verifier_then_llm"), 0, 3, {})
     streamed = [t.as_record() for t in search_trees(roots(3), engine, judge, SearchConfig(pipeline=True), 0)]
     assert judge.stream_judge is None
-    kinds = [{"refine" if r.messages[-1]["content"] == REFINE_INSTRUCTION else "judge" for r in c} for c in engine.calls]
+    kinds = [
+        {"refine" if r.messages[-1]["content"] == REFINE_INSTRUCTION else "judge" for r in c}
+        for c in engine.calls
+    ]
     # the batched search's pattern: every call holds one kind, refinements first
     assert all(len(k) == 1 for k in kinds) and kinds[0] == {"refine"} and {"judge"} in kinds
     assert len(streamed) == 3

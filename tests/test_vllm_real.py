@@ -299,7 +299,9 @@ def test_a_stream_gives_each_seeded_request_what_a_batch_gives_it(engine, tokeni
     """Requests of very different lengths finish in different steps; short ones come back first and
     requests submitted while others run join the running batch; the texts are the batch's."""
     requests = [
-        GenerationRequest(messages=_user(f"Write about topic {i}."), n=2, temperature=0.9, max_new_tokens=tokens, seed=i)
+        GenerationRequest(
+            messages=_user(f"Write about topic {i}."), n=2, temperature=0.9, max_new_tokens=tokens, seed=i
+        )
         for i, tokens in enumerate([40, 3, 25, 6, 40])
     ]
     late = [
@@ -322,7 +324,9 @@ def test_a_stream_gives_each_seeded_request_what_a_batch_gives_it(engine, tokeni
 def test_closing_a_stream_aborts_what_runs_and_the_engine_serves_on(engine) -> None:  # noqa: ANN001
     from shared.streaming import open_stream
 
-    long = GenerationRequest(messages=_user("Tell a long story."), n=2, temperature=0.8, max_new_tokens=200, seed=3)
+    long = GenerationRequest(
+        messages=_user("Tell a long story."), n=2, temperature=0.8, max_new_tokens=200, seed=3
+    )
     with open_stream(engine) as stream:
         stream.submit("long", long)
         stream.poll()  # it is running now
@@ -348,7 +352,12 @@ def test_the_streamed_search_builds_the_batched_search_trees_on_vllm(engine) -> 
     for pipeline in (False, True):
         metered = MeteredEngine(engine)
         cfg = SearchConfig(
-            pipeline=pipeline, branching=2, beam=1, max_depth=2, max_new_tokens=24, parse_retries=1,
+            pipeline=pipeline,
+            branching=2,
+            beam=1,
+            max_depth=2,
+            max_new_tokens=24,
+            parse_retries=1,
             accept_unterminated=True,
         )
         judge = Judge(metered, votes=3, max_new_tokens=12, seed=0, tie_retries=1)

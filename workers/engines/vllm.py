@@ -294,8 +294,8 @@ class VLLMEngine:
 
     def open_stream(self) -> VLLMStream:
         """A request stream over this engine: requests join the running batch as they are submitted
-        (``LLMEngine.add_request``) and each ``poll`` is one engine step (``LLMEngine.step``), which returns the
-        requests that finished in it. One stream at a time; ``generate`` must not run meanwhile."""
+        (``LLMEngine.add_request``) and each ``poll`` is one engine step (``LLMEngine.step``), which
+        returns the requests that finished in it. One stream at a time; no ``generate`` meanwhile."""
         self.stats.calls += 1
         return VLLMStream(self)
 

@@ -49,7 +49,9 @@ def list_runs(scheduler: SchedulerDep) -> list[dict]:
 
 
 @router.get("/{run_id}", response_model=RunView)
-async def get_run(run_id: str, request: Request, scheduler: SchedulerDep, live_redis: LiveRedisDep) -> Response:
+async def get_run(
+    run_id: str, request: Request, scheduler: SchedulerDep, live_redis: LiveRedisDep
+) -> Response:
     """The run's status, progress and per-iteration numbers (what a dashboard polls).
 
     Built only when something changed, and then once, however many clients poll:
@@ -118,6 +120,8 @@ def _refresh_in_background(run_id: str, state: dict[str, str] | None, scheduler:
             log.warning("rebuilding the view of run %s failed: %s", run_id, finished.exception())
 
     task.add_done_callback(done)
+
+
 @router.post("/{run_id}/cancel", response_model=RunStatusChange)
 def cancel(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatusChange:
     """Marks the run cancelled first, then stops its jobs. A run whose config.json no longer reads
