@@ -111,39 +111,17 @@ def test_a_body_is_served_as_built_until_the_state_or_the_files_change(run) -> N
     state = scheduler.states["cached"]
     assert bodies.lookup("cached", state) is None  # nothing built yet
     body = bodies.build("cached", state, scheduler)
-    assert bodies.lookup("cached", state) == (body, True)
-    assert bodies.serialised == 1
-    # a finished shard: the last body is still there, marked stale (the route refreshes it)
-    finish_shard(paths, "sample", 0)
-    stale, fresh = bodies.lookup("cached", state)
-    assert stale == body and not fresh
+    assert bodies.lookup("cached", state) == body
+    assert bodies.lookup("cached", dict(state)) == body and bodies.serialised == 1
+    finish_shard(paths, "sample", 0)  # a finished shard: the next answer must be built anew
+    assert bodies.lookup("cached", state) is None
     rebuilt = bodies.build("cached", state, scheduler)
-    assert rebuilt != body and bodies.lookup("cached", state) == (rebuilt, True)
-    # a new state is never answered from the old body
-    moved = state | {"status": "cancelled", "updated_at": "9"}
+    assert rebuilt != body and bodies.lookup("cached", state) == rebuilt
+    moved = state | {"status": "cancelled", "updated_at": "9"}  # a new state: never the old body
     assert bodies.lookup("cached", moved) is None
-
-
-def test_a_new_state_is_built_from_the_last_files_part_then_marked_stale(run) -> None:
-    import json
-
-    from services.api.views import RunViewBodies
-
-    paths, scheduler = run
-    bodies = RunViewBodies()
-    state = scheduler.states["cached"]
+    paths.changes.unlink()  # a run made by an older spar: never served from the cache
     bodies.build("cached", state, scheduler)
-    builds = views.DISK_VIEWS.builds
-    finish_shard(paths, "sample", 0)  # files changed...
-    moved = state | {"status": "cancelled", "updated_at": "9"}  # ...and the status too
-    body = bodies.build("cached", moved, scheduler, stale_disk=True)
-    view = json.loads(body)
-    assert view["status"] == "cancelled"  # the state is the new one
-    assert views.DISK_VIEWS.builds == builds  # no file was read for it
-    assert next(p for p in view["progress"] if p["stage"] == "sample")["done"] == 0
-    assert bodies.lookup("cached", moved) == (body, False)  # so the route refreshes it next
-    fresh = json.loads(bodies.build("cached", moved, scheduler))
-    assert next(p for p in fresh["progress"] if p["stage"] == "sample")["done"] == 1
+    assert bodies.lookup("cached", state) is None
 
 
 def test_unknown_removed_and_overlong_runs_are_404(run, tmp_path: Path) -> None:
@@ -220,59 +198,53 @@ def test_the_scheduler_reports_each_state_it_writes(tmp_path: Path) -> None:
         assert changed == ["r1", "r1", "r1"]
 
 
-def test_concurrent_polls_build_a_view_once_and_get_the_last_one_during_a_refresh(
+def test_concurrent_polls_build_each_changed_view_once_and_see_every_change(
     run, tmp_path: Path, monkeypatch
 ) -> None:
-    """Through the route: 20 clients polling at once cause one build; after a finished shard they
-    get the previous view while ONE rebuild runs, then the new one."""
+    """Through the route: 20 clients polling at once cause one build, and so does each change;
+    a finished shard shows in the very next answers."""
     import asyncio
     import json
     import time
 
     import httpx
-    from redis import Redis
     from service_harness import TOKEN, private_redis
 
+    from redis import Redis
     from services.api import Settings, create_app
     from services.scheduler import Scheduler
 
     paths, _ = run
-    builds: list[bool] = []
+    builds: list[str] = []
     real_build = views.RUN_VIEW_BODIES.build
 
-    def slow_build(run_id, state, scheduler, stale_disk=False):  # noqa: ANN001, ANN202
-        builds.append(stale_disk)
-        time.sleep(0.3)  # a long build: every poll meanwhile would start its own without single-flight
-        return real_build(run_id, state, scheduler, stale_disk)
+    def slow_build(run_id, state, scheduler):  # noqa: ANN001, ANN202
+        builds.append(run_id)
+        time.sleep(0.3)  # a long build: without single-flight every poll meanwhile would start one
+        return real_build(run_id, state, scheduler)
 
     monkeypatch.setattr(views.RUN_VIEW_BODIES, "build", slow_build)
     done = lambda body: next(p for p in json.loads(body)["progress"] if p["stage"] == "sample")["done"]  # noqa: E731
-    builds_for_first: list[int] = []
 
     with private_redis(tmp_path) as url:
-        app = create_app(
-            Settings(api_token=TOKEN, scheduler=False, redis_url=url, data_root=paths.root.parent)
-        )
+        app = create_app(Settings(api_token=TOKEN, scheduler=False, redis_url=url, data_root=paths.root.parent))
         Scheduler(Redis.from_url(url)).register(paths)
 
-        async def scenario() -> tuple[list, list, bytes]:
+        async def scenario() -> tuple[list, int, list, list]:
             transport = httpx.ASGITransport(app=app)
             headers = {"Authorization": f"Bearer {TOKEN}"}
             async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=headers) as c:
-                first = await asyncio.gather(*(c.get(f"/v1/runs/{paths.run_id}") for _ in range(20)))
-                builds_for_first.append(len(builds))
+                poll = lambda: asyncio.gather(*(c.get(f"/v1/runs/{paths.run_id}") for _ in range(20)))  # noqa: E731
+                first = await poll()
+                builds_first = len(builds)
+                again = await poll()  # nothing changed: no build at all
                 finish_shard(paths, "sample", 0)
-                second = await asyncio.gather(*(c.get(f"/v1/runs/{paths.run_id}") for _ in range(20)))
-                for _ in range(100):  # the background rebuild lands
-                    await asyncio.sleep(0.05)
-                    last = (await c.get(f"/v1/runs/{paths.run_id}")).content
-                    if done(last) == 1:
-                        break
-            return first, second, last
+                second = await poll()
+            return first, builds_first, again, second
 
-        first, second, last = asyncio.run(scenario())
-    assert {r.status_code for r in first + second} == {200}
-    assert len({r.content for r in first}) == 1 and builds_for_first == [1]  # one build for 20 polls
-    assert {r.content for r in second} == {first[0].content}  # the previous view, not a wait
-    assert done(first[0].content) == 0 and done(last) == 1
-    assert len(builds) == 2 and builds[1] is False  # ONE refresh (files re-read) for the 20 stale polls
+        first, builds_first, again, second = asyncio.run(scenario())
+    assert {r.status_code for r in first + again + second} == {200}
+    assert builds_first == 1 and len({r.content for r in first}) == 1  # one build for 20 polls
+    assert {r.content for r in again} == {first[0].content}
+    assert {done(r.content) for r in second} == {1} and done(first[0].content) == 0  # seen at once
+    assert len(builds) == 2  # and one build for the change, however many polled

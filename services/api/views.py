@@ -89,11 +89,6 @@ class DiskViewCache:
                     self._entries.popitem(last=False)
         return view
 
-    def last(self, paths: RunPaths) -> tuple[tuple[int, int], dict[str, Any]] | None:
-        """The last view built for this run and the stamp it was built at, however old."""
-        with self._lock:
-            return self._entries.get(str(paths.root))
-
 
 DISK_VIEWS = DiskViewCache()
 
@@ -201,9 +196,7 @@ class RunViewBodies:
 
     def __init__(self, capacity: int = 256) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[str, tuple[tuple[tuple[str, str], ...], tuple[int, int] | None, bytes]] = (
-            OrderedDict()
-        )
+        self._entries: OrderedDict[str, tuple[tuple[tuple[str, str], ...], tuple[int, int], bytes]] = OrderedDict()
         self._lock = threading.Lock()
         self.serialised = 0
 
@@ -214,48 +207,35 @@ class RunViewBodies:
         check_run_id(run_id)
         return paths_from_state(run_id, state)
 
-    def lookup(self, run_id: str, state: dict[str, str] | None) -> tuple[bytes, bool] | None:
-        """The last body for this state: ``(body, True)`` when the run's files did not change since,
-        ``(body, False)`` when they did (the caller serves it while one rebuild runs), ``None`` when
-        there is none for this state. Raises 404 for an unknown or removed run."""
+    def lookup(self, run_id: str, state: dict[str, str] | None) -> bytes | None:
+        """The cached body when neither the state nor the run's files changed since it was built,
+        else ``None`` (the caller builds). Raises 404 for an unknown or removed run."""
         paths = self._paths(run_id, state)
         stamp = paths.change_stamp()
         assert state is not None
         with self._lock:
             hit = self._entries.get(run_id)
-            if hit is None or hit[0] != tuple(sorted(state.items())):
+            if stamp is None or hit is None or hit[1] != stamp or hit[0] != tuple(sorted(state.items())):
                 return None
             self._entries.move_to_end(run_id)
-            return hit[2], stamp is not None and hit[1] == stamp
+            return hit[2]
 
-    def build(
-        self, run_id: str, state: dict[str, str] | None, scheduler: Scheduler, stale_disk: bool = False
-    ) -> bytes:
-        """Build the body (disk part from :data:`DISK_VIEWS`) and keep it under the stamp taken first.
-
-        ``stale_disk``: use the last disk part built, whatever its age, and keep the body under that
-        part's stamp, so that the next lookup sees it as stale and has it refreshed in the
-        background. A changed state (a new status) is then answered at once, without reading files.
-        """
+    def build(self, run_id: str, state: dict[str, str] | None, scheduler: Scheduler) -> bytes:
+        """Build the body (disk part from :data:`DISK_VIEWS`) and keep it under the stamp taken first."""
         from .models import RunView
 
         paths = self._paths(run_id, state)
         assert state is not None
-        last = DISK_VIEWS.last(paths) if stale_disk else None
-        if last is not None:  # only the state changed, or the caller serves first and refreshes after
-            stamp, disk = last
-            view = {**run_view_live(run_id, paths, state), **disk}
-        else:
-            stamp = paths.change_stamp()  # before the build: a change meanwhile makes the next lookup miss
-            view = run_view(run_id, paths, scheduler, state)
+        stamp = paths.change_stamp()  # before the build: a change meanwhile makes the next lookup miss
+        view = run_view(run_id, paths, scheduler, state)
         body = RunView.model_validate(view).model_dump_json(by_alias=True).encode()
         with self._lock:
             self.serialised += 1
-            # a run without a change journal (stamp None) is kept too, but never counts as fresh
-            self._entries[run_id] = (tuple(sorted(state.items())), stamp, body)
-            self._entries.move_to_end(run_id)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+            if stamp is not None:  # a run without a change journal is never cached
+                self._entries[run_id] = (tuple(sorted(state.items())), stamp, body)
+                self._entries.move_to_end(run_id)
+                while len(self._entries) > self.capacity:
+                    self._entries.popitem(last=False)
         return body
 
 

@@ -49,54 +49,41 @@ def list_runs(scheduler: SchedulerDep) -> list[dict]:
 
 
 @router.get("/{run_id}", response_model=RunView)
-async def get_run(
-    run_id: str, request: Request, scheduler: SchedulerDep, live_redis: LiveRedisDep
-) -> Response:
+async def get_run(run_id: str, request: Request, scheduler: SchedulerDep, live_redis: LiveRedisDep) -> Response:
     """The run's status, progress and per-iteration numbers (what a dashboard polls).
 
     Built only when something changed, and then once, however many clients poll:
     - the scheduler's state comes from ``LiveStates`` (Redis, reused for ``view_state_ttl``);
     - while that state and the run's files are unchanged, the body is the cached bytes
       (``RUN_VIEW_BODIES``, checked against ``RunView`` when built): no build, no serialisation;
-    - after a finished shard (the files changed, the state did not) the last body is served while
-      ONE rebuild runs in a worker thread: its readers never wait for a build;
-    - a changed state (status, stage, iteration) is answered with it at once (its files' part from
-      the last build, refreshed in the background as above): a new status is never stale.
+    - after a change, ONE build runs in a worker thread and every poll meanwhile waits for it:
+      a finished shard or a new status shows in the very next answer.
     """
     states: LiveStates = request.app.state.live_states
     state = await states.get(run_id, live_redis) if len(run_id) <= MAX_RUN_ID else None
-    found = RUN_VIEW_BODIES.lookup(run_id, state)
-    if found is None:  # a new state: answered now, from the last disk part when there is one
-        body = await _build_once(run_id, state, scheduler, stale_disk=True)
-        found = RUN_VIEW_BODIES.lookup(run_id, state)
-        fresh = found is not None and found[1]
-    else:
-        body, fresh = found
-    if not fresh:
-        _refresh_in_background(run_id, state, scheduler)
+    body = RUN_VIEW_BODIES.lookup(run_id, state)
+    if body is None:
+        body = await _build_once(run_id, state, scheduler)
     return Response(body, media_type="application/json")
 
 
-_BUILDING: dict[tuple[str, tuple[tuple[str, str], ...], bool], asyncio.Future[bytes]] = {}
-_REFRESHING: set[asyncio.Task] = set()
+_BUILDING: dict[tuple[str, tuple[tuple[str, str], ...]], asyncio.Future[bytes]] = {}
 
 
-async def _build_once(
-    run_id: str, state: dict[str, str] | None, scheduler: Scheduler, stale_disk: bool = False
-) -> bytes:
+async def _build_once(run_id: str, state: dict[str, str] | None, scheduler: Scheduler) -> bytes:
     """Build a changed view once, however many requests ask for it meanwhile (they wait for it).
 
     Without this, every request that arrives while a view is being built misses the cache and
     builds the same view again: 50 polling clients, 50 builds, all on one core.
     """
-    key = (run_id, tuple(sorted((state or {}).items())), stale_disk)
+    key = (run_id, tuple(sorted((state or {}).items())))
     running = _BUILDING.get(key)
     if running is not None:
         return await asyncio.shield(running)
     future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
     _BUILDING[key] = future
     try:
-        body = await run_in_threadpool(RUN_VIEW_BODIES.build, run_id, state, scheduler, stale_disk)
+        body = await run_in_threadpool(RUN_VIEW_BODIES.build, run_id, state, scheduler)
         future.set_result(body)
         return body
     except BaseException as error:
@@ -105,21 +92,6 @@ async def _build_once(
         raise
     finally:
         del _BUILDING[key]
-
-
-def _refresh_in_background(run_id: str, state: dict[str, str] | None, scheduler: Scheduler) -> None:
-    key = (run_id, tuple(sorted((state or {}).items())), False)
-    if key in _BUILDING:
-        return
-    task = asyncio.create_task(_build_once(run_id, state, scheduler))
-    _REFRESHING.add(task)  # a reference until done (the loop keeps only weak ones)
-
-    def done(finished: asyncio.Task) -> None:
-        _REFRESHING.discard(finished)
-        if not finished.cancelled() and finished.exception() is not None:
-            log.warning("rebuilding the view of run %s failed: %s", run_id, finished.exception())
-
-    task.add_done_callback(done)
 
 
 @router.post("/{run_id}/cancel", response_model=RunStatusChange)
