@@ -119,8 +119,14 @@ def main(argv: list[str] | None = None) -> int:
 
             check_token(Settings())  # a missing or short SPAR_API_TOKEN: one line, before uvicorn
             logs.configure(None, json_stderr=True)
+            logs.adopt("uvicorn")  # its start/stop lines as JSON; requests are logged by AccessLog
             uvicorn.run(
-                "services.api:create_app", factory=True, host=args.host, port=args.port, log_level="info"
+                "services.api:create_app",
+                factory=True,
+                host=args.host,
+                port=args.port,
+                log_config=None,
+                access_log=False,
             )
             return 0
         if args.command == "worker":

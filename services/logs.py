@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -48,3 +48,14 @@ def configure(events_file: Path | None = None, json_stderr: bool = False, level:
     stderr.setLevel(level if json_stderr else logging.WARNING)
     root.addHandler(stderr)
     root.propagate = False
+
+
+def adopt(name: str) -> None:
+    """Give another library's logger (``uvicorn``) spar's handlers, so that its lines are JSON too."""
+    theirs = logging.getLogger(name)
+    for handler in list(theirs.handlers):
+        theirs.removeHandler(handler)
+    for handler in logging.getLogger("spar").handlers:
+        theirs.addHandler(handler)
+    theirs.setLevel(logging.getLogger("spar").level)
+    theirs.propagate = False

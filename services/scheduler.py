@@ -40,10 +40,18 @@ from workers.stages.common import load_config
 log = logging.getLogger("spar.scheduler")
 
 RUNS_INDEX = "spar:runs"
+# ARGV: field, value pairs, the last pair being updated_at. 0: the run is not active (nothing
+# written); 1: active, every field already had its value (nothing written: updated_at is when the
+# state last CHANGED, and an unchanged state leaves every cached view of it valid); 2: written.
 _SET_IF_ACTIVE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'queued' and status ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+for i = 1, #ARGV - 2, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then
+    redis.call('HSET', KEYS[1], unpack(ARGV))
+    return 2
+  end
+end
 return 1
 """
 LOCK_KEY = "spar:scheduler:lock"
@@ -161,14 +169,20 @@ class Scheduler:
         """Write the scheduler's own status changes only while the run is still queued or running.
 
         A compare-and-set in one Lua call: a cancel that lands between a tick's read of the status
-        and its write must win, not be overwritten by "running" (or "failed").
+        and its write must win, not be overwritten by "running" (or "failed"). Fields that already
+        hold these values are not written again, nor is ``updated_at`` moved: every tick re-asserts
+        "running, iteration t, stage s", and a state that changed every second would invalidate
+        every poller's cached view (and tell a dashboard "updated now" when nothing happened).
+        Returns whether the run is still active.
         """
         args: list[str] = []
-        for k, v in {**{k: str(v) for k, v in fields.items()}, "updated_at": str(time.time())}.items():
-            args += [k, v]
-        written = bool(self._cas(keys=[run_key(run_id)], args=args))
-        self._changed(run_id)
-        return written
+        for k, v in fields.items():
+            args += [k, str(v)]
+        args += ["updated_at", str(time.time())]
+        outcome = int(self._cas(keys=[run_key(run_id)], args=args))
+        if outcome == 2:
+            self._changed(run_id)
+        return outcome > 0
 
     # ----- ticking ----------------------------------------------------------------------------
     def tick(self) -> None:

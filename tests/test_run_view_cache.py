@@ -110,10 +110,14 @@ def test_a_body_is_served_as_built_until_the_state_or_the_files_change(run) -> N
     bodies = RunViewBodies()
     state = scheduler.states["cached"]
     assert bodies.lookup("cached", state) is None  # nothing built yet
+    assert bodies.reads_files("cached", state)  # the first build reads the run's files
     body = bodies.build("cached", state, scheduler)
     assert bodies.lookup("cached", state) == body
     assert bodies.lookup("cached", dict(state)) == body and bodies.serialised == 1
+    # a new state alone: rebuilt from memory (the route does that inline, without a thread)
+    assert not bodies.reads_files("cached", state | {"stage": "judge"})
     finish_shard(paths, "sample", 0)  # a finished shard: the next answer must be built anew
+    assert bodies.reads_files("cached", state)
     assert bodies.lookup("cached", state) is None
     rebuilt = bodies.build("cached", state, scheduler)
     assert rebuilt != body and bodies.lookup("cached", state) == rebuilt
@@ -196,6 +200,17 @@ def test_the_scheduler_reports_each_state_it_writes(tmp_path: Path) -> None:
         scheduler._set("r1", status="running")
         scheduler._set_if_active("r1", stage="judge")
         assert changed == ["r1", "r1", "r1"]
+        # what every tick re-asserts: nothing changed, so nothing is written or reported
+        before = scheduler.state("r1")
+        assert scheduler._set_if_active("r1", status="running", stage="judge") is True
+        assert changed == ["r1"] * 3 and scheduler.state("r1") == before
+        assert scheduler._set_if_active("r1", stage="refine") is True  # one field differs: written
+        after = scheduler.state("r1")
+        assert changed == ["r1"] * 4 and after["stage"] == "refine"
+        assert float(after["updated_at"]) >= float(before["updated_at"])
+        scheduler._set("r1", status="cancelled")
+        assert scheduler._set_if_active("r1", status="running") is False  # a final state wins
+        assert scheduler.state("r1")["status"] == "cancelled" and changed == ["r1"] * 5
 
 
 def test_concurrent_polls_build_each_changed_view_once_and_see_every_change(
@@ -248,3 +263,69 @@ def test_concurrent_polls_build_each_changed_view_once_and_see_every_change(
     assert {r.content for r in again} == {first[0].content}
     assert {done(r.content) for r in second} == {1} and done(first[0].content) == 0  # seen at once
     assert len(builds) == 2  # and one build for the change, however many polled
+
+
+def test_the_cached_view_layer_answers_hits_only_and_exactly_as_the_route_would(run, tmp_path: Path) -> None:
+    """``CachedRunView`` (services/api/cached_view.py) serves a cached body before FastAPI; anything
+    else (no token, a wrong one, an unknown run, a change, another route) is the route's answer."""
+    import asyncio
+
+    import httpx
+    from service_harness import TOKEN, private_redis
+
+    from redis import Redis
+    from services.api import Settings, create_app
+    from services.scheduler import Scheduler
+
+    paths, _ = run
+    with private_redis(tmp_path) as url:
+        app = create_app(
+            Settings(api_token=TOKEN, scheduler=False, redis_url=url, data_root=paths.root.parent, view_state_ttl=0)
+        )
+        scheduler = Scheduler(Redis.from_url(url))
+        scheduler.register(paths)
+        view = f"/v1/runs/{paths.run_id}"
+
+        async def scenario() -> dict:
+            transport = httpx.ASGITransport(app=app)
+            good = {"Authorization": f"Bearer {TOKEN}"}
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
+                out = {"built": await c.get(view, headers=good)}
+                fast = app.state.cached_run_view
+                out["hits_after_build"] = fast.hits
+                out["hit"] = await c.get(view, headers=good)
+                out["hit_lower_scheme"] = await c.get(view, headers={"authorization": f"bearer {TOKEN}"})
+                out["hits_after_hit"] = fast.hits
+                out["no_token"] = await c.get(view)
+                out["wrong_token"] = await c.get(view, headers={"Authorization": f"Bearer {TOKEN}x"})
+                out["other_scheme"] = await c.get(view, headers={"Authorization": f"Basic {TOKEN}"})
+                out["unknown"] = await c.get("/v1/runs/nope", headers=good)
+                out["report_path"] = await c.get(view + "/report?format=md", headers=good)
+                out["hits_after_misses"] = fast.hits
+                scheduler.cancel(paths.run_id, paths)  # a new state: the next answer is built anew
+                out["cancelled"] = await c.get(view, headers=good)
+                finish_shard(paths, "sample", 0)  # a finished shard: likewise
+                out["shard_done"] = await c.get(view, headers=good)
+                out["hits_after_changes"] = fast.hits
+                out["hit_again"] = await c.get(view, headers=good)
+                out["hits_end"] = fast.hits
+            return out
+
+        out = asyncio.run(scenario())
+    built, hit = out["built"], out["hit"]
+    assert built.status_code == hit.status_code == out["hit_lower_scheme"].status_code == 200
+    assert hit.content == built.content == out["hit_lower_scheme"].content
+    assert hit.headers["content-type"] == built.headers["content-type"] == "application/json"
+    assert hit.headers["content-length"] == built.headers["content-length"]
+    assert out["hits_after_build"] == 0 and out["hits_after_hit"] == 2
+    for refused in ("no_token", "wrong_token", "other_scheme"):  # the route's 401, never the cached body
+        assert out[refused].status_code == 401 and out[refused].headers["www-authenticate"] == "Bearer"
+        assert "token" in out[refused].json()["detail"]
+    assert out["unknown"].status_code == 404 and "no run" in out["unknown"].json()["detail"]
+    assert out["report_path"].status_code == 200 and out["report_path"].headers["content-type"].startswith("text/markdown")
+    assert out["hits_after_misses"] == 2
+    assert out["cancelled"].json()["status"] == "cancelled"
+    progress = lambda r: next(p for p in r.json()["progress"] if p["stage"] == "sample")["done"]  # noqa: E731
+    assert progress(out["shard_done"]) == 1 and progress(out["cancelled"]) == 0
+    assert out["hits_after_changes"] == 2  # both changes went through the route
+    assert out["hit_again"].content == out["shard_done"].content and out["hits_end"] == 3

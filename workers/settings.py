@@ -57,6 +57,11 @@ class SparSettings(BaseSettings):
     max_iterations: int = Field(
         100, ge=1, le=1000, description="Most iterations a run created over the API may ask for."
     )
+    access_log: Literal["writes", "all", "off"] = Field(
+        "writes",
+        description="The API's access log (JSON lines, logger spar.api.access): 'writes' logs every request "
+        "that may change something and every answer >= 400, 'all' every request, 'off' none.",
+    )
     scheduler: bool = Field(True, description="Run the scheduler loop in the API process.")
     scheduler_interval: float = Field(1.0, gt=0, description="Seconds between scheduler ticks.")
     view_state_ttl: float = Field(

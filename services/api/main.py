@@ -22,6 +22,8 @@ from workers.settings import MIN_TOKEN_LENGTH
 
 from ..dashboard import router as dashboard_router
 from ..scheduler import Scheduler
+from .access_log import AccessLog
+from .cached_view import CachedRunView
 from .docs import add_docs
 from .limits import BodyLimit
 from .routes import health, iterations, refine, runs, workers
@@ -87,7 +89,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.live_states = LiveStates(settings.view_state_ttl)
     scheduler.on_change = app.state.live_states.forget
 
+    # innermost first: a cached run view is answered inside the body limit, before FastAPI's routing
+    app.add_middleware(CachedRunView, state=app.state)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(AccessLog, mode=settings.access_log)  # outermost: sees every answer, 413s too
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError):

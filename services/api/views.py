@@ -70,6 +70,13 @@ class DiskViewCache:
         self._lock = threading.Lock()
         self.builds = 0
 
+    def fresh(self, paths: RunPaths) -> bool:
+        """Whether :meth:`get` would answer from memory now (one ``stat``, no file read)."""
+        stamp = paths.change_stamp()
+        with self._lock:
+            hit = self._entries.get(str(paths.root))
+        return stamp is not None and hit is not None and hit[0] == stamp
+
     def get(self, paths: RunPaths, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         key = str(paths.root)
         stamp = paths.change_stamp()
@@ -219,6 +226,11 @@ class RunViewBodies:
                 return None
             self._entries.move_to_end(run_id)
             return hit[2]
+
+    def reads_files(self, run_id: str, state: dict[str, str] | None) -> bool:
+        """Whether :meth:`build` must read the run's files (its disk part is not in memory), or
+        only its new state is to be put in: a few hundred microseconds of CPU, no file read."""
+        return not DISK_VIEWS.fresh(self._paths(run_id, state))
 
     def build(self, run_id: str, state: dict[str, str] | None, scheduler: Scheduler) -> bytes:
         """Build the body (disk part from :data:`DISK_VIEWS`) and keep it under the stamp taken first."""
