@@ -12,7 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName", "color_message"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",  # uvicorn's copy of its message with terminal colours
+}
 
 
 class JsonFormatter(logging.Formatter):

@@ -37,7 +37,13 @@ def call(mode: str, method: str, status: int, fail: bool = False) -> tuple[list[
     async def receive():  # noqa: ANN202
         return {"type": "http.request", "body": b""}
 
-    scope = {"type": "http", "method": method, "path": "/v1/runs/r1", "query_string": b"x=secret", "client": ("10.0.0.9", 5123)}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": "/v1/runs/r1",
+        "query_string": b"x=secret",
+        "client": ("10.0.0.9", 5123),
+    }
     try:
         asyncio.run(AccessLog(answering(status, fail), mode)(scope, receive, send))  # type: ignore[arg-type]
     except RuntimeError:
@@ -69,7 +75,13 @@ def test_which_requests_are_logged(mode: str, method: str, status: int, logged: 
     assert len(records) == int(logged)
     if logged:
         r = records[0]
-        assert (r.method, r.path, r.status, r.client, r.event) == (method, "/v1/runs/r1", status, "10.0.0.9:5123", "api.request")
+        assert (r.method, r.path, r.status, r.client, r.event) == (
+            method,
+            "/v1/runs/r1",
+            status,
+            "10.0.0.9:5123",
+            "api.request",
+        )
         assert r.ms >= 0 and "secret" not in r.getMessage()
 
 
@@ -102,7 +114,11 @@ def test_the_api_logs_json_lines_with_the_fields() -> None:
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     access = [line for line in lines if line["logger"] == "spar.api.access"]
     assert len(access) == 1
-    assert access[0]["method"] == "GET" and access[0]["path"] == "/v1/runs/whatever" and access[0]["status"] == 401
+    assert (
+        access[0]["method"] == "GET"
+        and access[0]["path"] == "/v1/runs/whatever"
+        and access[0]["status"] == 401
+    )
 
 
 def test_the_setting_is_checked() -> None:

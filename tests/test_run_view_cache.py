@@ -223,9 +223,9 @@ def test_concurrent_polls_build_each_changed_view_once_and_see_every_change(
     import time
 
     import httpx
+    from redis import Redis
     from service_harness import TOKEN, private_redis
 
-    from redis import Redis
     from services.api import Settings, create_app
     from services.scheduler import Scheduler
 
@@ -271,16 +271,18 @@ def test_the_cached_view_layer_answers_hits_only_and_exactly_as_the_route_would(
     import asyncio
 
     import httpx
+    from redis import Redis
     from service_harness import TOKEN, private_redis
 
-    from redis import Redis
     from services.api import Settings, create_app
     from services.scheduler import Scheduler
 
     paths, _ = run
     with private_redis(tmp_path) as url:
         app = create_app(
-            Settings(api_token=TOKEN, scheduler=False, redis_url=url, data_root=paths.root.parent, view_state_ttl=0)
+            Settings(
+                api_token=TOKEN, scheduler=False, redis_url=url, data_root=paths.root.parent, view_state_ttl=0
+            )
         )
         scheduler = Scheduler(Redis.from_url(url))
         scheduler.register(paths)
@@ -322,7 +324,8 @@ def test_the_cached_view_layer_answers_hits_only_and_exactly_as_the_route_would(
         assert out[refused].status_code == 401 and out[refused].headers["www-authenticate"] == "Bearer"
         assert "token" in out[refused].json()["detail"]
     assert out["unknown"].status_code == 404 and "no run" in out["unknown"].json()["detail"]
-    assert out["report_path"].status_code == 200 and out["report_path"].headers["content-type"].startswith("text/markdown")
+    report = out["report_path"]
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/markdown")
     assert out["hits_after_misses"] == 2
     assert out["cancelled"].json()["status"] == "cancelled"
     progress = lambda r: next(p for p in r.json()["progress"] if p["stage"] == "sample")["done"]  # noqa: E731

@@ -415,6 +415,32 @@ def test_refiner_rft_lowers_the_target_nll(model_path, tmp_path) -> None:
     assert (tmp_path / "refiner" / "tokenizer_config.json").exists()
 
 
+def test_the_nll_probe_is_the_first_examples_and_zero_measures_nothing(model_path, tmp_path, monkeypatch) -> None:
+    from workers.training import refiner
+
+    probed: list[int] = []
+    real = refiner.mean_target_nll
+
+    def counting(model, rows, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        probed.append(len(rows))
+        return real(model, rows, *args, **kwargs)
+
+    monkeypatch.setattr(refiner, "mean_target_nll", counting)
+    examples = rft_examples()
+    assert len(examples) > 2
+    cfg = RefinerTrainConfig(
+        learning_rate=1e-3, max_steps=1, batch_size=1, grad_accum=1, max_length=256, nll_probe=2
+    )
+    metrics = refiner.train_refiner(model_path, examples, cfg, tmp_path / "two", seed=0)
+    assert probed == [2, 2] and metrics["target_nll_before"] > 0
+    probed.clear()
+    off = cfg.model_copy(update={"nll_probe": 0})
+    none = refiner.train_refiner(model_path, examples, off, tmp_path / "none", seed=0)
+    assert probed == [] and none["target_nll_before"] is None and none["target_nll_after"] is None
+    with pytest.raises(ValueError, match="nll_probe"):
+        RefinerTrainConfig(nll_probe=-1)
+
+
 def test_refiner_lora_saves_the_adapter_and_its_base(model_path, tmp_path) -> None:
     from workers.training.refiner import train_refiner
 

@@ -77,7 +77,9 @@ class CachedRunView:
                 return None  # unknown run: the route's 404
             return RUN_VIEW_BODIES.lookup(run_id, run_state)
         except Exception as exc:  # noqa: BLE001 - a removed run, Redis down: the route answers it
-            log.debug("cached view: passing on", extra={"event": "api.view_passthrough", "error": str(exc)[:200]})
+            log.debug(
+                "cached view: passing on", extra={"event": "api.view_passthrough", "error": str(exc)[:200]}
+            )
             return None
 
     def _authorised(self, scope: Scope) -> bool:

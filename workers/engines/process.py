@@ -432,7 +432,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--in-fd", type=int, required=True)
     parser.add_argument("--out-fd", type=int, required=True)
     args = parser.parse_args(argv)
-    os.environ["SPAR_ENGINE_HOST"] = "1"  # this process holds the engine alone (see vllm._engine_core_in_this_process)
+    # this process holds the engine alone (see vllm._engine_core_in_this_process)
+    os.environ["SPAR_ENGINE_HOST"] = "1"
     _die_with_parent()
     logging.basicConfig(level=settings().log_level, stream=sys.stderr)
     engine_level = settings().engine_log_level

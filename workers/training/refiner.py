@@ -63,9 +63,6 @@ def _messages(example: dict[str, Any], index: int) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-NLL_PROBE_EXAMPLES = 16
-
-
 @torch.no_grad()
 def mean_target_nll(
     model: Any,
@@ -138,10 +135,11 @@ def train_refiner(
     # Under ZeRO-3/FSDP the parameters are sharded across processes: the NLL check is a one-process affair.
     single = strategy == "none"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    # The before/after NLL is measured on a fixed probe of the first examples: a full pass over a large
-    # RFT mix would cost more than a short training run itself on CPU.
-    probe = rows[:NLL_PROBE_EXAMPLES]
-    nll_before = mean_target_nll(model.to(device), probe, pad_id, cfg.max_length) if single else math.nan
+    # The before/after NLL is measured on a fixed probe of the first examples (cfg.nll_probe): a full
+    # pass over a large RFT mix would cost more than a short training run itself on CPU.
+    probe = rows[: cfg.nll_probe] if single else []
+    # None when not measured (nll_probe 0, or sharded training): NaN is not JSON
+    nll_before = mean_target_nll(model.to(device), probe, pad_id, cfg.max_length) if probe else None
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -151,7 +149,7 @@ def train_refiner(
     )
     attach(trainer, "refiner", on_step)
     result, train_seconds = timed_train(trainer, checkpoint_dir)
-    nll_after = mean_target_nll(trainer.model, probe, pad_id, cfg.max_length) if single else math.nan
+    nll_after = mean_target_nll(trainer.model, probe, pad_id, cfg.max_length) if probe else None
     trainer.save_model(str(out_dir))
     metrics: dict[str, Any] = {
         "role": "refiner",
