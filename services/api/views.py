@@ -70,22 +70,27 @@ class DiskViewCache:
         self._lock = threading.Lock()
         self.builds = 0
 
+    def _hit(self, key: str, stamp: tuple[int, int] | None) -> dict[str, Any] | None:
+        """The view kept under ``key`` if it was built at ``stamp`` (marked recently used), else None."""
+        if stamp is None:
+            return None
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or hit[0] != stamp:
+                return None
+            self._entries.move_to_end(key)
+            return hit[1]
+
     def fresh(self, paths: RunPaths) -> bool:
         """Whether :meth:`get` would answer from memory now (one ``stat``, no file read)."""
-        stamp = paths.change_stamp()
-        with self._lock:
-            hit = self._entries.get(str(paths.root))
-        return stamp is not None and hit is not None and hit[0] == stamp
+        return self._hit(str(paths.root), paths.change_stamp()) is not None
 
     def get(self, paths: RunPaths, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         key = str(paths.root)
         stamp = paths.change_stamp()
-        if stamp is not None:
-            with self._lock:
-                hit = self._entries.get(key)
-                if hit is not None and hit[0] == stamp:
-                    self._entries.move_to_end(key)
-                    return hit[1]
+        hit = self._hit(key, stamp)
+        if hit is not None:
+            return hit
         view = build()
         self.builds += 1
         if stamp is not None:

@@ -432,8 +432,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--in-fd", type=int, required=True)
     parser.add_argument("--out-fd", type=int, required=True)
     args = parser.parse_args(argv)
+    from .vllm import ENGINE_HOST_ENV  # (no vLLM import: that module imports it lazily)
+
     # this process holds the engine alone (see vllm._engine_core_in_this_process)
-    os.environ["SPAR_ENGINE_HOST"] = "1"
+    os.environ[ENGINE_HOST_ENV] = "1"
     _die_with_parent()
     logging.basicConfig(level=settings().log_level, stream=sys.stderr)
     engine_level = settings().engine_log_level
