@@ -143,6 +143,11 @@ class VLLMEngineConfig(_Strict):
         "the model's dtype on GPU), bfloat16, float16 ...",
     )
     enable_prefix_caching: bool = Field(True, description="Judge/refine prompts share long prefixes.")
+    scheduling_policy: Literal["priority", "fcfs"] = Field(
+        "priority",
+        description="How vLLM orders requests it cannot start yet: priority (the streamed search's "
+        "trees furthest behind first, so they finish together) or fcfs (arrival order).",
+    )
     max_lora_rank: int = Field(
         64, ge=1, le=1024, description="Largest LoRA rank an adapter may have (<= 1024)."
     )
@@ -234,7 +239,13 @@ class JudgeConfig(_Strict):
 
 # Settings that change how a stage runs, never what it writes: kept out of the stage hash, so that
 # changing one neither invalidates finished stages nor stops a fork from reusing them.
-_EXECUTION_ONLY: dict[str, set[str]] = {"search": {"pipeline"}}
+# (vLLM's queue order is one: it changes when a request runs, never its texts; left out, it also
+# keeps the hashes of runs created before the setting existed.)
+_EXECUTION_ONLY: dict[str, Any] = {
+    "search": {"pipeline"},
+    "actor": {"vllm": {"scheduling_policy"}},
+    "refiner": {"vllm": {"scheduling_policy"}},
+}
 
 
 class SearchConfig(_Strict):

@@ -157,9 +157,9 @@ class MeteredStream:
     count: bool
     _asked: dict[object, int] = field(default_factory=dict)
 
-    def submit(self, tag: object, request: GenerationRequest) -> None:
+    def submit(self, tag: object, request: GenerationRequest, priority: int = 0) -> None:
         self._asked[tag] = request.n
-        self.inner.submit(tag, request)  # type: ignore[attr-defined]
+        self.inner.submit(tag, request, priority)  # type: ignore[attr-defined]
 
     def poll(self) -> list[tuple[object, list[str]]]:
         inner_stats = getattr(self.owner.inner, "stats", None)

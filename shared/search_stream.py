@@ -19,6 +19,14 @@ may differ: an engine whose sampling is not batch-invariant (vLLM's numerics can
 batch's composition) can give other texts for a seed, as it can between any two batch sizes; and
 ``cache_hits`` counts a child that joins an identical pair still being judged as no hit.
 
+Requests carry a scheduling priority: the trees furthest behind go first. A refinement of a tree's
+step ``s`` has priority ``2s``, the judgments of that step ``2s + 1`` (retries keep their step's
+value; lower runs first). When more is submitted than the engine runs at once, first-come order
+would let a tree that fell behind early (a tie re-judged, a reply retried) queue behind every later
+level of the others and finish alone at a small batch; served by remaining work, the trees finish
+together and the engine stays full to the end. Priorities order the queue only: every request and
+every tree is the same under any order.
+
 On a batch-only engine (``BatchedStream``) each wait runs everything submitted so far as one call:
 the engine calls then depend on the depth and the retry rounds, never on the number of trees.
 """
@@ -61,6 +69,7 @@ class _Step:
     """One tree's step: its expansions, the children parsed so far, and what it still waits for."""
 
     tree: Tree
+    number: int  # the steps this tree finished before this one (0 for the root's expansion)
     expansions: list[Expansion]
     children: list[_Child] = field(default_factory=list)
     waiting: int = 0  # refinement requests in flight + children without a judgment
@@ -73,6 +82,7 @@ class _Judging:
     prompt: str
     response: str
     round_no: int
+    priority: int  # of the step that asked first
     waiters: list[tuple[_Step, _Child]]
 
 
@@ -101,7 +111,7 @@ class StreamedSearch:
 
     def run(self) -> None:
         for tree in self.trees:
-            self._begin_step(tree)
+            self._begin_step(tree, 0)
         while self.stream.pending:
             for tag, texts in wait(self.stream):
                 if tag[0] == "refine":
@@ -117,17 +127,26 @@ class StreamedSearch:
     def _running(self) -> int:
         return sum(t.status is TreeStatus.RUNNING for t in self.trees)
 
-    def _begin_step(self, tree: Tree) -> None:
+    @staticmethod
+    def refine_priority(step: _Step) -> int:
+        """Lower runs first: a tree with more steps ahead of it (refine, then judge, per step)."""
+        return 2 * step.number
+
+    @staticmethod
+    def judge_priority(step: _Step) -> int:
+        return 2 * step.number + 1
+
+    def _begin_step(self, tree: Tree, number: int) -> None:
         expansions = next_expansions(tree, self.cfg)  # none: the tree is finished (status set there)
         if not expansions:
             return
-        step = _Step(tree, expansions)
+        step = _Step(tree, number, expansions)
         for index, expansion in enumerate(expansions):
             self._submit_refine(step, index, 0, expansion.children)
 
     def _submit_refine(self, step: _Step, index: int, attempt: int, n: int) -> None:
         request = refine_request(step.expansions[index], n, self.cfg, self.seed, attempt)
-        self.stream.submit(("refine", step, index, attempt), request)
+        self.stream.submit(("refine", step, index, attempt), request, self.refine_priority(step))
         step.waiting += 1
 
     def _refined(self, step: _Step, index: int, attempt: int, texts: list[str]) -> None:
@@ -164,9 +183,11 @@ class StreamedSearch:
         running = self.judging.get(key)
         if running is not None:  # the same pair is already being judged (another tree, same text)
             running.waiters.append((step, child))
+            running.priority = min(running.priority, self.judge_priority(step))  # for a tie's rounds
             return
-        self.judging[key] = _Judging(prompt, child.refined, 0, [(step, child)])
-        self.stream.submit(("judge", key, 0), self.llm.request(prompt, child.refined, 0))
+        priority = self.judge_priority(step)
+        self.judging[key] = _Judging(prompt, child.refined, 0, priority, [(step, child)])
+        self.stream.submit(("judge", key, 0), self.llm.request(prompt, child.refined, 0), priority)
 
     def _judged(self, key: str, round_no: int, texts: list[str]) -> None:
         assert self.llm is not None
@@ -174,9 +195,8 @@ class StreamedSearch:
         judgment = self.llm.conclude(entry.prompt, entry.response, texts, round_no)
         if not judgment.decided and round_no < self.llm.tie_retries:
             entry.round_no = round_no + 1
-            self.stream.submit(
-                ("judge", key, entry.round_no), self.llm.request(entry.prompt, entry.response, entry.round_no)
-            )
+            request = self.llm.request(entry.prompt, entry.response, entry.round_no)
+            self.stream.submit(("judge", key, entry.round_no), request, entry.priority)
             return
         del self.judging[key]
         self.llm.cache.put(judgment)
@@ -195,7 +215,7 @@ class StreamedSearch:
         advance(step.tree, grouped, self.cfg)
         self.steps_done += 1
         if step.tree.status is TreeStatus.RUNNING:
-            self._begin_step(step.tree)
+            self._begin_step(step.tree, step.number + 1)
         if self.on_step is not None:
             self.on_step(self.steps_done, self._running())
 

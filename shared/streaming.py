@@ -29,8 +29,13 @@ Done = list[tuple[Tag, list[str]]]
 class RequestStream(Protocol):
     """Requests in, results out in the order they finish (not the order they went in)."""
 
-    def submit(self, tag: Tag, request: GenerationRequest) -> None:
-        """Queue ``request``; its ``n`` completions come back from a later ``poll`` with ``tag``."""
+    def submit(self, tag: Tag, request: GenerationRequest, priority: int = 0) -> None:
+        """Queue ``request``; its ``n`` completions come back from a later ``poll`` with ``tag``.
+
+        ``priority`` orders the requests an engine cannot start yet (lower first, then by arrival):
+        a hint for a scheduling engine (vLLM with ``scheduling_policy: priority``), never a change
+        to what is generated. Engines without a queue of their own ignore it.
+        """
         ...
 
     def poll(self) -> Done:
@@ -69,7 +74,8 @@ class BatchedStream:
     _tags: list[Tag] = field(default_factory=list)
     _requests: list[GenerationRequest] = field(default_factory=list)
 
-    def submit(self, tag: Tag, request: GenerationRequest) -> None:
+    def submit(self, tag: Tag, request: GenerationRequest, priority: int = 0) -> None:
+        # one call runs everything submitted: there is no queue for a priority to order
         self._tags.append(tag)
         self._requests.append(request)
 

@@ -28,7 +28,10 @@ def call(mode: str, method: str, status: int, fail: bool = False) -> tuple[list[
     handler.emit = records.append  # type: ignore[method-assign]
     logger = logging.getLogger("spar.api.access")
     logger.addHandler(handler)
-    old_level, logger.level = logger.level, logging.INFO
+    old_level = logger.level
+    # setLevel, not `logger.level =`: only setLevel clears the logger's isEnabledFor cache, which an
+    # earlier test (the API answering a request) may have filled while INFO was off
+    logger.setLevel(logging.INFO)
     sent: list = []
 
     async def send(message):  # noqa: ANN001, ANN202
@@ -50,7 +53,7 @@ def call(mode: str, method: str, status: int, fail: bool = False) -> tuple[list[
         pass
     finally:
         logger.removeHandler(handler)
-        logger.level = old_level
+        logger.setLevel(old_level)
     return records, sent
 
 

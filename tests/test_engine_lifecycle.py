@@ -218,12 +218,13 @@ def test_a_stream_through_the_engine_host_answers_like_a_batch_and_frees_the_hos
         tags = [("tree", object()), "judge", 7, ("x", 1)]  # not JSON: they never leave this process
         got: dict[object, list[str]] = {}
         with open_stream(hosted) as stream:
-            for tag, request in zip(tags, REQUESTS, strict=True):
-                stream.submit(tag, request)
+            for priority, (tag, request) in enumerate(zip(tags, REQUESTS, strict=True)):
+                stream.submit(tag, request, priority)  # priorities travel; a batch engine ignores them
             while stream.pending:
                 got.update(stream.poll())
         assert [got[tag] for tag in tags] == expected
         assert hosted.stats.generated_tokens > 0
+        assert hosted.reset_prefix_cache() is False  # the HF engine has no prefix cache to empty
 
         with open_stream(hosted) as stream:  # closed with requests never polled
             stream.submit("left", REQUESTS[0])
@@ -306,6 +307,7 @@ def swap(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     engine = worker.engine_for("actor", v0)
     metered = MeteredEngine(engine)
     first = metered.generate(REQUESTS)
+    out["reset"] = engine.reset_prefix_cache()  # through the host, into vLLM
     out["v0"] = tree()
     out["v0_stats"] = metered.stats.snapshot()
     out["v0_host"] = worker.host_pids()
@@ -367,6 +369,10 @@ def test_after_a_swap_the_worker_holds_what_a_fresh_start_on_v1_holds(swap: dict
     assert swapped[1] == fresh[1]
     assert abs(swapped[0] - fresh[0]) < TOLERANCE * footprint
     assert swap["v0"][1] == fresh[1]  # v0's host and its engine core are gone, not added to
+
+
+def test_the_hosted_vllm_engine_empties_its_prefix_cache_when_idle(swap: dict) -> None:
+    assert swap["reset"] is True
 
 
 def test_one_engine_host_at_a_time_with_counted_tokens(swap: dict) -> None:

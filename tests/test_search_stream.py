@@ -76,9 +76,11 @@ class ShuffledStream:
     rng: random.Random
     inflight: list[tuple[object, GenerationRequest]] = field(default_factory=list)
     polls: int = 0
+    priorities: list[tuple[object, int]] = field(default_factory=list)
 
-    def submit(self, tag, request) -> None:
+    def submit(self, tag, request, priority: int = 0) -> None:
         self.inflight.append((tag, request))
+        self.priorities.append((tag, priority))
 
     def poll(self):
         self.polls += 1
@@ -315,3 +317,105 @@ def test_pipeline_is_left_out_of_the_stage_hash() -> None:
     other = RunConfig.model_validate(base | {"search": {"branching": 2}})
     assert on.stage_hash("refine") == off.stage_hash("refine")
     assert on.stage_hash("refine") != other.stage_hash("refine")
+
+
+@dataclass
+class SlotStream:
+    """A scheduling engine in miniature: ``slots`` requests run at once, each for ``ticks`` polls
+    (a refinement 3, a judgment 1, like their token budgets); what cannot start waits and starts
+    by (priority, arrival) when ``by_priority``, by arrival otherwise (vLLM's two policies)."""
+
+    engine: SeededEngine
+    slots: int
+    by_priority: bool
+    waiting: list[tuple[int, int, object, GenerationRequest]] = field(default_factory=list)
+    running: list[list] = field(default_factory=list)  # [polls left, tag, request]
+    arrivals: int = 0
+    polls: int = 0
+    underfilled: int = 0  # polls that ran fewer than ``slots`` requests
+
+    def submit(self, tag, request, priority: int = 0) -> None:
+        self.waiting.append((priority if self.by_priority else 0, self.arrivals, tag, request))
+        self.arrivals += 1
+
+    def poll(self):
+        self.waiting.sort(key=lambda item: item[:2])
+        while self.waiting and len(self.running) < self.slots:
+            _, _, tag, request = self.waiting.pop(0)
+            judging = request.messages[-1]["content"] != REFINE_INSTRUCTION
+            self.running.append([1 if judging else 3, tag, request])
+        self.polls += 1
+        self.underfilled += len(self.running) < self.slots
+        for item in self.running:
+            item[0] -= 1
+        done = [(tag, self.engine.answer(request)) for left, tag, request in self.running if left == 0]
+        self.running = [item for item in self.running if item[0] > 0]
+        return done
+
+    @property
+    def pending(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def close(self) -> None:
+        self.waiting, self.running = [], []
+
+
+@dataclass
+class SlotEngine(SeededEngine):
+    slots: int = 6
+    by_priority: bool = True
+    streams: list[SlotStream] = field(default_factory=list)
+
+    def open_stream(self) -> SlotStream:
+        self.streams.append(SlotStream(self, self.slots, self.by_priority))
+        return self.streams[-1]
+
+
+def test_streamed_requests_carry_their_steps_priority() -> None:
+    """Lower runs first: a tree's step ``s`` refines at ``2s`` and judges at ``2s + 1`` (retries and
+    tie rounds included), so the trees furthest behind are served first when the engine queues."""
+    cfg = SearchConfig(pipeline=True, strategy="bfs", branching=3, beam=2, max_depth=3)
+    engine = ShuffledEngine(order_seed=1)
+    run(engine, cfg, 9, 2)
+    submitted = engine.streams[0].priorities
+    refines = [(tag, p) for tag, p in submitted if tag[0] == "refine"]
+    judges = [(tag, p) for tag, p in submitted if tag[0] == "judge"]
+    for (_, step, index, _), priority in refines:
+        assert priority == 2 * step.number == 2 * step.expansions[index].node.depth  # BFS: step = depth
+    assert {p for _, p in refines} == {0, 2, 4}  # three levels
+    assert {p for _, p in judges} == {1, 3, 5}
+    rounds: dict[str, set[int]] = {}
+    for (_, key, _), priority in judges:
+        rounds.setdefault(key, set()).add(priority)
+    assert all(len(p) == 1 for p in rounds.values())  # a pair's tie rounds keep its priority
+    assert any(round_no > 0 for (_, _, round_no), _ in judges)  # ties were re-judged here
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:4], ids=[str(i) for i in range(4)])
+def test_the_queue_order_changes_no_tree(cfg) -> None:
+    """An engine that runs a few requests at a time and queues the rest, by priority or by arrival,
+    finishes them in a different order; the trees are the batched search's either way."""
+    for seed in range(2):
+        batched, _ = run(SeededEngine(), SearchConfig(pipeline=False, **cfg), 12, 3, seed)
+        for by_priority in (True, False):
+            engine = SlotEngine(slots=5, by_priority=by_priority)
+            streamed, _ = run(engine, SearchConfig(pipeline=True, **cfg), 12, 3, seed)
+            assert streamed == batched
+            assert engine.streams[0].underfilled < engine.streams[0].polls  # the queue was used
+
+
+def test_the_scheduling_policy_is_left_out_of_the_stage_hash() -> None:
+    """It orders requests in the engine's queue, never changes one: finished stages stay valid."""
+    from shared.config import RunConfig
+
+    base = {"prompts": "p.jsonl", "actor": {"model": "tiny"}}
+    runs = {
+        policy: RunConfig.model_validate(
+            base | {"refiner": {"model": "tiny", "engine": "vllm", "vllm": {"scheduling_policy": policy}}}
+        )
+        for policy in ("priority", "fcfs")
+    }
+    bigger = RunConfig.model_validate(base | {"refiner": {"model": "tiny", "engine": "vllm", "vllm": {"kv_cache_gb": 3}}})
+    for stage_name in ("judge", "refine"):
+        assert runs["priority"].stage_hash(stage_name) == runs["fcfs"].stage_hash(stage_name)
+        assert runs["priority"].stage_hash(stage_name) != bigger.stage_hash(stage_name)

@@ -150,6 +150,7 @@ def test_settings_resolved_for_the_cpu(engine) -> None:  # noqa: ANN001
     assert config.model_config.enforce_eager is True
     assert str(config.model_config.dtype) == f"torch.{_cpu_dtype()}"
     assert config.cache_config.kv_cache_memory_bytes == int(KV_CACHE_GB * 2**30)
+    assert config.scheduler_config.policy == "priority"  # the streamed search's priorities apply
 
 
 def test_mixed_batch_shapes_stops_and_token_limits(engine, tokenizer) -> None:  # noqa: ANN001
@@ -321,6 +322,63 @@ def test_a_stream_gives_each_seeded_request_what_a_batch_gives_it(engine, tokeni
     assert delta.generated_tokens == batch.generated_tokens > 0
 
 
+def test_a_stream_starts_waiting_requests_by_priority(engine, tokenizer) -> None:  # noqa: ANN001
+    """More long prompts than one step can prefill (chunked prefill is off on CPU, so a step takes
+    whole prompts up to its token budget): the lower priorities start, and finish, first."""
+    from shared.streaming import open_stream
+
+    budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    words = "and the river ran on past the mill " * 60
+    requests = [
+        GenerationRequest(messages=_user(f"{i} {words}"[:1150]), temperature=0.0, max_new_tokens=1)
+        for i in range(24)
+    ]
+    urgent = set(range(2, 24, 3))  # submitted last in each group of three, but first by priority
+    longest = max(_prompt_len(tokenizer, r) for r in requests)
+    assert longest < CONTEXT and len(urgent) * longest < budget  # the urgent ones fit one step
+    assert len(requests) * longest > 2 * budget  # all of them take several steps' prefill
+    finished: dict[int, int] = {}  # request -> the poll it came back in
+    with open_stream(engine) as stream:
+        for i, request in enumerate(requests):
+            stream.submit(i, request, 0 if i in urgent else 5)
+        polls = 0
+        while stream.pending:
+            polls += 1
+            finished.update((tag, polls) for tag, _ in stream.poll())
+    last_urgent = max(finished[i] for i in urgent)
+    after = [i for i in finished if i not in urgent and finished[i] > last_urgent]
+    # in arrival order the last urgent request (23) would come back last; by priority the urgent
+    # ones start together (the engine core may have begun on the first arrival alone before the
+    # others reached it), so most of the others are still to come when they are all back
+    assert len(after) >= (len(requests) - len(urgent)) // 2, finished
+
+
+def test_an_fcfs_engine_sends_every_stream_request_with_priority_0() -> None:
+    """vLLM refuses priorities other than 0 under ``fcfs``: the stream drops them there."""
+    from types import SimpleNamespace
+
+    from workers.engines.vllm import VLLMStream
+
+    added: list[int] = []
+    core = SimpleNamespace(add_request=lambda *args, priority, **kwargs: added.append(priority))
+    fake = SimpleNamespace(
+        config=VLLMEngineConfig(scheduling_policy="fcfs"),
+        stats=SimpleNamespace(requests=0, completions=0, overlong_truncated=0),
+        llm=SimpleNamespace(llm_engine=core),
+        lora_request=None,
+        _fit=lambda request: ([1, 2, 3], request),
+        _sampling_params=lambda request: SimpleNamespace(output_kind=None),
+    )
+    stream = VLLMStream(fake)  # type: ignore[arg-type]
+    stream.submit("a", GenerationRequest(messages=_user("x")), 7)
+    stream._enqueue()
+    fake.config = VLLMEngineConfig(scheduling_policy="priority")
+    prioritised = VLLMStream(fake)  # type: ignore[arg-type]
+    prioritised.submit("b", GenerationRequest(messages=_user("y")), 7)
+    prioritised._enqueue()
+    assert added == [0, 7]
+
+
 def test_closing_a_stream_aborts_what_runs_and_the_engine_serves_on(engine) -> None:  # noqa: ANN001
     from shared.streaming import open_stream
 
@@ -386,6 +444,25 @@ def _adapter(base: Path, out: Path, seed: int) -> Path:
                 param.normal_(0.0, 0.5)
     peft_model.save_pretrained(out)
     return out
+
+
+def test_the_prefix_cache_empties_between_runs(engine) -> None:  # noqa: ANN001
+    """Benchmarks start each measured run cold; a later run on the same prompts hits the cache again."""
+    from vllm import SamplingParams
+
+    prompt = {"prompt_token_ids": engine.prompt_token_ids(
+        GenerationRequest(messages=_user("cache me " * 40), max_new_tokens=2)
+    )}
+    params = SamplingParams(temperature=0.0, max_tokens=2)
+
+    def cached_tokens() -> int:
+        (output,) = engine.llm.generate([prompt], params, use_tqdm=False)
+        return int(output.num_cached_tokens or 0)
+
+    cached_tokens()
+    assert cached_tokens() > 0  # the second run found the prompt cached
+    assert engine.reset_prefix_cache() is True
+    assert cached_tokens() == 0
 
 
 def test_lora_adapters_switch_on_one_engine(engine, tiny_model_path: Path, tmp_path: Path) -> None:  # noqa: ANN001

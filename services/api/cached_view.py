@@ -17,12 +17,11 @@ only a shortcut for the answer it would have sent.
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .deps import MAX_RUN_ID
+from .deps import MAX_RUN_ID, token_matches
 from .views import RUN_VIEW_BODIES
 
 log = logging.getLogger("spar.api")
@@ -87,5 +86,5 @@ class CachedRunView:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, given = value.partition(b" ")
-                return scheme.lower() == b"bearer" and secrets.compare_digest(given.strip(), token.encode())
+                return scheme.lower() == b"bearer" and token_matches(given, token)
         return False

@@ -47,6 +47,16 @@ SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 LiveRedisDep = Annotated[AsyncRedis, Depends(get_live_redis)]
 
 
+def token_matches(given: str | bytes, expected: str) -> bool:
+    """The one comparison of a presented bearer token with ``SPAR_API_TOKEN``, in constant time.
+
+    Used by ``require_token`` and by the cached run view, which answers before FastAPI parses the
+    header; both must accept and refuse exactly the same tokens.
+    """
+    presented = given.encode() if isinstance(given, str) else given
+    return secrets.compare_digest(presented.strip(), expected.encode())
+
+
 async def require_token(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -55,8 +65,7 @@ async def require_token(
 
     ``async`` like the getters above: no I/O, so it never waits for a thread of the shared pool.
     """
-    given = credentials.credentials if credentials else ""
-    if not secrets.compare_digest(given.encode(), settings.api_token.encode()):
+    if not token_matches(credentials.credentials if credentials else "", settings.api_token):
         raise HTTPException(
             401,
             "missing or wrong bearer token (Authorization: Bearer $SPAR_API_TOKEN)",

@@ -179,6 +179,11 @@ class ProcessEngine:
         self._take_stats(reply)
         return reply["results"]
 
+    def reset_prefix_cache(self) -> bool:
+        """The hosted engine's ``reset_prefix_cache`` (False for an engine without a prefix cache)."""
+        with self._lock:
+            return bool(self._call({"op": "reset_prefix_cache"})["reset"])
+
     def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
         """Shut the engine down and end the child's whole process group. Idempotent."""
         if self._send is not None and self.proc.poll() is None and grace_s > 0:
@@ -223,10 +228,10 @@ class HostStream:
             self.host.close(grace_s=0)
             raise
 
-    def submit(self, tag: Any, request: GenerationRequest) -> None:
+    def submit(self, tag: Any, request: GenerationRequest, priority: int = 0) -> None:
         number = next(self._ids)
         self._tags[number] = tag
-        self._unsent.append([number, request.model_dump(mode="json")])
+        self._unsent.append([number, request.model_dump(mode="json"), int(priority)])
 
     def poll(self) -> list[tuple[Any, list[str]]]:
         if self._unsent:
@@ -369,6 +374,10 @@ def _serve(recv: IO[str], send: IO[str]) -> None:
                     requests = [GenerationRequest.model_validate(r) for r in message["requests"]]
                     results = engine.generate(requests)
                     reply({"ok": True, "results": results, "stats": _stats(engine)})
+                elif op == "reset_prefix_cache":
+                    assert engine is not None, "reset before start"
+                    reset = getattr(engine, "reset_prefix_cache", None)
+                    reply({"ok": True, "reset": bool(reset()) if callable(reset) else False})
                 elif op == "stream_open":
                     assert engine is not None, "stream before start"
                     reply({"ok": True})
@@ -413,8 +422,8 @@ def _serve_stream(engine: Any, inbox: queue.Queue[dict[str, Any] | None], reply:
                 if message is None or message["op"] == "close":  # the parent is ending this host
                     return False
                 if message["op"] == "stream_submit":
-                    for number, request in message["items"]:
-                        stream.submit(number, GenerationRequest.model_validate(request))
+                    for number, request, priority in message["items"]:
+                        stream.submit(number, GenerationRequest.model_validate(request), int(priority))
                 elif message["op"] == "stream_close":
                     stream.close()
                     reply({"ok": True, "closed": True, "stats": _stats(engine)})

@@ -102,6 +102,7 @@ def llm_kwargs(model_path: str, config: VLLMEngineConfig, seed: int, device: Dev
         "tensor_parallel_size": config.tensor_parallel_size,
         "max_model_len": config.max_model_len,
         "enable_prefix_caching": config.enable_prefix_caching,
+        "scheduling_policy": config.scheduling_policy,
         "trust_remote_code": config.trust_remote_code,
         "seed": seed,
         "enable_lora": lora,
@@ -313,6 +314,14 @@ class VLLMEngine:
         ids = self.prompt_token_ids(request)
         return ids, fit_to_context(request, len(ids), self.max_model_len, self.config.overlong)
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prompt prefix; False when vLLM refuses (requests still running).
+
+        For measurements: a run that follows another on the same prompts would otherwise start with
+        their prefixes cached and skip part of its prefill, so benchmarks start each run cold.
+        """
+        return bool(self.llm.reset_prefix_cache())
+
     def open_stream(self) -> VLLMStream:
         """A request stream over this engine: requests join the running batch as they are submitted
         (``LLMEngine.add_request``) and each ``poll`` is one engine step (``LLMEngine.step``), which
@@ -390,16 +399,19 @@ class VLLMStream:
     Submissions are buffered and enqueued together at the next ``poll``, so a burst of requests
     (a tree's retries and judgments) enters the running batch in one go. Over-long requests are
     skipped or truncated exactly as in ``generate``; a skipped one comes back with empty texts.
+    A request's priority orders vLLM's waiting queue (``scheduling_policy: priority``; with
+    ``fcfs`` every request goes in with 0, the only value vLLM then accepts).
     """
 
     def __init__(self, engine: VLLMEngine) -> None:
         self.engine = engine
-        self._queued: list[tuple[Any, GenerationRequest]] = []
+        self._prioritised = engine.config.scheduling_policy == "priority"  # fcfs refuses priorities
+        self._queued: list[tuple[Any, GenerationRequest, int]] = []
         self._running: dict[str, tuple[Any, GenerationRequest, Any]] = {}
         self._ready: list[tuple[Any, list[str]]] = []
 
-    def submit(self, tag: Any, request: GenerationRequest) -> None:
-        self._queued.append((tag, request))
+    def submit(self, tag: Any, request: GenerationRequest, priority: int = 0) -> None:
+        self._queued.append((tag, request, priority if self._prioritised else 0))
         self.engine.stats.requests += 1
         self.engine.stats.completions += request.n
 
@@ -407,8 +419,8 @@ class VLLMStream:
         engine, stats = self.engine, self.engine.stats
         prompts: list[dict[str, list[int]]] = []
         params: list[Any] = []
-        meta: list[tuple[Any, GenerationRequest, Any]] = []
-        for tag, request in self._queued:
+        meta: list[tuple[Any, GenerationRequest, Any, int]] = []
+        for tag, request, priority in self._queued:
             ids, fitted = engine._fit(request)
             if fitted is None:
                 stats.overlong_skipped += 1
@@ -418,16 +430,18 @@ class VLLMStream:
             param = engine._sampling_params(fitted)
             prompts.append({"prompt_token_ids": ids})
             params.append(param)
-            meta.append((tag, request, param))
+            meta.append((tag, request, param, priority))
         self._queued = []
         from vllm.sampling_params import RequestOutputKind
 
         core = engine.llm.llm_engine
-        for prompt, (tag, request, param) in zip(prompts, meta, strict=True):
+        for prompt, (tag, request, param, priority) in zip(prompts, meta, strict=True):
             # our own ids (outputs carry the id given here); only finished requests are reported
             request_id = f"spar-stream-{next(_STREAM_IDS)}"
             param.output_kind = RequestOutputKind.FINAL_ONLY
-            core.add_request(request_id, prompt, param, lora_request=engine.lora_request)
+            core.add_request(
+                request_id, prompt, param, lora_request=engine.lora_request, priority=priority
+            )
             self._running[request_id] = (tag, request, param)
 
     def poll(self) -> list[tuple[Any, list[str]]]:
