@@ -34,6 +34,7 @@ KNOWN_LLM_KWARGS = frozenset(
         "enforce_eager",
         "max_model_len",
         "enable_prefix_caching",
+        "scheduling_policy",
         "enable_lora",
         "max_lora_rank",
         "max_loras",

@@ -121,6 +121,7 @@ def test_gpu_constructor_passes_the_configured_settings(fake: FakeVLLM, model_di
         "max_model_len": 4096,
         "dtype": "bfloat16",
         "enable_prefix_caching": True,
+        "scheduling_policy": "priority",
         "trust_remote_code": True,
         "enforce_eager": True,
         "seed": 42,
