@@ -197,11 +197,15 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
         source = open_run(args.fork) if args.fork is not None else None
         paths = create_run(config, args.runs_dir, args.run_id, source=str(args.config))
         if source is not None:
-            from services.fork import fork_into
+            from services.fork import FORK_RECORD, fork_into
+            from workers.artifacts import read_json
 
             reused = fork_into(source, paths)
             listed = ", ".join(f"{s}@{t}" for t, s in reused) or "nothing (no stage is shared)"
             console.print(f"forked from {source.run_id}: reusing {listed}")
+            stopped = read_json(paths.root / FORK_RECORD).get("stopped")
+            if stopped:
+                console.print(f"  not reused from {stopped}")
     if args.cache_dir is not None:
         os.environ["SPAR_CACHE_DIR"] = str(args.cache_dir.resolve())
     _quiet_libraries()

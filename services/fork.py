@@ -10,6 +10,9 @@ provably identical, stopping at the first that is not:
   are what the stages before it wrote, so the prefix must match, not only the stage itself;
 * the stage's settings hash (``RunConfig.stage_hash``, recorded in each shard's completion record)
   must be the same under the new config, and every shard of it must be done in the source;
+* every shard must record the same resolved settings (engine release, dtype, training precision:
+  ``workers/resolved.py``) as this machine resolves for the new config: the same hash computed in
+  bfloat16 on one CPU and float32 on another is not the same output;
 * the prompts (their shard files, byte for byte) must be identical, else nothing is shared.
 
 Files are hard-linked where the file system allows (a fork costs no space), copied otherwise, and
@@ -21,6 +24,7 @@ what was reused, so the report can tell reused stages (and their wall time) from
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -30,7 +34,10 @@ from shared.errors import ConfigError
 from shared.records import ShardDone
 from shared.stages import pipeline, stage
 from workers.artifacts import RunPaths, read_json, write_json_atomic
+from workers.resolved import resolved_settings
 from workers.versions import version_dir
+
+log = logging.getLogger(__name__)
 
 FORK_RECORD = "fork.json"
 
@@ -54,14 +61,28 @@ def _prompts_identical(a: RunPaths, b: RunPaths) -> bool:
     return all(a.prompt_shard(k).read_bytes() == b.prompt_shard(k).read_bytes() for k in range(n))
 
 
-def _stage_reusable(source: RunPaths, config: RunConfig, iteration: int, name: str) -> bool:
+def stage_reuse_blocker(source: RunPaths, config: RunConfig, iteration: int, name: str) -> str | None:
+    """Why ``source``'s stage cannot stand in for ``config``'s on this machine; None when it can.
+
+    Same settings hash, every shard done, and the same resolved settings (engine release, dtype,
+    training precision: ``workers.resolved``) as this machine would use: a shard recorded before
+    those were recorded cannot be shown to match, so it is not reused.
+    """
     shards = source.num_prompt_shards() if stage(name).sharded else 1
     wanted = config.stage_hash(name)
+    here = resolved_settings(config, name)
     for shard in range(shards):
         done = source.shard_done(iteration, name, shard)
-        if not done.exists() or ShardDone.from_record(read_json(done)).config_hash != wanted:
-            return False
-    return True
+        if not done.exists():
+            return f"shard {shard} is not done"
+        record = ShardDone.from_record(read_json(done))
+        if record.config_hash != wanted:
+            return f"settings differ (hash {record.config_hash} there, {wanted} here)"
+        if record.resolved is None:
+            return f"shard {shard} does not record its resolved settings (made before they were recorded)"
+        if record.resolved != here:
+            return f"resolved differently: {record.resolved} there, {here} on this machine"
+    return None
 
 
 def _published(iteration: int, name: str) -> list[tuple[str, int]]:
@@ -72,10 +93,11 @@ def _published(iteration: int, name: str) -> list[tuple[str, int]]:
     return [(trains, iteration + 1)] if trains is not None else []
 
 
-def shared_prefix(source: RunPaths, target: RunPaths) -> list[tuple[int, str]]:
-    """The (iteration, stage) pairs at the head of ``target``'s pipeline that ``source`` already did."""
+def fork_plan(source: RunPaths, target: RunPaths) -> tuple[list[tuple[int, str]], str | None]:
+    """The (iteration, stage) pairs at the head of ``target``'s pipeline that ``source`` already did,
+    and why the shared prefix ends where it does (None when ``target``'s whole pipeline is shared)."""
     if not _prompts_identical(source, target):
-        return []
+        return [], "the prompt shards differ"
     src_config = RunConfig.model_validate(read_json(source.config)["config"])
     config = RunConfig.model_validate(read_json(target.config)["config"])
     src_order = list(
@@ -84,12 +106,23 @@ def shared_prefix(source: RunPaths, target: RunPaths) -> list[tuple[int, str]]:
     order = list(pipeline(config.stages, config.iterations, with_init=config.init is not None))
     reusable: list[tuple[int, str]] = []
     for position, step in enumerate(order):
+        where = f"{step[1]}@{step[0]}"
         if position >= len(src_order) or src_order[position] != step:
-            break
-        if not _stage_reusable(source, config, *step):
-            break
+            return reusable, f"{where}: the source's pipeline differs at this point"
+        blocker = stage_reuse_blocker(source, config, *step)
+        if blocker is not None:
+            log.info(
+                "fork stops here",
+                extra={"event": "fork.stop", "iteration": step[0], "stage": step[1], "reason": blocker},
+            )
+            return reusable, f"{where}: {blocker}"
         reusable.append(step)
-    return reusable
+    return reusable, None
+
+
+def shared_prefix(source: RunPaths, target: RunPaths) -> list[tuple[int, str]]:
+    """The (iteration, stage) pairs at the head of ``target``'s pipeline that ``source`` already did."""
+    return fork_plan(source, target)[0]
 
 
 def fork_into(source: RunPaths, target: RunPaths) -> list[tuple[int, str]]:
@@ -102,7 +135,7 @@ def fork_into(source: RunPaths, target: RunPaths) -> list[tuple[int, str]]:
         raise ConfigError("--fork: the source run is the new run itself")
     if any(target.root.glob("iter_*")) or (target.root / "models").exists():
         raise ConfigError(f"--fork: {target.root} has stages of its own; fork only into a new run")
-    reused = shared_prefix(source, target)
+    reused, stopped = fork_plan(source, target)
     for iteration, name in reused:
         src_dir = source.stage_dir(iteration, name)
         if src_dir.exists():
@@ -117,6 +150,7 @@ def fork_into(source: RunPaths, target: RunPaths) -> list[tuple[int, str]]:
             "source": str(source.root.resolve()),
             "source_run_id": source.run_id,
             "reused": [{"iteration": t, "stage": s} for t, s in reused],
+            "stopped": stopped,
             "forked_at": dt.datetime.now(dt.UTC).isoformat(),
         },
     )

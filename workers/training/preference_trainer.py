@@ -187,6 +187,9 @@ class PreferenceTrainer(DPOTrainer):
             torch.no_grad(),
             self._no_checkpointing(),
             self._reference_model(model) as ref,
+            # the reference in the policy's precision: bfloat16 autocast under mixed precision (a no-op
+            # otherwise), so that both log-ratios of a margin are computed alike
+            self.accelerator.autocast(),
         ):
             ref_main, _ = self.sequence_logps(
                 ref, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
@@ -276,7 +279,11 @@ class PreferenceTrainer(DPOTrainer):
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """Mean objective over the batch + ``sft_weight`` x mean per-token NLL of the chosen response(s)."""
         mode = "train" if self.model.training else "eval"
-        lp = self.batch_logps(model, inputs)
+        # Every forward of the batch (policy, reference, Sr rows) in the run's precision: bfloat16
+        # autocast under mixed precision (a no-op otherwise), whether or not the model was prepared
+        # yet, so that both sides of each log-ratio are computed alike.
+        with self.accelerator.autocast():
+            lp = self.batch_logps(model, inputs)
         per_item, sft, metrics = self.objective_losses(lp)
         preference = per_item.mean()
         loss = preference + self.args.sft_weight * sft.mean() if self.args.sft_weight else preference
