@@ -13,6 +13,7 @@ parser wires it in with :func:`add_prompts_commands` and dispatches with :func:`
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,6 +41,15 @@ def add_prompts_commands(subparsers: argparse._SubParsersAction) -> argparse.Arg
     synth.add_argument("--max-constraints", type=_constraints, default=4, help="1..4 constraints per prompt")
     synth.add_argument("--id-prefix", default="synth", help="ids are <prefix>-0000, <prefix>-0001, ...")
     synth.add_argument("--out", type=Path, required=True, help="JSONL file to write")
+    synth.add_argument(
+        "--exclude",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a prompt file (JSONL with 'prompt') whose prompts must not be drawn: keeps a validation "
+        "split disjoint from training (repeatable)",
+    )
     return prompts
 
 
@@ -62,8 +72,21 @@ def _cmd_synth(args: argparse.Namespace, console: Any) -> int:
     from workers.evaluation.synth import synthesize, write_jsonl
 
     started = time.perf_counter()
+    excluded: set[str] = set()
+    for path in args.exclude:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            excluded.update(json.loads(line)["prompt"] for line in lines if line.strip())
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"--exclude {path}: not a prompt file (JSONL with a 'prompt' per line): {exc}"
+            ) from exc
     records = synthesize(
-        args.n, seed=args.seed, max_constraints=args.max_constraints, id_prefix=args.id_prefix
+        args.n,
+        seed=args.seed,
+        max_constraints=args.max_constraints,
+        id_prefix=args.id_prefix,
+        exclude=excluded,
     )
     count = write_jsonl(records, args.out)
     usage = Counter(i for r in records for i in r["instruction_id_list"])

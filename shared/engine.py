@@ -84,6 +84,9 @@ class EngineStats:
     # empty completions, truncated ones ran with fewer new tokens than asked
     overlong_skipped: int = 0
     overlong_truncated: int = 0
+    # completions that ended because they reached max_new_tokens (not an end token or a stop string):
+    # the share of answers a token limit cut off, which a stage's limits should keep small
+    length_capped: int = 0
 
     def snapshot(self) -> EngineStats:
         return EngineStats(**vars(self))
@@ -96,7 +99,13 @@ class EngineStats:
 
 
 # What MeteredEngine takes from the wrapped engine's stats (it counts calls/requests itself).
-_INNER_COUNTS = ("prompt_tokens", "generated_tokens", "overlong_skipped", "overlong_truncated")
+_INNER_COUNTS = (
+    "prompt_tokens",
+    "generated_tokens",
+    "overlong_skipped",
+    "overlong_truncated",
+    "length_capped",
+)
 
 
 @dataclass

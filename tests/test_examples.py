@@ -60,12 +60,12 @@ def test_the_shipped_judge_benchmark_is_reproducible_held_out_and_correctly_labe
     examples = Path(__file__).resolve().parents[1] / "examples"
     benchmark = examples / "judge" / "heldout_pairs.jsonl"
     shipped = [json.loads(line) for line in benchmark.read_text().splitlines()]
-    assert shipped == init.build_judge_pairs(0, 32)  # what the script writes, nothing edited by hand
+    assert shipped == init.build_judge_pairs(0, 240)  # what the script writes, nothing edited by hand
     sft = [json.loads(line) for line in (examples / "init" / "refiner_sft.jsonl").read_text().splitlines()]
     assert sft == init.build(0, 96, 48)
     items = load_pairwise(benchmark)
-    assert len(items) == 32 and {i.label for i in items} == {1, 2}
-    assert len({i.input for i in items}) == 32
+    assert len(items) == 240 and {i.label for i in items} == {1, 2}  # >= 200: intervals of about +-6 points
+    assert len({i.input for i in items}) == 240
     sft_prompts = " ".join(m["content"] for e in sft for m in e["messages"] if m["role"] == "user")
     for item in items:
         topic = item.input.split(" about ")[1].split(".")[0]
@@ -73,3 +73,20 @@ def test_the_shipped_judge_benchmark_is_reproducible_held_out_and_correctly_labe
         assert f"about {topic}." not in sft_prompts  # the refiner is never fine-tuned on these topics
         other = item.output_2 if item.label == 1 else item.output_1
         assert _follows(item.input, item.preferred) and not _follows(item.input, other), item
+
+
+def test_the_experiment_prompt_splits_are_what_the_generator_writes_and_disjoint() -> None:
+    """Training (256) and validation (240) prompts: reproducible, disjoint from each other, from IFEval
+    (the generator redraws collisions) and from the judge benchmark's held-out topics."""
+    from workers.evaluation.synth import TOPICS, synthesize
+
+    prompts = Path(__file__).resolve().parents[1] / "examples" / "prompts"
+    read = lambda name: [json.loads(line) for line in (prompts / name).read_text().splitlines()]  # noqa: E731
+    train, val = read("synth_train.jsonl"), read("synth_val.jsonl")
+    assert train == synthesize(256, seed=1, max_constraints=2, id_prefix="train")
+    assert val == synthesize(
+        240, seed=2, max_constraints=2, id_prefix="val", exclude=[r["prompt"] for r in train]
+    )
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in val}
+    held_out = _init_data_module().HELD_OUT_TOPICS
+    assert not any(topic in synthetic for topic in held_out for synthetic in TOPICS)

@@ -208,7 +208,9 @@ class RunViewBodies:
 
     def __init__(self, capacity: int = 256) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[str, tuple[tuple[tuple[str, str], ...], tuple[int, int], bytes]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[tuple[tuple[str, str], ...], tuple[int, int], bytes]] = (
+            OrderedDict()
+        )
         self._lock = threading.Lock()
         self.serialised = 0
 

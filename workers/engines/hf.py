@@ -277,10 +277,14 @@ class HFEngine:
         new_tokens = sequences[:, width:].cpu().tolist()
 
         texts = []
+        limit = int(generation_config.max_new_tokens)
         for row, tokens in zip(batch, new_tokens, strict=True):
             tokens = self._trim(tokens)
             self.stats.prompt_tokens += len(row.prompt_ids)
             self.stats.generated_tokens += len(tokens)
+            # at the limit with no end token: cut off (a stop string ends a row earlier than this)
+            if len(tokens) >= limit and not (tokens and tokens[-1] in self.eos_token_ids):
+                self.stats.length_capped += 1
             texts.append(_cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), stop))
         return texts
 

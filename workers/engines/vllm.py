@@ -352,7 +352,7 @@ class VLLMEngine:
                 self.config.overlong,
             )
 
-        prompt_tokens = generated_tokens = 0
+        prompt_tokens = generated_tokens = capped = 0
         if prompts:
             kwargs: dict[str, Any] = {"sampling_params": params, "use_tqdm": False}
             if self.lora_request is not None:
@@ -366,6 +366,7 @@ class VLLMEngine:
                 results[index] = self._texts(output, param, requests[index], index)
                 prompt_tokens += len(output.prompt_token_ids or ())
                 generated_tokens += sum(len(c.token_ids) for c in output.outputs)
+                capped += _length_capped(output, param, requests[index])
 
         self.stats.calls += 1
         self.stats.requests += len(requests)
@@ -374,7 +375,15 @@ class VLLMEngine:
         self.stats.generated_tokens += generated_tokens
         self.stats.overlong_skipped += skipped
         self.stats.overlong_truncated += truncated
+        self.stats.length_capped += capped
         return results
+
+
+def _length_capped(output: Any, param: Any, request: GenerationRequest) -> int:
+    """How many of ``request``'s completions ``output`` ended at the token limit (vLLM's
+    ``finish_reason == "length"``); a greedy request's one generation stands for all its n."""
+    capped = sum(getattr(c, "finish_reason", None) == "length" for c in output.outputs)
+    return capped * (request.n // param.n if param.n != request.n else 1)
 
 
 _STREAM_IDS = itertools.count()
@@ -442,6 +451,7 @@ class VLLMStream:
             done.append((tag, self.engine._texts(output, param, request, tag)))
             self.engine.stats.prompt_tokens += len(output.prompt_token_ids or ())
             self.engine.stats.generated_tokens += sum(len(c.token_ids) for c in output.outputs)
+            self.engine.stats.length_capped += _length_capped(output, param, request)
         return done
 
     @property

@@ -26,7 +26,7 @@ from importlib.resources import files
 from typing import Any
 
 from shared.bootstrap import bootstrap_interval
-from shared.engine import Engine, GenerationRequest
+from shared.engine import Engine, EngineStats, GenerationRequest
 
 from .punkt import ensure_punkt
 
@@ -198,9 +198,15 @@ def evaluate_ifeval(
     if not items:
         raise ValueError("no IFEval prompts to evaluate")
     checker()  # fail on a missing package or Punkt model before spending time on generation
+    stats = getattr(engine, "stats", None)
+    before = stats.snapshot() if isinstance(stats, EngineStats) else None
     started = time.perf_counter()
     outputs = engine.generate(ifeval_requests(items, max_new_tokens))
     generation_s = time.perf_counter() - started
+    # answers the token limit cut off (a length constraint may need more room than the limit gives)
+    capped = (
+        stats.minus(before).length_capped if before is not None and isinstance(stats, EngineStats) else None
+    )
     if len(outputs) != len(items):
         raise RuntimeError(f"engine returned {len(outputs)} results for {len(items)} prompts")
     responses = [completions[0] for completions in outputs]
@@ -210,6 +216,8 @@ def evaluate_ifeval(
     result.update(
         {
             "max_new_tokens": max_new_tokens,
+            "length_capped": capped,
+            "length_capped_share": None if capped is None else capped / len(items),
             "generation_s": generation_s,
             "scoring_s": scoring_s,
             "prompts_per_s": len(items) / generation_s if generation_s > 0 else float("inf"),

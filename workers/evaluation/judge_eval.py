@@ -194,6 +194,9 @@ def evaluate_judge(
                 "other": _label_name(other),
                 "preferred_votes": [int(v) for v in preferred.vote.labels],
                 "other_votes": [int(v) for v in other.vote.labels],
+                # every sampled judgment text: what a reader re-scores the verdicts from
+                "preferred_judgments": list(preferred.texts),
+                "other_judgments": list(other.texts),
             }
         )
     n = len(items)

@@ -305,13 +305,18 @@ def compose_prompt(rng: random.Random, types: list[str]) -> dict[str, Any]:
 
 
 def synthesize(
-    n: int, seed: int = 0, max_constraints: int = 4, id_prefix: str = "synth"
+    n: int,
+    seed: int = 0,
+    max_constraints: int = 4,
+    id_prefix: str = "synth",
+    exclude: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
     """``n`` prompts with 1..``max_constraints`` constraints each, deterministic for ``seed``.
 
     Each record is ``{"id", "prompt", "instruction_id_list", "kwargs"}`` (IFEval's format: kwargs is a
-    list of dicts aligned with the ids). Prompts that repeat an earlier one or collide with IFEval
-    are redrawn.
+    list of dicts aligned with the ids). Prompts that repeat an earlier one, collide with IFEval or
+    appear in ``exclude`` (another split's prompts: a validation split disjoint from training) are
+    redrawn.
     """
     if n < 1:
         raise ValueError("n must be at least 1")
@@ -320,7 +325,7 @@ def synthesize(
     rng = random.Random(seed)
     types = instruction_types()
     usage: Counter[str] = Counter({t: 0 for t in types})
-    seen: set[str] = set()
+    seen: set[str] = set(exclude)
     records: list[dict[str, Any]] = []
     attempts = 0
     while len(records) < n:

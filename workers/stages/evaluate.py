@@ -25,6 +25,7 @@ IFEVAL_KEYS = (
     "average",
     "n_prompts",
     "ci95",
+    "length_capped_share",
 )
 JUDGE_KEYS = ("accuracy", "pointwise_accuracy", "pointwise_f1", "invalid_rate", "undecided_rate", "n")
 
@@ -104,7 +105,13 @@ def run_eval(
             result = evaluate_ifeval(engines.engine_for("actor", actor), e.ifeval_limit, e.max_new_tokens)
             ifeval.append({"version": actor.version, **{k: result[k] for k in IFEVAL_KEYS}})
             rows.append(
-                {"kind": "ifeval", "version": version_label(actor), "responses": result.get("responses", [])}
+                {
+                    "kind": "ifeval",
+                    "version": version_label(actor),
+                    "responses": result.get("responses", []),
+                    # per prompt, which instructions passed: what paired comparisons of versions read
+                    "records": result.get("records", []),
+                }
             )
         if actor is not None and held_out is not None:
             if progress is not None:
@@ -118,6 +125,7 @@ def run_eval(
                     "kind": "validation",
                     "version": version_label(actor),
                     "responses": result.get("responses", []),
+                    "records": result.get("records", []),
                 }
             )
         if refiner is not None and items is not None:
@@ -134,6 +142,7 @@ def run_eval(
                 seed=config.seed,
             )
             judge.append({"version": refiner.version, **{k: result[k] for k in JUDGE_KEYS}})
+            rows.append({"kind": "judge", "version": version_label(refiner), "records": result["records"]})
     write_jsonl_atomic(paths.shard(spec.iteration, "eval", spec.shard), rows)
     return StageResult(
         counts={"ifeval_versions": len(ifeval), "judge_versions": len(judge)},

@@ -49,7 +49,9 @@ def list_runs(scheduler: SchedulerDep) -> list[dict]:
 
 
 @router.get("/{run_id}", response_model=RunView)
-async def get_run(run_id: str, request: Request, scheduler: SchedulerDep, live_redis: LiveRedisDep) -> Response:
+async def get_run(
+    run_id: str, request: Request, scheduler: SchedulerDep, live_redis: LiveRedisDep
+) -> Response:
     """The run's status, progress and per-iteration numbers (what a dashboard polls).
 
     Built only when something changed, and then once, however many clients poll:
