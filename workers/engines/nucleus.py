@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where the filter runs: the run-record code reads ENV only
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ def nucleus_mask(logits: torch.Tensor, p: torch.Tensor, candidates: int = CANDID
 
     ``logits`` are the already temperature-scaled logits [B, V]; ``p`` the per-row top-p [B].
     """
+    import torch
+
     batch, vocab = logits.shape
     k = min(candidates, vocab)
     work = logits.float()
@@ -69,6 +73,8 @@ def nucleus_mask(logits: torch.Tensor, p: torch.Tensor, candidates: int = CANDID
 
 def _sorted_mask(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """vLLM's top-p rule by the full sort (the reference; used for rows the candidates do not cover)."""
+    import torch
+
     ordered, index = logits.sort(dim=-1, descending=False)
     cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
     masked = cumulative <= 1 - p.unsqueeze(1)
@@ -98,7 +104,9 @@ def register() -> None:
         return
     original = sampler.apply_top_k_top_p
 
-    def apply_top_k_top_p(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor | None) -> torch.Tensor:
+    def apply_top_k_top_p(
+        logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor | None
+    ) -> torch.Tensor:
         if k is None and p is not None and logits.device.type == "cpu":
             return apply_top_p(logits, p)
         return original(logits, k, p)
