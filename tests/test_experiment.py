@@ -20,7 +20,8 @@ EXPERIMENT = Path(__file__).resolve().parent.parent / "examples" / "experiment"
 # The module's fixture runs seven tiny runs (about 3 minutes on an idle 2-core machine); on a busy
 # one it needs more than the suite's default per-test limit.
 pytestmark = pytest.mark.timeout(2400)
-ARMS = ("main", "verifier", "samples", "sr_dpo", "iopo")
+ARMS = ("verifier", "main", "samples", "sr_dpo", "iopo")
+BASE = ARMS[0]  # issue #21: the verifier arm is run first; the others fork it
 
 
 def scaled_down(arm: str, tmp: Path, model: Path, iterations: int = 2) -> Path:
@@ -60,31 +61,29 @@ def scaled_down(arm: str, tmp: Path, model: Path, iterations: int = 2) -> Path:
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory, tiny_model_path: Path) -> dict[str, RunPaths]:
-    """The main arm from scratch, then each other arm forked from it, as docs/results describes."""
+    """The verifier arm from scratch, then each other arm forked from it, as docs/results describes."""
     tmp = tmp_path_factory.mktemp("experiment")
     runs = tmp / "runs"
-    # the main arm for 2 iterations (the loop carries over); each ablation for 1 (what it changes
-    # shows from the first iteration on), which keeps the suite's share of CI to minutes
-    configs = {arm: scaled_down(arm, tmp, tiny_model_path, 2 if arm == "main" else 1) for arm in ARMS}
-    assert (
-        main(["run", str(configs["main"]), "--runs-dir", str(runs), "--run-id", "main", "--no-progress"]) == 0
-    )
+    # the verifier arm for 2 iterations (the loop carries over); each other arm for 1 (what it
+    # changes shows from the first iteration on), which keeps the suite's share of CI to minutes
+    configs = {arm: scaled_down(arm, tmp, tiny_model_path, 2 if arm == BASE else 1) for arm in ARMS}
+    assert main(["run", str(configs[BASE]), "--runs-dir", str(runs), "--run-id", BASE, "--no-progress"]) == 0
     for arm in ARMS[1:]:
         argv = [
             "run",
             str(configs[arm]),
             "--fork",
-            str(runs / "main"),
+            str(runs / BASE),
             "--runs-dir",
             str(runs),
             "--run-id",
             arm,
         ]
         assert main([*argv, "--no-progress"]) == 0
-    # recipe tuning: the main arm's setting (reuses its training) and another, on the validation split
+    # recipe tuning: the verifier arm's setting (reuses its training) and another, on the validation split
     tune = scaled_down("tune", tmp, tiny_model_path, 1)
     for name, overrides in (("tune-same", []), ("tune-lr", ["--set", "train_actor.learning_rate=3.0e-4"])):
-        argv = ["run", str(tune), "--fork", str(runs / "main"), "--runs-dir", str(runs), "--run-id", name]
+        argv = ["run", str(tune), "--fork", str(runs / BASE), "--runs-dir", str(runs), "--run-id", name]
         assert main([*argv, "--no-progress", *overrides]) == 0
     return {arm: RunPaths(runs / arm) for arm in (*ARMS, "tune-same", "tune-lr")}
 
@@ -92,7 +91,7 @@ def experiment(tmp_path_factory, tiny_model_path: Path) -> dict[str, RunPaths]:
 def test_every_arm_runs_and_evaluates_each_version(experiment) -> None:
     for arm in ARMS:
         report = load_run(experiment[arm].root)
-        versions = ["v0", "v1", "v2"] if arm == "main" else ["v0", "v1"]
+        versions = ["v0", "v1", "v2"] if arm == BASE else ["v0", "v1"]
         assert list(report.ifeval_by_version()) == versions, arm
         assert list(report.judge_by_version()) == versions, arm
         for row in report.ifeval_by_version().values():
@@ -102,14 +101,15 @@ def test_every_arm_runs_and_evaluates_each_version(experiment) -> None:
 def test_each_arm_changes_what_it_says(experiment) -> None:
     config = {arm: read_json(experiment[arm].config)["config"] for arm in ARMS}
     assert config["verifier"]["judge"]["backend"] == "verifier"
+    assert config["main"]["judge"]["backend"] == "llm"
     assert config["samples"]["data"]["pairs_from"] == "samples"
     assert config["sr_dpo"]["train_actor"]["objective"] == "sr_dpo"
-    # beside the name and the one change, each arm is the main arm's config
-    main_config = config["main"]
-    for arm, change in (("verifier", "judge"), ("samples", "data"), ("sr_dpo", "train_actor")):
+    # beside the name and the one change, each arm is the verifier arm's config
+    base_config = config[BASE]
+    for arm, change in (("main", "judge"), ("samples", "data"), ("sr_dpo", "train_actor")):
         ignored = ("name", "iterations", change)
         other = {k: v for k, v in config[arm].items() if k not in ignored}
-        assert other == {k: v for k, v in main_config.items() if k not in ignored}, arm
+        assert other == {k: v for k, v in base_config.items() if k not in ignored}, arm
     meta = read_json(experiment["sr_dpo"].root / "models" / "actor" / "v1" / "spar_version.json")
     assert meta["objective"] == "sr_dpo"
     meta = read_json(experiment["iopo"].root / "models" / "actor" / "v1" / "spar_version.json")
@@ -123,11 +123,11 @@ def test_forked_arms_reuse_exactly_the_shared_stages(experiment) -> None:
     shared = {(0, "init"), (0, "sample"), (0, "judge"), (0, "refine")}
     assert reused["samples"] == shared  # the pairs differ from assembly on
     assert reused["sr_dpo"] == shared | {(0, "assemble")}  # the same pairs, another loss
-    assert reused["verifier"] == {(0, "init"), (0, "sample")}  # another judge from stage 2 on
+    assert reused["main"] == {(0, "init"), (0, "sample")}  # another judge from stage 2 on
     assert reused["iopo"] == shared | {(0, "assemble")}  # the groups are made after assembly
-    # the reused sample stage is the main arm's, byte for byte
-    main_samples = experiment["main"].shard(0, "sample", 0).read_bytes()
-    assert all(experiment[a].shard(0, "sample", 0).read_bytes() == main_samples for a in ARMS[1:])
+    # the reused sample stage is the verifier arm's, byte for byte
+    base_samples = experiment[BASE].shard(0, "sample", 0).read_bytes()
+    assert all(experiment[a].shard(0, "sample", 0).read_bytes() == base_samples for a in ARMS[1:])
 
 
 def test_the_report_compares_the_arms(experiment, tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ def test_the_report_compares_the_arms(experiment, tmp_path: Path) -> None:
     text = out.read_text()
     for title in (
         "IFEval by actor version",
-        "Difference from exp-main",
+        "Difference from exp-verifier",
         "Judge accuracy by refiner",
         "Wall time",
     ):
@@ -147,21 +147,21 @@ def test_the_report_compares_the_arms(experiment, tmp_path: Path) -> None:
         for version, row in r.ifeval_by_version().items():
             assert f"| {r.name()} | {version} | {100 * row['prompt_strict']:.1f} [" in text
     # the deltas are the differences of the per-version numbers above
-    base, other = runs["main"].ifeval_by_version(), runs["samples"].ifeval_by_version()
+    base, other = runs[BASE].ifeval_by_version(), runs["samples"].ifeval_by_version()
     delta = 100 * (other["v1"]["average"] - base["v1"]["average"])
-    line = next(x for x in text.splitlines() if x.startswith("| exp-samples - exp-main | v1 |"))
+    line = next(x for x in text.splitlines() if x.startswith("| exp-samples - exp-verifier | v1 |"))
     assert line.rstrip(" |").endswith(f"{delta:+.1f}")
     # a forked arm's wall time counts only what it computed
     own, reused = runs["sr_dpo"].wall_seconds()
-    assert reused > 0 and f"| {own / 60:.1f} | {reused / 60:.1f} | main |" in text
-    assert "Forked from `main`, reusing" in text and "*reused*" in text
+    assert reused > 0 and f"| {own / 60:.1f} | {reused / 60:.1f} | {BASE} |" in text
+    assert f"Forked from `{BASE}`, reusing" in text and "*reused*" in text
     assert main(["report", *dirs, "--out", str(tmp_path / "report.html")]) == 0
-    assert "exp-verifier" in (tmp_path / "report.html").read_text()
+    assert "exp-main" in (tmp_path / "report.html").read_text()
 
 
 def test_recipe_tuning_scores_the_validation_split_and_never_ifeval(experiment) -> None:
     same, other = load_run(experiment["tune-same"].root), load_run(experiment["tune-lr"].root)
-    # the main arm's own setting: its training is reused, so the tuned point is the main arm's v1
+    # the verifier arm's own setting: its training is reused, so the tuned point is its v1
     assert (0, "train_actor") in same.reused and (0, "train_actor") not in other.reused
     for r in (same, other):
         evaluation = r.iterations[0]["evaluation"]
