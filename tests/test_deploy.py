@@ -745,6 +745,10 @@ def test_keda_scaled_objects(rendered):
         assert target["metadata"]["name"] == f"worker-{role}"
         assert spec["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
         assert spec["scaleTargetRef"]["envSourceContainerName"] == main_container(target)["name"]
+        # KEDA owns the replica count: a `replicas` in the manifest would reset a scaled-up pool at every
+        # `kubectl apply` and stop its busy pods; without KEDA the overlay keeps its fixed count
+        assert "replicas" not in target["spec"], f"worker-{role}: replicas fights the ScaledObject"
+        assert objects(rendered["gpu"], "Deployment")[f"worker-{role}"]["spec"]["replicas"] == 1
         # never to zero: running RQ jobs are off the list, scaling to zero would kill them
         assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
         (trigger,) = spec["triggers"]
