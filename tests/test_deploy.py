@@ -991,3 +991,67 @@ def test_compose_every_service_has_cpu_and_memory_limits():
     names = re.findall(r"\$\{(SPAR_[A-Z_]+_(?:CPUS|MEMORY)):-", COMPOSE.read_text(encoding="utf-8"))
     assert len(names) >= 2 * len(services)
     assert [n for n in names if f"`{n}`" not in readme] == []
+
+
+# --------------------------------------------------------------------------------------------- multi-node
+
+
+def test_multinode_overlay_trains_one_stage_across_nodes():
+    """gpu-multinode: a JobSet of indexed GPU pods whose environment is what
+    workers.training.launch.Machines reads, a headless Service naming node 0, and a NetworkPolicy that
+    admits the nodes to each other only."""
+    import kubernetes_validate
+
+    from workers.training.launch import DEFAULT_RENDEZVOUS_PORT, Machines
+
+    docs = build(DEPLOY / "overlays" / "gpu-multinode")
+    for doc in docs:
+        if not doc["apiVersion"].startswith("jobset.x-k8s.io/"):  # a CRD: checked field by field here
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert all(d["metadata"].get("namespace") == "spar" for d in docs if d["kind"] != "Namespace")
+    jobset = objects(docs, "JobSet")["train-multinode"]
+    assert jobset["apiVersion"] == "jobset.x-k8s.io/v1alpha2"
+    spec = jobset["spec"]
+    assert spec["suspend"] is True  # a template: nothing trains until a run, iteration and stage are set
+    assert spec["failurePolicy"]["maxRestarts"] >= 1  # a lost node restarts the group, which resumes
+    (replicated,) = spec["replicatedJobs"]
+    job = replicated["template"]["spec"]
+    assert replicated["replicas"] == 1 and job["completionMode"] == "Indexed"
+    assert job["parallelism"] == job["completions"]
+    pod = job["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "spar:train"
+    assert container["command"] == ["python", "-m", "workers.training.node"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
+    assert pod["securityContext"]["runAsUser"] == 10001 and pod["automountServiceAccountToken"] is False
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": DATA_PVC}} in pod["volumes"]
+    env = {e["name"]: e for e in container["env"]}
+    assert int(env["SPAR_NUM_MACHINES"]["value"]) == job["completions"]
+    rank = env["SPAR_MACHINE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert rank == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    # node 0's stable name: <jobset>-<replicated job>-<job index>-<pod index>.<subdomain>
+    subdomain = spec["network"]["subdomain"]
+    main = f"{jobset['metadata']['name']}-{replicated['name']}-0-0.{subdomain}"
+    assert spec["network"]["enableDNSHostnames"] is True and env["SPAR_MAIN_PROCESS_IP"]["value"] == main
+    port = int(env["SPAR_MAIN_PROCESS_PORT"]["value"])
+    assert port == DEFAULT_RENDEZVOUS_PORT
+    machines = Machines.from_env(
+        {k: e.get("value", "1") for k, e in env.items()}  # the completion index of pod 1
+    )
+    assert machines == Machines(job["completions"], 1, main, port)
+    labels = job["template"]["metadata"]["labels"]
+    service = objects(docs, "Service")[subdomain]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert _selects({"matchLabels": service["spec"]["selector"]}, labels)
+    assert [p["port"] for p in service["spec"]["ports"]] == [port]
+    # the nodes reach each other (rendezvous and collectives); the worker policy does not cover them
+    policies = objects(docs, "NetworkPolicy")
+    node_policy = policies["spar-train-nodes"]
+    assert _selects(node_policy["spec"]["podSelector"], labels)
+    (rule,) = node_policy["spec"]["ingress"]
+    assert [_selects(s["podSelector"], labels) for s in rule["from"]] == [True]
+    assert not _selects(node_policy["spec"]["podSelector"], {"app.kubernetes.io/component": "worker-train"})
+    assert not _selects(policies["spar-workers"]["spec"]["podSelector"], labels)
+    assert not any(
+        _selects(s["podSelector"], labels) for s in policies["redis-clients"]["spec"]["ingress"][0]["from"]
+    )
