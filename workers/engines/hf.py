@@ -18,6 +18,7 @@ truncated (``overlong``), as in the vLLM engine, and counted in ``stats``.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ import torch
 from shared.config import HFEngineConfig
 from shared.engine import EngineStats, GenerationRequest, fit_to_context
 from workers.engines.startup import check_model_folder
+
+log = logging.getLogger("spar.engines")
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -130,6 +133,11 @@ class HFEngine:
         self.progress_callback: ProgressCallback | None = None
         self.device = resolve_device(config.device)
         self.model = model.to(self.device).eval()
+        # `auto` decides here: say what it decided, so a GPU user never runs on the CPU unknowingly
+        log.info(
+            f"hf engine for {name} on {self.device} ({self.model.dtype}; hf.device={config.device})",
+            extra={"event": "engine.device", "device": str(self.device), "requested": config.device},
+        )
         self.tokenizer = tokenizer
         if tokenizer.chat_template is None:
             raise ValueError(f"the tokenizer of {name} has no chat template; a chat model is required")

@@ -78,11 +78,13 @@ def train_version(
     ``trainer`` names the job's kind for the launcher ("actor": preference training, "refiner": SFT).
     A checkpoint a kill cut off mid-save is removed first, so the run resumes from a complete one.
     """
-    from ..training.launch import launch_job, needs_launch
+    from ..training.launch import Machines, launch_job, needs_launch
     from ..training.outcome import prune_incomplete
 
-    prune_incomplete(checkpoints)
-    if needs_launch(settings):
+    machines = Machines.from_env()
+    if machines is None or machines.machine_rank == 0:
+        prune_incomplete(checkpoints)
+    if needs_launch(settings, machines):
         job = {
             "model_path": str(start_from),
             "data_file": str(data_file),
@@ -91,7 +93,7 @@ def train_version(
             "seed": seed,
             "checkpoint_dir": str(checkpoints),
         }
-        return launch_job(trainer, job, checkpoints, on_step)
+        return launch_job(trainer, job, checkpoints, on_step, machines)
     return train_fn(
         start_from, records, settings, out_dir, seed=seed, on_step=on_step, checkpoint_dir=checkpoints
     )
@@ -108,12 +110,19 @@ def _train(
     extra_meta: dict,
     progress: Progress | None = None,
 ) -> StageResult:
+    from ..training.launch import Machines
+
     config = load_config(paths)
     started = time.perf_counter()
     parent = version_for(paths, config, role, spec.iteration)
     target = version_dir(paths, role, spec.iteration + 1)
     checkpoints = checkpoint_dir(paths, role, spec.iteration + 1)
     done = read_metadata(target)
+    machines = Machines.from_env()
+    if done is None and machines is not None and machines.machine_rank != 0:
+        return _train_as_other_node(
+            paths, spec, role, data_name, settings, train_fn, parent, checkpoints, machines, started
+        )
     if done is None:
         producer = "iopo_groups" if data_name == "iopo_groups" else "assemble"
         if producer == "iopo_groups":
@@ -174,6 +183,43 @@ def _train(
         models={role: version_label(parent), f"{role}_new": version_label(new)},
         metrics={k: v for k, v in metrics.items() if k != "loss_curve"}
         | {"loss_curve": metrics.get("loss_curve", [])},
+    )
+
+
+def _train_as_other_node(
+    paths: RunPaths,
+    spec: StageSpec,
+    role: str,
+    data_name: str,
+    settings: TrainCommon,
+    train_fn,
+    parent: ModelVersion,
+    checkpoints: Path,
+    machines: Any,
+    started: float,
+) -> StageResult:
+    """A node other than node 0 of a multi-node job: its processes train with node 0's, and node 0
+    alone publishes the version (global rank 0 writes the model and metrics into node 0's staging
+    folder). This node's own output folder is scratch; nothing of the run is written here."""
+    config = load_config(paths)
+    if data_name == "iopo_groups":
+        data_file = paths.shard(spec.iteration, "iopo_groups", 0)
+    else:
+        data_file = paths.data_file(spec.iteration, data_name)
+    records = list(read_jsonl(data_file))
+    if records:
+        scratch = checkpoints / f"node-{machines.machine_rank}-out"
+        kind = "actor" if role == "actor" else "refiner"
+        start_from = materialize(parent, paths)
+        train_version(
+            kind, train_fn, start_from, data_file, records, settings, scratch, config.seed, checkpoints, None
+        )
+        shutil.rmtree(scratch, ignore_errors=True)
+    return StageResult(
+        counts=TrainCounts(records=len(records), trained=0).as_record(),
+        seconds=time.perf_counter() - started,
+        models={role: version_label(parent)},
+        metrics={"machine_rank": machines.machine_rank, "num_machines": machines.num_machines},
     )
 
 

@@ -33,7 +33,8 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,69 @@ KEPT_LINES = 400
 TAIL_LINES = 8
 ERROR_LINE = re.compile(r"^(\[rank\d+\]:\s*)?([\w.]*(Error|Exception|Interrupt)|Killed)\b")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_RENDEZVOUS_PORT = 29500
+"""Node 0's rendezvous port in a multi-node job (the gpu-multinode overlay's Service and NetworkPolicy)."""
 
 log = logging.getLogger("spar.train.launch")
 
 
-def needs_launch(cfg: TrainCommon) -> bool:
+@dataclass(frozen=True)
+class Machines:
+    """This node's place in a training job that spans several nodes (pods), from its environment.
+
+    A multi-node train job (``deploy/overlays/gpu-multinode``: a JobSet) starts the same command on
+    every node with ``SPAR_NUM_MACHINES``, ``SPAR_MACHINE_RANK`` (the pod's completion index) and the
+    address of node 0 (``SPAR_MAIN_PROCESS_IP``, port ``SPAR_MAIN_PROCESS_PORT``, default 29500), where
+    torchrun's rendezvous listens. ``num_processes`` counts the processes of ALL nodes (accelerate's
+    convention), so each node starts ``num_processes / num_machines``.
+    """
+
+    num_machines: int
+    machine_rank: int
+    main_process_ip: str
+    main_process_port: int = DEFAULT_RENDEZVOUS_PORT
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Machines | None:
+        """The node's settings, or None on one machine (``SPAR_NUM_MACHINES`` unset or 1)."""
+        env = os.environ if env is None else env
+        count = int(env.get("SPAR_NUM_MACHINES", "1") or "1")
+        if count <= 1:
+            return None
+        missing = [k for k in ("SPAR_MACHINE_RANK", "SPAR_MAIN_PROCESS_IP") if not env.get(k)]
+        if missing:
+            needed = " and ".join(missing)
+            raise TrainingLaunchError(f"SPAR_NUM_MACHINES={count} needs {needed} set on every node")
+        rank = int(env["SPAR_MACHINE_RANK"])
+        if not 0 <= rank < count:
+            raise TrainingLaunchError(
+                f"SPAR_MACHINE_RANK={rank} is outside 0..{count - 1} (SPAR_NUM_MACHINES={count})"
+            )
+        port = int(env.get("SPAR_MAIN_PROCESS_PORT") or DEFAULT_RENDEZVOUS_PORT)
+        return cls(count, rank, env["SPAR_MAIN_PROCESS_IP"], port)
+
+    def processes_per_node(self, cfg: TrainCommon) -> int:
+        """This node's share of ``num_processes``; refused unless every node gets the same number."""
+        if cfg.num_processes % self.num_machines:
+            raise TrainingLaunchError(
+                f"num_processes={cfg.num_processes} does not divide over SPAR_NUM_MACHINES="
+                f"{self.num_machines} nodes: set num_processes to nodes x GPUs per node"
+            )
+        return cfg.num_processes // self.num_machines
+
+    def flags(self) -> list[str]:
+        """``accelerate launch``'s multi-node flags (torchrun's static rendezvous on node 0)."""
+        return [
+            "--num_machines", str(self.num_machines),
+            "--machine_rank", str(self.machine_rank),
+            "--main_process_ip", self.main_process_ip,
+            "--main_process_port", str(self.main_process_port),
+        ]  # fmt: skip
+
+
+def needs_launch(cfg: TrainCommon, machines: Machines | None = None) -> bool:
     """Whether a job runs through ``accelerate launch`` in a child process rather than in the worker."""
-    return cfg.num_processes > 1 or cfg.distributed != "none"
+    return machines is not None or cfg.num_processes > 1 or cfg.distributed != "none"
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -116,7 +173,12 @@ def run_job(
 
 
 def accelerate_command(
-    role: str, job_path: Path, num_processes: int, cfg: TrainCommon, progress: bool = False
+    role: str,
+    job_path: Path,
+    num_processes: int,
+    cfg: TrainCommon,
+    progress: bool = False,
+    machines: Machines | None = None,
 ) -> list[str]:
     """The ``accelerate launch`` argv that runs this job on ``num_processes`` processes of one node.
 
@@ -126,10 +188,15 @@ def accelerate_command(
     :func:`single_rank_env` gives it the rank variables DeepSpeed expects.
     DeepSpeed/FSDP settings travel in the training arguments (see ``actor.distributed_settings``); a YAML
     ``accelerate_config`` replaces these flags (``--config_file``), with ``num_processes`` still given here.
+    With ``machines`` (several nodes) ``num_processes`` counts every node's processes and node 0's
+    address replaces the free port: every node runs this command with its own ``--machine_rank``.
     """
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
     if cfg.accelerate_config and cfg.accelerate_config.endswith((".yaml", ".yml")):
         argv += ["--config_file", cfg.accelerate_config]
+        argv += machines.flags() if machines is not None else []
+    elif machines is not None:
+        argv += ["--multi_gpu", *machines.flags(), "--mixed_precision", "no", "--dynamo_backend", "no"]
     else:
         argv += ["--multi_gpu", "--main_process_port", "0"] if num_processes > 1 else []
         argv += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # the trainer's
@@ -194,24 +261,34 @@ def launch_job(
     job: dict[str, Any],
     work_dir: Path,
     on_step: Callable[[int, int], None] | None = None,
+    machines: Machines | None = None,
 ) -> dict[str, Any]:
     """Run ``job`` through ``accelerate launch`` in a child process and return rank 0's metrics.
 
     The job file and the metrics file live in ``work_dir`` (the job's checkpoint folder, which outlives
     the worker). Output lines are relayed to this process's log; progress lines go to ``on_step``.
+    With ``machines``, this node's processes join the other nodes' (``work_dir`` is on the volume they
+    share); only node 0 holds global rank 0, so only node 0 gets metrics: the other nodes get ``{}``.
     """
     cfg = job_config(role, job)
     work_dir.mkdir(parents=True, exist_ok=True)
+    node = 0 if machines is None else machines.machine_rank
     metrics_file = work_dir / f"{role}_metrics.json"
-    metrics_file.unlink(missing_ok=True)
-    job_path = write_job(work_dir / "job.json", job | {"metrics_file": str(metrics_file)})
-    argv = accelerate_command(role, job_path, cfg.num_processes, cfg, progress=on_step is not None)
+    if node == 0:
+        metrics_file.unlink(missing_ok=True)
+    name = "job.json" if node == 0 else f"job-node{node}.json"  # the nodes share work_dir
+    job_path = write_job(work_dir / name, job | {"metrics_file": str(metrics_file)})
+    if machines is not None:
+        machines.processes_per_node(cfg)  # refused here, not by torchrun, when it does not divide
+    argv = accelerate_command(
+        role, job_path, cfg.num_processes, cfg, progress=on_step is not None and node == 0, machines=machines
+    )
     env = os.environ | {
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p),
         "SPAR_DIE_WITH_PARENT": "1",
         "SPAR_LAUNCH_PARENT": str(os.getpid()),
-        **single_rank_env(cfg.num_processes),
+        **(single_rank_env(cfg.num_processes) if machines is None else {}),
     }
     log.info("launching training", extra={"event": "train.launch", "role": role, "argv": " ".join(argv)})
     last: collections.deque[str] = collections.deque(maxlen=KEPT_LINES)
@@ -240,10 +317,13 @@ def launch_job(
         _end_group(proc)
         raise
     if rc != 0:
+        where = "" if machines is None else f", node {node} of {machines.num_machines}"
         raise TrainingLaunchError(
             f"{role} training launched with `accelerate launch` (num_processes={cfg.num_processes}, "
-            f"distributed={cfg.distributed}) exited with code {rc}:\n{error_summary(list(last))}"
+            f"distributed={cfg.distributed}{where}) exited with code {rc}:\n{error_summary(list(last))}"
         )
+    if node != 0:
+        return {}
     if not metrics_file.exists():
         raise TrainingLaunchError(f"{role} training exited 0 but rank 0 wrote no metrics ({metrics_file})")
     return json.loads(metrics_file.read_text(encoding="utf-8"))
