@@ -13,6 +13,7 @@ from pathlib import Path
 from shared.errors import InjectedFault  # noqa: F401  (also importable from here)
 
 from .artifacts import RunPaths
+from .confinement import check_config_paths
 from .engines.slot import EngineSlot
 from .settings import settings
 from .stages import StageSpec, run_stage
@@ -58,7 +59,9 @@ def run_shard(spec: dict) -> dict:
     parsed = StageSpec.model_validate(spec)
     paths = _confined(parsed.run_dir)
     _injected_fault(parsed)
-    ENGINES.config = load_config(paths)
+    config = load_config(paths)
+    check_config_paths(config, settings().data_root)
+    ENGINES.config = config
     result = run_stage(paths, parsed, ENGINES)
     _wake_scheduler()
     return {
@@ -103,6 +106,7 @@ def refine_one(run_dir: str, prompt: str, response: str, iteration: int | None =
 
     paths = _confined(run_dir)
     config = load_config(paths)
+    check_config_paths(config, settings().data_root)
     ENGINES.config = config
     if iteration is None:
         iteration = latest_version(paths, "refiner")
