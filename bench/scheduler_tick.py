@@ -97,16 +97,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, private_redis(Path(tmp) / "redis") as url:
         root = Path(tmp)
+        baseline = baseline_module(args.baseline, root)
         results = {
-            args.baseline: measure(baseline_module(args.baseline, root), url, root, args.prompts, args.ticks, "base"),
+            args.baseline: measure(baseline, url, root, args.prompts, args.ticks, "base"),
             "this checkout": measure(current, url, root, args.prompts, args.ticks, "new"),
         }
     print(f"one run of {args.prompts} shards, {args.ticks} ticks with every job queued (no worker)")
-    print(f"{'scheduler':>16} {'jobs queued':>12} {'first tick':>11} {'tick median':>12} {'tick max':>9} {'cancel':>8}")
+    header = ("scheduler", "jobs queued", "first tick", "tick median", "tick max", "cancel")
+    print("{:>16} {:>12} {:>11} {:>12} {:>9} {:>8}".format(*header))
     for name, r in results.items():
+        median, worst = statistics.median(r["ticks"]) * 1000, max(r["ticks"]) * 1000
         print(
-            f"{name:>16} {r['queued']:>12} {r['first'] * 1000:>9.0f}ms {statistics.median(r['ticks']) * 1000:>10.1f}ms "
-            f"{max(r['ticks']) * 1000:>7.1f}ms {r['cancel'] * 1000:>6.0f}ms"
+            f"{name:>16} {r['queued']:>12} {r['first'] * 1000:>9.0f}ms {median:>10.1f}ms "
+            f"{worst:>7.1f}ms {r['cancel'] * 1000:>6.0f}ms"
         )
     base, new = results[args.baseline], results["this checkout"]
     print(

@@ -884,7 +884,8 @@ def test_zz_the_table_in_numbers(world: World) -> None:
     assert world.client.get("/healthz").status_code == 200
     elapsed = time.monotonic() - start
     print(
-        f"\nbad-input table: {COUNTS['cases']} cases, {COUNTS['expected']} answered with the expected 4xx/503, "
+        f"\nbad-input table: {COUNTS['cases']} cases, "
+        f"{COUNTS['expected']} answered with the expected 4xx/503, "
         f"{COUNTS['5xx']} 5xx, {COUNTS['hangs']} hangs; /healthz afterwards in {elapsed * 1000:.0f} ms"
     )
     assert elapsed < 1.0
