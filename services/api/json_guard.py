@@ -27,6 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .limits import answer_json
 
 WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+INLINE_BYTES = 16_384
+"""Bodies up to this size are checked on the loop (a thread hop costs more than the check)."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,10 @@ class JsonGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        problem = await run_in_threadpool(_parse_and_check, body) if body else None
+        if len(body) <= INLINE_BYTES:  # checked in well under a millisecond: no thread hop
+            problem = _parse_and_check(body) if body else None
+        else:
+            problem = await run_in_threadpool(_parse_and_check, body)
         if problem is not None:
             field = ".".join(str(p) for p in problem.loc) or "(body)"
             entry = {"loc": ["body", *problem.loc], "field": field, "msg": problem.msg, "type": problem.kind}

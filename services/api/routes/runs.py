@@ -108,7 +108,7 @@ async def _build_once(run_id: str, state: dict[str, str] | None, scheduler: Sche
 @router.post(
     "/{run_id}/cancel",
     response_model=RunStatusChange,
-    responses={409: {"description": "the run has finished (succeeded, failed or cancelled)"}},
+    responses={409: {"description": "the run has finished: succeeded or failed (a cancelled one: 200)"}},
 )
 def cancel(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatusChange:
     """Marks the run cancelled first, then stops its jobs. A run whose config.json no longer reads
@@ -122,8 +122,8 @@ def cancel(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatu
             extra={"event": "run.cancel_unreadable", "run": run_id, "error": str(exc)[:200]},
         )
         cancelled = True  # marked cancelled before its jobs were looked for
-    if not cancelled:
-        status = (scheduler.state(run_id) or {}).get("status", "gone")
+    status = None if cancelled else (scheduler.state(run_id) or {}).get("status", "gone")
+    if status is not None and status != RunStatus.CANCELLED:  # cancelling twice is harmless
         raise HTTPException(409, f"run {run_id} is {status}; only queued or running runs can be cancelled")
     return RunStatusChange(id=run_id, status=RunStatus.CANCELLED)
 
