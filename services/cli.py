@@ -115,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
 
             from services import logs
             from services.api.main import check_token
+            from services.api.server import server_options
             from services.api.settings import Settings
 
-            check_token(Settings())  # a missing or short SPAR_API_TOKEN: one line, before uvicorn
+            settings = Settings()
+            check_token(settings)  # a missing or short SPAR_API_TOKEN: one line, before uvicorn
             logs.configure(None, json_stderr=True)
             logs.adopt("uvicorn")  # its start/stop lines as JSON; requests are logged by AccessLog
             uvicorn.run(
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 port=args.port,
                 log_config=None,
                 access_log=False,
+                **server_options(settings),  # header size bound and deadline (services/api/server.py)
             )
             return 0
         if args.command == "worker":
@@ -134,9 +137,16 @@ def main(argv: list[str] | None = None) -> int:
             from workers.queue import redis_url
             from workers.worker import run_worker
 
-            logs.configure(None, json_stderr=True)
+            logs.worker_json()
             _quiet_libraries()
-            run_worker(args.role, args.queue_url or redis_url(), args.heartbeat_ttl, args.burst, args.name)
+            run_worker(
+                args.role,
+                args.queue_url or redis_url(),
+                args.heartbeat_ttl,
+                args.burst,
+                args.name,
+                log_setup=logs.worker_json,
+            )
             return 0
         if args.command == "worker-probe":
             return _worker_probe(args)

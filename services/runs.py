@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import math
 import os
 import secrets
 import shutil
@@ -21,8 +20,9 @@ import yaml
 from pydantic import ValidationError
 
 from shared.config import RunConfig, path_fields, walk_fields, with_fields
-from shared.errors import ConfigError, StorageError
-from shared.prompts import PromptRecord, parse_prompt_lines
+from shared.errors import ConfigError, PromptFileError, StorageError
+from shared.names import RUN_NAME_HELP, is_id
+from shared.prompts import PromptRecord, iter_prompt_lines, parse_prompt_lines
 from workers.artifacts import RunPaths, read_json, write_json_atomic, write_jsonl_atomic
 from workers.models.registry import is_builtin
 
@@ -91,12 +91,15 @@ def resolve_paths(config: RunConfig, base: Path, check_files: bool = True) -> Ru
     probe for files outside the data root).
     """
 
-    def absolute(p: str) -> str:
-        q = Path(p).expanduser()
-        return str(q if q.is_absolute() else (base / q).resolve())
+    def absolute(where: str, p: str) -> str:
+        try:
+            q = Path(p).expanduser()
+            return str(q if q.is_absolute() else (base / q).resolve())
+        except (RuntimeError, OSError) as exc:  # "~nosuchuser", a name too long, a symlink loop
+            raise ConfigError(f"{where}: {p[:80]!r} is not a usable path ({exc})") from exc
 
     update = {
-        where: absolute(value)
+        where: absolute(where, value)
         for where, value, kind in path_fields(config)
         if not (kind == "model" and is_builtin(value))
     }
@@ -111,12 +114,63 @@ def resolve_paths(config: RunConfig, base: Path, check_files: bool = True) -> Ru
 
 def read_prompts(config: RunConfig) -> list[PromptRecord]:
     """The prompt file's records; every malformed line (not UTF-8, not JSON, too deep) by number."""
-    path = Path(config.prompts)
-    if not path.is_file():
-        raise ConfigError(f"prompts: file {path} does not exist (paths are relative to the config file)")
+    path = _prompts_path(config)
     with path.open("rb") as f:
         records = parse_prompt_lines(f, source=str(path))
     return records[: config.max_prompts] if config.max_prompts else records
+
+
+def _prompts_path(config: RunConfig) -> Path:
+    path = Path(config.prompts)
+    if not path.is_file():
+        raise ConfigError(f"prompts: file {path} does not exist (paths are relative to the config file)")
+    return path
+
+
+MAX_SHARDS = 20_000
+"""Most shards a run may have (prompts / shard_size, rounded up). Each is a job, a file and a done
+marker, and cancel and resume look at every one: past this, raise ``shard_size``."""
+
+
+def write_prompt_shards(config: RunConfig, paths: RunPaths) -> tuple[int, int]:
+    """Validate the prompt file and write its shards as it is read: (prompts, shards).
+
+    Streamed: one shard's records in memory at a time (plus the ids seen, to refuse duplicates),
+    where the whole file used to be parsed into a list first (a 10^6-line file: +526 MB in the API).
+    Every malformed line is still reported, by number, after the whole file was read.
+    """
+    path = _prompts_path(config)
+    problems: list[tuple[int, str]] = []
+    count = shards = 0
+    chunk: list[dict[str, object]] = []
+
+    def flush() -> None:
+        nonlocal shards, chunk
+        if shards >= MAX_SHARDS:
+            raise ConfigError(
+                f"shard_size: more than {MAX_SHARDS * config.shard_size} prompts at shard_size "
+                f"{config.shard_size} make more than {MAX_SHARDS} shards (the most a run may have); "
+                "raise shard_size or set max_prompts"
+            )
+        write_jsonl_atomic(paths.prompt_shard(shards), chunk)
+        shards, chunk = shards + 1, []
+
+    with path.open("rb") as f:
+        for record in iter_prompt_lines(f, problems):
+            if config.max_prompts and count >= config.max_prompts:
+                break
+            if not problems:  # once a line is bad, only the remaining lines' problems matter
+                chunk.append(record.as_record())
+                if len(chunk) == config.shard_size:
+                    flush()
+            count += 1
+    if problems:
+        raise PromptFileError(str(path), problems)
+    if not count:
+        raise PromptFileError(str(path), [(0, "the file holds no prompts")])
+    if chunk:
+        flush()
+    return count, shards
 
 
 def new_run_id(name: str) -> str:
@@ -130,32 +184,31 @@ def create_run(config: RunConfig, runs_dir: Path, run_id: str | None = None, sou
     Atomic: the run is built in a hidden temporary folder beside its final place and renamed into
     it, so a full or read-only disk leaves no half-created run behind (and the error says which).
     """
-    prompts = read_prompts(config)
+    _prompts_path(config)
     if config.evaluation.validation_prompts is not None and "eval" in config.stages:
         from workers.stages.evaluate import validation_items
 
         validation_items(
             Path(config.evaluation.validation_prompts)
         )  # a wrong file fails now, not hours later
+    if run_id is not None and not is_id(run_id):
+        raise ConfigError(f"run id {run_id[:80]!r}: use {RUN_NAME_HELP} characters")
     final = RunPaths(runs_dir / (run_id or new_run_id(config.name)))
     if final.root.exists():
         raise ConfigError(f"run {final.root} exists already; resume it with --resume {final.root}")
-    n_shards = math.ceil(len(prompts) / config.shard_size)
     building: Path | None = None
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
         building = Path(tempfile.mkdtemp(prefix=f".creating-{final.run_id}-", dir=runs_dir))
         paths = RunPaths(building)
-        for k in range(n_shards):
-            chunk = prompts[k * config.shard_size : (k + 1) * config.shard_size]
-            write_jsonl_atomic(paths.prompt_shard(k), [p.as_record() for p in chunk])
+        n_prompts, n_shards = write_prompt_shards(config, paths)
         write_json_atomic(
             paths.config,
             {
                 "config": config.model_dump(mode="json"),
                 "source": source,
                 "created_at": dt.datetime.now(dt.UTC).isoformat(),
-                "prompts": len(prompts),
+                "prompts": n_prompts,
                 "shards": n_shards,
             },
         )
@@ -183,6 +236,36 @@ def open_run(run_dir: Path) -> RunPaths:
     return paths
 
 
+MAX_PATH_CHARS = 4096
+"""Longest path (made absolute) a config may name: Linux's PATH_MAX."""
+MAX_NAME_BYTES = 255
+"""Longest component of a path: Linux's NAME_MAX (past it, every file call fails with ENAMETOOLONG)."""
+
+
+def check_path_text(where: str, value: str, root: Path) -> None:
+    """A path field as the API received it: 400 naming the field for what no file call could use.
+
+    A NUL byte, a home folder (``~`` or ``~user``: paths are relative to the data root, and
+    ``~nosuchuser`` once crashed the resolution), a component over 255 bytes or a path over 4096
+    characters once made absolute (both once reached a file call and came back as a 500).
+    """
+    if "\x00" in value:
+        raise ConfigError(f"{where}: a path may not contain a NUL character")
+    if value.startswith("~"):
+        raise ConfigError(
+            f"{where}: {value[:80]!r} names a home folder; give a path relative to the data root"
+        )
+    longest = max((len(part.encode("utf-8", "surrogatepass")) for part in value.split("/")), default=0)
+    if longest > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"{where}: a path component of {longest} bytes; each name in a path is at most {MAX_NAME_BYTES}"
+        )
+    if len(str(root / value)) > MAX_PATH_CHARS:
+        raise ConfigError(
+            f"{where}: the path is over {MAX_PATH_CHARS} characters once put under the data root {root}"
+        )
+
+
 def confine(
     config: RunConfig, root: Path, *, allow_remote_code: bool = False, max_iterations: int | None = None
 ) -> RunConfig:
@@ -208,19 +291,26 @@ def confine(
             "(SPAR_MAX_ITERATIONS)"
         )
     for where, value, _ in path_fields(config):
-        if "\x00" in value:
-            raise ConfigError(f"{where}: a path may not contain a NUL character")
+        check_path_text(where, value, root)
     resolved = resolve_paths(config, root, check_files=False)
     original = {where: value for where, value, _ in path_fields(config)}
+    real: dict[str, str] = {}
     for where, value, kind in path_fields(resolved):
         if kind == "model" and value == original.get(where) and is_builtin(value):
             continue  # a built-in model name, not a path
         try:
-            inside = Path(value).resolve().is_relative_to(root)
+            target = Path(value).resolve()
         except (OSError, ValueError, RuntimeError) as exc:  # too long, a symlink loop ...
             raise ConfigError(f"{where}: {original.get(where)!r} is not a usable path ({exc})") from exc
-        if not inside:
+        if not target.is_relative_to(root):
             raise ConfigError(
                 f"{where}: {original.get(where)} is outside the data root {root}; put the file under it"
             )
-    return resolve_paths(resolved, root)  # absolute already: this checks the init files exist
+        real[where] = str(target)
+    # stored as resolved through every symlink: what was checked is what workers open (they check
+    # again before reading, ``workers/confinement.py``, in case a link inside was retargeted since)
+    try:
+        stored = with_fields(resolved, real)
+    except ValidationError as exc:
+        raise ConfigError(f"a path is over {MAX_PATH_CHARS} characters once its links are resolved") from exc
+    return resolve_paths(stored, root)  # absolute already: this checks the init files exist

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .names import RUN_NAME_HELP, RUN_NAME_PATTERN
 from .stages import DEFAULT_STAGES, STAGES, stage
 
 StageName = Literal[STAGES]  # type: ignore[valid-type]  # the names of shared/stages.py's table
@@ -528,7 +529,9 @@ class EvalConfig(_Strict):
 class RunConfig(_Strict):
     """A whole run: data, models, and the settings of each stage."""
 
-    name: str = Field("spar", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Run name prefix.")
+    name: str = Field(
+        "spar", pattern=RUN_NAME_PATTERN, description=f"Run name prefix: {RUN_NAME_HELP} characters."
+    )
     seed: int = Field(
         0, ge=-(2**63), lt=2**63, description="Root of every random choice and sampling seed (64-bit)."
     )
@@ -546,7 +549,9 @@ class RunConfig(_Strict):
         description="Self-play iterations (<= 1000; a server may lower it: SPAR_MAX_ITERATIONS).",
     )
     stages: list[StageName] = Field(
-        default_factory=lambda: list(DEFAULT_STAGES), description="Stages to run, in pipeline order."
+        default_factory=lambda: list(DEFAULT_STAGES),
+        max_length=len(STAGES),
+        description="Stages to run, in pipeline order.",
     )
     actor: ModelConfig
     refiner: ModelConfig

@@ -8,7 +8,7 @@ is reported by its number and the run refuses to start: data is never silently d
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from shared.errors import DataFileError, PromptFileError  # noqa: F401  (also importable from here)
@@ -30,8 +30,24 @@ def parse_prompt_lines(lines: Iterable[str] | Iterable[bytes], source: str = "pr
     Blank lines are allowed and skipped. Lines without an ``id`` get ``line-<number>``. Lines may
     be bytes (a file opened in binary), so that text that is not UTF-8 is reported by line number.
     """
-    records: list[PromptRecord] = []
     problems: list[tuple[int, str]] = []
+    records = list(iter_prompt_lines(lines, problems))
+    if problems:
+        raise PromptFileError(source, problems)
+    if not records:
+        raise PromptFileError(source, [(0, "the file holds no prompts")])
+    return records
+
+
+def iter_prompt_lines(
+    lines: Iterable[str] | Iterable[bytes], problems: list[tuple[int, str]]
+) -> Iterator[PromptRecord]:
+    """The valid records of ``lines``, one at a time; each malformed line is appended to ``problems``.
+
+    A generator, so a caller can write records out as they come (``services/runs.py`` shards a
+    million-line file without holding it: only the ids seen are kept, to refuse duplicates).
+    The caller raises when ``problems`` is not empty at the end.
+    """
     first_line_of_id: dict[str, int] = {}
     for number, raw in enumerate(lines, start=1):
         if isinstance(raw, bytes):  # read in binary: a non-UTF-8 line is a problem of its own
@@ -74,9 +90,4 @@ def parse_prompt_lines(lines: Iterable[str] | Iterable[bytes], source: str = "pr
             problems.append((number, f"duplicate id {pid!r} (first on line {first_line_of_id[pid]})"))
             continue
         first_line_of_id[pid] = number
-        records.append(PromptRecord(id=pid, prompt=prompt, metadata=obj))
-    if problems:
-        raise PromptFileError(source, problems)
-    if not records:
-        raise PromptFileError(source, [(0, "the file holds no prompts")])
-    return records
+        yield PromptRecord(id=pid, prompt=prompt, metadata=obj)

@@ -132,6 +132,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             config.write_text(json.dumps(record_))
             w.extra["laxer"] = old["id"]
             w.redis.hset(f"spar:run:{old['id']}", "status", "failed")  # resumable but for its config
+            done = client.post("/v1/runs", json=base_body(name="finished"), headers=AUTH).json()
+            w.redis.hset(f"spar:run:{done['id']}", "status", "succeeded")
+            w.extra["succeeded"] = done["id"]
+            assembled = Path(done["run_dir"]) / "iter_0" / "assemble"
+            assembled.mkdir(parents=True)
+            os.symlink("/etc/passwd", assembled / "pairs.jsonl")  # planted after creation
+            refine = Path(done["run_dir"]) / "iter_0" / "refine"
+            refine.mkdir(parents=True)
+            os.symlink("/etc/passwd", refine / "shard_00000.jsonl")
             job = Queue("actor", connection=w.redis, serializer=SERIALIZER).enqueue(
                 RUN_SHARD, kwargs={"spec": {}}, job_id="not-a-refine-job"
             )
@@ -510,6 +519,74 @@ case(
     kwargs={"json": {"run_id": "x", "prompt": "p", "response": "r" * 300_000}},
 )
 
+# issue 23: bounded cost, odd strings and paths, one name rule, finished runs, links planted later
+case(
+    "body/stages-480000-items",
+    "POST",
+    "/v1/runs",
+    422,
+    "too_many_items",
+    kwargs=raw(json.dumps(base_body(stages=[0] * 480_000), separators=(",", ":"))),  # 0.96 MB
+)
+case(
+    "body/90000-unknown-keys",
+    "POST",
+    "/v1/runs",
+    422,
+    "too_many_keys",
+    kwargs=raw(json.dumps(base_body() | {f"{i:x}": 0 for i in range(90_000)}, separators=(",", ":"))),
+)
+case("body/nested-64-deep", "POST", "/v1/runs", 422, "too_deep", kwargs=raw('{"a": ' * 64 + "1" + "}" * 64))
+case("body/key-of-1000-chars", "POST", "/v1/runs", 422, "key_too_long", kwargs={"json": {"k" * 1000: 1}})
+for label, text in {
+    "name": json.dumps(base_body(name="@@")).replace('"@@"', '"\\ud800"'),
+    "prompts": json.dumps(base_body(prompts="@@")).replace('"@@"', '"a\\udfff.jsonl"'),
+    "unknown-key": json.dumps(base_body() | {"@@": 1}).replace('"@@"', '"\\ud800"'),
+    "refine-prompt": '{"run_id": "x", "prompt": "\\ud800", "response": "r"}',
+}.items():
+    route = "/v1/refine" if label.startswith("refine") else "/v1/runs"
+    case(f"json/lone-surrogate-{label}", "POST", route, 422, "surrogate", kwargs=raw(text))
+case("json/name-with-dot", "POST", "/v1/runs", 422, "name", kwargs={"json": base_body(name="exp.1")})
+case("json/name-with-slash", "POST", "/v1/runs", 422, "name", kwargs={"json": base_body(name="a/b")})
+for label, value, says in [
+    ("tilde-nosuchuser", "~nosuchuser/x.jsonl", "home folder"),
+    ("tilde-root", "~root/.ssh/id_rsa", "home folder"),
+    ("tilde", "~/x.jsonl", "home folder"),
+    ("component-300", "a" * 300 + ".jsonl", "255"),
+    ("component-300-nested", "models/" + "b" * 300, "255"),
+    ("absolute-over-4096", "/".join(["c" * 200] * 20 + ["d" * 70]), "4096"),  # 4090 characters + the root
+]:
+    case(f"path/prompts/{label}", "POST", "/v1/runs", 400, says, kwargs={"json": base_body(prompts=value)})
+    body = base_body(actor={"model": value})
+    case(f"path/actor.model/{label}", "POST", "/v1/runs", 400, says, kwargs={"json": body})
+case(
+    "ids/cancel-succeeded",
+    "POST",
+    lambda w: f"/v1/runs/{w.extra['succeeded']}/cancel",
+    409,
+    "only queued or running",
+)
+case(
+    "ids/resume-succeeded",
+    "POST",
+    lambda w: f"/v1/runs/{w.extra['succeeded']}/resume",
+    409,
+    "only failed or cancelled",
+)
+case("ids/cancel-failed", "POST", lambda w: f"/v1/runs/{w.extra['laxer']}/cancel", 409, "is failed")
+for label, route in {
+    "pairs": "iterations/0/pairs",
+    "pairs-sample": "iterations/0/pairs/sample",
+    "trees": "iterations/0/trees",
+}.items():
+    case(
+        f"confine/{label}-link-to-etc-passwd",
+        "GET",
+        lambda w, r=route: f"/v1/runs/{w.extra['succeeded']}/{r}",
+        409,
+        "outside the run's folder",
+    )
+
 
 def request(world: World, c: Case) -> httpx.Response:
     headers = dict(AUTH if c.auth else {}) | c.headers
@@ -539,7 +616,7 @@ FIVE_XX: list[str] = []
 
 def record(status: int, expected: int, body: str, says: str) -> None:
     COUNTS["cases"] += 1
-    if status >= 500:
+    if status >= 500 and status != expected:  # a 503 is expected while Redis is down
         COUNTS["5xx"] += 1
         FIVE_XX.append(body[:200])
     if status == expected and says in body:
@@ -567,6 +644,7 @@ def test_the_table_has_every_class() -> None:
         "prompts",
         "ids",
         "body",
+        "confine",
     }
     assert {c.name.split("/")[1] for c in CASES if c.name.startswith("path/")} >= set(PATH_FIELDS)
 
@@ -645,6 +723,8 @@ def test_a_huge_iteration_count_costs_only_what_was_started(world: World, tmp_pa
         run_id = created.json()["id"]
         progress = stage_progress(RunPaths(Path(created.json()["run_dir"])))
         assert len(progress) == 4 and {p["iteration"] for p in progress} == {0}
+        laxer = f"spar:run:{world.extra['laxer']}"
+        world.redis.hset(laxer, "status", "running")  # only an active run is cancelled
         for method, path in [
             ("GET", f"/v1/runs/{run_id}"),
             ("POST", f"/v1/runs/{run_id}/cancel"),
@@ -653,6 +733,7 @@ def test_a_huge_iteration_count_costs_only_what_was_started(world: World, tmp_pa
         ]:
             r = timed(lambda: c.request(method, path, headers=AUTH))  # noqa: B023
             assert r.status_code == 200, r.text
+        world.redis.hset(laxer, "status", "failed")
 
 
 def test_remote_code_is_accepted_when_the_server_allows_it(world: World) -> None:
@@ -666,6 +747,73 @@ def test_remote_code_is_accepted_when_the_server_allows_it(world: World) -> None
     with TestClient(create_app(settings)) as c:
         body = with_field(base_body(name="remote"), "actor.hf.trust_remote_code", True)
         assert c.post("/v1/runs", json=body, headers=AUTH).status_code == 201
+
+
+def test_a_422_lists_at_most_20_errors_and_counts_the_rest(world: World) -> None:
+    """One error per bad item once made a 102 MB 422; now 20 are listed, the rest counted."""
+    body = base_body() | {f"unknown{i}": i for i in range(55)}  # 60 keys: under the shape guard's 64
+    r = world.client.post("/v1/runs", json=body, headers=AUTH)
+    assert r.status_code == 422, r.text[:300]
+    answer = r.json()
+    assert len(answer["detail"]) == 20 and answer["errors"] == 55 and answer["omitted"] == 35
+    assert all(e["type"] == "extra_forbidden" and e["field"].startswith("unknown") for e in answer["detail"])
+    assert len(r.content) < 10_000
+    huge = world.client.post(
+        "/v1/runs", content=json.dumps(base_body(stages=[0] * 480_000), separators=(",", ":")), headers=AUTH
+    )
+    assert huge.status_code == 422 and len(huge.content) < 1000, huge.text[:300]
+    assert huge.json()["detail"][0]["field"] == "stages"
+
+
+def test_redis_down_is_a_json_503_with_retry_after_and_leaves_no_run_folder(world: World) -> None:
+    settings = Settings(
+        api_token=TOKEN,
+        scheduler=False,
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        data_root=world.root,
+    )
+    runs = world.root / "runs"
+    before = sorted(p.name for p in runs.iterdir())
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        for method, path, kwargs in [
+            ("GET", "/v1/runs", {}),
+            ("POST", "/v1/runs", {"json": base_body(name="redisdown")}),
+            ("POST", "/v1/runs", {"json": base_body(name="redisdown")}),  # a retry
+            ("GET", f"/v1/runs/{world.run_id}", {}),
+            ("POST", f"/v1/runs/{world.run_id}/cancel", {}),
+            ("GET", "/v1/workers", {}),
+            ("POST", "/v1/refine", {"json": {"run_id": world.run_id, "prompt": "p", "response": "r"}}),
+        ]:
+            r = timed(lambda: c.request(method, path, headers=AUTH, **kwargs))  # noqa: B023
+            record(r.status_code, 503, r.text, "Redis")
+            assert r.status_code == 503, (path, r.text[:300])
+            assert "Redis" in r.json()["detail"] and r.headers["retry-after"] == "5", path
+    assert sorted(p.name for p in runs.iterdir()) == before  # each try's folder was removed again
+
+
+def test_refine_jobs_expire_are_rate_limited_and_say_queued(world: World) -> None:
+    from rq.job import Job
+
+    settings = Settings(
+        api_token=TOKEN,
+        scheduler=False,
+        redis_url=world.client.app.state.settings.redis_url,
+        data_root=world.root,
+        refine_per_minute=2,
+    )
+    world.redis.delete(*world.redis.keys("spar:refine:rate:*") or ["none"])
+    body = {"run_id": world.run_id, "prompt": "p", "response": "r", "wait_s": 0}
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        answers = [c.post("/v1/refine", json=body, headers=AUTH) for _ in range(3)]
+    first = answers[0]
+    assert first.status_code == 202 and first.json()["status"] == "queued", first.text
+    job = Job.fetch(first.json()["job_id"], connection=world.redis, serializer=SERIALIZER)
+    assert job.failure_ttl == 24 * 3600 and job.result_ttl == 24 * 3600 and job.ttl == 24 * 3600
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    record(answers[2].status_code, 429, answers[2].text, "SPAR_REFINE_PER_MINUTE")
+    assert "SPAR_REFINE_PER_MINUTE" in answers[2].json()["detail"]
+    assert 1 <= int(answers[2].headers["retry-after"]) <= 61
+    world.redis.delete(*world.redis.keys("spar:refine:rate:*") or ["none"])
 
 
 # ----- a real socket: chunked bodies, health while refine calls wait ---------------------------------
@@ -736,7 +884,8 @@ def test_zz_the_table_in_numbers(world: World) -> None:
     assert world.client.get("/healthz").status_code == 200
     elapsed = time.monotonic() - start
     print(
-        f"\nbad-input table: {COUNTS['cases']} cases, {COUNTS['expected']} answered with the expected 4xx, "
+        f"\nbad-input table: {COUNTS['cases']} cases, "
+        f"{COUNTS['expected']} answered with the expected 4xx/503, "
         f"{COUNTS['5xx']} 5xx, {COUNTS['hangs']} hangs; /healthz afterwards in {elapsed * 1000:.0f} ms"
     )
     assert elapsed < 1.0

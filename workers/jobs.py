@@ -13,6 +13,7 @@ from pathlib import Path
 from shared.errors import InjectedFault  # noqa: F401  (also importable from here)
 
 from .artifacts import RunPaths
+from .confinement import check_config_paths
 from .engines.slot import EngineSlot
 from .gpus import check_gpu_counts
 from .settings import settings
@@ -60,6 +61,7 @@ def run_shard(spec: dict) -> dict:
     paths = _confined(parsed.run_dir)
     _injected_fault(parsed)
     config = load_config(paths)
+    check_config_paths(config, settings().data_root)  # paths re-checked where they are read
     check_gpu_counts(config, parsed.stage)  # refused in one line before any model loads
     ENGINES.config = config
     result = run_stage(paths, parsed, ENGINES)
@@ -106,6 +108,7 @@ def refine_one(run_dir: str, prompt: str, response: str, iteration: int | None =
 
     paths = _confined(run_dir)
     config = load_config(paths)
+    check_config_paths(config, settings().data_root)
     ENGINES.config = config
     if iteration is None:
         iteration = latest_version(paths, "refiner")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from rq.serializers import JSONSerializer
 
+from shared.names import ID_CHARS, is_id
 from shared.stages import STAGE_TABLE, QueueRole
 
 QueueName = QueueRole
@@ -39,6 +40,9 @@ def redis_url() -> str:
 
 
 def job_id(run_id: str, iteration: int, stage: str, shard: int) -> str:
+    """A shard's job id; the run id follows the one name rule of ``shared/names.py`` (RQ's)."""
+    if not is_id(run_id):
+        raise ValueError(f"run id {run_id[:80]!r} may hold only {ID_CHARS} characters (shared/names.py)")
     return f"{run_id}-{iteration}-{stage}-{shard}"
 
 

@@ -34,11 +34,13 @@ from typing import Any
 
 from redis import Redis
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
-from rq.job import Job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 from rq.logutils import setup_loghandlers
 from rq.scheduler import RQScheduler
 from rq.scheduler import run as run_scheduler
 from rq.scripts import release_lock
+from rq.utils import decode_redis_hash
 from rq.worker import Worker
 
 PRIVATE_WORKER_ATTRIBUTES = ("_stop_requested", "_shutdown_requested_date")
@@ -72,6 +74,40 @@ class SparJob(Job):
     spar never sets either, so here they are always absent, whatever the hash says; a job carrying
     them is also refused outright by the worker (:func:`refusal_reasons`).
     """
+
+    unreadable: str | None = None
+    """Why this job's Redis hash could not be read (None when it could): see :meth:`restore`."""
+
+    def restore(self, raw_data: Any) -> Any:
+        """RQ's restore; a hash it cannot parse becomes a job that fails with the reason, not a crash.
+
+        RQ parses a job's dates, numbers and status as it fetches it -- in the worker's dequeue,
+        and in every registry cleanup -- and one hash it cannot parse (``created_at: not-a-date``)
+        raised there: the scheduler's every tick failed, a worker crashed, reconnected and took the
+        same job again, holding RQ's cleanup lock for its 15-minute expiry. Here such a job is
+        restored from what identifies it (origin, description) with placeholders for the rest, so
+        RQ handles it like any job: the worker refuses it (:func:`refusal_reasons` gives
+        :attr:`unreadable`) and RQ records it as failed, its hash then rewritten whole.
+        """
+        try:
+            return super().restore(raw_data)
+        except NoSuchJobError:
+            raise
+        except Exception as exc:
+            why = _short(str(exc).encode())
+            self.unreadable = f"its stored fields cannot be read ({type(exc).__name__}: {why})"
+            fields = decode_redis_hash(raw_data)
+            call = ("workers.jobs.refused", None, [self.unreadable], {})
+            placeholder = {"data": self.serializer.dumps(call), "status": JobStatus.FAILED.value}
+            for name in ("origin", "description"):
+                value = _text(fields.get(name))
+                if value is not None:
+                    placeholder[name] = value
+            log.error(
+                "unreadable job",
+                extra={"event": "job.unreadable", "job": self.id, "reason": self.unreadable},
+            )
+            return super().restore(placeholder)
 
     @property
     def success_callback(self) -> None:
@@ -126,8 +162,14 @@ class SparScheduler(RQScheduler):
         self._process = process
         return process
 
+    log_setup: Any = None
+    """A module-level function that sets up this process's logs (the worker's, pickled by name)."""
+
     def work(self) -> None:
-        setup_loghandlers(name="rq.scheduler", **self._log_setup)  # a spawned child starts bare
+        if self.log_setup is not None:  # a spawned child starts bare
+            self.log_setup()
+        else:
+            setup_loghandlers(name="rq.scheduler", **self._log_setup)
         parent = self._parent_pid
 
         def watch_parent() -> None:
@@ -156,6 +198,7 @@ def start_scheduler(
         serializer=worker.serializer,
     )
     scheduler = worker.scheduler
+    scheduler.log_setup = getattr(worker, "log_setup", None)
     scheduler.acquire_locks()
     if not scheduler.acquired_locks:
         return
@@ -206,6 +249,8 @@ def refusal_reasons(job: Job, allowed_functions: frozenset[str]) -> list[str]:
     parsed job, which drops webhooks it cannot parse), and the function name is read without
     importing anything.
     """
+    if getattr(job, "unreadable", None):
+        return [job.unreadable]  # type: ignore[attr-defined, list-item]
     stored = dict(zip(JOB_HAZARD_FIELDS, job.connection.hmget(job.key, list(JOB_HAZARD_FIELDS)), strict=True))
     reasons = [
         f"it carries {what} ({_short(stored[field])})"
@@ -219,6 +264,16 @@ def refusal_reasons(job: Job, allowed_functions: frozenset[str]) -> list[str]:
     if func not in allowed_functions or instance is not None:
         reasons.insert(0, f"it names {func!r}, and this worker only runs spar's job functions")
     return reasons
+
+
+def _text(value: bytes | str | None) -> str | None:
+    """A stored field as text, or None when it is missing or not UTF-8."""
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _short(value: bytes | None) -> str:

@@ -62,7 +62,26 @@ class SparSettings(BaseSettings):
         description="The API's access log (JSON lines, logger spar.api.access): 'writes' logs every request "
         "that may change something and every answer >= 400, 'all' every request, 'off' none.",
     )
+    refine_per_minute: int = Field(
+        120,
+        ge=1,
+        description="POST /v1/refine calls the API accepts per minute, all clients together (then 429 "
+        "with Retry-After): each one is a job holding up to ~300 KB in Redis until it expires.",
+    )
+    max_header_bytes: int = Field(
+        65_536,
+        ge=4096,
+        description="Largest request line plus headers the API reads (then 400 and the connection closed).",
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client has to send a request's line and headers (then closed)."
+    )
     scheduler: bool = Field(True, description="Run the scheduler loop in the API process.")
+    scheduler_stale_s: float = Field(
+        30.0,
+        gt=0,
+        description="/readyz answers 503 when no scheduler has completed a tick for this many seconds.",
+    )
     scheduler_interval: float = Field(1.0, gt=0, description="Seconds between scheduler ticks.")
     view_state_ttl: float = Field(
         0.25,

@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
@@ -63,6 +64,9 @@ class SparWorker(SimpleWorker):
 
     death_penalty_class = SparDeathPenalty
     job_class = rq_compat.SparJob  # stored callbacks and webhooks are never looked up
+    log_setup: Callable[[], None] | None = None
+    """How the worker's spawned scheduler process sets up its logs (a module-level function: it is
+    pickled by name); None: RQ's text lines."""
 
     def __init__(self, *args: Any, role: str, heartbeat_ttl: int = DEFAULT_HEARTBEAT_TTL, **kwargs: Any):
         kwargs.setdefault("serializer", SERIALIZER)
@@ -164,6 +168,7 @@ def run_worker(
     heartbeat_ttl: int = DEFAULT_HEARTBEAT_TTL,
     burst: bool = False,
     name: str | None = None,
+    log_setup: Callable[[], None] | None = None,
 ) -> None:
     """Serve one role's queue until stopped (signal, RQ shutdown command, or ``burst`` running dry).
 
@@ -196,6 +201,7 @@ def run_worker(
                 maintenance_interval=max(heartbeat_ttl, 10),
                 name=f"{name or f'{role}-{socket.gethostname()}-{os.getpid()}'}-{attempt}",
             )
+            worker.log_setup = log_setup
             worker.work(burst=burst, with_scheduler=True)
             reason = "loop ended without a stop request (Redis timeout or error)"
         except (RedisConnectionError, RedisTimeoutError) as exc:

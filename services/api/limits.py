@@ -35,10 +35,11 @@ class BodyLimit:
         declared = _header(scope, b"content-length")
         if declared is not None:
             if not declared.isdigit() or len(declared) > 18:
-                await _answer(send, 400, f"invalid Content-Length header {declared[:40]!r}")
+                await answer_json(send, 400, {"detail": f"invalid Content-Length header {declared[:40]!r}"})
                 return
             if int(declared) > self.limit:
-                await _answer(send, 413, f"request body over {self.limit} bytes (SPAR_MAX_BODY_BYTES)")
+                detail = f"request body over {self.limit} bytes (SPAR_MAX_BODY_BYTES)"
+                await answer_json(send, 413, {"detail": detail})
                 return
         received = 0
         started = False
@@ -63,7 +64,7 @@ class BodyLimit:
         except BodyTooLarge as exc:  # read outside FastAPI's handlers (e.g. by another middleware)
             if started:
                 raise
-            await _answer(send, 413, str(exc.detail))
+            await answer_json(send, 413, {"detail": str(exc.detail)})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -73,8 +74,9 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _answer(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def answer_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+    """Answer from an ASGI layer outside FastAPI: ``payload`` as JSON, and the connection closed."""
+    body = json.dumps(payload).encode()
     headers: list[Any] = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

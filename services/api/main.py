@@ -11,13 +11,11 @@ import gc
 import threading
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from shared.errors import PromptFileError, SparError, WorkerSettingsError
+from shared.errors import WorkerSettingsError
 from workers.settings import MIN_TOKEN_LENGTH
 
 from ..dashboard import router as dashboard_router
@@ -25,6 +23,8 @@ from ..scheduler import Scheduler
 from .access_log import AccessLog
 from .cached_view import CachedRunView
 from .docs import add_docs
+from .errors import add_error_handlers
+from .json_guard import JsonGuard
 from .limits import BodyLimit
 from .routes import health, iterations, refine, runs, workers
 from .settings import Settings
@@ -89,34 +89,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.live_states = LiveStates(settings.view_state_ttl)
     scheduler.on_change = app.state.live_states.forget
 
-    # innermost first: a cached run view is answered inside the body limit, before FastAPI's routing
+    # innermost first: a body's JSON shape is checked (in a thread) before FastAPI parses it; a
+    # cached run view is answered inside the body limit, before FastAPI's routing
+    app.add_middleware(JsonGuard)
     app.add_middleware(CachedRunView, state=app.state)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(AccessLog, mode=settings.access_log)  # outermost: sees every answer, 413s too
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError):
-        """422 naming each bad field; the offending input is echoed only as a short repr (a NaN is
-        not JSON, and a 10^300-digit number or a megabyte string is not worth sending back)."""
-        errors = [
-            {
-                "loc": list(err.get("loc", ())),
-                "field": ".".join(str(p) for p in err.get("loc", ())[1:]) or "(body)",
-                "msg": err.get("msg", ""),
-                "type": err.get("type", ""),
-                "input": _short(err.get("input")),
-            }
-            for err in exc.errors()
-        ]
-        return JSONResponse({"detail": errors}, status_code=422)
-
-    @app.exception_handler(SparError)
-    async def spar_error(_: Request, exc: SparError):
-        """Every deliberate error (shared/errors.py) is its status code and its one-line message."""
-        body: dict = {"detail": str(exc)}
-        if isinstance(exc, PromptFileError):
-            body["lines"] = [n for n, _ in exc.problems]
-        return JSONResponse(body, status_code=exc.http_status)
+    add_error_handlers(app)
 
     for module in (health, runs, iterations, workers, refine):
         app.include_router(module.router)
@@ -124,10 +104,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_docs(app)
     return app
 
-
-def _short(value: object) -> str:
-    try:
-        text = repr(value) if not isinstance(value, str) else value
-    except ValueError:  # an integer past Python's digit limit for str()
-        return "(a number too long to show)"
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -25,6 +25,9 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ok: bool
     redis: str | None = Field(None, description="Why Redis is not reachable (only when ok is false).")
+    scheduler: str | None = Field(
+        None, description="Why the scheduler is not ready: no recent completed tick (only when ok is false)."
+    )
 
 
 class RunCreated(BaseModel):

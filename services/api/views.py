@@ -156,7 +156,8 @@ def refine_view(job: Job) -> tuple[int, dict[str, Any]]:
         return 200, {"job_id": job.id, "status": "finished", "result": job.return_value()}
     if status == JobStatus.FAILED:
         return 500, {"job_id": job.id, "status": "failed", "error": str(job.exc_info or "")[-500:]}
-    return 202, {"job_id": job.id, "status": str(status), "poll": f"/v1/refine/{job.id}"}
+    shown = status.value if isinstance(status, JobStatus) else str(status)  # "queued", not "JobStatus.QUEUED"
+    return 202, {"job_id": job.id, "status": shown, "poll": f"/v1/refine/{job.id}"}
 
 
 class LiveStates:

@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path as FilePath
-from typing import Annotated, Any, TypeVar, get_args
+from typing import Annotated, Any, BinaryIO, TypeVar, get_args
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
@@ -17,6 +17,7 @@ from shared.config import MAX_ITERATIONS
 from shared.errors import RunConflictError
 from shared.records import PairRow, TreeRow
 from workers.artifacts import RunPaths
+from workers.confinement import OutsideRootError, open_inside
 
 from ...summary import iteration_summary
 from ..deps import RunPathsDep, require_token
@@ -52,9 +53,10 @@ def get_iteration(run_id: str, iteration: Iteration, paths: RunPathsDep) -> dict
 )
 def download_pairs(run_id: str, iteration: Iteration, paths: RunPathsDep) -> StreamingResponse:
     file = _pairs_file(run_id, iteration, paths)
+    handle = _open(file, paths, run_id)  # opened (and checked) now: a refusal is a 409, not a cut stream
 
     def lines() -> Iterator[bytes]:
-        with file.open("rb") as f:
+        with handle as f:
             yield from f
 
     return StreamingResponse(
@@ -71,7 +73,7 @@ def sample_pairs(
     """A page of the iteration's DPO pairs as JSON (the whole file: ``/pairs``, as NDJSON)."""
     file = _pairs_file(run_id, iteration, paths)
     pairs, total = [], 0
-    for where, line in _records([(0, file)]):
+    for where, line in _records([(0, file)], paths, run_id):
         if offset <= total < offset + limit:
             pairs.append(_parse(PairRow, line, where, run_id).as_record())
         total += 1
@@ -101,7 +103,7 @@ def list_trees(
             "(the refine stage has written no shard)",
         )
     trees, total = [], 0
-    for where, line in _records(shards):
+    for where, line in _records(shards, paths, run_id):
         if status is not None and tree_status(line) != status:
             continue
         if offset <= total < offset + limit:
@@ -134,15 +136,29 @@ def refine_shards(paths: RunPaths, iteration: int) -> list[tuple[int, FilePath]]
     return sorted(found)
 
 
-def _records(files: list[tuple[int, FilePath]]) -> Iterator[tuple[tuple[int, FilePath, int], bytes]]:
+def _open(file: FilePath, paths: RunPaths, run_id: str) -> BinaryIO:
+    """A run file opened for reading, refused (409) when it is a link that leaves the run's folder."""
+    try:
+        return open_inside(file, paths.root)
+    except OutsideRootError as exc:
+        raise RunConflictError(f"run {run_id}: {exc}") from exc
+    except OSError as exc:  # a link in place of the file (O_NOFOLLOW), a file made unreadable
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise RunConflictError(f"run {run_id}: {file.name} cannot be read ({exc.strerror})") from exc
+
+
+def _records(
+    files: list[tuple[int, FilePath]], paths: RunPaths, run_id: str
+) -> Iterator[tuple[tuple[int, FilePath, int], bytes]]:
     """Each non-blank line of ``files`` in order, with (shard, file, line number) for messages.
 
     Streamed: one line in memory at a time. A file removed since it was listed (a cleaned-up run)
-    is skipped rather than failing the page.
+    is skipped rather than failing the page; one that leads out of the run's folder is a 409.
     """
     for shard, file in files:
         try:
-            handle = file.open("rb")
+            handle = _open(file, paths, run_id)
         except FileNotFoundError:
             continue
         with handle:

@@ -9,11 +9,13 @@ shows refinement jobs only; any other job id (a shard's, say) is a 404.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
@@ -26,9 +28,13 @@ from ..views import refine_view
 router = APIRouter(prefix="/v1/refine", tags=["refine"], dependencies=[Depends(require_token)])
 
 POLL_S = 0.2
+RESULT_TTL_S = 24 * 3600
+"""A refinement's result, or its failure, is kept this long; then RQ deletes the job."""
+RATE_KEY = "spar:refine:rate"
 _OUTCOMES = {
     202: {"model": RefineResult, "description": "still running: poll the given URL"},
     500: {"model": RefineResult, "description": "the refinement job failed"},
+    429: {"description": "over SPAR_REFINE_PER_MINUTE refinements this minute; see Retry-After"},
 }
 JobId = Annotated[str, Path(max_length=100, description="The job id POST /v1/refine returned.")]
 
@@ -36,12 +42,15 @@ JobId = Annotated[str, Path(max_length=100, description="The job id POST /v1/ref
 @router.post("", response_model=RefineResult, responses=_OUTCOMES)
 async def refine(body: RefineRequest, settings: SettingsDep, scheduler: SchedulerDep) -> JSONResponse:
     paths = await run_in_threadpool(run_paths, body.run_id, scheduler)
+    await run_in_threadpool(_within_rate, scheduler.redis, settings.refine_per_minute)
     job = await run_in_threadpool(
         scheduler.queues["refiner"].enqueue,
         REFINE_ONE,
         kwargs={"run_dir": str(paths.root), "prompt": body.prompt, "response": body.response},
         job_timeout=settings.job_timeout,
-        result_ttl=24 * 3600,
+        ttl=RESULT_TTL_S,  # not started in a day: dropped from the queue
+        result_ttl=RESULT_TTL_S,
+        failure_ttl=RESULT_TTL_S,  # RQ's default keeps a failed job (and its payload) for a year
     )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait_s
@@ -52,6 +61,23 @@ async def refine(body: RefineRequest, settings: SettingsDep, scheduler: Schedule
         await asyncio.sleep(POLL_S)
     code, view = await run_in_threadpool(refine_view, job)
     return JSONResponse(view, status_code=code)
+
+
+def _within_rate(redis: Redis, per_minute: int) -> None:
+    """429 past ``per_minute`` refinements in this minute (one counter in Redis for every replica)."""
+    window = int(time.time() // 60)
+    key = f"{RATE_KEY}:{window}"
+    with redis.pipeline() as pipe:
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        count, _ = pipe.execute()
+    if int(count) > per_minute:
+        retry_after = max(1, int((window + 1) * 60 - time.time()) + 1)
+        raise HTTPException(
+            429,
+            f"over {per_minute} refinements this minute (SPAR_REFINE_PER_MINUTE); retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 def _refine_job(job_id: str, redis: RedisDep) -> Job:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -15,12 +16,13 @@ from shared.errors import RunConflictError
 
 from ...report import load_run, render_html, render_markdown
 from ...runs import confine, create_run
-from ...scheduler import ACTIVE, RunStatus, Scheduler
+from ...scheduler import RunStatus, Scheduler
 from ..deps import MAX_RUN_ID, LiveRedisDep, RunPathsDep, SchedulerDep, SettingsDep, require_token
 from ..models import RunCreated, RunListItem, RunStatusChange, RunView
 from ..views import RUN_VIEW_BODIES, LiveStates
 
 log = logging.getLogger("spar.api")
+RESUMABLE = (RunStatus.FAILED, RunStatus.CANCELLED)
 RESUME_LOCK_S = 60  # longer than any resume takes; the lock is deleted as soon as it is done
 # The report is one page with inline CSS and SVG and no script: it may use nothing else, so text
 # from the run (prompts, configs) can never turn into code or a request, whoever opens it.
@@ -39,7 +41,11 @@ def start_run(config: RunConfig, settings: SettingsDep, scheduler: SchedulerDep)
         max_iterations=settings.max_iterations,
     )
     paths = create_run(resolved, settings.runs_root)
-    scheduler.register(paths)
+    try:
+        scheduler.register(paths)
+    except BaseException:  # Redis away (a 503): a retried request must not leave a folder per try
+        shutil.rmtree(paths.root, ignore_errors=True)
+        raise
     return RunCreated(id=paths.run_id, status=RunStatus.QUEUED, run_dir=str(paths.root))
 
 
@@ -101,25 +107,35 @@ async def _build_once(run_id: str, state: dict[str, str] | None, scheduler: Sche
         del _BUILDING[key]
 
 
-@router.post("/{run_id}/cancel", response_model=RunStatusChange)
+@router.post(
+    "/{run_id}/cancel",
+    response_model=RunStatusChange,
+    responses={409: {"description": "the run has finished: succeeded or failed (a cancelled one: 200)"}},
+)
 def cancel(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatusChange:
     """Marks the run cancelled first, then stops its jobs. A run whose config.json no longer reads
     (written by a laxer version, or damaged) is still cancelled: the scheduler could never have
     enqueued its jobs, so there is nothing to stop."""
     try:
-        scheduler.cancel(run_id, paths)
+        cancelled = scheduler.cancel(run_id, paths)
     except (OSError, ValueError) as exc:
         log.warning(
             "cancel: config unreadable",
             extra={"event": "run.cancel_unreadable", "run": run_id, "error": str(exc)[:200]},
         )
+        cancelled = True  # marked cancelled before its jobs were looked for
+    status = None if cancelled else (scheduler.state(run_id) or {}).get("status", "gone")
+    if status is not None and status != RunStatus.CANCELLED:  # cancelling twice is harmless
+        raise HTTPException(409, f"run {run_id} is {status}; only queued or running runs can be cancelled")
     return RunStatusChange(id=run_id, status=RunStatus.CANCELLED)
 
 
 @router.post(
     "/{run_id}/resume",
     response_model=RunStatusChange,
-    responses={409: {"description": "the run is still queued or running, or being resumed right now"}},
+    responses={
+        409: {"description": "the run is queued, running or succeeded, or being resumed right now"}
+    },
 )
 def resume(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatusChange:
     """Only one resume of a run at a time (a short Redis lock, across API replicas): a second one
@@ -129,9 +145,9 @@ def resume(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatu
         raise HTTPException(409, f"run {run_id} is being resumed by another request; check its status")
     try:
         state = scheduler.state(run_id) or {}
-        if state.get("status") in ACTIVE:
+        if state.get("status") not in RESUMABLE:
             raise HTTPException(
-                409, f"run {run_id} is {state['status']}; only failed or cancelled runs resume"
+                409, f"run {run_id} is {state.get('status')}; only failed or cancelled runs resume"
             )
         try:
             scheduler.resume(run_id, paths)
