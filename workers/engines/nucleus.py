@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported where the filter runs: the run-record code reads ENV only
@@ -34,45 +35,136 @@ logger = logging.getLogger(__name__)
 ENV = "SPAR_VLLM_NUCLEUS"
 """``topk`` (default): this module's filter on CPU; ``sort``: vLLM's own."""
 
-CANDIDATES = 256
-"""Tokens examined per row before falling back to the full sort for rows they do not cover."""
+MARGIN = 10.0
+"""First tier: the tokens within this many nats of their row's highest logit (a probability at least
+e^-10 of the top token's), almost always a superset of the nucleus and a few dozen tokens."""
+
+CANDIDATES = 1024
+"""Second tier, for rows whose nucleus reaches below the margin: the top tokens by ``torch.topk``."""
 
 
-def nucleus_mask(logits: torch.Tensor, p: torch.Tensor, candidates: int = CANDIDATES) -> torch.Tensor:
-    """Boolean [B, V]: True where vLLM's top-p rule masks the token out (the logits are not changed).
+@dataclass
+class Nucleus:
+    """Which tokens each row keeps: listed (``rows``/``cols``) for the rows the candidate tiers
+    settled, every token of the ``whole`` rows (p >= 1), and a boolean mask per row that needed the
+    full sort (``sorted_rows``/``sorted_masked``)."""
 
-    ``logits`` are the already temperature-scaled logits [B, V]; ``p`` the per-row top-p [B].
+    rows: torch.Tensor
+    cols: torch.Tensor
+    whole: torch.Tensor
+    sorted_rows: torch.Tensor
+    sorted_masked: torch.Tensor
+
+
+def find_nucleus(
+    logits: torch.Tensor, p: torch.Tensor, margin: float = MARGIN, candidates: int = CANDIDATES
+) -> Nucleus:
+    """The tokens vLLM's top-p rule keeps in each row of ``logits`` (temperature-scaled, [B, V]).
+
+    Three tiers, each exact where it decides: the tokens within ``margin`` of the row's maximum,
+    ordered per row on a compact array; then the top ``candidates`` for the rows the first did not
+    settle; then vLLM's full sort for the rest. The [B, V] passes are the softmax normaliser, the
+    row maxima and one comparison; nothing of that size is written but the comparison.
     """
     import torch
 
     batch, vocab = logits.shape
-    k = min(candidates, vocab)
-    work = logits.float()
-    top_logits, top_index = torch.topk(work, k, dim=-1)  # descending
-    # probabilities of the candidates under the full softmax of each row
-    top_probs = torch.exp(top_logits - torch.logsumexp(work, dim=-1, keepdim=True))
-    above = torch.cumsum(top_probs, dim=-1) - top_probs  # mass strictly above each candidate
-    p = p.to(work.dtype).unsqueeze(1)
-    keep_top = above < p
-    keep_top[:, 0] = True  # vLLM always keeps the highest token
-    keep = torch.zeros((batch, vocab), dtype=torch.bool, device=logits.device)
-    keep.scatter_(1, top_index, keep_top)
+    device = logits.device
+    work = logits if logits.dtype == torch.float32 else logits.float()
+    p = p.to(device=device, dtype=torch.float64)
     # rows with p >= 1 keep everything (vLLM would mask only tokens of probability exactly 0,
     # which a Gumbel-max draw over float32 logits can never pick)
-    whole = p[:, 0] >= 1
-    # a candidate set whose last member is masked proves the nucleus ends inside it; else the row
-    # may extend beyond the candidates (a flat distribution), and only the full sort can tell
-    uncovered = keep_top[:, -1] & ~whole
-    if bool(whole.any()):
-        keep[whole] = True
-    if bool(uncovered.any()):
-        rows = uncovered.nonzero(as_tuple=True)[0]
-        keep[rows] = ~_sorted_mask(work[rows], p[rows, 0])
-    return ~keep
+    whole = p >= 1
+    todo = ~whole
+    kept_rows: list[torch.Tensor] = []
+    kept_cols: list[torch.Tensor] = []
+    empty = torch.empty(0, dtype=torch.long, device=device)
+    sorted_rows, sorted_masked = empty, torch.empty((0, vocab), dtype=torch.bool, device=device)
+    if bool(todo.any()):
+        lse = torch.logsumexp(work, dim=-1)
+        near = work >= (work.amax(dim=-1, keepdim=True) - margin)
+        rows, cols = near.nonzero(as_tuple=True)
+        if not bool(todo.all()):
+            inside = todo[rows]
+            rows, cols = rows[inside], cols[inside]
+        todo &= ~_settle(work, lse, p, rows, cols, kept_rows, kept_cols)
+        if bool(todo.any()):
+            left = todo.nonzero(as_tuple=True)[0]
+            k = min(candidates, vocab)
+            index = torch.topk(work[left], k, dim=-1).indices
+            picked = (left.repeat_interleave(k), index.reshape(-1))
+            todo &= ~_settle(work, lse, p, *picked, kept_rows, kept_cols)
+        if bool(todo.any()):
+            sorted_rows = todo.nonzero(as_tuple=True)[0]
+            sorted_masked = _sorted_mask(work[sorted_rows], p[sorted_rows].to(work.dtype))
+    return Nucleus(
+        rows=torch.cat(kept_rows) if kept_rows else empty,
+        cols=torch.cat(kept_cols) if kept_cols else empty,
+        whole=whole.nonzero(as_tuple=True)[0],
+        sorted_rows=sorted_rows,
+        sorted_masked=sorted_masked,
+    )
+
+
+def _settle(
+    work: torch.Tensor,
+    lse: torch.Tensor,
+    p: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    kept_rows: list[torch.Tensor],
+    kept_cols: list[torch.Tensor],
+) -> torch.Tensor:
+    """Apply vLLM's rule to each row's candidates (``rows``/``cols``; they must include the row's
+    highest token), append the kept tokens of the rows it settles, and return which rows [B] it
+    settled.
+
+    A row is settled when its lowest candidate is masked: then the nucleus ends among the candidates
+    and every token outside them (lower still) is masked too. Candidates are ordered per row on one
+    compact array (value descending within row); the running mass is summed in float64 so that row
+    offsets subtract exactly enough.
+    """
+    import torch
+
+    batch = work.shape[0]
+    settled = torch.zeros(batch, dtype=torch.bool, device=work.device)
+    if rows.numel() == 0:
+        return settled
+    values = work[rows, cols]
+    order = torch.argsort(values, descending=True, stable=True)
+    order = order[torch.argsort(rows[order], stable=True)]
+    rows, cols, values = rows[order], cols[order], values[order]
+    probs = torch.exp(values.double() - lse[rows].double())
+    before = torch.cumsum(probs, 0) - probs  # mass of all earlier candidates (earlier rows too)
+    counts = torch.bincount(rows, minlength=batch)
+    starts = torch.cumsum(counts, 0) - counts
+    present = counts > 0
+    above = before - before[starts[rows]]  # mass strictly above, within the row
+    keep = above < p[rows]
+    keep[starts[present]] = True  # vLLM always keeps the highest token
+    settled[present] = ~keep[(starts + counts - 1)[present]]
+    chosen = settled[rows] & keep
+    kept_rows.append(rows[chosen])
+    kept_cols.append(cols[chosen])
+    return settled
+
+
+def nucleus_mask(
+    logits: torch.Tensor, p: torch.Tensor, margin: float = MARGIN, candidates: int = CANDIDATES
+) -> torch.Tensor:
+    """Boolean [B, V]: True where vLLM's top-p rule masks the token out (for tests and inspection)."""
+    import torch
+
+    found = find_nucleus(logits, p, margin, candidates)
+    masked = torch.ones(logits.shape, dtype=torch.bool, device=logits.device)
+    masked[found.rows, found.cols] = False
+    masked[found.whole] = False
+    masked[found.sorted_rows] = found.sorted_masked
+    return masked
 
 
 def _sorted_mask(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """vLLM's top-p rule by the full sort (the reference; used for rows the candidates do not cover)."""
+    """vLLM's top-p rule by the full sort (the reference; used for rows no candidate tier settles)."""
     import torch
 
     ordered, index = logits.sort(dim=-1, descending=False)
@@ -83,8 +175,18 @@ def _sorted_mask(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 def apply_top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Mask ``logits`` in place outside each row's nucleus (what vLLM's function returns)."""
-    return logits.masked_fill_(nucleus_mask(logits, p), float("-inf"))
+    """``logits`` with -inf outside each row's nucleus (what vLLM's function returns): a fresh tensor
+    of -inf with the kept values copied in, cheaper than masking [B, V] in place."""
+    import torch
+
+    found = find_nucleus(logits, p)
+    out = torch.full_like(logits, float("-inf"))
+    out[found.rows, found.cols] = logits[found.rows, found.cols]
+    if found.whole.numel():
+        out[found.whole] = logits[found.whole]
+    if found.sorted_rows.numel():
+        out[found.sorted_rows] = logits[found.sorted_rows].masked_fill(found.sorted_masked, float("-inf"))
+    return out
 
 
 def register() -> None:
