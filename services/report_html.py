@@ -43,9 +43,9 @@ code { font:12px ui-monospace, SFMono-Regular, Menlo, monospace; background:#f2f
        border-radius:3px; }
 div.scroll { max-width:100%; overflow-x:auto; }
 table { border-collapse:collapse; font-size:13px; font-variant-numeric:tabular-nums; }
-th, td { text-align:left; padding:3px 6px; border-bottom:1px solid var(--line); white-space:nowrap; }
+th, td { text-align:left; padding:3px 6px; border-bottom:1px solid var(--line); overflow-wrap:break-word; }
 th { color:var(--muted); font-weight:600; font-size:12px; white-space:normal; vertical-align:bottom; }
-td.num { text-align:right; }
+td.num { text-align:right; white-space:nowrap; }
 td.flag { color:var(--bad); font-weight:600; }
 details { margin:8px 0; }
 details > summary { cursor:pointer; color:var(--muted); }

@@ -223,8 +223,10 @@ def test_older_runs_are_rescored_and_exports_rescore_with_googles_code(
 
     old_report, new_report = load_run(old_dir), load_run(new_dir)
     assert old_report.eval_rows.of("ifeval")["v1"].note == "re-scored from the kept responses"
+
     def outcomes_of(report) -> dict:
-        return {v: [(r["key"], r["strict"], r["loose"]) for r in rs] for v, rs in report.records("ifeval").items()}
+        records = report.records("ifeval").items()
+        return {v: [(r["key"], r["strict"], r["loose"]) for r in rs] for v, rs in records}
 
     assert outcomes_of(old_report) == outcomes_of(new_report)
     assert old_report.comparisons == new_report.comparisons
