@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from shared.bootstrap import Units, bootstrap_interval
@@ -28,6 +29,22 @@ PROMPT_LEVEL = ("prompt_strict", "prompt_loose")
 JUDGE_SCORES = ("pairwise", "pointwise", "pointwise_f1")
 BOOTSTRAP_SAMPLES = 2000
 LEVEL = 0.95
+
+
+# The resamplings are the report's cost (about 0.6 s per metric and comparison on 541 prompts on one
+# core). They are pure functions of their units, so a server that builds a run's report on every
+# request (``GET /v1/runs/{id}/report``) computes each only once.
+@lru_cache(maxsize=1024)
+def _paired(
+    before: tuple[tuple[int, int], ...], after: tuple[tuple[int, int], ...], samples: int, seed: int
+) -> PairedDifference:
+    return paired_bootstrap(before, after, samples=samples, level=LEVEL, seed=seed)
+
+
+@lru_cache(maxsize=1024)
+def _interval(units: tuple[tuple[int, int], ...], samples: int, seed: int) -> tuple[float, float]:
+    return bootstrap_interval(units, samples=samples, level=LEVEL, seed=seed)
+
 
 # --- paired IFEval differences -------------------------------------------------------------------
 
@@ -67,9 +84,9 @@ def compare_paired(
     pairs = [(r, later[r["key"]]) for r in before if r["key"] in later]
     differences, tests = {}, {}
     for seed, metric in enumerate(IFEVAL_METRICS):
-        b = [prompt_unit(x, metric) for x, _ in pairs]
-        a = [prompt_unit(y, metric) for _, y in pairs]
-        differences[metric] = paired_bootstrap(b, a, samples=samples, level=LEVEL, seed=seed)
+        b = tuple(prompt_unit(x, metric) for x, _ in pairs)
+        a = tuple(prompt_unit(y, metric) for _, y in pairs)
+        differences[metric] = _paired(b, a, samples, seed)
         if metric in PROMPT_LEVEL:
             tests[metric] = mcnemar_exact([bool(p) for p, _ in b], [bool(p) for p, _ in a])
     return PairedComparison(before_name, after_name, len(pairs), differences, tests)
@@ -155,7 +172,7 @@ def judge_estimates(labels: Labels, samples: int = BOOTSTRAP_SAMPLES) -> dict[st
     units = _judge_units(labels)
     out = {}
     for seed, name in enumerate(JUDGE_SCORES):
-        low, high = bootstrap_interval(units[name], samples=samples, level=LEVEL, seed=seed)
+        low, high = _interval(tuple(units[name]), samples, seed)
         out[name] = Estimate(points[name], low, high)
     return out
 

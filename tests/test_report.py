@@ -293,3 +293,19 @@ def test_older_runs_are_rescored_and_exports_rescore_with_googles_code(
     judged = [json.loads(x) for x in gzip.decompress((out / "judge_v0.jsonl.gz").read_bytes()).splitlines()]
     assert [(j["preferred"], j["other"]) for j in judged] == labels["v0"]
     assert [(j["input"], j["preferred_output"], j["other_output"]) for j in judged][1] == ("Say b.", "b", "B")
+
+
+def test_both_pages_draw_with_the_one_chart_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services import charts
+    from services.dashboard import dashboard_html
+    from services.report_html import report_script, report_style
+
+    for page in (dashboard_html(), report_script()):
+        assert "@include" not in page and page.count("function lineChart(") == 1
+    assert charts.static_text("charts.js").strip().splitlines()[-1] in report_script()
+    assert ".chart text.title" in report_style() and ".chart text.title" in dashboard_html()
+    indented = charts.include_static("    // @include charts.js")
+    assert all(line.startswith("    ") for line in indented.splitlines() if line)
+    monkeypatch.setattr(charts, "static_text", lambda name: f"// @include {name}")
+    with pytest.raises(ValueError, match="includes itself"):
+        charts.include_static("// @include loop.js")
