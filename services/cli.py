@@ -90,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     report.add_argument("--out", type=Path, help="output file (default: RUN_DIR/report.html or .md)")
     report.add_argument("--format", choices=["html", "md"], default="html")
+    report.add_argument(
+        "--export-generations",
+        type=Path,
+        metavar="DIR",
+        help="also write each evaluated version's IFEval/validation responses and judge outputs to DIR "
+        "(gzip JSONL that Google's IFEval code re-scores; a folder per run when several are given)",
+    )
 
     models = sub.add_parser("models", help="build or prepare local model folders")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -159,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
 
             out = args.out or args.run_dirs[0] / f"report.{args.format}"
             console.print(f"report written to {write_report(args.run_dirs, out, args.format)}")
+            if args.export_generations is not None:
+                from services.export import export_runs
+
+                files = export_runs(args.run_dirs, args.export_generations)
+                console.print(f"{len(files)} files of generations written to {args.export_generations}")
             return 0
         if args.command == "prompts":
             from services.prompts_cli import run_prompts_command

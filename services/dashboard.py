@@ -3,7 +3,9 @@
 Why a single static page: the service runs on clusters that may have no outbound network and no
 frontend build tooling, so the page is one HTML file (``services/static/dashboard.html``, shipped
 as package data) with inline CSS and JS and no third-party library. Charts are small SVG line
-charts drawn by our own function (polyline, axes, labels).
+charts drawn by our own function (polyline, axes, labels), in ``static/charts.js``: the run report
+draws its charts with the same file, and both pages include its text in their inline script
+(:mod:`services.charts`).
 
 The page needs no token to load; it asks for the API token once (kept in ``localStorage``; a
 ``#token=...`` URL fragment is accepted for automation and then removed from the address bar) and
@@ -37,8 +39,9 @@ Per run, the runs list offers the run's report (``GET /v1/runs/{id}/report``, th
 report`` writes): a plain link cannot send the token, so the page fetches the report with the
 header and opens it as a ``blob:`` URL in a new tab, or saves the Markdown (``?format=md``) as a
 file. A ``blob:`` document inherits the policy of the page that made it, so this page's CSP also
-allows the report's own inline ``<style>`` by hash (:func:`report_style_hashes`); the report has
-no script, and this policy would run none.
+allows the report's own inline ``<style>`` and its one inline ``<script>`` (the shared chart code,
+which reads the report's numbers from a JSON data block) by hash (:func:`report_inline_hashes`):
+no other script in a report would run under this policy.
 
 Below the run, "Inspect iteration" browses one iteration's refinement trees
 (``GET /v1/runs/{id}/iterations/{t}/trees``, a page at a time, filtered by status) and DPO pairs
@@ -66,7 +69,8 @@ from importlib.resources import files
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from .report import render_html
+from .charts import include_static
+from .report_html import render_html
 
 router = APIRouter()
 
@@ -82,21 +86,28 @@ def inline_hashes(html: str) -> dict[str, list[str]]:
     return hashes
 
 
-def content_security_policy(html: str, *, connect: str = "'self'", extra_styles: Iterable[str] = ()) -> str:
+def content_security_policy(
+    html: str,
+    *,
+    connect: str = "'self'",
+    extra_styles: Iterable[str] = (),
+    extra_scripts: Iterable[str] = (),
+) -> str:
     """A strict CSP for a page whose only code is its inline ``<script>``/``<style>`` blocks.
 
     Each block is allowed by its SHA-256 hash (no ``'unsafe-inline'``): anything injected into the
     page -- another script, an event-handler attribute, a script from elsewhere -- does not run, and
     the page may only talk to its own origin (``connect-src``), where the token is sent.
-    ``extra_styles``: hashes of style blocks of documents the page opens as ``blob:`` URLs (they
-    inherit this policy), i.e. the run report's.
+    ``extra_styles``/``extra_scripts``: hashes of the blocks of documents the page opens as
+    ``blob:`` URLs (they inherit this policy), i.e. the run report's.
     """
     hashes = inline_hashes(html)
     styles = hashes["style"] + [h for h in extra_styles if h not in hashes["style"]]
+    scripts = hashes["script"] + [h for h in extra_scripts if h not in hashes["script"]]
     return "; ".join(
         [
             "default-src 'none'",
-            "script-src " + (" ".join(hashes["script"]) or "'none'"),
+            "script-src " + (" ".join(scripts) or "'none'"),
             "style-src " + (" ".join(styles) or "'none'"),
             f"connect-src {connect}",
             "img-src 'self' data:",
@@ -108,22 +119,52 @@ def content_security_policy(html: str, *, connect: str = "'self'", extra_styles:
 
 
 @cache
+def report_inline_hashes() -> dict[str, tuple[str, ...]]:
+    """Hashes of the run report's inline style and script (:func:`services.report_html.render_html`),
+    taken from the renderer itself so that a restyled report stays allowed. Both blocks are fixed
+    text (the numbers travel in a JSON data block, which is never executed), so the hashes of an
+    empty report are every report's; any other script would not run, which is what the token in
+    ``localStorage`` needs."""
+    hashes = inline_hashes(render_html([]))
+    return {"style": tuple(hashes["style"]), "script": tuple(hashes["script"])}
+
+
 def report_style_hashes() -> tuple[str, ...]:
-    """Hashes of the run report's inline style (:func:`services.report.render_html`), taken from
-    the renderer itself so that a restyled report stays allowed. Only styles: a script in the
-    report would not run under this policy, which is what the token in ``localStorage`` needs."""
-    return tuple(inline_hashes(render_html([]))["style"])
+    """The report's inline style hashes (see :func:`report_inline_hashes`)."""
+    return report_inline_hashes()["style"]
+
+
+def report_script_hashes() -> tuple[str, ...]:
+    """The report's inline script hash: the shared chart code (see :func:`report_inline_hashes`)."""
+    return report_inline_hashes()["script"]
+
+
+def report_csp() -> str:
+    """The policy the API serves the report with: its own style and chart script by hash, nothing
+    else (no request, no other script), so text from a run never becomes code or a request."""
+    return "; ".join(
+        [
+            "default-src 'none'",
+            "script-src " + (" ".join(report_script_hashes()) or "'none'"),
+            "style-src " + (" ".join(report_style_hashes()) or "'none'"),
+            "img-src data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+        ]
+    )
 
 
 @cache
 def dashboard_html() -> str:
     """The page, read once from the package (it never changes while the server runs)."""
-    return files("services").joinpath("static/dashboard.html").read_text(encoding="utf-8")
+    return include_static(files("services").joinpath("static/dashboard.html").read_text(encoding="utf-8"))
 
 
 @cache
 def dashboard_headers() -> dict[str, str]:
-    csp = content_security_policy(dashboard_html(), extra_styles=report_style_hashes())
+    csp = content_security_policy(
+        dashboard_html(), extra_styles=report_style_hashes(), extra_scripts=report_script_hashes()
+    )
     return {
         "Cache-Control": "no-cache",
         "Content-Security-Policy": csp,

@@ -1,25 +1,31 @@
 """``spar report RUN_DIR [RUN_DIR ...]``: a self-contained report of finished (or running) runs.
 
-Everything comes from the run directories (manifests, ``spar_version.json``, the config): a report
-can be rebuilt at any time and no number in it is typed by hand. One HTML file (inline CSS and SVG
-charts, no script, nothing loaded from elsewhere) or Markdown:
+Everything comes from the run directories (manifests, the eval stage's per-prompt rows, fork
+records, the config): a report can be rebuilt at any time and no number in it is typed by hand.
+This module builds the content as blocks (:mod:`services.report_doc`); Markdown is rendered here,
+the HTML page in :mod:`services.report_html`. In reading order:
 
-* per run: the config and its stage hashes; per iteration the counts (negatives, tree success rate,
-  expansions, pairs, RFT examples), the cost per stage (engine calls, tokens, wall time) and the
-  training curves; per model version IFEval's four metrics with 95% intervals and the refiner's
-  judge accuracy (pairwise and pointwise), from the ``eval`` stage;
-* with several runs, the tables laid out like the paper's (rows = arms, columns = metrics): the
-  last evaluated versions; IFEval of every actor version of every arm; each arm's difference from
-  the first run named (the reference arm) at the same version; judge accuracy per refiner version;
-  and the wall time each arm spent. A run forked from another (``spar run --fork``) counts only the
-  stages it computed itself; the stages it reused are marked.
+* **summary**: the paper-style table (last evaluated version of each run: IFEval's four metrics
+  with 95% intervals, the refiner's judge scores) and the **paired differences**: each actor
+  version against v0 and against the version before, on IFEval and on the validation split, in
+  points with paired bootstrap 95% intervals and exact McNemar tests (:mod:`services.report_stats`);
+  with several runs, each other arm minus the first at the same version, paired the same way;
+  then IFEval per version, judge accuracy with intervals beside the trivial judges, wall time;
+* **per run**: the config's stage hashes and what each stage resolved to on its machine (engine
+  release, dtype, training precision), the per-version tables, the share of completions cut at
+  ``max_new_tokens`` per stage and of IFEval answers per version (5% or more is flagged), charts,
+  per iteration the counts, costs and training curves, and the config (collapsed).
+
+A run forked from another (``spar run --fork``) counts only the stages it computed itself; the
+stages it reused are marked.
 """
 
 from __future__ import annotations
 
-import html
 import json
+import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +33,29 @@ from shared.stages import STAGE_TABLE
 from workers.artifacts import RunPaths, read_json
 from workers.stages.common import load_config
 
+from .eval_records import EvalRows, read_eval_rows, rescore_missing
 from .fork import FORK_RECORD
+from .report_doc import FLAG, Block, Charts, Details, Heading, Section, Table, Text, to_markdown
+from .report_stats import (
+    IFEVAL_METRICS,
+    JUDGE_SCORES,
+    TRIVIAL_JUDGES,
+    Estimate,
+    PairedComparison,
+    compare_paired,
+    estimates_from_manifest,
+    judge_estimates,
+    judge_labels,
+    trivial_judges,
+    version_comparisons,
+)
 from .summary import iteration_summary
 
-IFEVAL_METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
 JUDGE_METRICS = ("accuracy", "pointwise_accuracy", "pointwise_f1")
 COUNT_METRICS = ("negatives", "success_rate", "mean_expansions_per_tree", "pairs", "rft_examples")
+SPLITS = {"ifeval": "IFEval", "validation": "validation"}
+CAPPED_FLAG = 0.05
+"""A share of completions cut at max_new_tokens from which the report flags it (the issue's bound)."""
 
 
 @dataclass
@@ -71,8 +94,44 @@ class RunReport:
         """Each actor version's score on the validation split (the recipe-tuning metric)."""
         return {r["version"]: r for it in self.iterations for r in it["evaluation"].get("validation", [])}
 
+    def scores_by_version(self, split: str) -> dict[str, dict[str, Any]]:
+        return self.ifeval_by_version() if split == "ifeval" else self.validation_by_version()
+
     def judge_by_version(self) -> dict[str, dict[str, Any]]:
         return {r["version"]: r for it in self.iterations for r in it["evaluation"]["judge"]}
+
+    @cached_property
+    def eval_rows(self) -> EvalRows:
+        """The eval stage's per-prompt and per-pair rows of the iterations whose eval is done;
+        IFEval rows of older runs (no per-prompt records) re-scored from their responses."""
+        done = [it["iteration"] for it in self.iterations if any(s["stage"] == "eval" for s in it["stages"])]
+        rows = read_eval_rows(self.root, max(done) + 1 if done else 0)
+        rescore_missing(rows, {"ifeval": _ifeval_items, "validation": self._validation_items})
+        return rows
+
+    def _validation_items(self) -> list[dict[str, Any]]:
+        from workers.stages.evaluate import validation_items
+
+        path = (self.config.get("evaluation") or {}).get("validation_prompts")
+        if not path:
+            raise FileNotFoundError("the config names no validation_prompts")
+        return validation_items(Path(path))
+
+    def records(self, split: str) -> dict[str, list[dict[str, Any]] | None]:
+        """Per-prompt records of each evaluated version of ``split``, in the manifest's order."""
+        rows = self.eval_rows.of(split)
+        return {v: (rows[v].records if v in rows else None) for v in self.scores_by_version(split)}
+
+    @cached_property
+    def comparisons(self) -> dict[str, list[PairedComparison]]:
+        """Paired comparisons of the versions, per split (computed once per report)."""
+        return {split: version_comparisons(self.records(split)) for split in SPLITS}
+
+
+def _ifeval_items() -> list[dict[str, Any]]:
+    from workers.evaluation.ifeval import load_ifeval_prompts
+
+    return load_ifeval_prompts()
 
 
 def load_run(run_dir: Path) -> RunReport:
@@ -116,9 +175,44 @@ def _ci(row: dict[str, Any], metric: str) -> str:
     return f"{_pct(row[metric])} [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else _pct(row.get(metric))
 
 
-def comparison_rows(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
+def _estimate(e: Estimate | None) -> str:
+    if e is None:
+        return "-"
+    if e.low is None or e.high is None:
+        return _pct(e.value)
+    return f"{_pct(e.value)} [{_pct(e.low)}, {_pct(e.high)}]"
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def _difference(comparison: PairedComparison, metric: str) -> str:
+    """``+1.2 [-0.8, +3.1]`` in points; ``*`` marks an interval that excludes 0."""
+    d = comparison.differences[metric]
+    mark = "*" if d.excludes_zero else ""
+    return f"{_points(d.difference)} [{_points(d.low)}, {_points(d.high)}]{mark}"
+
+
+def _mcnemar(comparison: PairedComparison, metric: str) -> str:
+    t = comparison.tests[metric]
+    return f"p={t.p_value:.3g} (+{t.gained}/-{t.lost})"
+
+
+def _share(part: int | None, whole: int | None) -> str:
+    """``12/300 (4.0%)``, flagged from :data:`CAPPED_FLAG`."""
+    if part is None or not whole:
+        return "-"
+    share = part / whole
+    return f"{part}/{whole} ({100 * share:.1f}%)" + (f" {FLAG}" if share >= CAPPED_FLAG else "")
+
+
+# --- the tables ----------------------------------------------------------------------------------
+
+
+def comparison_table(reports: list[RunReport]) -> Table:
     """The paper-style table: one row per run, IFEval of its last actor version and judge scores."""
-    header = ["run", "actor", *IFEVAL_METRICS, "average", "refiner", *JUDGE_METRICS]
+    header = ["run", "actor", *IFEVAL_METRICS, "average", "refiner", "pairwise", "pointwise", "pointwise F1"]
     rows = []
     for r in reports:
         ifeval, judge = r.ifeval_by_version(), r.judge_by_version()
@@ -127,69 +221,118 @@ def comparison_rows(reports: list[RunReport]) -> tuple[list[str], list[list[str]
         row = [r.name(), actor or "-"]
         row += [_ci(ifeval[actor], m) for m in IFEVAL_METRICS] if actor else ["-"] * 4
         row += [_pct(ifeval[actor]["average"]) if actor else "-", refiner or "-"]
-        row += [_pct(judge[refiner].get(m)) for m in JUDGE_METRICS] if refiner else ["-"] * 3
+        scores = _judge_scores(r, refiner) if refiner else {}
+        row += [_estimate(scores.get(s)) for s in JUDGE_SCORES]
         rows.append(row)
-    return header, rows
+    title = "Last evaluated versions (IFEval %, 95% bootstrap CI over prompts; judge %, 95% CI over pairs)"
+    return Table(title, header, rows, id="comparison")
 
 
-def version_rows(reports: list[RunReport], split: str = "ifeval") -> tuple[list[str], list[list[str]]]:
-    """IFEval (or the validation split) of every evaluated actor version of every run: rows (arm, version)."""
-    header = ["arm", "version", *IFEVAL_METRICS, "average", "prompts"]
+PAIRED_HEADER = [*IFEVAL_METRICS, "McNemar prompt_strict", "McNemar prompt_loose"]
+PAIRED_NOTE = (
+    "Differences in points, later minus earlier, on the prompts both were scored on, with the paired "
+    "bootstrap 95% interval (prompts resampled, both sides recomputed; * = the interval excludes 0). "
+    "McNemar: exact two-sided p-value on the discordant prompts, with the prompts gained (+) and lost (-)."
+)
+
+
+def _paired_cells(c: PairedComparison) -> list[str]:
+    return [
+        str(c.n),
+        *(_difference(c, m) for m in IFEVAL_METRICS),
+        *(_mcnemar(c, m) for m in ("prompt_strict", "prompt_loose")),
+    ]
+
+
+def paired_versions_table(reports: list[RunReport]) -> Table:
+    """Each run's versions against v0 and against the previous version, per split."""
     rows = []
     for r in reports:
-        scores = r.ifeval_by_version() if split == "ifeval" else r.validation_by_version()
-        for v, row in scores.items():
-            rows.append(
-                [
-                    r.name(),
-                    v,
-                    *(_ci(row, m) for m in IFEVAL_METRICS),
-                    _pct(row["average"]),
-                    str(row.get("n_prompts", "-")),
-                ]
-            )
-    return header, rows
+        for split, label in SPLITS.items():
+            rows += [[r.name(), label, c.label, *_paired_cells(c)] for c in r.comparisons[split]]
+    header = ["arm", "split", "comparison", "prompts", *PAIRED_HEADER]
+    return Table("Paired differences between versions (points)", header, rows, id="paired", note=PAIRED_NOTE)
 
 
-def delta_rows(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
-    """Each other arm minus the first run at the same actor version, in IFEval points.
-
-    Both arms are scored on the same prompts, so this is the ablation's effect; whether it is more
-    than noise is read against the intervals in the per-version table.
-    """
-    header = ["arm", "version", *IFEVAL_METRICS, "average"]
-    base = reports[0].ifeval_by_version()
-    rows = []
+def paired_arms_table(reports: list[RunReport]) -> Table:
+    """Each other arm minus the first run at the same actor version (v0 is shared and left out)."""
+    base, rows = reports[0], []
     for r in reports[1:]:
-        for v, row in r.ifeval_by_version().items():
-            if v not in base or v == "v0":
-                continue
-            diffs = [100 * (row[m] - base[v][m]) for m in (*IFEVAL_METRICS, "average")]
-            rows.append([f"{r.name()} - {reports[0].name()}", v, *(f"{d:+.1f}" for d in diffs)])
-    return header, rows
+        for split, label in SPLITS.items():
+            mine, theirs = r.records(split), base.records(split)
+            for version, records in mine.items():
+                before = theirs.get(version)
+                if version == "v0" or not records or not before:
+                    continue
+                c = compare_paired(before, records, base.name(), r.name())
+                rows.append([c.label, version, label, *_paired_cells(c)])
+    header = ["arm", "version", "split", "prompts", *PAIRED_HEADER]
+    title = f"Difference from {base.name()} at the same version (points, paired)"
+    return Table(title, header, rows, id="paired-arms", note=PAIRED_NOTE)
 
 
-def judge_rows(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
-    """The refiner's judge accuracy per version per arm (in %)."""
-    header = ["arm", "version", "pairwise", "pointwise", "pointwise F1", "invalid", "n"]
+def version_table(reports: list[RunReport], split: str = "ifeval", per_run: bool = False) -> Table:
+    """IFEval (or the validation split) of every evaluated actor version: rows (arm, version)."""
+    header = ([] if per_run else ["arm"]) + ["version", *IFEVAL_METRICS, "average", "prompts"]
     rows = []
+    for r in reports:
+        for v, row in r.scores_by_version(split).items():
+            cells = [
+                v,
+                *(_ci(row, m) for m in IFEVAL_METRICS),
+                _pct(row["average"]),
+                str(row.get("n_prompts", "-")),
+            ]
+            rows.append(cells if per_run else [r.name(), *cells])
+    if split == "ifeval":
+        title = "IFEval (% with 95% bootstrap CI over prompts)" if per_run else "IFEval by actor version"
+    else:
+        title = "Validation split (% with 95% bootstrap CI; the recipe-tuning metric, not IFEval)"
+        title = title if per_run else "Validation split (recipe tuning) by actor version"
+    return Table(title, header, rows, id=None)
+
+
+def _judge_scores(r: RunReport, version: str) -> dict[str, Estimate]:
+    """The refiner's scores with intervals (from the per-pair records; the manifest's otherwise)."""
+    rows = r.eval_rows.of("judge")
+    if version in rows and rows[version].records:
+        return judge_estimates(judge_labels(rows[version].records))
+    return estimates_from_manifest(r.judge_by_version().get(version, {}))
+
+
+def judge_table(reports: list[RunReport], per_run: bool = False) -> Table:
+    """Judge accuracy per refiner version with 95% intervals, then the trivial judges on the same
+    number of pairs (always-Yes and always-No are exact; the coin flip's range is its own)."""
+    rows, sizes = [], []
     for r in reports:
         for v, row in r.judge_by_version().items():
-            rows.append(
-                [
-                    r.name(),
-                    v,
-                    _pct(row.get("accuracy")),
-                    _pct(row.get("pointwise_accuracy")),
-                    _pct(row.get("pointwise_f1")),
-                    _pct(row.get("invalid_rate")),
-                    str(row.get("n", "-")),
-                ]
-            )
-    return header, rows
+            scores = _judge_scores(r, v)
+            n = row.get("n")
+            cells = [v, "refiner", str(n if n is not None else "-")]
+            cells += [_estimate(scores.get(s)) for s in JUDGE_SCORES]
+            cells += [_pct(row.get("invalid_rate")), _pct(row.get("undecided_rate"))]
+            rows.append(cells if per_run else [r.name(), *cells])
+            if isinstance(n, int) and n not in sizes:
+                sizes.append(n)
+    for n in sizes:
+        for name, scores in trivial_judges(n).items():
+            cells = ["", name, str(n), *(_estimate(scores[s]) for s in JUDGE_SCORES), "-", "-"]
+            rows.append(cells if per_run else ["", *cells])
+    header = ([] if per_run else ["arm"]) + ["version", "judge", "n", "pairwise", "pointwise"]
+    header += ["pointwise F1", "invalid", "undecided"]
+    note = (
+        "In %, 95% bootstrap interval over the held-out pairs. A pair counts as right only when the "
+        "preferred output passes and the other fails; pointwise scores each of the 2n outputs "
+        "(preferred should pass, other fail; undecided is wrong); F1 of the 'passes' class. Trivial "
+        "judges, scored by the same rules: "
+        + "; ".join(f"{name} {how}" for name, how in TRIVIAL_JUDGES.items())
+        + "."
+    )
+    title = "Judge accuracy (%)" if per_run else "Judge accuracy by refiner version (%)"
+    return Table(title, header, rows, id="judge" if not per_run else None, note=note)
 
 
-def wall_rows(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
+def wall_table(reports: list[RunReport]) -> Table:
     """Wall time per arm: what it computed, and what it reused from the run it was forked from."""
     header = ["arm", "run", "iterations", "computed (min)", "reused (min)", "forked from"]
     rows = []
@@ -205,164 +348,268 @@ def wall_rows(reports: list[RunReport]) -> tuple[list[str], list[list[str]]]:
                 r.forked_from or "-",
             ]
         )
-    return header, rows
+    return Table("Wall time", header, rows)
 
 
-def _table(title: str, table: tuple[list[str], list[list[str]]]) -> list[str]:
-    header, rows = table
-    if not rows:
-        return []
-    out = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return out + ["| " + " | ".join(row) + " |" for row in rows] + [""]
-
-
-def _line_chart(title: str, series: dict[str, list[float]], width: int = 360, height: int = 160) -> str:
-    """A small SVG line chart (one polyline per series), drawn here: the report loads nothing."""
-    points = [v for values in series.values() for v in values if v is not None]
-    if not points:
-        return ""
-    lo, hi = min(points), max(points)
-    span = (hi - lo) or 1.0
-    longest = max(len(v) for v in series.values())
-    colors = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed"]
-    lines = []
-    for k, (name, values) in enumerate(series.items()):
-        xy = [
-            (20 + (width - 40) * i / max(longest - 1, 1), height - 25 - (height - 50) * (v - lo) / span)
-            for i, v in enumerate(values)
-            if v is not None
-        ]
-        coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
-        color = colors[k % len(colors)]
-        lines.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{coords}"/>')
-        lines.append(
-            f'<text x="{width - 10}" y="{15 + 14 * k}" font-size="11" text-anchor="end" '
-            f'fill="{color}">{html.escape(name)}</text>'
-        )
-    return (
-        f'<figure><svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'role="img" aria-label="{html.escape(title)}">'
-        f'<rect width="100%" height="100%" fill="#fff" stroke="#d0d5dd"/>'
-        f'<text x="10" y="15" font-size="12">{html.escape(title)}</text>'
-        f'<text x="10" y="{height - 8}" font-size="10">{lo:.3g} .. {hi:.3g}</text>'
-        + "".join(lines)
-        + "</svg></figure>"
+def truncation_table(r: RunReport) -> Table:
+    """Completions cut at max_new_tokens: per stage (engine counts), and IFEval answers per version."""
+    rows = []
+    for it in r.iterations:
+        for s in it["stages"]:
+            if s.get("completions"):
+                rows.append(
+                    [str(it["iteration"]), s["stage"], _share(s.get("length_capped"), s["completions"])]
+                )
+    for split, label in SPLITS.items():
+        for v, row in r.scores_by_version(split).items():
+            share, n = row.get("length_capped_share"), row.get("n_prompts")
+            capped = round(share * n) if share is not None and n else None
+            rows.append(["eval", f"{label} {v}", _share(capped, n)])
+    note = (
+        f"{FLAG} marks {100 * CAPPED_FLAG:.0f}% or more: the limit cuts too many answers to read the scores."
+    )
+    return Table(
+        "Completions cut at max_new_tokens", ["iteration", "stage", "cut / completions"], rows, note=note
     )
 
 
-def render_markdown(reports: list[RunReport]) -> str:
-    out = ["# spar report", ""]
-    if len(reports) > 1:
-        out += ["## Comparison of arms (IFEval in % with 95% bootstrap CI over prompts)", ""]
-        out += _table("Last evaluated versions", comparison_rows(reports))
-        out += _table("IFEval by actor version", version_rows(reports))
-        out += _table(
-            "Validation split (recipe tuning) by actor version", version_rows(reports, "validation")
-        )
-        out += _table(
-            f"Difference from {reports[0].name()} at the same version (points)", delta_rows(reports)
-        )
-        out += _table("Judge accuracy by refiner version (%)", judge_rows(reports))
-        out += _table("Wall time", wall_rows(reports))
-    for r in reports:
-        out += [f"## Run `{r.run_id}`", "", f"Directory: `{r.root}`", ""]
-        if r.forked_from is not None:
-            reused = ", ".join(f"{s}@{t}" for t, s in sorted(r.reused)) or "nothing"
-            out += [f"Forked from `{r.forked_from}`, reusing {reused} (marked *reused* below).", ""]
-        out += ["Stage config hashes: " + ", ".join(f"{k} `{v}`" for k, v in r.hashes.items()), ""]
-        out += _markdown_versions(r)
-        for it in r.iterations:
-            out += [f"### Iteration {it['iteration']}", ""]
-            out += ["| metric | value |", "|---|---|"]
-            out += [f"| {k.replace('_', ' ')} | {_num(v)} |" for k, v in it["metrics"].items()]
-            out += ["", "| stage | shards | engine calls | tokens | wall s |", "|---|---|---|---|---|"]
-            out += [
-                f"| {s['stage']}{' *reused*' if (it['iteration'], s['stage']) in r.reused else ''} "
-                f"| {s['shards']} | {s['engine_calls']} | {s['tokens_generated']} | {s['seconds']:.1f} |"
-                for s in it["stages"]
-            ]
-            for t in it["training"]:
-                curve = ", ".join(f"{v:.3g}" for v in t["loss_curve"])
-                out += ["", f"Training {t['stage']} -> {t['new_version']}: loss per step [{curve}]"]
-            out.append("")
-        out += ["<details><summary>config</summary>", "", "```json"]
-        out += [json.dumps(r.config, indent=2, sort_keys=True), "```", "", "</details>", ""]
-    return "\n".join(out)
+def _describe(value: Any) -> str:
+    """A resolved-settings value in one line: ``actor: engine=vllm version=0.32.0; checker: 0.1.0``."""
+    if isinstance(value, dict):
+        parts = []
+        for k, v in value.items():
+            if isinstance(v, dict):
+                parts.append(f"{k}: " + " ".join(f"{a}={b}" for a, b in v.items()))
+            elif isinstance(v, list):
+                parts.append(f"{k}: " + " | ".join(_describe(x) for x in v))
+            else:
+                parts.append(f"{k}: {v}")
+        return "; ".join(parts)
+    return str(value)
 
 
-def _markdown_scores(title: str, scores: dict[str, dict[str, Any]]) -> list[str]:
-    """One table of the IFEval checker's four metrics (with intervals) per actor version."""
-    if not scores:
-        return []
-    out = [title, "", "| version | " + " | ".join(IFEVAL_METRICS) + " | average | prompts |"]
-    out += ["|" + "---|" * (len(IFEVAL_METRICS) + 3)]
-    for v, row in scores.items():
-        cells = " | ".join(_ci(row, m) for m in IFEVAL_METRICS)
-        out.append(f"| {v} | {cells} | {_pct(row['average'])} | {row.get('n_prompts', '-')} |")
-    return out + [""]
+def resolved_table(r: RunReport) -> Table:
+    """What each stage resolved to on its machine, one row per stage and distinct setting."""
+    seen: dict[tuple[str, str], list[int]] = {}
+    for it in r.iterations:
+        for s in it["stages"]:
+            if s.get("resolved"):
+                seen.setdefault((s["stage"], _describe(s["resolved"])), []).append(it["iteration"])
+    rows = [[stage, ", ".join(map(str, its)), text] for (stage, text), its in seen.items()]
+    return Table("Resolved settings per stage", ["stage", "iterations", "resolved"], rows)
 
 
-def _markdown_versions(r: RunReport) -> list[str]:
-    judge = r.judge_by_version()
-    out = _markdown_scores(
-        "Validation split (% with 95% bootstrap CI; the recipe-tuning metric, not IFEval):",
-        r.validation_by_version(),
-    )
-    out += _markdown_scores("IFEval (% with 95% bootstrap CI over prompts):", r.ifeval_by_version())
-    if judge:
-        out += ["Judge accuracy (%):", "", "| version | pairwise | pointwise | pointwise F1 | invalid | n |"]
-        out += ["|---|---|---|---|---|---|"]
-        for v, row in judge.items():
-            out.append(
-                f"| {v} | {_pct(row.get('accuracy'))} | {_pct(row.get('pointwise_accuracy'))} | "
-                f"{_pct(row.get('pointwise_f1'))} | {_pct(row.get('invalid_rate'))} | {row.get('n', '-')} |"
-            )
-        out.append("")
+# --- charts (drawn by the dashboard's chart code in the HTML page) -------------------------------
+
+
+def _finite(values: list[Any]) -> list[float | None]:
+    return [float(v) if isinstance(v, int | float) and math.isfinite(v) else None for v in values]
+
+
+def _chart(
+    chart_id: str, title: str, labels: list[str], series: dict[str, list[Any]], **opts: Any
+) -> dict | None:
+    """A ``lineChart`` options object, or None when no series has a number (no empty boxes)."""
+    clean = {name: _finite(values) for name, values in series.items()}
+    if not any(v is not None for values in clean.values() for v in values):
+        return None
+    out = {"id": chart_id, "title": title, "labels": labels, **opts}
+    out["series"] = [{"name": name, "values": values} for name, values in clean.items()]
     return out
 
 
-def render_html(reports: list[RunReport]) -> str:
-    """The Markdown's content as one HTML page, with SVG charts of counts and training curves."""
-    body = [f"<pre>{html.escape(render_markdown(reports))}</pre>"]
-    for r in reports:
-        charts = []
-        for metric in COUNT_METRICS:
-            charts.append(
-                _line_chart(
-                    f"{r.run_id}: {metric}", {metric: [it["metrics"].get(metric) for it in r.iterations]}
-                )
+def run_charts(r: RunReport, k: int) -> list[dict]:
+    labels = [f"t={it['iteration']}" for it in r.iterations]
+    charts = [
+        _chart(
+            f"chart-{k}-{m}",
+            m.replace("_", " "),
+            labels,
+            {m: [it["metrics"].get(m) for it in r.iterations]},
+            xTitle="iteration",
+            yMin=0,
+        )
+        for m in COUNT_METRICS
+    ]
+    for split, label in SPLITS.items():
+        scores = r.scores_by_version(split)
+        charts.append(
+            _chart(
+                f"chart-{k}-{split}",
+                f"{label} per actor version",
+                list(scores),
+                {m: [row.get(m) for row in scores.values()] for m in IFEVAL_METRICS},
+                xTitle="actor version",
+                yMin=0,
+                yMax=1,
             )
-        for it in r.iterations:
-            for t in it["training"]:
-                charts.append(
-                    _line_chart(
-                        f"{r.run_id}: iteration {it['iteration']} {t['stage']} loss",
-                        {"loss": t["loss_curve"]},
-                    )
-                )
-        ifeval = r.ifeval_by_version()
-        if ifeval:
-            charts.append(
-                _line_chart(
-                    f"{r.run_id}: IFEval by version",
-                    {m: [row[m] for row in ifeval.values()] for m in IFEVAL_METRICS},
-                )
-            )
-        drawn = "".join(c for c in charts if c)
-        body.append(f"<h2>Charts: {html.escape(r.run_id)}</h2><div class='charts'>{drawn}</div>")
-    return (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>spar report</title>"
-        "<style>body{font:14px system-ui,sans-serif;margin:24px;color:#1d2330}"
-        "pre{white-space:pre-wrap;background:#f7f8fa;padding:12px;border:1px solid #d0d5dd}"
-        ".charts{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0}</style></head><body>"
-        + "".join(body)
-        + "</body></html>"
+        )
+    judge = r.judge_by_version()
+    charts.append(
+        _chart(
+            f"chart-{k}-judge",
+            "judge accuracy per refiner version",
+            list(judge),
+            {m: [row.get(m) for row in judge.values()] for m in JUDGE_METRICS},
+            xTitle="refiner version",
+            yMin=0,
+            yMax=1,
+        )
     )
+    for it in r.iterations:
+        for t in it["training"]:
+            curve = t["loss_curve"]
+            charts.append(
+                _chart(
+                    f"chart-{k}-loss-{it['iteration']}-{t['stage']}",
+                    f"iter {it['iteration']} {t['stage']} loss",
+                    [str(i + 1) for i in range(len(curve))],
+                    {"loss": curve},
+                    xTitle="step",
+                )
+            )
+    return [c for c in charts if c is not None]
+
+
+def arms_charts(reports: list[RunReport]) -> list[dict]:
+    """IFEval prompt-level loose (the goal's metric) and the average per version, one line per arm."""
+    versions: list[str] = []
+    for r in reports:
+        versions += [v for v in r.ifeval_by_version() if v not in versions]
+    charts = []
+    for metric in ("prompt_loose", "average"):
+        series = {r.name(): [r.ifeval_by_version().get(v, {}).get(metric) for v in versions] for r in reports}
+        charts.append(
+            _chart(
+                f"chart-arms-{metric}",
+                f"IFEval {metric.replace('_', ' ')} per arm",
+                versions,
+                series,
+                xTitle="actor version",
+                yMin=0,
+                yMax=1,
+            )
+        )
+    return [c for c in charts if c is not None]
+
+
+# --- the document --------------------------------------------------------------------------------
+
+
+def _flags(r: RunReport) -> list[str]:
+    """Where a run's truncation share reaches the flag: ``sample@0``, ``IFEval v1``."""
+    rows = truncation_table(r).rows
+    return [stage if it == "eval" else f"{stage}@{it}" for it, stage, share in rows if FLAG in share]
+
+
+def summary_section(reports: list[RunReport]) -> Section:
+    """What a reader needs first: the comparison and the paired differences."""
+    title = "Comparison of arms" if len(reports) > 1 else "Summary"
+    blocks: list[Block] = [Heading(2, title), comparison_table(reports), paired_versions_table(reports)]
+    if len(reports) > 1:
+        blocks.append(paired_arms_table(reports))
+    for r in reports:
+        if flagged := _flags(r):
+            blocks.append(
+                Text(f"{FLAG} `{r.run_id}`: 5% or more cut at max_new_tokens in " + ", ".join(flagged))
+            )
+    if len(reports) > 1:
+        blocks += [
+            Charts("charts-arms", arms_charts(reports)),
+            version_table(reports),
+            version_table(reports, "validation"),
+            judge_table(reports),
+            wall_table(reports),
+        ]
+    return Section("summary", blocks)
+
+
+def run_section(r: RunReport, k: int) -> Section:
+    blocks: list[Block] = [Heading(2, f"Run `{r.run_id}`", id=f"run-{k}"), Text(f"Directory: `{r.root}`")]
+    if r.forked_from is not None:
+        reused = ", ".join(f"{s}@{t}" for t, s in sorted(r.reused)) or "nothing"
+        blocks.append(Text(f"Forked from `{r.forked_from}`, reusing {reused} (marked *reused* below)."))
+    blocks.append(Text("Stage config hashes: " + ", ".join(f"{k} `{v}`" for k, v in r.hashes.items())))
+    blocks += [
+        resolved_table(r),
+        version_table([r], "validation", per_run=True),
+        version_table([r], per_run=True),
+        judge_table([r], per_run=True),
+        truncation_table(r),
+    ]
+    for split, label in SPLITS.items():
+        for v, rows in r.eval_rows.of(split).items():
+            if rows.note:
+                blocks.append(Text(f"{label} {v}: per-prompt records {rows.note}."))
+    blocks.append(Charts(f"charts-{k}", run_charts(r, k)))
+    blocks += [counts_table(r), cost_table(r), *training_texts(r)]
+    blocks.append(Details("config", json.dumps(r.config, indent=2, sort_keys=True)))
+    return Section(f"run-section-{k}", blocks)
+
+
+def counts_table(r: RunReport) -> Table:
+    """What each iteration produced: one row per count, one column per iteration (as the dashboard)."""
+    names: list[str] = []
+    for it in r.iterations:
+        names += [k for k in it["metrics"] if k not in names]
+    rows = [[k.replace("_", " "), *(_num(it["metrics"].get(k)) for it in r.iterations)] for k in names]
+    return Table(
+        "Counts per iteration", ["metric", *(f"iter {it['iteration']}" for it in r.iterations)], rows
+    )
+
+
+def cost_table(r: RunReport) -> Table:
+    """What each stage of each iteration cost; a stage reused from the fork's source is marked."""
+    header = ["iteration", "stage", "shards", "engine calls", "tokens", "cut at max_new_tokens", "wall s"]
+    rows = [
+        [
+            str(it["iteration"]),
+            s["stage"] + (" *reused*" if (it["iteration"], s["stage"]) in r.reused else ""),
+            str(s["shards"]),
+            str(s["engine_calls"]),
+            str(s["tokens_generated"]),
+            _share(s.get("length_capped"), s.get("completions")),
+            f"{s['seconds']:.1f}",
+        ]
+        for it in r.iterations
+        for s in it["stages"]
+    ]
+    return Table("Cost per stage", header, rows)
+
+
+def training_texts(r: RunReport) -> list[Block]:
+    return [
+        Text(
+            f"Training {tr['stage']} -> {tr['new_version']} (iteration {it['iteration']}): loss per step "
+            f"[{', '.join(f'{v:.3g}' for v in tr['loss_curve'])}]"
+        )
+        for it in r.iterations
+        for tr in it["training"]
+    ]
+
+
+def build_document(reports: list[RunReport]) -> list[Block]:
+    """The report's content, in reading order (an empty list gives the bare title)."""
+    blocks: list[Block] = [Heading(1, "spar report")]
+    if not reports:
+        return blocks
+    blocks.append(summary_section(reports))
+    blocks += [run_section(r, k) for k, r in enumerate(reports)]
+    return blocks
+
+
+def render_markdown(reports: list[RunReport]) -> str:
+    return to_markdown(build_document(reports))
 
 
 def write_report(run_dirs: list[Path], out: Path, fmt: str = "html") -> Path:
     reports = [load_run(d) for d in run_dirs]
-    text = render_html(reports) if fmt == "html" else render_markdown(reports)
+    if fmt == "html":
+        from .report_html import render_html
+
+        text = render_html(reports)
+    else:
+        text = render_markdown(reports)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     return out

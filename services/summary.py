@@ -74,7 +74,12 @@ def iteration_summary(paths: RunPaths, iteration: int) -> dict:
                 # requests beyond the model's context (engine `overlong` policy): skipped / truncated
                 "overlong_skipped": engine.overlong_skipped,
                 "overlong_truncated": engine.overlong_truncated,
+                # completions cut at max_new_tokens: a stage's limits should keep their share small
+                "completions": engine.completions,
+                "length_capped": engine.length_capped,
                 "seconds": m.shard_seconds,
+                # what the machine resolved beyond the config (engine release, dtype, precision)
+                "resolved": m.resolved,
             }
         )
     training = []

@@ -107,12 +107,17 @@ def test_the_dashboard_has_a_strict_csp_matching_its_inline_code(client: TestCli
     digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
     assert f"'sha256-{digest}'" in csp
     assert not re.search(r"\son[a-z]+=|\sstyle=\"", r.text)  # no inline handlers or style attributes
-    # the run report opens as a blob: page, which inherits this policy: its inline style is allowed
-    from services.report import render_html
+    # the run report opens as a blob: page, which inherits this policy: its inline style and its one
+    # script (the shared chart code) are allowed, by hash
+    from services.report_html import render_html
 
     (report_style,) = re.findall(r"<style>(.*?)</style>", render_html([]), re.DOTALL)
     digest = base64.b64encode(hashlib.sha256(report_style.encode()).digest()).decode()
     assert f"'sha256-{digest}'" in csp.split("style-src")[1].split(";")[0]
+    (report_script,) = re.findall(r"<script>(.*?)</script>", render_html([]), re.DOTALL)
+    digest = base64.b64encode(hashlib.sha256(report_script.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in csp.split("script-src")[1].split(";")[0]
+    assert "function lineChart(" in report_script and "function lineChart(" in scripts[0]  # one chart code
 
 
 def test_docs_load_nothing_from_a_cdn(client: TestClient) -> None:

@@ -323,9 +323,10 @@ def test_dashboard_inspects_an_iteration_and_opens_the_report(served: tuple[Stac
             report.wait_for_url("blob:**", timeout=30_000)
             report.wait_for_load_state()
             assert run_id in report.locator("body").inner_text()
-            assert report.locator("svg").count() >= 1
-            # the report's <style> applied: the inherited CSP allows it by hash
-            assert report.eval_on_selector("pre", "p => getComputedStyle(p).whiteSpace") == "pre-wrap"
+            # the report's style and its chart script run: the inherited CSP allows both by hash
+            report.wait_for_selector("html[data-charts='drawn']", timeout=10_000)
+            assert report.locator("svg.chart").count() >= 1
+            assert report.eval_on_selector("table", "t => getComputedStyle(t).borderCollapse") == "collapse"
             assert page.url.startswith(stack.url)  # the dashboard stayed where it was
 
             with page.expect_download(timeout=30_000) as saved:

@@ -22,7 +22,7 @@ from test_dashboard import finished_run
 
 from services.api import Settings, create_app
 from services.api.routes.iterations import tree_status
-from services.api.routes.runs import REPORT_CSP
+from services.dashboard import inline_hashes, report_csp
 from services.runs import create_run, resolve_paths
 from services.scheduler import Scheduler
 from shared.config import RunConfig
@@ -303,10 +303,15 @@ def test_pairs_sample_pages_are_the_ndjson_download(world: World) -> None:
 def test_the_report_is_served_with_its_own_csp(world: World) -> None:
     r = world.client.get(f"/v1/runs/{world.real}/report", headers=AUTH)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert r.headers["content-security-policy"] == REPORT_CSP
-    assert "script-src" not in REPORT_CSP and "default-src 'none'" in REPORT_CSP
+    csp = r.headers["content-security-policy"]
+    assert csp == report_csp() and "default-src 'none'" in csp and "unsafe-inline" not in csp
+    assert "connect-src" not in csp  # default-src 'none': the page can request nothing
+    # its one script (the chart code) and its style are allowed by hash, and nothing else is
+    hashes = inline_hashes(r.text)
+    assert len(hashes["script"]) == 1 and csp.split("script-src ")[1].split(";")[0] == hashes["script"][0]
+    assert csp.split("style-src ")[1].split(";")[0] == " ".join(hashes["style"])
     assert r.headers["x-content-type-options"] == "nosniff"
-    assert world.real in r.text and "<svg" in r.text and "<script" not in r.text.lower()
+    assert world.real in r.text and 'id="report-charts"' in r.text and "<script src" not in r.text.lower()
     md = world.client.get(f"/v1/runs/{world.real}/report", params={"format": "md"}, headers=AUTH)
     assert md.status_code == 200 and md.headers["content-type"].startswith("text/markdown")
     assert f"`{world.real}`" in md.text and md.text.startswith("# spar report")

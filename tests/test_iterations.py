@@ -164,10 +164,14 @@ def test_the_eval_stage_scores_each_model_version(tmp_path: Path, tiny_model_pat
     assert f"| v1 | {100 * v1['prompt_strict']:.1f} [{100 * low:.1f}, {100 * high:.1f}]" in report
     assert "## Comparison" in report and "### IFEval by actor version" in report
     assert report.count("| it | v1 | ") == 6  # last versions, IFEval by version, judge by version; twice
-    # the same run compared with itself: every difference is zero
-    assert "| it - it | v1 | +0.0 | +0.0 | +0.0 | +0.0 | +0.0 |" in report
+    # the same run compared with itself, paired by prompt: every difference is exactly zero
+    zero = " | ".join(["+0.0 [+0.0, +0.0]"] * 4)
+    assert f"| it - it | v1 | IFEval | 3 | {zero} | p=1 (+0/-0) | p=1 (+0/-0) |" in report
+    assert "| it | IFEval | v1 - v0 | 3 |" in report  # and v1 against v0
     assert f"eval `{read_json(paths.manifest(0, 'eval'))['config_hash']}`" in report
-    assert main(["report", str(paths.root)]) == 0 and "<svg" in (paths.root / "report.html").read_text()
+    assert main(["report", str(paths.root)]) == 0
+    page = (paths.root / "report.html").read_text()  # rendered tables; charts drawn from the data block
+    assert "<table>" in page and '"id": "chart-0-ifeval"' in page
 
 
 def test_iopo_groups_from_a_tiny_run_train_the_actor(tmp_path: Path, tiny_model_path: Path) -> None:

@@ -14,7 +14,9 @@ from starlette.concurrency import run_in_threadpool
 from shared.config import RunConfig
 from shared.errors import RunConflictError
 
-from ...report import load_run, render_html, render_markdown
+from ...dashboard import report_csp
+from ...report import load_run, render_markdown
+from ...report_html import render_html
 from ...runs import confine, create_run
 from ...scheduler import RunStatus, Scheduler
 from ..deps import MAX_RUN_ID, LiveRedisDep, RunPathsDep, SchedulerDep, SettingsDep, require_token
@@ -24,9 +26,6 @@ from ..views import RUN_VIEW_BODIES, LiveStates
 log = logging.getLogger("spar.api")
 RESUMABLE = (RunStatus.FAILED, RunStatus.CANCELLED)
 RESUME_LOCK_S = 60  # longer than any resume takes; the lock is deleted as soon as it is done
-# The report is one page with inline CSS and SVG and no script: it may use nothing else, so text
-# from the run (prompts, configs) can never turn into code or a request, whoever opens it.
-REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[Depends(require_token)])
 
@@ -166,7 +165,7 @@ def resume(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatu
     responses={
         200: {
             "content": {"text/html": {}, "text/markdown": {}},
-            "description": "the run's report (`spar report`): HTML with inline SVG charts, or Markdown",
+            "description": "the run's report (`spar report`): an HTML page or Markdown",
         },
         409: {"description": "the run's config or manifests cannot be read"},
     },
@@ -177,13 +176,15 @@ def get_report(
     fmt: Annotated[Literal["html", "md"], Query(alias="format", description="html (default) or md")] = "html",
 ) -> Response:
     """The report ``spar report`` writes, built now from the run directory (a running run shows
-    what is done). Served with a CSP of its own that allows no script and no request at all."""
+    what is done). Served with a CSP of its own (:func:`services.dashboard.report_csp`): the page's
+    one style and its one script (the chart code) by hash, no other script and no request at all,
+    so text from the run (prompts, configs) can never turn into code or a request."""
     try:
         report = load_run(paths.root)
     except (OSError, ValueError) as exc:  # removed meanwhile, or written by an older, laxer version
         raise RunConflictError(f"run {run_id}: its report cannot be built ({str(exc)[:200]})") from exc
     headers = {
-        "Content-Security-Policy": REPORT_CSP,
+        "Content-Security-Policy": report_csp(),
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
         "Cache-Control": "no-store",
