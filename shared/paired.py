@@ -10,15 +10,16 @@ real differences noise. Here the unit is the prompt, as in :mod:`shared.bootstra
   discordant prompts (passed by one version, failed by the other) carry information, and under "no
   difference" each is equally likely to go either way (a two-sided binomial test at 1/2).
 
-Pure Python, seeded: a report is reproducible.
+NumPy, seeded: a report is reproducible (2000 resamples of 541 prompts in milliseconds).
 """
 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from .bootstrap import Units, ratio
 
@@ -55,15 +56,19 @@ def paired_bootstrap(
     point = ratio(after) - ratio(before)
     if n == 0:
         return PairedDifference(0.0, 0.0, 0.0, 0.0, 0.0, 0)
-    rng = random.Random(seed)
-    diffs = []
-    for _ in range(samples):
-        picks = [rng.randrange(n) for _ in range(n)]
-        diffs.append(ratio([after[i] for i in picks]) - ratio([before[i] for i in picks]))
-    diffs.sort()
+    # all resamples at once: [samples, n] prompt indices, the same ones for both versions
+    picks = np.random.default_rng(seed).integers(0, n, size=(samples, n))
+    b = np.asarray(before, dtype=np.int64).reshape(n, 2)
+    a = np.asarray(after, dtype=np.int64).reshape(n, 2)
+
+    def ratios(units: np.ndarray) -> np.ndarray:
+        passed, total = units[picks, 0].sum(axis=1), units[picks, 1].sum(axis=1)
+        return np.divide(passed, total, out=np.zeros(samples), where=total > 0)
+
+    diffs = np.sort(ratios(a) - ratios(b))
     tail = (1 - level) / 2
-    low = diffs[min(samples - 1, int(tail * samples))]
-    high = diffs[min(samples - 1, int((1 - tail) * samples) - 1)]
+    low = float(diffs[min(samples - 1, int(tail * samples))])
+    high = float(diffs[min(samples - 1, int((1 - tail) * samples) - 1)])
     return PairedDifference(ratio(before), ratio(after), point, low, high, n)
 
 
