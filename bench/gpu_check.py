@@ -32,10 +32,16 @@ above 64 MiB. On the GPU machine, from the repository root, with ``gpu-wheels`` 
 
     python bench/gpu_check.py --install gpu-wheels --out "$OUT"
 
-``--install`` installs (``pip --no-index --no-deps --target gpu-wheels/site``) only the carried
+``--install`` installs (``pip --no-index --no-deps --target gpu-wheels/site-packages``) only the carried
 wheels whose distribution the machine lacks, so its own torch/transformers/numpy stay as they are.
+The install counts against ``--budget`` (480 s): it is the same window.
 ``--cpu`` runs the same steps reduced, on the tiny offline model in float32 (the suite runs it);
 CUDA-only numbers then read ``"cpu mode"``.
+
+The carried versions were run here as that machine loads them: the CPU mode with transformers 5.17.0,
+huggingface-hub 1.33.0, datasets 5.0.1 and pyarrow 21.0.0 installed by ``pip --no-deps --target
+DIR/site-packages`` and first on ``PYTHONPATH`` passes every step. Only a GPU can check the rest:
+torch 2.11 with CUDA 13, Python 3.12, bfloat16 kernels, and vLLM (if that machine has it).
 """
 
 from __future__ import annotations
@@ -216,8 +222,9 @@ def build_wheels(folder: Path) -> int:
         }:
             stale.unlink()
     _write_shape(folder / SHAPE)
-    rows = [(p.name, p.stat().st_size) for p in sorted(folder.glob("*.whl"))]
-    rows.append((SHAPE, (folder / SHAPE).stat().st_size))
+    shutil.rmtree(folder / "site-packages", ignore_errors=True)  # an install's output is not carried
+    # every file in the folder counts: it is the folder that is carried, whatever else was put in it
+    rows = [(str(p.relative_to(folder)), p.stat().st_size) for p in sorted(folder.rglob("*")) if p.is_file()]
     total = sum(size for _, size in rows)
     for name, size in rows:
         print(f"{size / 2**20:8.2f} MiB  {name}")
@@ -249,7 +256,7 @@ def _write_shape(target: Path) -> None:
 
 
 def install(folder: Path) -> dict[str, Any]:
-    """Install the carried wheels the machine lacks into ``folder/site``; keep what it already has.
+    """Install the carried wheels the machine lacks into ``folder/site-packages``; keep what it has.
 
     ``--no-deps``: pip would otherwise try to replace the machine's own packages (or reach the network)
     for version bounds the carried wheels state; the ``env`` step's imports are the real check.
@@ -262,7 +269,11 @@ def install(folder: Path) -> dict[str, Any]:
             missing.append(wheel)
         else:
             present[_dist_name(wheel)] = version
-    site = folder / "site"
+    # A folder named site-packages, not any folder: datasets fingerprints every new Dataset by pickling
+    # it with dill, and dill pickles BY VALUE a module whose path is neither under sys.prefix nor in a
+    # "site-packages" folder; pyarrow pickled by value fails (PicklingError: MonthDayNano), so every
+    # train stage would (found by running the CPU mode with the carried versions on PYTHONPATH).
+    site = (folder / "site-packages").resolve()
     if missing:
         subprocess.run(
             [
@@ -281,11 +292,10 @@ def install(folder: Path) -> dict[str, Any]:
 # --- the parent: steps in child processes, each capped ---------------------------------------------
 
 
-def run_steps(args: argparse.Namespace, extra_path: list[str]) -> dict[str, Any]:
-    """Run every step in order within ``args.budget`` seconds; returns the summary."""
+def run_steps(args: argparse.Namespace, extra_path: list[str], started: float) -> dict[str, Any]:
+    """Run every step in order until ``args.budget`` seconds after ``started``; returns the summary."""
     mode = "cpu" if args.cpu else "gpu"
     work = Path(args.work)
-    started = time.monotonic()
     deadline = started + args.budget
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *extra_path, *filter(None, [env.get("PYTHONPATH")])])
@@ -934,12 +944,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     args.work = args.work or tempfile.mkdtemp(prefix="spar-gpu-check-")
+    started = time.monotonic()  # the install counts against the budget too: it is the same window
     extra_path: list[str] = []
     installed = None
     if args.install:
         installed = install(Path(args.install))
+        installed["seconds"] = round(time.monotonic() - started, 1)
         extra_path.append(installed["site"])
-    summary = run_steps(args, extra_path)
+    summary = run_steps(args, extra_path, started)
     summary["install"] = installed
     summary["work"] = args.work
     _write_json(out / "summary.json", summary)
