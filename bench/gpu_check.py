@@ -312,6 +312,13 @@ def run_steps(args: argparse.Namespace, extra_path: list[str], started: float) -
         if cap < MIN_STEP_S:
             results.append({"step": name, "status": "not_run", "reason": f"budget spent ({left:.0f} s left)"})
             continue
+        no_cuda = mode == "gpu" and any(
+            r["step"] == "env" and r.get("data", {}).get("device", {}).get("cuda_available") is False
+            for r in results
+        )
+        if no_cuda and name != "env":  # every later step would measure the CPU and call it the GPU
+            results.append({"step": name, "status": "not_run", "reason": "torch sees no CUDA device"})
+            continue
         if name not in ("env", "model") and not any(
             r["step"] == "model" and r["status"] == "ok" for r in results
         ):  # no model folder: the step could only fail, and the time is better left unspent
@@ -319,6 +326,9 @@ def run_steps(args: argparse.Namespace, extra_path: list[str], started: float) -
             continue
         results.append(_run_step(name, mode, cap, args, env))
         print(_step_line(results[-1]), flush=True)
+    for result in results:
+        if result["status"] == "not_run":
+            print(_step_line(result), flush=True)
     return {
         "mode": mode,
         "budget_s": args.budget,
@@ -467,6 +477,7 @@ def _gpu_memory(mode: str) -> dict[str, Any]:
         "device_used_mib": _mib(total - free),
         "allocated_mib": _mib(torch.cuda.memory_allocated()),
         "reserved_mib": _mib(torch.cuda.memory_reserved()),
+        "peak_allocated_mib": _mib(torch.cuda.max_memory_allocated()),
         "rss_tree_mib": round(rss, 1),
         "child_processes": children,
     }
@@ -782,6 +793,9 @@ def _train(step: Step, mode: str, work: Path, role: str) -> None:
     losses = metrics["loss_curve"]
     if metrics["steps"] < sizes["steps"] or not losses or any(loss != loss for loss in losses):
         step.finish("failed", f"{metrics['steps']} steps, losses {losses}")
+        return
+    if mode == "gpu" and not result["peak_gpu_allocated_mib"]:
+        step.finish("failed", "trained without allocating GPU memory: not on the GPU")
         return
     expected = "bfloat16" if mode == "gpu" else "float32"
     step.finish(

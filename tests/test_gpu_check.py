@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,15 @@ def test_a_spent_budget_leaves_the_remaining_steps_not_run(tmp_path: Path) -> No
     summary = json.loads((out / "summary.json").read_text())
     assert {s["status"] for s in summary["steps"]} == {"not_run"}
     assert "budget spent" in (out / "summary.md").read_text()
+
+
+def test_gpu_mode_without_a_gpu_stops_after_env(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = [sys.executable, str(SCRIPT), "--out", str(out), "--work", str(tmp_path / "work")]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, even on a machine that has one
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1
+    steps = json.loads((out / "summary.json").read_text())["steps"]
+    assert steps[0]["status"] == "failed" and "no CUDA device" in steps[0]["reason"]
+    # nothing ran on the CPU to be reported as GPU numbers
+    assert {s["status"] for s in steps[1:]} == {"not_run"}
