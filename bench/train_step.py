@@ -15,6 +15,14 @@ Models: ``tiny`` (the random 2-layer, 64-wide test model: per-step Python overhe
 2-core machine a second thread makes tiny matrix products tens of times slower.
 
     python bench/train_step.py [--models tiny small] [--steps 20] [--warmup 4] [--batch-size 4] [--threads 1]
+
+``--precision`` compares float32 with bf16 mixed precision (bfloat16 autocast over float32 weights,
+``bf16: true``) for a DPO step (``train_actor``) and an SFT step (``train_refiner``), on sequences of
+a few hundred tokens: seconds per step, tokens per second, the speed-up and the largest difference of
+the two loss curves (same data, same seed). Mixed precision pays off only where the CPU computes
+bfloat16 natively (AVX512-BF16/AMX), which the first line says:
+
+    python bench/train_step.py --precision --models tiny smollm2 --batch-size 2 --steps 6 --repeats 1
 """
 
 from __future__ import annotations
@@ -74,6 +82,10 @@ def model_folder(size: str) -> Path:
     """The benchmark model: the random tiny model, or a wider/deeper random Llama with its tokenizer."""
     from workers.models.tiny import tiny_model_cached
 
+    if size == "smollm2":  # the experiment's model, prepared once into the model cache
+        from workers.models.registry import resolve_model
+
+        return resolve_model("smollm2")
     tiny = tiny_model_cached(CACHE, seed=0, imprint_steps=0)
     if size == "tiny":
         return tiny
@@ -123,6 +135,7 @@ def run_variant(
         max_length=512,
         warmup_ratio=0.0,
         sft_weight=0.0,
+        bf16=False,  # the trainer comparison in float32; precision has its own mode (--precision)
     )
     _, kwargs = common_training_kwargs(cfg, Path("/tmp") / f"spar-bench-{os.getpid()}", seed=0)
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -177,21 +190,192 @@ def run_variant(
     }
 
 
+PRECISIONS = ("float32", "bf16_mixed")
+KINDS = ("dpo", "sft")
+
+
+def long_workload(count: int, seed: int = 0) -> list[dict[str, str]]:
+    """Pairs with responses of a few hundred tokens (what the experiment trains on), for --precision."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(count):
+        prompt = "Write a detailed essay about the sea. " + _sentence(rng, 30)
+        chosen = " ".join(_sentence(rng, rng.randint(12, 20)) for _ in range(18))
+        rejected = " ".join(_sentence(rng, rng.randint(12, 20)) for _ in range(18))
+        pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return pairs
+
+
+def run_precision(
+    kind: str,
+    precision: str,
+    model: Path,
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    threads: int,
+    max_length: int,
+) -> dict[str, Any]:
+    """One training run (DPO via train_actor, SFT via train_refiner) in float32 or bf16 mixed precision:
+    median seconds per step after ``warmup`` steps, tokens per second, the loss curve."""
+    import tempfile
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from shared.config import ActorTrainConfig, RefinerTrainConfig
+    from workers.training.actor import train_actor
+    from workers.training.refiner import train_refiner
+
+    torch.set_num_threads(threads)
+    total = steps + warmup
+    pairs = long_workload(total * batch_size)
+    common = dict(
+        learning_rate=1e-5,
+        max_steps=total,
+        batch_size=batch_size,
+        grad_accum=1,
+        max_length=max_length,
+        warmup_ratio=0.0,
+        bf16=precision == "bf16_mixed",
+        save_steps=None,
+    )
+    stamps: list[float] = []
+    tokenizer = AutoTokenizer.from_pretrained(model)
+
+    def tokens(text: str) -> int:
+        return min(max_length, len(tokenizer(text)["input_ids"]))
+
+    with tempfile.TemporaryDirectory() as out:
+        if kind == "dpo":
+            cfg = ActorTrainConfig(objective="dpo", sft_weight=0.0, **common)
+            metrics = train_actor(
+                model, pairs, cfg, Path(out), seed=0, on_step=lambda d, t: stamps.append(time.perf_counter())
+            )
+            per_example = [
+                tokens(p["prompt"] + p["chosen"]) + tokens(p["prompt"] + p["rejected"]) for p in pairs
+            ]
+        else:
+            chats = [
+                {
+                    "messages": [
+                        {"role": "user", "content": p["prompt"]},
+                        {"role": "assistant", "content": p["chosen"]},
+                    ]
+                }
+                for p in pairs
+            ]
+            cfg = RefinerTrainConfig(nll_probe=0, **common)
+            metrics = train_refiner(
+                model, chats, cfg, Path(out), seed=0, on_step=lambda d, t: stamps.append(time.perf_counter())
+            )
+            per_example = [tokens(p["prompt"] + p["chosen"]) for p in pairs]
+    intervals = [b - a for a, b in zip(stamps[warmup - 1 :], stamps[warmup:], strict=False)]
+    step = statistics.median(intervals)
+    return {
+        "kind": kind,
+        "precision": metrics.get("precision", precision),
+        "sec_per_step": step,
+        "tokens_per_s": statistics.mean(per_example) * batch_size / step,
+        "loss_curve": metrics.get("loss_curve", []),
+        "peak_rss_mb": metrics.get("peak_rss_mb"),
+    }
+
+
+def compare_precision(ns: argparse.Namespace) -> None:
+    """--precision: float32 against bf16 mixed precision, DPO and SFT, per model, interleaved repeats."""
+    from workers.hardware import cpu_has_native_bf16
+
+    print(
+        f"CPU computes bfloat16 natively: {cpu_has_native_bf16()}; threads={ns.threads}; "
+        f"batch={ns.batch_size}; max_length={ns.max_length}; steps={ns.steps} (+{ns.warmup} warm-up)"
+    )
+    for size in ns.models:
+        model = model_folder(size)
+        best: dict[tuple[str, str], dict[str, Any]] = {}
+        for _ in range(ns.repeats):
+            for kind in KINDS:
+                for precision in PRECISIONS:
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        "--child-precision",
+                        f"{kind}:{precision}",
+                        "--model",
+                        str(model),
+                        "--steps",
+                        str(ns.steps),
+                        "--warmup",
+                        str(ns.warmup),
+                        "--batch-size",
+                        str(ns.batch_size),
+                        "--threads",
+                        str(ns.threads),
+                        "--max-length",
+                        str(ns.max_length),
+                    ]
+                    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
+                    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+                    if out.returncode != 0 or not lines:
+                        sys.exit(f"{kind} {precision} failed:\n{out.stderr[-3000:]}")
+                    result = json.loads(lines[-1][len("RESULT ") :])
+                    kept = best.get((kind, precision))
+                    if kept is None or result["sec_per_step"] < kept["sec_per_step"]:
+                        best[(kind, precision)] = result
+        print(f"\nmodel: {size} ({model.name})")
+        print(
+            f"{'kind':5} {'precision':11} {'s/step':>8} {'tokens/s':>9} {'speed-up':>9} "
+            f"{'max |loss diff|':>16}"
+        )
+        for kind in KINDS:
+            base = best[(kind, "float32")]
+            for precision in PRECISIONS:
+                r = best[(kind, precision)]
+                gap = max(
+                    (abs(a - b) for a, b in zip(base["loss_curve"], r["loss_curve"], strict=False)),
+                    default=0.0,
+                )
+                print(
+                    f"{kind:5} {r['precision']:11} {r['sec_per_step']:8.3f} {r['tokens_per_s']:9.1f} "
+                    f"{base['sec_per_step'] / r['sec_per_step']:9.2f} {gap:16.4f}"
+                )
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
+    parser.add_argument(
+        "--models", nargs="+", default=["tiny", "small"], choices=["tiny", "small", "smollm2"]
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per variant")
     parser.add_argument("--warmup", type=int, default=4, help="untimed first steps")
     parser.add_argument("--batch-size", type=int, default=4, help="pairs (or groups) per step")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=2, help="runs per variant (interleaved); best is kept")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--precision",
+        action="store_true",
+        help="compare float32 with bf16 mixed precision (DPO and SFT) instead of the trainers",
+    )
+    parser.add_argument("--max-length", type=int, default=640, help="--precision: tokens per sequence")
+    parser.add_argument("--child-precision", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     ns = parser.parse_args()
 
     if ns.child:
         result = run_variant(ns.child, ns.model, ns.steps, ns.warmup, ns.batch_size, ns.threads)
         print("RESULT " + json.dumps(result))
+        return
+    if ns.child_precision:
+        kind, precision = ns.child_precision.split(":")
+        result = run_precision(
+            kind, precision, ns.model, ns.steps, ns.warmup, ns.batch_size, ns.threads, ns.max_length
+        )
+        print("RESULT " + json.dumps(result))
+        return
+    if ns.precision:
+        compare_precision(ns)
         return
 
     print(
