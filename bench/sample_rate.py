@@ -25,6 +25,7 @@ when it starts), and ``--repeats`` interleaves rounds so that load from elsewher
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -71,8 +72,7 @@ def _measure(engine: Any, batches: list[list[Any]]) -> dict[str, Any]:
         engine.reset_prefix_cache()
     before = engine.stats.snapshot()
     started = time.perf_counter()
-    for batch in batches:
-        engine.generate(batch)
+    texts = [text for batch in batches for completions in engine.generate(batch) for text in completions]
     seconds = time.perf_counter() - started
     stats = engine.stats.minus(before)
     return {
@@ -81,6 +81,9 @@ def _measure(engine: Any, batches: list[list[Any]]) -> dict[str, Any]:
         "completions": stats.completions,
         "generated_tokens": stats.generated_tokens,
         "tokens_per_s": round(stats.generated_tokens / seconds, 1),
+        "length_capped": stats.length_capped,
+        # one short digest per completion, in request order: which variants sampled the same texts
+        "digests": [hashlib.sha1(t.encode()).hexdigest()[:12] for t in texts],
     }
 
 
@@ -190,6 +193,12 @@ def main() -> None:
     print("\nvariant          best tokens/s   ratio to the fastest variant")
     for name, rate in best.items():
         print(f"{name:<16} {rate:>13.1f}   {rate / fastest:.3f}")
+    runs = results["runs"]
+    if runs.get("stage_sort") and runs.get("stage"):
+        a, b = runs["stage_sort"][0]["digests"], runs["stage"][0]["digests"]
+        same = sum(x == y for x, y in zip(a, b, strict=False))
+        results["same_texts_sort_vs_topk"] = [same, len(a)]
+        print(f"\nstage_sort and stage sampled the same text for {same} of {len(a)} completions")
     results["best_tokens_per_s"] = best
     results["ratio_to_fastest"] = {name: round(rate / fastest, 3) for name, rate in best.items()}
     if args.out:
