@@ -11,7 +11,9 @@ outlives the worker: a job killed mid-training and retried resumes from the last
 the folder is removed once the version is published. With ``num_processes > 1`` or a ``distributed``
 mode the training runs through ``accelerate launch`` in a child process (see
 :func:`workers.training.launch.launch_job`); its rank 0 writes the model into the staging folder and
-this process alone publishes it.
+this process alone publishes it. With ``SPAR_TRAIN_LAUNCHER=jobset`` the worker hands the stage to a
+JobSet across GPU nodes instead (:mod:`workers.training.jobset`): node 0 of that job publishes the
+version, and the worker reports what it finds published.
 """
 
 from __future__ import annotations
