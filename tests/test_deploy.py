@@ -1055,3 +1055,53 @@ def test_multinode_overlay_trains_one_stage_across_nodes():
     assert not any(
         _selects(s["podSelector"], labels) for s in policies["redis-clients"]["spec"]["ingress"][0]["from"]
     )
+
+
+def test_multinode_train_worker_may_launch_jobsets_in_its_namespace_only():
+    """gpu-multinode: the train worker hands stages to JobSets (SPAR_TRAIN_LAUNCHER=jobset) under a
+    ServiceAccount whose Role grants the JobSet and pod calls of workers.training.jobset and nothing
+    else, in the spar namespace only; the nodes themselves get no token."""
+    from workers.training.jobset import JobSetLauncher
+
+    docs = build(DEPLOY / "overlays" / "gpu-multinode")
+    assert not objects(docs, "ClusterRole") and not objects(docs, "ClusterRoleBinding")
+    account = objects(docs, "ServiceAccount")["spar-train-launcher"]
+    role = objects(docs, "Role")["spar-train-launcher"]
+    binding = objects(docs, "RoleBinding")["spar-train-launcher"]
+    assert account["metadata"]["namespace"] == role["metadata"]["namespace"] == "spar"
+    assert binding["metadata"]["namespace"] == "spar"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "spar-train-launcher", "namespace": "spar"}
+    ]
+    grants = {
+        (group, resource): sorted(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert grants == {
+        ("jobset.x-k8s.io", "jobsets"): ["create", "delete", "get", "watch"],
+        ("", "pods"): ["get", "list"],
+        ("", "pods/log"): ["get"],
+    }
+    assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in role["rules"])
+
+    worker = objects(docs, "Deployment")["worker-train"]
+    pod = pod_spec(worker)
+    assert pod["serviceAccountName"] == "spar-train-launcher" and pod["automountServiceAccountToken"] is True
+    env = {e["name"]: e.get("value") for e in main_container(worker)["env"]}
+    launcher = JobSetLauncher.from_env(env | {"SPAR_TRAIN_NAMESPACE": "spar"})
+    assert launcher is not None and launcher.template in objects(docs, "JobSet")
+    # only the train worker holds a token: the API, the other workers and the nodes do not
+    for name, other in objects(docs, "Deployment").items():
+        if name != "worker-train":
+            assert pod_spec(other).get("automountServiceAccountToken") is False, name
+    nodes = objects(docs, "JobSet")["train-multinode"]["spec"]["replicatedJobs"][0]["template"]["spec"]
+    assert nodes["template"]["spec"]["automountServiceAccountToken"] is False
+    (container,) = nodes["template"]["spec"]["containers"]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"

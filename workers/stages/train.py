@@ -11,7 +11,9 @@ outlives the worker: a job killed mid-training and retried resumes from the last
 the folder is removed once the version is published. With ``num_processes > 1`` or a ``distributed``
 mode the training runs through ``accelerate launch`` in a child process (see
 :func:`workers.training.launch.launch_job`); its rank 0 writes the model into the staging folder and
-this process alone publishes it.
+this process alone publishes it. With ``SPAR_TRAIN_LAUNCHER=jobset`` the worker hands the stage to a
+JobSet across GPU nodes instead (:mod:`workers.training.jobset`): node 0 of that job publishes the
+version, and the worker reports what it finds published.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.config import RunConfig, TrainCommon
-from shared.records import TrainCounts
+from shared.records import TrainCounts, VersionMetadata
 
 from ..artifacts import RunPaths, file_sha256, read_jsonl
 from ..versions import (
@@ -36,6 +38,9 @@ from ..versions import (
     write_metadata,
 )
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, version_label
+
+if TYPE_CHECKING:
+    from ..training.jobset import JobSetLauncher
 
 
 def materialize(version: ModelVersion, paths: RunPaths) -> Path:
@@ -110,6 +115,7 @@ def _train(
     extra_meta: dict,
     progress: Progress | None = None,
 ) -> StageResult:
+    from ..training.jobset import JobSetLauncher
     from ..training.launch import Machines
 
     config = load_config(paths)
@@ -134,6 +140,9 @@ def _train(
                 f"{data_file} is missing: run the '{producer}' stage of iteration {spec.iteration}"
             )
         records = list(read_jsonl(data_file))
+        launcher = JobSetLauncher.from_env() if machines is None else None  # a node never hands on
+        if records and launcher is not None:
+            return _train_on_jobset(paths, spec, engines, role, settings, launcher, progress, started)
         with publishing(target) as tmp:
             meta = {
                 "role": role,
@@ -174,6 +183,20 @@ def _train(
             write_metadata(tmp, meta)
         done = read_metadata(target)
         assert done is not None
+    return _published(paths, role, spec, parent, checkpoints, done, started)
+
+
+def _published(
+    paths: RunPaths,
+    role: str,
+    spec: StageSpec,
+    parent: ModelVersion,
+    checkpoints: Path,
+    done: VersionMetadata,
+    started: float,
+) -> StageResult:
+    """The stage's result once version t+1 is published (by this worker or by node 0 of a JobSet)."""
+    config = load_config(paths)
     shutil.rmtree(checkpoints, ignore_errors=True)  # published: the step checkpoints have served
     new = version_for(paths, config, role, spec.iteration + 1)
     metrics = done.metrics
@@ -184,6 +207,39 @@ def _train(
         metrics={k: v for k, v in metrics.items() if k != "loss_curve"}
         | {"loss_curve": metrics.get("loss_curve", [])},
     )
+
+
+def _train_on_jobset(
+    paths: RunPaths,
+    spec: StageSpec,
+    engines: EngineProvider,
+    role: str,
+    settings: TrainCommon,
+    launcher: JobSetLauncher,
+    progress: Progress | None,
+    started: float,
+) -> StageResult:
+    """Hand the stage to a JobSet (``SPAR_TRAIN_LAUNCHER=jobset``) and report what node 0 published.
+
+    The JobSet's pods run this same stage (``workers.training.node``); node 0 publishes version t+1
+    on the shared volume, so this worker only reads it: the version is written once, by one process.
+    """
+    from ..training.jobset import KubeApi, run_stage
+    from ..training.launch import TrainingLaunchError
+
+    config = load_config(paths)
+    parent = version_for(paths, config, role, spec.iteration)
+    target = version_dir(paths, role, spec.iteration + 1)
+    checkpoints = checkpoint_dir(paths, role, spec.iteration + 1)
+    engines.release()  # nothing trains here, but the worker holds no engine while it waits
+    env = {"SPAR_RUN_DIR": str(paths.root), "SPAR_ITERATION": str(spec.iteration), "SPAR_STAGE": spec.stage}
+    name = run_stage(
+        launcher, KubeApi.from_env(), env, settings.num_processes, checkpoints / "progress.json", progress
+    )
+    done = read_metadata(target)
+    if done is None:
+        raise TrainingLaunchError(f"JobSet {name} completed but node 0 published no version at {target}")
+    return _published(paths, role, spec, parent, checkpoints, done, started)
 
 
 def _train_as_other_node(

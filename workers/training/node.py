@@ -7,7 +7,9 @@ its environment (``SPAR_RUN_DIR``, ``SPAR_ITERATION``, ``SPAR_STAGE``: ``train_a
 make its ``accelerate launch`` join the others (:class:`workers.training.launch.Machines`). Node 0
 publishes the version into the run directory on the shared volume; a JobSet restart after a lost
 node resumes from the step checkpoint there, and a finished version is never trained again.
-No Redis and no inference engine are involved: the pods need the data volume and each other only.
+With ``SPAR_PROGRESS_FILE`` (set when the train worker created the JobSet) node 0 writes its step count
+there for the waiting worker's progress. No Redis and no inference engine are involved: the pods need
+the data volume and each other only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from workers.artifacts import RunPaths
@@ -47,7 +50,14 @@ def main(env: dict[str, str] | None = None) -> int:
     spec = StageSpec(
         run_dir=env["SPAR_RUN_DIR"], iteration=int(env["SPAR_ITERATION"]), stage=env["SPAR_STAGE"], shard=0
     )
-    result = runner(RunPaths(Path(env["SPAR_RUN_DIR"])), spec, _NoEngines(), None)
+    progress: Callable[[str, int, int], None] | None = None
+    if env.get("SPAR_PROGRESS_FILE"):  # set by a worker waiting for this JobSet (workers.training.jobset)
+        from workers.training.jobset import write_progress
+
+        target = Path(env["SPAR_PROGRESS_FILE"])
+        progress = lambda label, done, total: write_progress(target, done, total)  # noqa: E731
+
+    result = runner(RunPaths(Path(env["SPAR_RUN_DIR"])), spec, _NoEngines(), progress)
     print(json.dumps({"counts": result.counts, "models": result.models}))
     return 0
 
