@@ -212,10 +212,14 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
         raise ConfigError("--set changes a new run's config; a resumed run keeps the settings it has")
     if args.resume is not None and args.fork is not None:
         raise ConfigError("--fork makes a new run from CONFIG; it cannot be combined with --resume")
+    from workers.tracking import check_run_trackers
+
     if args.resume is not None:
         paths = open_run(args.resume)
+        check_run_trackers(load_config(paths))
     else:
         config = load_config_file(args.config, args.overrides)
+        check_run_trackers(config)  # a tracker's missing package: before a run directory is made
         source = open_run(args.fork) if args.fork is not None else None
         paths = create_run(config, args.runs_dir, args.run_id, source=str(args.config))
         if source is not None:

@@ -27,6 +27,7 @@ from shared.config import RunConfig, TrainCommon
 from shared.records import TrainCounts
 
 from ..artifacts import RunPaths, file_sha256, read_jsonl
+from ..tracking import check_trackers
 from ..versions import (
     ModelVersion,
     publishing,
@@ -133,6 +134,7 @@ def _train(
             raise FileNotFoundError(
                 f"{data_file} is missing: run the '{producer}' stage of iteration {spec.iteration}"
             )
+        check_trackers(settings, f"train_{role}")  # a missing tracker package: before any work
         records = list(read_jsonl(data_file))
         with publishing(target) as tmp:
             meta = {
@@ -277,6 +279,7 @@ def run_init(
         target = version_dir(paths, role, 0)
         if read_metadata(target) is None:
             base = version_for(paths, config, role, 0)  # the configured model, since v0 is absent
+            check_trackers(settings, f"init.{role}")
             records = list(read_jsonl(Path(data)))
             bad = [i + 1 for i, r in enumerate(records) if not isinstance(r.get("messages"), list)]
             if bad or not records:
