@@ -27,6 +27,7 @@ from shared.config import RunConfig, TrainCommon
 from shared.records import TrainCounts
 
 from ..artifacts import RunPaths, file_sha256, read_jsonl
+from ..model_card import card_for_version
 from ..tracking import check_trackers
 from ..versions import (
     ModelVersion,
@@ -174,6 +175,7 @@ def _train(
                     "num_processes": settings.num_processes,
                 }
             write_metadata(tmp, meta)
+            card_for_version(paths, config, role, spec.iteration + 1, folder=tmp)  # published with it
         done = read_metadata(target)
         assert done is not None
     shutil.rmtree(checkpoints, ignore_errors=True)  # published: the step checkpoints have served
@@ -318,6 +320,7 @@ def run_init(
                         "created_at": dt.datetime.now(dt.UTC).isoformat(),
                     },
                 )
+                card_for_version(paths, config, role, 0, folder=tmp)
         shutil.rmtree(checkpoint_dir(paths, role, 0), ignore_errors=True)
         meta = read_metadata(target)
         assert meta is not None
