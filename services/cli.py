@@ -30,6 +30,7 @@ apply_hf_environment()  # before anything imports transformers or trl
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spar", description="SPaR self-play with tree-search refinement")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="create a run from a config and execute it locally")
@@ -58,8 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
 
     api = sub.add_parser("api", help="serve the REST API (and the scheduler) with uvicorn")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
+    api.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)",
+    )
+    api.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default: 8000)")
 
     worker = sub.add_parser("worker", help="serve one role's queue (RQ worker that keeps its model loaded)")
     worker.add_argument("--role", choices=["actor", "refiner", "train"], required=True)
@@ -107,6 +112,16 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", type=Path, required=True)
     tiny.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), or 'unknown' in a bare source checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("spar")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,10 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         path = build_tiny_model(args.out, seed=args.seed)
         console.print(f"tiny model ready in {path}")
         return 0
-    except KeyboardInterrupt:
-        console.print(
-            "[yellow]interrupted[/]: finished shards are kept; continue with `spar run --resume RUN_DIR`"
-        )
+    except KeyboardInterrupt:  # before a run directory exists (spar run reports its own, with the path)
+        console.print("[yellow]interrupted[/]")
         return 130
     except (SparError, FileNotFoundError) as exc:  # each message names what to change (shared/errors.py)
         console.print(f"[red]error:[/] {exc}")
@@ -212,10 +225,14 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
         raise ConfigError("--set changes a new run's config; a resumed run keeps the settings it has")
     if args.resume is not None and args.fork is not None:
         raise ConfigError("--fork makes a new run from CONFIG; it cannot be combined with --resume")
+    from workers.tracking import check_run_trackers
+
     if args.resume is not None:
         paths = open_run(args.resume)
+        check_run_trackers(load_config(paths))
     else:
         config = load_config_file(args.config, args.overrides)
+        check_run_trackers(config)  # a tracker's missing package: before a run directory is made
         source = open_run(args.fork) if args.fork is not None else None
         paths = create_run(config, args.runs_dir, args.run_id, source=str(args.config))
         if source is not None:
@@ -235,16 +252,20 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
     console.print(f"run [bold]{paths.run_id}[/] in {paths.root}")
 
     started = time.perf_counter()
-    with _progress(console, disabled=args.no_progress) as (on_shard, on_batch):
-        executor = LocalExecutor.for_run(paths, progress=on_batch, on_shard=on_shard)
-        loads: list[float] = []
+    try:
+        with _progress(console, disabled=args.no_progress) as (on_shard, on_batch):
+            executor = LocalExecutor.for_run(paths, progress=on_batch, on_shard=on_shard)
+            loads: list[float] = []
 
-        def on_load(role: str, path: str, seconds: float) -> None:
-            loads.append(seconds)
-            console.print(f"loaded {role} model {path} in {seconds:.1f} s")
+            def on_load(role: str, path: str, seconds: float) -> None:
+                loads.append(seconds)
+                console.print(f"loaded {role} model {path} in {seconds:.1f} s")
 
-        executor.engines.on_load = on_load
-        executor.run()
+            executor.engines.on_load = on_load
+            executor.run()
+    except KeyboardInterrupt:
+        console.print(interrupted_message(paths.root))
+        return 130
     config = load_config(paths)
     out = report_console()
     for t in range(config.iterations):
@@ -253,6 +274,18 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
     out.print(time_breakdown(executor.stage_wall, loads, total))
     out.print(f"run {paths.run_id} done in {total:.1f} s; outputs in {paths.root}")
     return 0
+
+
+def interrupted_message(run_dir: Path) -> str:
+    """What Ctrl-C prints: the command that continues this very run, ready to paste."""
+    import shlex
+
+    from rich.markup import escape
+
+    return (
+        "[yellow]interrupted[/]: finished shards are kept; continue with "
+        f"`spar run --resume {escape(shlex.quote(str(run_dir)))}`"
+    )
 
 
 def time_breakdown(stage_wall: dict[tuple[int, str], float], loads: list[float], total: float) -> str:

@@ -9,15 +9,17 @@ whatever directory ``spar run`` is started from.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import errno
 import os
 import secrets
 import shutil
 import tempfile
+import typing
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shared.config import RunConfig, path_fields, walk_fields, with_fields
 from shared.errors import ConfigError, PromptFileError, StorageError
@@ -27,17 +29,58 @@ from workers.artifacts import RunPaths, read_json, write_json_atomic, write_json
 from workers.models.registry import is_builtin
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid run configuration"]
+def _section_class(loc: tuple) -> type[BaseModel] | None:
+    """The config section (pydantic model) that holds the field at ``loc``, or None when unknown."""
+    cls: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        if not isinstance(part, str) or part not in cls.model_fields:
+            return None
+        annotation = cls.model_fields[part].annotation
+        candidates = [annotation, *typing.get_args(annotation)]
+        sections = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not sections:
+            return None
+        cls = sections[0]
+    return cls
+
+
+def did_you_mean(loc: tuple) -> str:
+    """' (did you mean 'x'?)' for a misspelt key at ``loc``: the closest field of its section."""
+    section = _section_class(loc)
+    if section is None or not isinstance(loc[-1], str):
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(section.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _override_for(loc: tuple, overrides: list[str]) -> str | None:
+    """The ``--set`` item that an error at ``loc`` comes from: its key is ``loc``, inside it or above it."""
+    path = [str(p) for p in loc]
+    for item in reversed(overrides):  # the last --set of a key is the one that counts
+        key = item.partition("=")[0].strip().split(".")
+        n = min(len(key), len(path))
+        if key[:n] == path[:n]:
+            return item
+    return None
+
+
+def format_validation_error(exc: ValidationError, source: str, overrides: list[str] | None = None) -> str:
+    """One line per problem, each blaming where the value came from: the file or a ``--set`` flag."""
+    problems = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {where}: unknown key (check the spelling; see examples/demo.yaml)")
+            problem = f"{where}: unknown key{did_you_mean(tuple(err['loc']))} (see examples/demo.yaml)"
         elif err["type"] == "missing":
-            lines.append(f"  {where}: required field is missing")
+            problem = f"{where}: required field is missing"
         else:
-            lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
-    return "\n".join(lines)
+            problem = f"{where}: {err['msg']} (got {err.get('input')!r})"
+        item = _override_for(tuple(err["loc"]), overrides or []) if err["loc"] else None
+        problems.append((f"--set {item}" if item is not None else source, problem))
+    sources = {origin for origin, _ in problems}
+    if sources == {source}:
+        return "\n".join([f"{source}: invalid run configuration"] + [f"  {p}" for _, p in problems])
+    return "\n".join(["invalid run configuration"] + [f"  {origin}: {p}" for origin, p in problems])
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -79,7 +122,7 @@ def load_config_file(path: Path, overrides: list[str] | None = None) -> RunConfi
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from exc
+        raise ConfigError(format_validation_error(exc, str(path), overrides)) from exc
     return resolve_paths(config, path.parent)
 
 

@@ -7,12 +7,13 @@ to a default.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .names import RUN_NAME_HELP, RUN_NAME_PATTERN
 from .stages import DEFAULT_STAGES, STAGES, stage
@@ -25,6 +26,24 @@ PATH_KEY = "x-spar-path"
 
 MAX_ITERATIONS = 1000
 """The most iterations any config may ask for (each one trains two models)."""
+
+TRACKERS = (
+    "tensorboard",
+    "wandb",
+    "mlflow",
+    "trackio",
+    "comet_ml",
+    "clearml",
+    "neptune",
+    "dvclive",
+    "swanlab",
+    "codecarbon",
+    "azure_ml",
+    "dagshub",
+    "flyte",
+    "kubeflow",
+)
+"""The experiment trackers transformers' Trainer reports to (its ``INTEGRATION_TO_CALLBACK``)."""
 
 MAX_TOKENS = 131_072
 """The longest generation or sequence any field allows (a long-context model's window)."""
@@ -247,6 +266,10 @@ _EXECUTION_ONLY: dict[str, Any] = {
     "search": {"pipeline"},
     "actor": {"vllm": {"scheduling_policy"}},
     "refiner": {"vllm": {"scheduling_policy"}},
+    # Experiment tracking changes what a training logs, never the model it writes.
+    "train_actor": {"report_to"},
+    "train_refiner": {"report_to"},
+    "init": {"actor": {"report_to"}, "refiner": {"report_to"}},
 }
 # Execution-only settings that were hashed before they were known to be: hashed as this fixed value,
 # whatever they are set to, so that the runs created before keep their hashes. The HF engine's device
@@ -407,6 +430,30 @@ class TrainCommon(_Strict):
     accelerate_config: str | None = path_field(
         None, description="An accelerate/DeepSpeed/FSDP config file passed through to `accelerate launch`."
     )
+    report_to: str | list[str] = Field(
+        "none",
+        max_length=len(TRACKERS),
+        description="Experiment tracker(s) the trainer logs to: none, one of "
+        + ", ".join(TRACKERS)
+        + ", or a list. Its package must be installed (checked before the run starts); tensorboard also "
+        "gets the run's per-iteration metrics. Left out of the stage hash (it changes the logs only).",
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, value: str | list[str]) -> str | list[str]:
+        """A misspelt tracker would otherwise fail only in the trainer, hours into a run."""
+        for name in [value] if isinstance(value, str) else value:
+            if name != "none" and name not in TRACKERS:
+                close = difflib.get_close_matches(name, TRACKERS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown tracker {name[:40]!r}{hint}; known: none, {', '.join(TRACKERS)}")
+        return value
+
+    def trackers(self) -> list[str]:
+        """``report_to`` as a list of tracker names (empty for none), the form checks iterate over."""
+        names = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        return [n for n in dict.fromkeys(names) if n != "none"]
 
 
 SR_PROMPT_DEFAULT = (

@@ -119,6 +119,8 @@ def test_no_pairs_makes_an_alias_version(tmp_path: Path, tiny_model_path: Path) 
     LocalExecutor.for_run(paths).run_stage(0, "train_actor")
     meta = read_json(version_dir(paths, "actor", 1) / METADATA)
     assert meta["alias_of"] == "v0" and "no training records" in meta["reason"]
+    card = (version_dir(paths, "actor", 1) / "README.md").read_text()
+    assert "**no training**: the same weights as v0" in card and "load v0 of the same run" in card
 
 
 def test_the_eval_stage_scores_each_model_version(tmp_path: Path, tiny_model_path: Path, monkeypatch) -> None:
@@ -150,6 +152,22 @@ def test_the_eval_stage_scores_each_model_version(tmp_path: Path, tiny_model_pat
     for r in evaluation["ifeval"]:
         for metric, (low, high) in r["ci95"].items():
             assert low <= r[metric] <= high, metric
+    # every published version has its model card, with the scores once the eval stage has run
+    actor_card = (version_dir(paths, "actor", 1) / "README.md").read_text()
+    actor_meta = read_json(version_dir(paths, "actor", 1) / METADATA)
+    assert actor_card.startswith("---\nlibrary_name: transformers\n")
+    assert f"base model (the run's configured actor): `{tiny_model_path}`" in actor_card
+    assert f"sha256 `{actor_meta['data']['sha256']}`" in actor_card
+    assert f"{actor_meta['data']['records']} training records (preference pairs" in actor_card
+    assert "| learning_rate | 0.0001 |" in actor_card and "DPO (direct preference optimisation)" in actor_card
+    train_hash = read_json(paths.manifest(0, "train_actor"))["config_hash"]
+    assert f"spar stage config hash: `{train_hash}`" in actor_card
+    assert f"| ifeval | prompt_strict | {evaluation['ifeval'][1]['prompt_strict']:.4g} |" in actor_card
+    assert f'from_pretrained("{version_dir(paths, "actor", 1)}")' in actor_card
+    assert "inherits the base model's license" in actor_card
+    refiner_card = (version_dir(paths, "refiner", 1) / "README.md").read_text()
+    assert f"| judge | accuracy | {evaluation['judge'][1]['accuracy']:.4g} |" in refiner_card
+    assert "RFT: supervised fine-tuning" in refiner_card and "logged steps: loss" in refiner_card
 
     # `spar report` on the same run: every evaluated version, its intervals, the counts and costs
     from services.cli import main

@@ -16,6 +16,7 @@ from shared.records import ShardDone, StageManifest
 from shared.stages import STAGE_DEFS, stage
 
 from ..artifacts import RunPaths, read_json, write_json_atomic
+from ..tracking import log_stage_scalars
 from .assemble import MissingStageOutputError, run_assemble
 from .common import (
     ConfigChangedError,
@@ -143,4 +144,5 @@ def write_stage_manifest(paths: RunPaths, iteration: int, stage: str) -> dict:
     ).as_record()
     write_json_atomic(paths.manifest(iteration, stage), manifest)
     paths.note_change(f"manifest {iteration} {stage}")
+    log_stage_scalars(paths.root, config, stage, iteration, manifest)  # tensorboard runs only
     return manifest

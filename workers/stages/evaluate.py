@@ -13,6 +13,8 @@ import time
 from itertools import zip_longest
 from pathlib import Path
 
+from shared.config import RunConfig
+
 from ..artifacts import RunPaths, write_jsonl_atomic
 from ..versions import ModelVersion, read_metadata, version_dir, version_for
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, version_label
@@ -144,8 +146,29 @@ def run_eval(
             judge.append({"version": refiner.version, **{k: result[k] for k in JUDGE_KEYS}})
             rows.append({"kind": "judge", "version": version_label(refiner), "records": result["records"]})
     write_jsonl_atomic(paths.shard(spec.iteration, "eval", spec.shard), rows)
+    _add_scores_to_cards(paths, config, ifeval, validation, judge)
     return StageResult(
         counts={"ifeval_versions": len(ifeval), "judge_versions": len(judge)},
         seconds=time.perf_counter() - started,
         metrics={"ifeval": ifeval, "judge": judge, "validation": validation},
     )
+
+
+def _add_scores_to_cards(
+    paths: RunPaths, config: RunConfig, ifeval: list[dict], validation: list[dict], judge: list[dict]
+) -> None:
+    """Rewrite the model card of every trained version just scored, now with its scores (the card is
+    written when the version is published, before any evaluation of it could run)."""
+    from ..model_card import card_for_version
+
+    scored: dict[tuple[str, str], list[dict]] = {}
+    for kind, role, rows in (
+        ("ifeval", "actor", ifeval),
+        ("validation", "actor", validation),
+        ("judge", "refiner", judge),
+    ):
+        for row in rows:
+            scored.setdefault((role, row["version"]), []).append({"kind": kind, **row})
+    for (role, version), rows in scored.items():
+        if version[:1] == "v" and version[1:].isdigit():
+            card_for_version(paths, config, role, int(version[1:]), evaluation=rows)

@@ -29,6 +29,8 @@ from shared.config import RunConfig, TrainCommon
 from shared.records import TrainCounts, VersionMetadata
 
 from ..artifacts import RunPaths, file_sha256, read_jsonl
+from ..model_card import card_for_version
+from ..tracking import check_trackers
 from ..versions import (
     ModelVersion,
     publishing,
@@ -139,6 +141,7 @@ def _train(
             raise FileNotFoundError(
                 f"{data_file} is missing: run the '{producer}' stage of iteration {spec.iteration}"
             )
+        check_trackers(settings, f"train_{role}")  # a missing tracker package: before any work
         records = list(read_jsonl(data_file))
         launcher = JobSetLauncher.from_env() if machines is None else None  # a node never hands on
         if records and launcher is not None:
@@ -181,6 +184,7 @@ def _train(
                     "num_processes": settings.num_processes,
                 }
             write_metadata(tmp, meta)
+            card_for_version(paths, config, role, spec.iteration + 1, folder=tmp)  # published with it
         done = read_metadata(target)
         assert done is not None
     return _published(paths, role, spec, parent, checkpoints, done, started)
@@ -333,6 +337,7 @@ def run_init(
         target = version_dir(paths, role, 0)
         if read_metadata(target) is None:
             base = version_for(paths, config, role, 0)  # the configured model, since v0 is absent
+            check_trackers(settings, f"init.{role}")
             records = list(read_jsonl(Path(data)))
             bad = [i + 1 for i, r in enumerate(records) if not isinstance(r.get("messages"), list)]
             if bad or not records:
@@ -371,6 +376,7 @@ def run_init(
                         "created_at": dt.datetime.now(dt.UTC).isoformat(),
                     },
                 )
+                card_for_version(paths, config, role, 0, folder=tmp)
         shutil.rmtree(checkpoint_dir(paths, role, 0), ignore_errors=True)
         meta = read_metadata(target)
         assert meta is not None

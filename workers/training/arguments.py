@@ -17,6 +17,7 @@ from trl import DPOConfig
 
 from shared.config import LoraSettings, TrainCommon
 
+from ..tracking import trainer_tracking
 from .outcome import checkpoint_settings
 from .precision import Precision, model_dtype, resolve_precision  # noqa: F401  (re-exported)
 
@@ -138,12 +139,12 @@ def common_training_kwargs(
         "bf16": resolve_precision(cfg, cuda) != "float32",
         "use_cpu": not cuda,
         "logging_steps": 1,
-        "report_to": "none",
         "disable_tqdm": True,
         "seed": seed,
         "data_seed": seed,
         "dataloader_num_workers": 0,
     }
     kwargs |= checkpoint_settings(checkpoint_dir, cfg.save_steps)
+    kwargs |= trainer_tracking(cfg, checkpoint_dir)  # report_to (default none) and the run name
     kwargs |= dist
     return strategy, kwargs
