@@ -83,6 +83,7 @@ def test_the_worker_refuses_before_loading_anything(tmp_path: Path, monkeypatch:
     from workers import gpus, jobs
 
     monkeypatch.setenv("SPAR_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("SPAR_DATA_ROOT", str(tmp_path))  # the worker re-checks the config's paths
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "hi"}) + "\n")
     cfg = config(prompts=str(tmp_path / "p.jsonl"), actor=vllm(device="cuda", tensor_parallel_size=2))
     paths = create_run(cfg, tmp_path / "runs", "gpus")

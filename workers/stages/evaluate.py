@@ -144,7 +144,9 @@ def run_eval(
                 seed=config.seed,
             )
             judge.append({"version": refiner.version, **{k: result[k] for k in JUDGE_KEYS}})
-            rows.append({"kind": "judge", "version": version_label(refiner), "records": result["records"]})
+            rows.append(
+                {"kind": "judge", "version": version_label(refiner), "records": result.get("records", [])}
+            )
     write_jsonl_atomic(paths.shard(spec.iteration, "eval", spec.shard), rows)
     _add_scores_to_cards(paths, config, ifeval, validation, judge)
     return StageResult(
