@@ -72,6 +72,9 @@ def actor_run(root: Path, model: Path, name: str, **train: Any) -> RunPaths:
         "learning_rate": 1e-3,
         "warmup_ratio": 0.0,
         "sft_weight": 0.0,
+        # processes are compared with one process to 1e-4: float32, where batch composition cannot
+        # change the rounding (bf16 autocast would, by about 1e-3)
+        "bf16": False,
     } | train
     config = RunConfig.model_validate(
         {
