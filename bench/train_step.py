@@ -119,8 +119,8 @@ def run_variant(
         PreferenceConfig,
         PreferenceTrainer,
         common_training_kwargs,
-        peak_rss_mb,
     )
+    from workers.training.outcome import peak_rss_mb
 
     torch.set_num_threads(threads)
     total = steps + warmup
@@ -282,6 +282,24 @@ def run_precision(
     }
 
 
+def _run_child(ns: argparse.Namespace, model: Path, extra: list[str], label: str) -> dict[str, Any]:
+    """Run one measurement in a fresh process (its own peak RSS, no warm caches) and return its RESULT."""
+    cmd = [sys.executable, __file__, *extra, "--model", str(model), "--steps", str(ns.steps)]
+    cmd += ["--warmup", str(ns.warmup), "--batch-size", str(ns.batch_size), "--threads", str(ns.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        sys.exit(f"{label} failed:\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def _keep_fastest(best: dict[Any, dict[str, Any]], key: Any, result: dict[str, Any]) -> None:
+    """Of repeated runs of one configuration keep the fastest (the least disturbed by other load)."""
+    kept = best.get(key)
+    if kept is None or result["sec_per_step"] < kept["sec_per_step"]:
+        best[key] = result
+
+
 def compare_precision(ns: argparse.Namespace) -> None:
     """--precision: float32 against bf16 mixed precision, DPO and SFT, per model, interleaved repeats."""
     from workers.hardware import cpu_has_native_bf16
@@ -296,32 +314,10 @@ def compare_precision(ns: argparse.Namespace) -> None:
         for _ in range(ns.repeats):
             for kind in KINDS:
                 for precision in PRECISIONS:
-                    cmd = [
-                        sys.executable,
-                        __file__,
-                        "--child-precision",
-                        f"{kind}:{precision}",
-                        "--model",
-                        str(model),
-                        "--steps",
-                        str(ns.steps),
-                        "--warmup",
-                        str(ns.warmup),
-                        "--batch-size",
-                        str(ns.batch_size),
-                        "--threads",
-                        str(ns.threads),
-                        "--max-length",
-                        str(ns.max_length),
-                    ]
-                    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
-                    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-                    if out.returncode != 0 or not lines:
-                        sys.exit(f"{kind} {precision} failed:\n{out.stderr[-3000:]}")
-                    result = json.loads(lines[-1][len("RESULT ") :])
-                    kept = best.get((kind, precision))
-                    if kept is None or result["sec_per_step"] < kept["sec_per_step"]:
-                        best[(kind, precision)] = result
+                    extra = ["--child-precision", f"{kind}:{precision}", "--max-length", str(ns.max_length)]
+                    _keep_fastest(
+                        best, (kind, precision), _run_child(ns, model, extra, f"{kind} {precision}")
+                    )
         print(f"\nmodel: {size} ({model.name})")
         print(
             f"{'kind':5} {'precision':11} {'s/step':>8} {'tokens/s':>9} {'speed-up':>9} "
@@ -387,30 +383,7 @@ def main() -> None:
         best: dict[str, dict[str, Any]] = {}
         for _ in range(ns.repeats):
             for variant in VARIANTS:
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    variant,
-                    "--model",
-                    str(model),
-                    "--steps",
-                    str(ns.steps),
-                    "--warmup",
-                    str(ns.warmup),
-                    "--batch-size",
-                    str(ns.batch_size),
-                    "--threads",
-                    str(ns.threads),
-                ]
-                out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
-                lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-                if out.returncode != 0 or not lines:
-                    sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
-                result = json.loads(lines[-1][len("RESULT ") :])
-                kept = best.get(variant)
-                if kept is None or result["sec_per_step"] < kept["sec_per_step"]:
-                    best[variant] = result
+                _keep_fastest(best, variant, _run_child(ns, model, ["--child", variant], variant))
         print(f"\nmodel: {size} ({model.name})")
         print(f"{'variant':10} {'s/step':>9} {'peak RSS MiB':>13} {'first loss':>11}")
         for variant in VARIANTS:
