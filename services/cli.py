@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from shared.errors import SparError
-from workers.settings import apply_hf_environment
+from shared.runtime.settings import apply_hf_environment
 
 apply_hf_environment()  # before anything imports transformers or trl
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "worker":
             from services import logs
-            from workers.queue import redis_url
+            from shared.runtime.queue import redis_url
             from workers.worker import run_worker
 
             logs.worker_json()
@@ -217,7 +217,7 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
     from services.local import LocalExecutor
     from services.runs import ConfigError, create_run, load_config_file, open_run
     from services.summary import iteration_summary, render
-    from workers.stages.common import load_config
+    from shared.runtime.shards import load_config
 
     if (args.config is None) == (args.resume is None):
         raise ConfigError("give either a CONFIG file or --resume RUN_DIR (not both)")
@@ -225,7 +225,7 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
         raise ConfigError("--set changes a new run's config; a resumed run keeps the settings it has")
     if args.resume is not None and args.fork is not None:
         raise ConfigError("--fork makes a new run from CONFIG; it cannot be combined with --resume")
-    from workers.tracking import check_run_trackers
+    from shared.runtime.tracking import check_run_trackers
 
     if args.resume is not None:
         paths = open_run(args.resume)
@@ -237,7 +237,7 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
         paths = create_run(config, args.runs_dir, args.run_id, source=str(args.config))
         if source is not None:
             from services.fork import FORK_RECORD, fork_into
-            from workers.artifacts import read_json
+            from shared.runtime.artifacts import read_json
 
             reused = fork_into(source, paths)
             listed = ", ".join(f"{s}@{t}" for t, s in reused) or "nothing (no stage is shared)"
@@ -316,7 +316,7 @@ def _worker_probe(args: argparse.Namespace) -> int:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    from workers.queue import redis_url, worker_key
+    from shared.runtime.queue import redis_url, worker_key
 
     redis = Redis.from_url(args.queue_url or redis_url(), socket_timeout=5, socket_connect_timeout=5)
     host = socket.gethostname()

@@ -32,14 +32,12 @@ from pathlib import Path
 from shared.config import RunConfig
 from shared.errors import ConfigError
 from shared.records import ShardDone
+from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json, write_json_atomic
+from shared.runtime.versions import version_dir
 from shared.stages import pipeline, stage
-from workers.artifacts import RunPaths, read_json, write_json_atomic
 from workers.resolved import resolved_settings
-from workers.versions import version_dir
 
 log = logging.getLogger(__name__)
-
-FORK_RECORD = "fork.json"
 
 
 def _link_tree(src: Path, dst: Path) -> None:

@@ -13,8 +13,8 @@ from services.fork import FORK_RECORD, fork_into, reused_stages, shared_prefix
 from services.local import LocalExecutor
 from services.runs import create_run, load_config_file
 from shared.errors import ConfigError
-from workers.artifacts import RunPaths, read_json
-from workers.versions import METADATA, version_dir
+from shared.runtime.artifacts import RunPaths, read_json
+from shared.runtime.versions import METADATA, version_dir
 
 STAGES = ["sample", "judge", "refine", "assemble", "train_actor", "train_refiner"]
 

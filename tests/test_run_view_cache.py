@@ -10,8 +10,8 @@ from test_iterations import write_config
 from services.api import views
 from services.api.views import DiskViewCache, run_view
 from services.runs import create_run, load_config_file
-from workers.stages import write_stage_manifest
-from workers.stages.common import StageResult, StageSpec, load_config, record_done
+from shared.runtime.shards import StageSpec, load_config, write_stage_manifest
+from workers.stages.common import StageResult, record_done
 
 
 class FakeScheduler:
@@ -189,7 +189,7 @@ def test_the_scheduler_reports_each_state_it_writes(tmp_path: Path) -> None:
     from service_harness import private_redis
 
     from services.scheduler import Scheduler
-    from workers.artifacts import RunPaths
+    from shared.runtime.artifacts import RunPaths
 
     with private_redis(tmp_path) as url:
         scheduler = Scheduler(Redis.from_url(url))

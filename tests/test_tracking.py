@@ -10,7 +10,7 @@ import pytest
 
 from shared.config import ActorTrainConfig, RefinerTrainConfig, RunConfig
 from shared.errors import ConfigError
-from workers import tracking
+from shared.runtime import tracking
 
 BASE: dict[str, Any] = {
     "prompts": "p.jsonl",

@@ -16,7 +16,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from shared.errors import WorkerSettingsError
-from workers.settings import MIN_TOKEN_LENGTH
+from shared.runtime.settings import MIN_TOKEN_LENGTH
 
 from ..dashboard import router as dashboard_router
 from ..scheduler import Scheduler

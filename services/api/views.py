@@ -11,8 +11,8 @@ from typing import Any
 from rq.job import Job, JobStatus
 
 from shared.errors import RunConflictError
+from shared.runtime.artifacts import RunPaths
 from shared.stages import stage as stage_info
-from workers.artifacts import RunPaths
 
 from ..scheduler import Scheduler, started_pipeline
 from ..summary import iteration_summary
@@ -58,7 +58,7 @@ class DiskViewCache:
 
     ``GET /v1/runs/{id}`` is polled by dashboards and scripts; rebuilding it reads every manifest,
     done record and version of the run (hundreds of files for a long run) on every call. The run's
-    change journal (:attr:`workers.artifacts.RunPaths.changes`, appended after every finished
+    change journal (:attr:`shared.runtime.artifacts.RunPaths.changes`, appended after every finished
     shard and stage) says when that work is needed: one ``stat`` per request otherwise. The stamp is
     taken BEFORE the view is built, so a change that lands meanwhile makes the next request rebuild.
     Bounded (least recently used out); one per API process; thread-safe.
@@ -106,8 +106,8 @@ DISK_VIEWS = DiskViewCache()
 
 
 def _disk_view(run_id: str, paths: RunPaths) -> dict[str, Any]:
-    from workers.jobs import latest_version
-    from workers.stages.common import load_config
+    from shared.runtime.shards import load_config
+    from shared.runtime.versions import latest_version
 
     try:
         config = load_config(paths)
