@@ -236,10 +236,11 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
         source = open_run(args.fork) if args.fork is not None else None
         paths = create_run(config, args.runs_dir, args.run_id, source=str(args.config))
         if source is not None:
-            from services.fork import FORK_RECORD, fork_into
-            from shared.runtime.artifacts import read_json
+            from services.fork import fork_into
+            from shared.runtime.artifacts import FORK_RECORD, read_json
+            from workers.resolved import resolved_settings
 
-            reused = fork_into(source, paths)
+            reused = fork_into(source, paths, resolved_settings)
             listed = ", ".join(f"{s}@{t}" for t, s in reused) or "nothing (no stage is shared)"
             console.print(f"forked from {source.run_id}: reusing {listed}")
             stopped = read_json(paths.root / FORK_RECORD).get("stopped")
