@@ -18,6 +18,8 @@ from workers.artifacts import RunPaths
 
 from ..scheduler import decode_state, run_key, started_pipeline
 from ..summary import iteration_summary
+from .deps import MAX_RUN_ID, check_run_id, paths_from_state
+from .models import RunView
 
 
 def stage_progress(paths: RunPaths, only: int | None = None) -> list[dict[str, Any]]:
@@ -75,8 +77,6 @@ def disk_view(run_id: str, paths: RunPaths) -> dict[str, Any]:
 def render_view(run_id: str, paths: RunPaths, state: dict[str, str], disk: dict[str, Any]) -> bytes:
     """The JSON body of ``GET /v1/runs/{id}``: the live part and the disk part, checked against
     :class:`services.api.models.RunView` (what the route declares) and serialised."""
-    from .models import RunView
-
     view = {**run_view_live(run_id, paths, state), **disk}
     return RunView.model_validate(view).model_dump_json(by_alias=True).encode()
 
@@ -191,8 +191,6 @@ class RunViewCache:
     async def state(self, run_id: str, redis: Any) -> dict[str, str] | None:
         """The run's scheduler state (``None``: no such run), read from ``redis`` (async) unless
         read less than ``state_ttl`` seconds ago and not written by this process since."""
-        from .deps import MAX_RUN_ID
-
         if len(run_id) > MAX_RUN_ID:
             return None  # never a Redis key; the body's lookup answers 404
         now = time.monotonic()
@@ -220,13 +218,15 @@ class RunViewCache:
     def _paths(run_id: str, state: dict[str, str] | None) -> RunPaths:
         """The run's directory; :class:`shared.errors.RunNotFoundError` (404) for an overlong id, an
         unknown run (``state`` None) or a run whose directory is gone."""
-        from .deps import check_run_id, paths_from_state
-
         check_run_id(run_id)
         return paths_from_state(run_id, state)
 
-    def _kept(self, run_id: str, stamp: Stamp | None) -> _Entry | None:
-        """The entry whose disk part was built at ``stamp`` (marked recently used), else None."""
+    def _kept(
+        self, run_id: str, stamp: Stamp | None
+    ) -> tuple[dict[str, Any], StateKey | None, bytes | None] | None:
+        """(disk part, state of the body, body) kept for ``run_id`` if its disk part was built at
+        ``stamp``, else None; marks the run recently used. Read in one go under the lock: a build
+        finishing in a thread meanwhile cannot pair this stamp with another stamp's body."""
         if stamp is None:
             return None
         with self._lock:
@@ -234,7 +234,7 @@ class RunViewCache:
             if entry is None or entry.disk is None or entry.stamp != stamp:
                 return None
             self._entries.move_to_end(run_id)
-            return entry
+            return entry.disk, entry.body_state, entry.body
 
     def cached_body(self, run_id: str, state: dict[str, str] | None) -> bytes | None:
         """The kept body when neither the state nor the run's files changed since it was built,
@@ -242,10 +242,10 @@ class RunViewCache:
         Raises 404 for an unknown or removed run."""
         paths = self._paths(run_id, state)
         assert state is not None
-        entry = self._kept(run_id, paths.change_stamp())
-        if entry is None or entry.body_state != _state_key(state):
+        kept = self._kept(run_id, paths.change_stamp())
+        if kept is None or kept[1] != _state_key(state):
             return None
-        return entry.body
+        return kept[2]
 
     async def body(self, run_id: str, state: dict[str, str] | None) -> bytes:
         """The body of ``GET /v1/runs/{id}``: kept, or put together from the kept disk part and the
@@ -255,11 +255,12 @@ class RunViewCache:
         assert state is not None
         stamp = paths.change_stamp()  # before any build: a change meanwhile makes the next one miss
         key = _state_key(state)
-        entry = self._kept(run_id, stamp)
-        if entry is not None:
-            if entry.body_state == key and entry.body is not None:
-                return entry.body
-            return self._render(run_id, paths, state, stamp, entry.disk)  # type: ignore[arg-type]
+        kept = self._kept(run_id, stamp)
+        if kept is not None:
+            disk, body_state, body = kept
+            if body_state == key and body is not None:
+                return body
+            return self._render(run_id, paths, state, stamp, disk)  # only the state changed: inline
         flight = (run_id, stamp, key)
         running = self._flights.get(flight)
         if running is not None:
