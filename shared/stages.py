@@ -117,7 +117,7 @@ STAGE_TABLE: tuple[StageDef, ...] = (
         # pairs.jsonl, or the IOPO groups under objective "iopo": both are declared, so with the
         # iopo_groups stage configured the training waits for it whatever the objective
         reads=("iter_t/assemble/pairs.jsonl", "iter_t/iopo_groups/shard_0.jsonl", "models/actor/v<t>"),
-        writes=("models/actor/v<t+1>",),
+        writes=("models/actor/v<t+1>", "checkpoints/actor-v<t+1>"),
         trains="actor",
     ),
     StageDef(
@@ -126,7 +126,7 @@ STAGE_TABLE: tuple[StageDef, ...] = (
         sharded=False,
         hash_sections={"refiner": "refiner", "train": "train_refiner"},
         reads=("iter_t/assemble/rft.jsonl", "models/refiner/v<t>"),
-        writes=("models/refiner/v<t+1>",),
+        writes=("models/refiner/v<t+1>", "checkpoints/refiner-v<t+1>"),
         trains="refiner",
     ),
     StageDef(
@@ -187,7 +187,9 @@ def producers(read: str, iteration: int, stages: Collection[str], with_init: boo
     ``train_<role>`` of iteration k-1, or for k = 0 by ``init`` when the run has it (else it is the
     configured model); prompt shards and config-named files exist before any stage runs. A producer
     the run does not configure is not a dependency: its output never appears, and the stage that
-    reads it fails or takes its fallback exactly as it does in pipeline order.
+    reads it fails or takes its fallback exactly as it does in pipeline order. A model version no
+    configured stage trains is awaited until its iteration's last stage, so a run that reads one
+    fails at the same point as in pipeline order, not earlier.
     """
     match = STAGE_READ.match(read)
     if match is not None:
@@ -201,7 +203,12 @@ def producers(read: str, iteration: int, stages: Collection[str], with_init: boo
         if version == 0:
             return [(0, "init")] if with_init else []
         trainer = f"train_{match['role']}"
-        return [(version - 1, trainer)] if trainer in stages else []
+        if trainer in stages:
+            return [(version - 1, trainer)]
+        # no stage writes the version, and whether it exists is settled when iteration k-1 ends
+        # (the reader fails there, as in pipeline order): wait for that iteration's last stage
+        last = [name for name in STAGE_DEFS if name in stages][-1:]
+        return [(version - 1, last[0])] if last else []
     if read.startswith("models/"):
         raise ValueError(f"read {read!r}: a model read is models/actor|refiner/v<t> or v<t+1>")
     return []  # the prompt shards, or a config field naming a file outside the run
