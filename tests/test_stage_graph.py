@@ -90,8 +90,8 @@ def _covered(node: Node, relative: str) -> bool:
     t, name = node
     d = stage(name)
     parts = relative.split("/")
-    if relative in ("config.json", ".changes"):
-        return True
+    if relative in ("config.json", ".changes", "prompts"):
+        return True  # the run's config, its change journal, its shard count (fixed at creation)
     if parts[0] == "prompts":
         return any(r.startswith("prompts/") for r in d.reads)
     if parts[0].startswith("iter_"):
