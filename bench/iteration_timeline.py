@@ -143,7 +143,12 @@ def service_body(prompts_shard: int, iterations: int, train_steps: int) -> dict:
     from service_harness import tiny_run_body
 
     body = tiny_run_body(
-        "timeline", seed=13, shard_size=prompts_shard, responses=4, votes=3, new_tokens=(24, 64, 64),
+        "timeline",
+        seed=13,
+        shard_size=prompts_shard,
+        responses=4,
+        votes=3,
+        new_tokens=(24, 64, 64),
         train_steps=train_steps,
     )
     return body | {
@@ -219,7 +224,11 @@ def print_service(results: dict, prompts: int, shard_size: int, iterations: int,
         f"(a) service, tiny model, one worker per role: {prompts} prompts in {-(-prompts // shard_size)} "
         f"shards, {iterations} iterations, {train_steps} training steps per role, eval on"
     )
-    print(f"{'order':<8}{'run s':>8}{'s/iter':>8}  " + "".join(f"{'idle ' + r:>13}" for r in ROLES) + "  overlaps")
+    print(
+        f"{'order':<8}{'run s':>8}{'s/iter':>8}  "
+        + "".join(f"{'idle ' + r:>13}" for r in ROLES)
+        + "  overlaps"
+    )
     for order in ("serial", "graph"):
         t: Timeline = results[order]
         print(
@@ -229,7 +238,10 @@ def print_service(results: dict, prompts: int, shard_size: int, iterations: int,
         )
     s, g = results["serial"], results["graph"]
     print(f"graph / serial run time: {g.span / s.span:.3f}")
-    print(f"outputs byte-identical across orders ({results['files']} data and weight files): {results['identical']}")
+    print(
+        f"outputs byte-identical across orders ({results['files']} data and weight files): "
+        f"{results['identical']}"
+    )
 
 
 # ----- part (b): the paper's scale, simulated -----------------------------------------------------
@@ -305,7 +317,9 @@ def stage_costs(sizes: Sizes, rates: Rates, gpus: int, shards: int) -> dict[str,
     pairs = negatives * s.pairs_share
     train_actor = 3 * pairs * s.dpo_tokens / (rates.train * gpus)  # policy on 2 sequences + reference
     train_refiner = 3 * s.rft_examples * s.rft_tokens / (rates.train * gpus)  # forward + backward
-    evaluation = (s.ifeval_prompts * s.eval_tokens * 2 + s.llmbar_items * s.votes * 2 * s.judgment_tokens * 2) / rates.eval
+    evaluation = (
+        s.ifeval_prompts * s.eval_tokens * 2 + s.llmbar_items * s.votes * 2 * s.judgment_tokens * 2
+    ) / rates.eval
     return {
         "sample": SimStage("sample", "actor", shards, sample / shards),
         "judge": SimStage("judge", "refiner", shards, judge / shards),
@@ -397,11 +411,16 @@ def print_simulation(sizes: Sizes, rates: Rates, gpus: int, iterations: int, sha
     costs = stage_costs(sizes, rates, gpus, shards)
     print(
         f"(b) simulated: 8B model, {gpus} GPUs per role, {sizes.prompts} prompts in {shards} shards, "
-        f"K={sizes.k}, {sizes.votes} votes, tree {sizes.branching}/{sizes.beam}/{sizes.depth}, {iterations} iterations"
+        f"K={sizes.k}, {sizes.votes} votes, tree {sizes.branching}/{sizes.beam}/{sizes.depth}, "
+        f"{iterations} iterations"
     )
-    print("stage costs (GPU-hours on its pool): " + ", ".join(
-        f"{c.name} {c.shards * c.shard_seconds * (gpus if c.gang else 1) / 3600:.1f}" for c in costs.values()
-    ))
+    print(
+        "stage costs (GPU-hours on its pool): "
+        + ", ".join(
+            f"{c.name} {c.shards * c.shard_seconds * (gpus if c.gang else 1) / 3600:.1f}"
+            for c in costs.values()
+        )
+    )
     out = {}
     print(f"{'order':<8}{'run h':>8}{'h/iter':>8}  " + "".join(f"{'idle ' + r:>13}" for r in ROLES))
     for order in ("serial", "graph"):

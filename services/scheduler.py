@@ -137,9 +137,7 @@ def pipeline(paths: RunPaths) -> Iterator[tuple[int, str]]:
     yield from stage_pipeline(config.stages, config.iterations, with_init=config.init is not None)
 
 
-def frontier(
-    config: RunConfig, settle: Callable[[Node, bool], bool]
-) -> Iterator[tuple[Node, bool]]:
+def frontier(config: RunConfig, settle: Callable[[Node, bool], bool]) -> Iterator[tuple[Node, bool]]:
     """Walk a run's dependency graph in pipeline order, as far as work can exist.
 
     ``settle(node, inputs_complete)`` says whether ``node`` is complete (it may complete it, e.g. by
@@ -347,7 +345,9 @@ class Scheduler:
         if not ready:
             blocked = next((node for node in pipeline(paths) if not paths.manifest(*node).exists()), None)
             if blocked is not None:  # a table whose reads name a stage that can never complete
-                raise RuntimeError(f"no stage of the run can start: iteration {blocked[0]} {blocked[1]} waits")
+                raise RuntimeError(
+                    f"no stage of the run can start: iteration {blocked[0]} {blocked[1]} waits"
+                )
             self._set_if_active(run_id, status=RunStatus.SUCCEEDED, stage="", running="", error="")
             log.info("run succeeded", extra={"event": "run.succeeded", "run": run_id})
             return

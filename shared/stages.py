@@ -229,8 +229,11 @@ def dependencies(name: str, iteration: int, stages: Collection[str], with_init: 
     return tuple(sorted(out, key=lambda n: rank.get(n, -1)))
 
 
-def graph(stages: list[str] | tuple[str, ...], iterations: int, with_init: bool) -> dict[Node, tuple[Node, ...]]:
+def graph(
+    stages: list[str] | tuple[str, ...], iterations: int, with_init: bool
+) -> dict[Node, tuple[Node, ...]]:
     """Every (iteration, stage) of a run, in pipeline order, with its dependencies."""
     return {
-        (t, name): dependencies(name, t, stages, with_init) for t, name in pipeline(stages, iterations, with_init)
+        (t, name): dependencies(name, t, stages, with_init)
+        for t, name in pipeline(stages, iterations, with_init)
     }

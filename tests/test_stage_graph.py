@@ -264,7 +264,9 @@ def redis(private_redis: tuple[subprocess.Popen, int]) -> Redis:
     return Redis(port=private_redis[1])
 
 
-def test_graph_order_enqueues_both_trainings_and_the_next_sample_at_once(redis: Redis, tmp_path: Path) -> None:
+def test_graph_order_enqueues_both_trainings_and_the_next_sample_at_once(
+    redis: Redis, tmp_path: Path
+) -> None:
     stages = ["sample", "judge", "refine", "assemble", "train_actor", "train_refiner", "eval"]
     paths = _run(tmp_path, "g", 2, stages)
     for name in ("sample", "judge", "refine", "assemble"):
@@ -273,7 +275,10 @@ def test_graph_order_enqueues_both_trainings_and_the_next_sample_at_once(redis: 
     scheduler.register(paths)
     scheduler.tick()
     assert running_stages(paths) == [(0, "train_actor"), (0, "train_refiner")]
-    assert set(_queued(redis, "train")) == {f"{paths.run_id}-0-train_actor-0", f"{paths.run_id}-0-train_refiner-0"}
+    assert set(_queued(redis, "train")) == {
+        f"{paths.run_id}-0-train_actor-0",
+        f"{paths.run_id}-0-train_refiner-0",
+    }
     state = scheduler.state(paths.run_id)
     assert state["status"] == RunStatus.RUNNING and state["running"] == "0:train_actor,0:train_refiner"
     assert (state["iteration"], state["stage"]) == ("0", "train_actor")  # the old fields: the first
