@@ -148,6 +148,7 @@ STAGE_TABLE: tuple[StageDef, ...] = (
 )
 
 STAGE_DEFS: dict[str, StageDef] = {s.name: s for s in STAGE_TABLE}
+_TABLE_INDEX: dict[str, int] = {s.name: k for k, s in enumerate(STAGE_TABLE)}
 STAGES: tuple[str, ...] = tuple(s.name for s in STAGE_TABLE if s.selectable)
 """The stages a config may list, in pipeline order."""
 DEFAULT_STAGES: tuple[str, ...] = tuple(s.name for s in STAGE_TABLE if s.selectable and s.default)
@@ -225,8 +226,7 @@ def dependencies(name: str, iteration: int, stages: Collection[str], with_init: 
         for node in producers(read, iteration, stages, with_init):
             if node != (iteration, name) and node not in out:
                 out.append(node)
-    rank = {n: k for k, n in enumerate(pipeline(list(stages), iteration + 2, with_init))}
-    return tuple(sorted(out, key=lambda n: rank.get(n, -1)))
+    return tuple(sorted(out, key=lambda n: (n[0], _TABLE_INDEX[n[1]])))  # pipeline order
 
 
 def graph(
