@@ -357,27 +357,27 @@ class Scheduler:
             run_id, status=RunStatus.RUNNING, iteration=first[0], stage=first[1], running=running
         ):
             return  # cancelled meanwhile: enqueue nothing more
-        room = {queue: self.window(queue) for queue in QUEUES}
-        for node in ready:  # what the run's jobs already hold of each window
-            watch = self._watches[(run_id, *node)]
-            room[STAGE_QUEUE[node[1]]] -= len(watch.jobs - watch.done)
+        held = dict.fromkeys(QUEUES, 0)  # the run's unfinished jobs in each queue, as known
+        for node in ready:
+            held[STAGE_QUEUE[node[1]]] += self._watches[(run_id, *node)].outstanding
         for iteration, stage in ready:  # pipeline order: the critical path is topped up first
             watch = self._watches[(run_id, iteration, stage)]
             queue = STAGE_QUEUE[stage]
+            others = held[queue] - watch.outstanding  # what the run's other stages hold of the window
             failed_count = self._failed_counts.get(queue, 0)
             unqueued = watch.total - len(watch.jobs | watch.done)
             due = (
                 watch.looked_at is None
                 or watch.failed_count != failed_count
-                or (unqueued > 0 and room[queue] > 0)
+                or (unqueued > 0 and held[queue] < self.window(queue))
                 or time.monotonic() - watch.looked_at > RECHECK_S
             )
             if due:
                 watch.looked_at, watch.failed_count = time.monotonic(), failed_count
-                before = len(watch.jobs - watch.done)
-                if not self._look_at_jobs(run_id, paths, iteration, stage, watch, max(room[queue], 0)):
+                limit = self.window(queue) - others
+                if not self._look_at_jobs(run_id, paths, iteration, stage, watch, limit):
                     return  # the run failed: nothing more is enqueued
-                room[queue] -= len(watch.jobs - watch.done) - before
+                held[queue] = others + watch.outstanding
 
     def _watch(self, run_id: str, paths: RunPaths, iteration: int, stage: str) -> _StageWatch:
         """The stage's watch, its done shards listed again only when the folder changed."""
@@ -396,11 +396,12 @@ class Scheduler:
         return watch
 
     def _look_at_jobs(
-        self, run_id: str, paths: RunPaths, iteration: int, stage: str, watch: _StageWatch, room: int
+        self, run_id: str, paths: RunPaths, iteration: int, stage: str, watch: _StageWatch, limit: int
     ) -> bool:
-        """Enqueue the pending shards that have no job (at most ``room`` new ones, lowest shards
-        first), re-run those finished without output, and fail the run when a shard's job failed
-        past its retries -- statuses in one round trip. Returns False when the run failed."""
+        """Enqueue the pending shards that have no job (lowest shards first, until the stage holds
+        ``limit`` unfinished jobs), re-run those finished without output, and fail the run when a
+        shard's job failed past its retries -- statuses in one round trip. Returns False when the
+        run failed."""
         pending = [k for k in range(watch.total) if k not in watch.done]
         ids = [job_id(run_id, iteration, stage, k) for k in pending]
         statuses = self._statuses(ids)
@@ -411,12 +412,14 @@ class Scheduler:
             for k, status in zip(pending, statuses, strict=True)
             if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
         ]
-        watch.jobs = frozenset(k for k, status in zip(pending, statuses, strict=True) if status is not None)
+        jobs = {k for k, status in zip(pending, statuses, strict=True) if status is not None}
         for shard in redo:  # finished without output (e.g. the output was removed): run again
             if not paths.shard_done(iteration, stage, shard).exists():
                 self.redis.delete(SparJob.key_for(job_id(run_id, iteration, stage, shard)))
                 missing.append(shard)
-        missing = sorted(missing)[:room]
+                jobs.discard(shard)
+        watch.jobs = frozenset(jobs)  # what Redis holds now (after an API restart: found here)
+        missing = sorted(missing)[: max(limit - watch.outstanding, 0)]
         if missing:
             self._enqueue_many(paths, iteration, stage, missing)
             watch.jobs |= frozenset(missing)
@@ -620,6 +623,11 @@ class _StageWatch:
     looked_at: float | None = None  # monotonic time the stage's jobs were last looked at
     jobs: frozenset[int] = frozenset()  # shards known to have a job (enqueued by us or seen in Redis)
     failed_count: int = -1  # the queue's failed + canceled jobs at that look
+
+    @property
+    def outstanding(self) -> int:
+        """Jobs of the stage not finished yet: what it holds of its run's window in the queue."""
+        return len(self.jobs - self.done)
 
 
 def _done_shards(folder: Path) -> frozenset[int]:

@@ -346,6 +346,14 @@ def test_runs_sharing_a_queue_take_turns_and_none_starves(redis: Redis, tmp_path
     assert sum(one.startswith(big.run_id) for one in queued) == 4, "A holds its window, no more"
 
 
+def test_a_restarted_scheduler_finds_the_runs_jobs_and_keeps_its_window(redis: Redis, tmp_path: Path) -> None:
+    paths = _run(tmp_path, "r", 20, ["sample", "judge"])
+    Scheduler(redis, SchedulerSettings(fair_window=4)).register(paths)
+    Scheduler(redis, SchedulerSettings(fair_window=4)).tick()
+    Scheduler(redis, SchedulerSettings(fair_window=4)).tick()  # an API restart: nothing in memory
+    assert _queued(redis, "actor") == [f"{paths.run_id}-0-sample-{k}" for k in range(4)]
+
+
 def test_the_window_grows_with_the_pool(redis: Redis) -> None:
     scheduler = Scheduler(redis, SchedulerSettings(fair_window=2))
     for k in range(5):
