@@ -124,6 +124,18 @@ def timeline(intervals: list[Interval], workers: dict[str, int] | None = None) -
     return Timeline(span, per_iteration, idle, overlaps)
 
 
+def stage_spans(intervals: list[Interval]) -> list[tuple[int, str, str, float, float]]:
+    """Each stage's (iteration, name, pool, first start, last end), seconds from the run's start."""
+    begin = min(i.start for i in intervals)
+    spans: dict[tuple[int, str], list[Interval]] = {}
+    for i in intervals:
+        spans.setdefault((i.iteration, i.stage), []).append(i)
+    return sorted(
+        (t, name, mine[0].role, min(i.start for i in mine) - begin, max(i.end for i in mine) - begin)
+        for (t, name), mine in spans.items()
+    )
+
+
 def data_digest(run_dir: Path, roots: Iterable[Path]) -> dict[str, str]:
     """SHA-256 of every data file of a run (shard outputs, pairs, rft, eval rows) and of every
     published weight file, with the run's own folder and data root replaced by fixed names (eval rows
@@ -204,13 +216,17 @@ def measure_service(prompts: int, shard_size: int, iterations: int, train_steps:
             try:
                 stack.start_workers()
                 digests = {}
-                for order in ("graph", "serial"):
-                    stack.env_extra["SPAR_SCHEDULE_ORDER"] = order
+                # a first run warms every worker (imports, engine code paths) and is not measured
+                for order in ("warm-up", "serial", "graph"):
+                    stack.env_extra["SPAR_SCHEDULE_ORDER"] = "serial" if order == "warm-up" else order
                     stack.start_api()
-                    run_dir = service_run(stack, body)
+                    run_dir = service_run(stack, body | {"iterations": 1} if order == "warm-up" else body)
                     stack.stop_api()
-                    stack.api = None
-                    results[order] = timeline(shard_intervals(run_dir))
+                    if order == "warm-up":
+                        continue
+                    intervals = shard_intervals(run_dir)
+                    results[order] = timeline(intervals)
+                    results[f"{order}-stages"] = stage_spans(intervals)
                     digests[order] = data_digest(run_dir, [root])
                 results["identical"] = digests["graph"] == digests["serial"] and bool(digests["graph"])
                 results["files"] = len(digests["graph"])
@@ -236,6 +252,10 @@ def print_service(results: dict, prompts: int, shard_size: int, iterations: int,
             + "".join(f"{t.idle[r]:>13.2f}" for r in ROLES)
             + f"  {t.overlaps:>8}"
         )
+    for order in ("serial", "graph"):
+        print(f"{order} order, stage spans (s from the run's start):")
+        for t, name, role, start, end in sorted(results[f"{order}-stages"], key=lambda x: x[3]):
+            print(f"  iter {t} {name:<14}{role:<8}{start:>7.1f} -> {end:>6.1f}")
     s, g = results["serial"], results["graph"]
     print(f"graph / serial run time: {g.span / s.span:.3f}")
     print(
