@@ -368,3 +368,26 @@ def test_stage_table_reads_name_known_stages_and_versions() -> None:
     for d in STAGE_TABLE:
         for read in d.reads:
             producers(read, 1, ALL, True)  # raises for a read the graph cannot resolve
+
+
+def test_the_run_view_lists_every_running_stage_and_keeps_the_old_fields() -> None:
+    from services.api.models import RunView
+    from services.api.views import run_view_live
+
+    state = {
+        "status": "running",
+        "iteration": "0",
+        "stage": "train_refiner",
+        "running": "0:train_refiner,1:sample",
+    }
+    view = run_view_live("r", RunPaths(Path("/nowhere/r")), state)
+    assert view["running"] == [
+        {"iteration": 0, "stage": "train_refiner"},
+        {"iteration": 1, "stage": "sample"},
+    ]
+    assert (view["iteration"], view["stage"]) == (0, "train_refiner")
+    RunView.model_validate(view | {"progress": [], "iterations": [], "models": {}})
+    assert run_view_live("r", RunPaths(Path("/nowhere/r")), state | {"status": "succeeded"})["running"] == []
+    assert (
+        run_view_live("r", RunPaths(Path("/nowhere/r")), {"status": "running"})["running"] == []
+    )  # older state
