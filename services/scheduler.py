@@ -373,6 +373,19 @@ class Scheduler:
                 or time.monotonic() - watch.looked_at > RECHECK_S
             )
             if due:
+                if watch.looked_at is None:
+                    log.info(
+                        "stage ready",
+                        extra={
+                            "event": "stage.ready",
+                            "run": run_id,
+                            "iteration": iteration,
+                            "stage": stage,
+                            "queue": queue,
+                            "running": running,
+                            "order": self.settings.order,
+                        },
+                    )
                 watch.looked_at, watch.failed_count = time.monotonic(), failed_count
                 limit = self.window(queue) - others
                 if not self._look_at_jobs(run_id, paths, iteration, stage, watch, limit):
