@@ -27,7 +27,6 @@ from services.scheduler import RunStatus, Scheduler, SchedulerSettings, running_
 from shared.config import RunConfig
 from shared.stages import STAGE_TABLE, STAGES, Node, dependencies, graph, pipeline, stage
 from workers.artifacts import RunPaths
-from workers.queue import SERIALIZER  # noqa: F401  (the queues' serializer; jobs are JSON)
 
 ALL = list(STAGES)
 
