@@ -70,7 +70,10 @@ def measure(module: ModuleType, url: str, root: Path, prompts: int, ticks: int, 
         }
     )
     paths: RunPaths = create_run(config, data / "runs")
-    scheduler = module.Scheduler(redis)
+    settings = module.SchedulerSettings()
+    if hasattr(settings, "fair_window"):  # a window as large as the stage: every job queued, as before
+        settings = module.SchedulerSettings(fair_window=prompts)
+    scheduler = module.Scheduler(redis, settings)
     scheduler.register(paths)
     started = time.perf_counter()
     scheduler.tick()  # enqueues every shard

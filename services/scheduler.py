@@ -5,10 +5,21 @@ exists, a stage when its manifest does); Redis holds the run's status and the qu
 at each active run and (re)derives everything from those two, so a restarted API server loses
 nothing: it simply resumes ticking.
 
-For the current stage of a run (the first one without a manifest, in pipeline order), a tick:
-enqueues every shard whose job is missing (deterministic ids: enqueuing twice is a no-op), writes
-the manifest when all shards are done and moves on, and fails the run when a shard's job has failed
-past its retries -- the other shards' outputs stay on disk and ``resume`` re-enqueues only the rest.
+An iteration is a dependency graph (``shared.stages.dependencies``, derived from what each stage
+reads), so a run may have several stages *ready* at once: every stage without a manifest whose
+inputs all have theirs (``train_actor`` and ``train_refiner`` together; iteration t+1's ``sample``
+while iteration t's refiner trains or its ``eval`` runs). For each ready stage a tick enqueues the
+shards whose job is missing (deterministic ids: enqueuing twice is a no-op), writes the manifest
+when all shards are done (which may make the next stages ready in the same tick), and fails the run
+when a shard's job has failed past its retries -- the other shards' outputs stay on disk and
+``resume`` re-enqueues only the rest. ``SchedulerSettings.order = "serial"`` keeps the order before
+the graph: one stage at a time, in pipeline order (benchmarks compare the two).
+
+Fair sharing between runs (ablations share the pools): a run holds at most a *window* of unfinished
+jobs per queue (``max(fair_window, 2 x the queue's live workers)``), topped up on every tick in
+pipeline order (its earliest stage first: the critical path). Queues are FIFO, so a new run's jobs
+wait behind at most a window of every other run's, never behind a whole stage of thousands of
+shards: no run starves another, and one run alone still keeps every worker of a pool busy.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from redis import Redis
 from redis.client import Pipeline
@@ -31,10 +43,12 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
+from shared.config import RunConfig
 from shared.runtime.artifacts import RunPaths
 from shared.runtime.queue import QUEUES, RUN_SHARD, SERIALIZER, STAGE_QUEUE, WAKE_CHANNEL, job_id
 from shared.runtime.rq_compat import SparJob
 from shared.runtime.shards import StageSpec, load_config, num_shards, write_stage_manifest
+from shared.stages import Node, dependencies
 from shared.stages import pipeline as stage_pipeline
 from shared.stages import stage as stage_table
 
@@ -103,6 +117,17 @@ class SchedulerSettings:
     retries: int = 3
     retry_intervals: tuple[int, ...] = (5, 30, 120)
     result_ttl: int = 7 * 24 * 3600
+    order: Literal["graph", "serial"] = "graph"
+    """``graph``: every stage whose inputs are complete runs at once, each on its own pool;
+    ``serial``: one stage at a time in pipeline order (what the scheduler did before the graph)."""
+    fair_window: int = 8
+    """The fewest unfinished jobs a run may hold in one queue (see the module docstring)."""
+
+    def __post_init__(self) -> None:
+        if self.order not in ("graph", "serial"):
+            raise ValueError(f"scheduler order must be 'graph' or 'serial', not {self.order!r}")
+        if self.fair_window < 1:
+            raise ValueError(f"fair_window must be >= 1, not {self.fair_window}")
 
 
 def pipeline(paths: RunPaths) -> Iterator[tuple[int, str]]:
@@ -111,21 +136,53 @@ def pipeline(paths: RunPaths) -> Iterator[tuple[int, str]]:
     yield from stage_pipeline(config.stages, config.iterations, with_init=config.init is not None)
 
 
+def frontier(config: RunConfig, settle: Callable[[Node, bool], bool]) -> Iterator[tuple[Node, bool]]:
+    """Walk a run's dependency graph in pipeline order, as far as work can exist.
+
+    ``settle(node, inputs_complete)`` says whether ``node`` is complete (it may complete it, e.g. by
+    writing its manifest). Yields ``(node, ready)`` for every stage of every iteration the run has
+    reached, ``ready`` meaning its inputs are complete and it is not; an iteration is reached when
+    one of its stages is complete or ready. The walk ends before the first iteration that is not
+    reached: every later stage depends on one of its stages, so the cost follows the work that
+    exists, never the iteration count a client asked for.
+    """
+    with_init = config.init is not None
+    complete: set[Node] = set()
+    held: list[tuple[Node, bool]] = []
+    current, reached = 0, False
+    for node in stage_pipeline(config.stages, config.iterations, with_init=with_init):
+        if node[0] != current:
+            if not reached:
+                return
+            yield from held
+            held, current, reached = [], node[0], False
+        inputs = all(d in complete for d in dependencies(node[1], node[0], config.stages, with_init))
+        done = settle(node, inputs)
+        if done:
+            complete.add(node)
+        reached = reached or done or inputs
+        held.append((node, inputs and not done))
+    if reached:
+        yield from held
+
+
 def started_pipeline(paths: RunPaths) -> Iterator[tuple[int, str]]:
-    """The (iteration, stage) pairs of the iterations a run has reached: every iteration up to the
-    one of its first unfinished stage (all of them once the run is done).
+    """The (iteration, stage) pairs of the iterations a run has reached (:func:`frontier`): every
+    stage of each iteration where a stage is complete or ready (all of them once the run is done).
 
     Routes and scrapes walk this, not :func:`pipeline`: a run's cost to show, cancel or resume must
     not grow with the iteration count a client asked for, only with the work that exists. No job
-    exists past the first unfinished stage (the scheduler enqueues one stage at a time).
+    exists past the reached iterations (a stage is enqueued only once its inputs are complete).
     """
-    current: int | None = None
-    for iteration, stage in pipeline(paths):
-        if current is not None and iteration > current:
-            return
-        if current is None and not paths.manifest(iteration, stage).exists():
-            current = iteration
-        yield iteration, stage
+    config = load_config(paths)
+    for node, _ready in frontier(config, lambda node, _inputs: paths.manifest(*node).exists()):
+        yield node
+
+
+def running_stages(paths: RunPaths) -> list[Node]:
+    """The stages of a run that are ready now (inputs complete, no manifest): what may be running."""
+    config = load_config(paths)
+    return [node for node, ready in frontier(config, lambda n, _i: paths.manifest(*n).exists()) if ready]
 
 
 class Scheduler:
@@ -138,6 +195,7 @@ class Scheduler:
         self._cas = redis.register_script(_SET_IF_ACTIVE)
         self._watches: dict[tuple[str, int, str], _StageWatch] = {}
         self._failed_counts: dict[str, int] = {}
+        self._workers: dict[str, int] = {}  # live workers per queue, counted each tick
         # told of every change this scheduler writes to a run's state (the API's view caches)
         self.on_change: Callable[[str], None] | None = None
 
@@ -158,6 +216,7 @@ class Scheduler:
                 "error": "",
                 "iteration": 0,
                 "stage": "",
+                "running": "",
             },
         )
         self.redis.zadd(RUNS_INDEX, {paths.run_id: now})
@@ -217,7 +276,7 @@ class Scheduler:
                     "registry cleanup failed",
                     extra={"event": "scheduler.cleanup_error", "queue": name, "error": str(exc)[:200]},
                 )
-        self._failed_counts = self._count_failed()
+        self._failed_counts, self._workers = self._count_failed()
         for run_id in self.run_ids():
             state = self.state(run_id)
             if state and state.get("status") in ACTIVE:
@@ -230,49 +289,107 @@ class Scheduler:
                     self._set_if_active(run_id, status=RunStatus.FAILED, error=f"scheduler error: {exc}")
         self.redis.set(TICK_KEY, f"{time.time():.3f}", ex=TICK_KEY_TTL_S)
 
-    def _count_failed(self) -> dict[str, int]:
-        """Jobs in each queue's failed and canceled registries (one round trip): a change is what
-        makes a stage's jobs worth looking at again before :data:`RECHECK_S` has passed."""
+    def _count_failed(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Jobs in each queue's failed and canceled registries -- a change is what makes a stage's
+        jobs worth looking at again before :data:`RECHECK_S` has passed -- and the workers that
+        listen on each queue (what sizes a run's window), in one round trip."""
         with self.redis.pipeline(transaction=False) as pipe:
             for name in QUEUES:
                 pipe.zcard(f"rq:failed:{name}")
                 pipe.zcard(f"rq:canceled:{name}")
+                pipe.scard(f"rq:workers:{name}")
             counts = pipe.execute()
-        return {name: counts[2 * k] + counts[2 * k + 1] for k, name in enumerate(QUEUES)}
+        failed = {name: counts[3 * k] + counts[3 * k + 1] for k, name in enumerate(QUEUES)}
+        return failed, {name: int(counts[3 * k + 2]) for k, name in enumerate(QUEUES)}
+
+    def window(self, queue: str) -> int:
+        """The most unfinished jobs one run may hold in ``queue``: enough to keep every worker of the
+        pool busy (two each, so a worker never waits for the next tick), few enough that another
+        run's jobs are never queued behind a whole stage (the fairness policy, module docstring)."""
+        return max(self.settings.fair_window, 2 * self._workers.get(queue, 0))
 
     def advance(self, run_id: str, paths: RunPaths) -> None:
-        """Move the run's first unfinished stage on; its cost does not grow with the stage's shards.
+        """Move every ready stage of the run on; the cost does not grow with a stage's shards.
 
-        Done shards are listed only when the stage folder changed (one ``stat`` otherwise); the
-        stage's jobs are looked at -- every pending one in one pipelined round trip -- when the
-        stage is new, when a job of its queue failed or was cancelled, or every :data:`RECHECK_S`.
+        Ready stages are found by :func:`frontier` (a stage whose shards are all done gets its
+        manifest here, which may make the next ones ready in the same tick); ``serial`` order stops
+        at the first. Done shards are listed only when the stage folder changed (one ``stat``
+        otherwise); a stage's jobs are looked at -- every pending one in one pipelined round trip --
+        when the stage is new, when a job of its queue failed or was cancelled, when the run has room
+        in the queue's window for shards not enqueued yet, or every :data:`RECHECK_S`.
         """
-        for iteration, stage in pipeline(paths):
-            if paths.manifest(iteration, stage).exists():
-                continue
-            watch = self._watch(run_id, paths, iteration, stage)
+        config = load_config(paths)
+        serial = self.settings.order == "serial"
+        ready: list[Node] = []
+
+        def settle(node: Node, inputs: bool) -> bool:
+            if paths.manifest(*node).exists():
+                return True
+            if not inputs or (serial and ready):
+                return False
+            watch = self._watch(run_id, paths, *node)
             if len(watch.done) >= watch.total:
-                write_stage_manifest(paths, iteration, stage)
-                self._watches.pop((run_id, iteration, stage), None)
+                write_stage_manifest(paths, *node)
+                self._watches.pop((run_id, *node), None)
                 log.info(
                     "stage done",
-                    extra={"event": "stage.done", "run": run_id, "iteration": iteration, "stage": stage},
+                    extra={"event": "stage.done", "run": run_id, "iteration": node[0], "stage": node[1]},
                 )
-                continue
-            if not self._set_if_active(run_id, status=RunStatus.RUNNING, iteration=iteration, stage=stage):
-                return  # cancelled meanwhile: enqueue nothing more
-            failed_count = self._failed_counts.get(STAGE_QUEUE[stage], 0)
+                return True
+            ready.append(node)
+            return False
+
+        for _walked in frontier(config, settle):
+            pass
+        if not ready:
+            blocked = next((node for node in pipeline(paths) if not paths.manifest(*node).exists()), None)
+            if blocked is not None:  # a table whose reads name a stage that can never complete
+                raise RuntimeError(
+                    f"no stage of the run can start: iteration {blocked[0]} {blocked[1]} waits"
+                )
+            self._set_if_active(run_id, status=RunStatus.SUCCEEDED, stage="", running="", error="")
+            log.info("run succeeded", extra={"event": "run.succeeded", "run": run_id})
+            return
+        running = ",".join(f"{t}:{name}" for t, name in ready)
+        first = ready[0]
+        if not self._set_if_active(
+            run_id, status=RunStatus.RUNNING, iteration=first[0], stage=first[1], running=running
+        ):
+            return  # cancelled meanwhile: enqueue nothing more
+        held = dict.fromkeys(QUEUES, 0)  # the run's unfinished jobs in each queue, as known
+        for node in ready:
+            held[STAGE_QUEUE[node[1]]] += self._watches[(run_id, *node)].outstanding
+        for iteration, stage in ready:  # pipeline order: the critical path is topped up first
+            watch = self._watches[(run_id, iteration, stage)]
+            queue = STAGE_QUEUE[stage]
+            others = held[queue] - watch.outstanding  # what the run's other stages hold of the window
+            failed_count = self._failed_counts.get(queue, 0)
+            unqueued = watch.total - len(watch.jobs | watch.done)
             due = (
                 watch.looked_at is None
                 or watch.failed_count != failed_count
+                or (unqueued > 0 and held[queue] < self.window(queue))
                 or time.monotonic() - watch.looked_at > RECHECK_S
             )
             if due:
+                if watch.looked_at is None:
+                    log.info(
+                        "stage ready",
+                        extra={
+                            "event": "stage.ready",
+                            "run": run_id,
+                            "iteration": iteration,
+                            "stage": stage,
+                            "queue": queue,
+                            "running": running,
+                            "order": self.settings.order,
+                        },
+                    )
                 watch.looked_at, watch.failed_count = time.monotonic(), failed_count
-                self._look_at_jobs(run_id, paths, iteration, stage, watch)
-            return
-        self._set_if_active(run_id, status=RunStatus.SUCCEEDED, stage="", error="")
-        log.info("run succeeded", extra={"event": "run.succeeded", "run": run_id})
+                limit = self.window(queue) - others
+                if not self._look_at_jobs(run_id, paths, iteration, stage, watch, limit):
+                    return  # the run failed: nothing more is enqueued
+                held[queue] = others + watch.outstanding
 
     def _watch(self, run_id: str, paths: RunPaths, iteration: int, stage: str) -> _StageWatch:
         """The stage's watch, its done shards listed again only when the folder changed."""
@@ -291,10 +408,12 @@ class Scheduler:
         return watch
 
     def _look_at_jobs(
-        self, run_id: str, paths: RunPaths, iteration: int, stage: str, watch: _StageWatch
-    ) -> None:
-        """Enqueue the pending shards that have no job, re-run those finished without output, and
-        fail the run when a shard's job failed past its retries -- statuses in one round trip."""
+        self, run_id: str, paths: RunPaths, iteration: int, stage: str, watch: _StageWatch, limit: int
+    ) -> bool:
+        """Enqueue the pending shards that have no job (lowest shards first, until the stage holds
+        ``limit`` unfinished jobs), re-run those finished without output, and fail the run when a
+        shard's job failed past its retries -- statuses in one round trip. Returns False when the
+        run failed."""
         pending = [k for k in range(watch.total) if k not in watch.done]
         ids = [job_id(run_id, iteration, stage, k) for k in pending]
         statuses = self._statuses(ids)
@@ -305,12 +424,17 @@ class Scheduler:
             for k, status in zip(pending, statuses, strict=True)
             if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
         ]
+        jobs = {k for k, status in zip(pending, statuses, strict=True) if status is not None}
         for shard in redo:  # finished without output (e.g. the output was removed): run again
             if not paths.shard_done(iteration, stage, shard).exists():
                 self.redis.delete(SparJob.key_for(job_id(run_id, iteration, stage, shard)))
                 missing.append(shard)
+                jobs.discard(shard)
+        watch.jobs = frozenset(jobs)  # what Redis holds now (after an API restart: found here)
+        missing = sorted(missing)[: max(limit - watch.outstanding, 0)]
         if missing:
-            self._enqueue_many(paths, iteration, stage, sorted(missing))
+            self._enqueue_many(paths, iteration, stage, missing)
+            watch.jobs |= frozenset(missing)
         if failures:
             job = self._job(run_id, iteration, stage, failures[0])
             error = _last_error(job) if job is not None else "its job is gone"
@@ -320,6 +444,8 @@ class Scheduler:
             )
             self._set_if_active(run_id, status=RunStatus.FAILED, error=message)
             log.error("run failed", extra={"event": "run.failed", "run": run_id, "error": message})
+            return False
+        return True
 
     def _statuses(self, ids: list[str]) -> list[JobStatus | None]:
         """Each job's status (None: no such job, or a status RQ does not know), pipelined in chunks."""
@@ -507,7 +633,13 @@ class _StageWatch:
     listed_at: float = 0.0  # monotonic time the folder was last listed
     done: frozenset[int] = frozenset()
     looked_at: float | None = None  # monotonic time the stage's jobs were last looked at
+    jobs: frozenset[int] = frozenset()  # shards known to have a job (enqueued by us or seen in Redis)
     failed_count: int = -1  # the queue's failed + canceled jobs at that look
+
+    @property
+    def outstanding(self) -> int:
+        """Jobs of the stage not finished yet: what it holds of its run's window in the queue."""
+        return len(self.jobs - self.done)
 
 
 def _done_shards(folder: Path) -> frozenset[int]:

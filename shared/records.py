@@ -317,6 +317,12 @@ class ShardDone(Record):
     engine: dict[str, int] = Field(default_factory=dict)
     seconds: float
     finished_at: float
+    started_at: float | None = Field(
+        None,
+        description="When the worker took the shard up (epoch seconds; engine loads included, unlike "
+        "``seconds``): with ``finished_at``, what a pool's busy and idle time is measured from. None in "
+        "records older than it.",
+    )
     resolved: dict[str, Any] | None = Field(
         None,
         description="What the machine resolved beyond the config (engine release, dtype, training "

@@ -7,11 +7,18 @@ counts, both executors' pipeline order and the summary all come from :data:`STAG
 runner of each stage is registered under the same name in ``workers.stages``.
 
 Adding a stage: one :class:`StageDef` here (in pipeline order) and one runner in ``workers/stages/``.
+
+The ``reads`` of every stage make the iteration a dependency graph, not a line: a stage can start as
+soon as the stages producing what it reads are complete (:func:`dependencies`), so ``train_actor``
+and ``train_refiner`` run at once, and iteration t+1's ``sample`` starts while iteration t's refiner
+still trains. The pipeline order (:func:`pipeline`) is one topological order of that graph: the one
+the local executor and the scheduler's serial mode follow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +37,11 @@ class StageDef:
     hash_sections: Mapping[str, str]
     """Hash key -> RunConfig field whose settings determine the stage's output."""
     reads: tuple[str, ...]
+    """Everything the stage's runner opens, as paths relative to the run directory (``iter_t/<stage>/...``:
+    a stage's output in the same iteration; ``models/<role>/v<t>`` or ``v<t+1>``: a model version;
+    ``prompts/...``: the prompt shards) or as config fields naming a file outside the run. The
+    dependency graph (:func:`dependencies`) is derived from these and from nothing else, and
+    ``tests/test_stage_graph.py`` fails when a runner opens something not declared here."""
     writes: tuple[str, ...]
     default: bool = True
     """Part of the default pipeline (opt-in stages need an extra or a particular objective)."""
@@ -55,7 +67,7 @@ STAGE_TABLE: tuple[StageDef, ...] = (
         queue="actor",
         sharded=True,
         hash_sections={"actor": "actor", "sample": "sample"},
-        reads=("prompts/shard_N.jsonl",),
+        reads=("prompts/shard_N.jsonl", "models/actor/v<t>"),
         writes=("iter_t/sample/shard_N.jsonl",),
     ),
     StageDef(
@@ -63,7 +75,7 @@ STAGE_TABLE: tuple[StageDef, ...] = (
         queue="refiner",
         sharded=True,
         hash_sections={"refiner": "refiner", "judge": "judge"},
-        reads=("iter_t/sample/shard_N.jsonl",),
+        reads=("iter_t/sample/shard_N.jsonl", "models/refiner/v<t>"),
         writes=("iter_t/judge/shard_N.jsonl",),
     ),
     StageDef(
@@ -71,7 +83,7 @@ STAGE_TABLE: tuple[StageDef, ...] = (
         queue="refiner",
         sharded=True,
         hash_sections={"refiner": "refiner", "judge": "judge", "search": "search"},
-        reads=("iter_t/judge/shard_N.jsonl",),
+        reads=("iter_t/judge/shard_N.jsonl", "models/refiner/v<t>"),
         writes=("iter_t/refine/shard_N.jsonl",),
     ),
     StageDef(
@@ -93,7 +105,7 @@ STAGE_TABLE: tuple[StageDef, ...] = (
             "data": "data",
             "iopo": "iopo",
         },
-        reads=("iter_t/assemble/pairs.jsonl", "iter_t/judge/shard_*.jsonl"),
+        reads=("iter_t/assemble/pairs.jsonl", "iter_t/judge/shard_*.jsonl", "models/refiner/v<t>"),
         writes=("iter_t/iopo_groups/shard_0.jsonl",),
         default=False,
     ),
@@ -102,8 +114,10 @@ STAGE_TABLE: tuple[StageDef, ...] = (
         queue="train",
         sharded=False,
         hash_sections={"actor": "actor", "train": "train_actor"},
-        reads=("iter_t/assemble/pairs.jsonl or iter_t/iopo_groups/shard_0.jsonl",),
-        writes=("models/actor/v<t+1>",),
+        # pairs.jsonl, or the IOPO groups under objective "iopo": both are declared, so with the
+        # iopo_groups stage configured the training waits for it whatever the objective
+        reads=("iter_t/assemble/pairs.jsonl", "iter_t/iopo_groups/shard_0.jsonl", "models/actor/v<t>"),
+        writes=("models/actor/v<t+1>", "checkpoints/actor-v<t+1>"),
         trains="actor",
     ),
     StageDef(
@@ -111,8 +125,8 @@ STAGE_TABLE: tuple[StageDef, ...] = (
         queue="train",
         sharded=False,
         hash_sections={"refiner": "refiner", "train": "train_refiner"},
-        reads=("iter_t/assemble/rft.jsonl",),
-        writes=("models/refiner/v<t+1>",),
+        reads=("iter_t/assemble/rft.jsonl", "models/refiner/v<t>"),
+        writes=("models/refiner/v<t+1>", "checkpoints/refiner-v<t+1>"),
         trains="refiner",
     ),
     StageDef(
@@ -120,13 +134,21 @@ STAGE_TABLE: tuple[StageDef, ...] = (
         queue="actor",
         sharded=False,
         hash_sections={"actor": "actor", "refiner": "refiner", "judge": "judge", "evaluation": "evaluation"},
-        reads=("models/<role>/v<t+1>", "evaluation.judge_data"),
+        reads=(
+            "models/actor/v<t>",
+            "models/actor/v<t+1>",
+            "models/refiner/v<t>",
+            "models/refiner/v<t+1>",
+            "evaluation.judge_data",
+            "evaluation.validation_prompts",
+        ),
         writes=("iter_t/eval/shard_0.jsonl",),
         default=False,
     ),
 )
 
 STAGE_DEFS: dict[str, StageDef] = {s.name: s for s in STAGE_TABLE}
+_TABLE_INDEX: dict[str, int] = {s.name: k for k, s in enumerate(STAGE_TABLE)}
 STAGES: tuple[str, ...] = tuple(s.name for s in STAGE_TABLE if s.selectable)
 """The stages a config may list, in pipeline order."""
 DEFAULT_STAGES: tuple[str, ...] = tuple(s.name for s in STAGE_TABLE if s.selectable and s.default)
@@ -150,3 +172,68 @@ def pipeline(
     for iteration in range(iterations):
         for name in stages:
             yield iteration, name
+
+
+Node = tuple[int, str]
+"""(iteration, stage): one vertex of a run's dependency graph."""
+
+VERSION_READ = re.compile(r"^models/(?P<role>actor|refiner)/v<t(?P<plus>\+1)?>$")
+STAGE_READ = re.compile(r"^iter_t/(?P<stage>[a-z_]+)/")
+
+
+def producers(read: str, iteration: int, stages: Collection[str], with_init: bool) -> list[Node]:
+    """The (iteration, stage) of a run that writes what ``read`` names, when the run configures it.
+
+    ``iter_t/<stage>/...`` is written by that stage of the same iteration; ``models/<role>/v<k>`` by
+    ``train_<role>`` of iteration k-1, or for k = 0 by ``init`` when the run has it (else it is the
+    configured model); prompt shards and config-named files exist before any stage runs. A producer
+    the run does not configure is not a dependency: its output never appears, and the stage that
+    reads it fails or takes its fallback exactly as it does in pipeline order. A model version no
+    configured stage trains is awaited until its iteration's last stage, so a run that reads one
+    fails at the same point as in pipeline order, not earlier.
+    """
+    match = STAGE_READ.match(read)
+    if match is not None:
+        name = match["stage"]
+        if name not in STAGE_DEFS:
+            raise ValueError(f"read {read!r} names no stage; stages are {list(STAGE_DEFS)}")
+        return [(iteration, name)] if name in stages else []
+    match = VERSION_READ.match(read)
+    if match is not None:
+        version = iteration + (1 if match["plus"] else 0)
+        if version == 0:
+            return [(0, "init")] if with_init else []
+        trainer = f"train_{match['role']}"
+        if trainer in stages:
+            return [(version - 1, trainer)]
+        # no stage writes the version, and whether it exists is settled when iteration k-1 ends
+        # (the reader fails there, as in pipeline order): wait for that iteration's last stage
+        last = [name for name in STAGE_DEFS if name in stages][-1:]
+        return [(version - 1, last[0])] if last else []
+    if read.startswith("models/"):
+        raise ValueError(f"read {read!r}: a model read is models/actor|refiner/v<t> or v<t+1>")
+    return []  # the prompt shards, or a config field naming a file outside the run
+
+
+def dependencies(name: str, iteration: int, stages: Collection[str], with_init: bool) -> tuple[Node, ...]:
+    """The stages of the run that must be complete before ``name`` of ``iteration`` may start.
+
+    Derived from the stage's declared ``reads`` only (never from a list of what may overlap), in
+    pipeline order, without duplicates and never the stage itself.
+    """
+    out: list[Node] = []
+    for read in stage(name).reads:
+        for node in producers(read, iteration, stages, with_init):
+            if node != (iteration, name) and node not in out:
+                out.append(node)
+    return tuple(sorted(out, key=lambda n: (n[0], _TABLE_INDEX[n[1]])))  # pipeline order
+
+
+def graph(
+    stages: list[str] | tuple[str, ...], iterations: int, with_init: bool
+) -> dict[Node, tuple[Node, ...]]:
+    """Every (iteration, stage) of a run, in pipeline order, with its dependencies."""
+    return {
+        (t, name): dependencies(name, t, stages, with_init)
+        for t, name in pipeline(stages, iterations, with_init)
+    }

@@ -25,6 +25,7 @@ from redis import Redis
 from shared.runtime.queue import QUEUES
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-0123456789abcdef0123456789abcdef"  # >= 32 chars
 PROMPTS = [
     "Write a haiku about rain. Use exactly three lines.",
@@ -108,6 +109,9 @@ class Stack:
                 "HF_HUB_OFFLINE": "1",
                 "HF_HUB_DISABLE_TELEMETRY": "1",
                 "OMP_NUM_THREADS": "1",
+                # the processes run THIS checkout's code (a worktree beside the one the `spar`
+                # script was installed from included), as the test process itself does
+                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
             }
             | self.env_extra
         )

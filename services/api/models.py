@@ -123,14 +123,26 @@ class IterationView(IterationSummary):
     progress: list[StageProgress]
 
 
+class RunningStage(BaseModel):
+    """One stage a run has enqueued or running."""
+
+    iteration: int
+    stage: str
+
+
 class RunView(BaseModel):
     """``GET /v1/runs/{id}``: status, where the run is, progress, per-iteration summaries, versions."""
 
     id: str
     status: RunStatus | None
     error: str | None
-    iteration: int
-    stage: str | None
+    iteration: int = Field(description="The iteration of the first running stage (kept for older clients).")
+    stage: str | None = Field(description="The first running stage (kept for older clients; see running).")
+    running: list[RunningStage] = Field(
+        default_factory=list,
+        description="Every stage of the run ready or running now, in pipeline order: independent stages "
+        "(train_actor and train_refiner, the next iteration's sample during eval) run at once.",
+    )
     progress: list[StageProgress]
     iterations: list[IterationSummary]
     models: dict[str, str] = Field(description="Latest published version per role, e.g. {'actor': 'v1'}.")

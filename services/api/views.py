@@ -89,10 +89,28 @@ def run_view_live(run_id: str, paths: RunPaths, state: dict[str, str]) -> dict[s
         "error": state.get("error") or None,
         "iteration": int(state.get("iteration") or 0),
         "stage": state.get("stage") or None,
+        "running": running_from_state(state),
         "created_at": float(state.get("created_at") or 0),
         "updated_at": float(state.get("updated_at") or 0),
         "run_dir": str(paths.root),
     }
+
+
+def running_from_state(state: dict[str, str]) -> list[dict[str, Any]]:
+    """Every stage the scheduler has ready (enqueued or running) for the run, in pipeline order.
+
+    Stages of one run overlap (the stage graph, ``services/scheduler.py``), so one ``stage`` field
+    cannot say where a run is; ``iteration``/``stage`` stay, naming the first of these, for the
+    clients that read them. Only while the run is active: a finished run runs nothing.
+    """
+    if state.get("status") not in ("queued", "running"):
+        return []
+    out = []
+    for item in (state.get("running") or "").split(","):
+        iteration, _, stage = item.partition(":")
+        if iteration.isdigit() and stage:
+            out.append({"iteration": int(iteration), "stage": stage})
+    return out
 
 
 def refine_view(job: Job) -> tuple[int, dict[str, Any]]:

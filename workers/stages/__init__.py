@@ -71,8 +71,9 @@ def run_stage(
         log.info("shard already done", extra={"event": "shard.skip", **spec.model_dump()})
         return done
     log.info("shard started", extra={"event": "shard.start", **spec.model_dump()})
+    started_at = time.time()
     result = RUNNERS[spec.stage](paths, spec, engines, progress)
-    record_done(paths, spec, config, result)
+    record_done(paths, spec, config, result, started_at)
     log.info(
         "shard done",
         extra={

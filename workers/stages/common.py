@@ -70,9 +70,12 @@ def finished(paths: RunPaths, spec: StageSpec, config_hash: str) -> StageResult 
     )
 
 
-def record_done(paths: RunPaths, spec: StageSpec, config: RunConfig, result: StageResult) -> None:
+def record_done(
+    paths: RunPaths, spec: StageSpec, config: RunConfig, result: StageResult, started_at: float | None = None
+) -> None:
     """Write the shard's completion record (after its data files are in place)."""
     record = ShardDone(
+        started_at=started_at,
         spec=ShardSpecRecord(**spec.model_dump()),
         config_hash=config.stage_hash(spec.stage),
         models=result.models,
