@@ -511,7 +511,7 @@ def step_env(step: Step, mode: str, work: Path, model: str | None) -> None:
         "workers.engines.process",
         "workers.training.actor",
         "workers.training.refiner",
-        "workers.stages.judges",
+        "workers.judges",
         "shared.search",
     ]
     for module in modules:
