@@ -511,7 +511,7 @@ def step_env(step: Step, mode: str, work: Path, model: str | None) -> None:
         "workers.engines.process",
         "workers.training.actor",
         "workers.training.refiner",
-        "workers.stages.judges",
+        "workers.judges",
         "shared.search",
     ]
     for module in modules:
@@ -606,7 +606,8 @@ def step_inference(step: Step, mode: str, work: Path, model: str | None) -> None
     from shared.runtime.versions import ModelVersion
     from shared.search import SearchRoot, search_trees
     from workers.engines import build_engine, close_engine
-    from workers.stages.judges import stage_judge
+    from workers.judges import build_judge
+    from shared.runtime.versions import ModelVersion
 
     sizes = _sizes(mode)
     prompts = PROMPTS[: sizes["prompts"]]
@@ -659,7 +660,7 @@ def step_inference(step: Step, mode: str, work: Path, model: str | None) -> None
     judge_cfg = JudgeConfig(votes=sizes["votes"], max_new_tokens=sizes["judge_tokens"])
 
     def judge_all(e: MeteredEngine) -> Any:
-        return stage_judge(e, judge_cfg, 1, 0, {}).judge(items)
+        return build_judge(judge_cfg, e, seed=1, tie_retries=0).judge(items)
 
     judgments = phase("judge", judge_all)
     labels = [None if j.label is None else int(j.label) for j in judgments]
@@ -683,7 +684,7 @@ def step_inference(step: Step, mode: str, work: Path, model: str | None) -> None
     )
 
     def refine(e: MeteredEngine) -> Any:
-        return search_trees(roots, e, stage_judge(e, judge_cfg, 2, 0, {}), search, seed=3)
+        return search_trees(roots, e, build_judge(judge_cfg, e, seed=2, tie_retries=0), search, seed=3)
 
     trees = phase("refine", refine)
     step.put(

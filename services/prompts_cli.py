@@ -5,7 +5,7 @@
 Writes ``N`` synthesized prompts with IFEval-style, programmatically checkable constraints
 (:mod:`workers.evaluation.synth`), one JSON object per line: ``id``, ``prompt``,
 ``instruction_id_list``, ``kwargs``. The file is a normal prompts file for ``spar run`` and its
-metadata lets the verifier judge (:mod:`workers.evaluation.verifier`) label responses without an
+metadata lets the verifier judge (:mod:`workers.judges.verifier`) label responses without an
 LLM. Kept apart from ``services/cli.py`` (like ``eval_cli``) so it can grow on its own; the main
 parser wires it in with :func:`add_prompts_commands` and dispatches with :func:`run_prompts_command`.
 """

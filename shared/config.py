@@ -229,6 +229,11 @@ class SampleConfig(_Strict):
     max_new_tokens: int = Field(2048, ge=1, le=MAX_TOKENS, description="Tokens per response (<= 131072).")
 
 
+JudgeBackendName = Literal["llm", "verifier", "verifier_then_llm"]
+"""The values of ``judge.backend``. ``workers.judges.BACKENDS`` maps each to the judge it builds
+(a test checks the two agree): adding a backend is one name here and one entry there."""
+
+
 class JudgeConfig(_Strict):
     """Stage 2: self-consistent judging by the refiner."""
 
@@ -240,7 +245,7 @@ class JudgeConfig(_Strict):
     max_new_tokens: int = Field(
         2048, ge=1, le=MAX_TOKENS, description="Tokens per judgment (<= 131072; reference 2048)."
     )
-    backend: Literal["llm", "verifier", "verifier_then_llm"] = Field(
+    backend: JudgeBackendName = Field(
         "llm",
         description="Who judges: the LLM refiner (majority vote), the IFEval-style programmatic verifier "
         "(prompts with instruction_id_list/kwargs metadata), or the verifier where metadata exists and "

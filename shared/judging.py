@@ -93,14 +93,39 @@ class JudgmentCache:
         return len(self.entries)
 
 
-class Judges(Protocol):
-    """What the search and the IOPO groups need of a judge: one :class:`Judgment` per item, in order.
+class JudgeStream(Protocol):
+    """How the streamed tree search (``shared.search_stream``) judges one pair over a request stream.
 
-    :class:`Judge` (the refiner's majority vote) is one; the stages pass one that sends items with
-    IFEval metadata to the verifier instead (``workers/stages/judges.py``).
+    The streamed search never blocks on a judgment: it asks :meth:`begin` for a judgment *now* (a
+    cached one, or one that needs no engine, such as the verifier's) or for the engine request of the
+    first round; when that request's texts come back it hands them to :meth:`resume`, which concludes
+    the judgment or asks for one more round (a tie re-judged). The search keeps no knowledge of how a
+    judge works: votes, seeds, ties and the cache stay the judge's business.
+    """
+
+    def begin(self, prompt: str, response: str) -> Judgment | GenerationRequest:
+        """The pair's judgment if it needs no engine call, else the request of round 0."""
+        ...
+
+    def resume(
+        self, prompt: str, response: str, texts: Sequence[str], round_no: int
+    ) -> Judgment | GenerationRequest:
+        """The judgment concluded from round ``round_no``'s texts, or round ``round_no + 1``'s request."""
+        ...
+
+
+class Judges(Protocol):
+    """The one judge protocol: what the search, the IOPO groups and every stage need of a judge.
+
+    ``judge`` is batched: one :class:`Judgment` per item, in order (the batched search sends all of a
+    step's children at once). ``stream`` is how the streamed search judges instead, or None when this
+    judge must be used batched (the search then runs its batched steps). :class:`Judge` (the
+    refiner's majority vote) is one; ``workers/judges`` builds the one a run's ``judge.backend`` names.
     """
 
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgment]: ...
+
+    def stream(self) -> JudgeStream | None: ...
 
 
 @dataclass
@@ -194,3 +219,26 @@ class Judge:
         for judgment in results.values():
             self.cache.put(judgment)
         return [results[JudgmentCache.key(p, r)] for p, r in items]
+
+    def stream(self) -> JudgeStream:
+        """The LLM judge streams itself: one request per round, concluded as its texts return."""
+        return self
+
+    def begin(self, prompt: str, response: str) -> Judgment | GenerationRequest:
+        """A cached judgment of the pair, or the request of its first round."""
+        cached = self.cache.get(prompt, response)
+        return cached if cached is not None else self.request(prompt, response, 0)
+
+    def resume(
+        self, prompt: str, response: str, texts: Sequence[str], round_no: int
+    ) -> Judgment | GenerationRequest:
+        """Conclude a round; a tie is re-judged (next round's request) until ``tie_retries`` run out.
+
+        A concluded judgment goes to the cache, as :meth:`judge` does, so a later identical pair is
+        a hit whichever search judged it.
+        """
+        judgment = self.conclude(prompt, response, texts, round_no)
+        if not judgment.decided and round_no < self.tie_retries:
+            return self.request(prompt, response, round_no + 1)
+        self.cache.put(judgment)
+        return judgment

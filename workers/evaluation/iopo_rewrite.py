@@ -36,6 +36,7 @@ from typing import Any
 from shared.iopo import PairForGroup
 from shared.seeding import derive_seed
 
+from ..judges.verifier import check_response, ifeval_metadata
 from .synth import (
     SAMPLERS,
     as_sentence,
@@ -44,7 +45,6 @@ from .synth import (
     conflicts,
     instruction_types,
 )
-from .verifier import check_response, ifeval_metadata
 
 UNREWRITABLE = frozenset({"combination:repeat_prompt"})
 

@@ -16,8 +16,8 @@ from shared.runtime.artifacts import RunPaths, read_jsonl, write_jsonl_atomic
 from shared.runtime.versions import version_for
 from shared.seeding import derive_seed
 
+from ..judges import backend_of, build_judge
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
-from .judges import stage_judge
 
 
 def run_iopo_groups(
@@ -36,9 +36,9 @@ def run_iopo_groups(
     for shard in range(paths.num_prompt_shards()):
         for row in map(JudgeRow.from_record, read_jsonl(paths.shard(spec.iteration, "judge", shard))):
             metadata[row.prompt] = row.metadata
-    backend = config.judge.backend
+    backend = backend_of(config.judge)
     rewriter = None
-    if backend != "llm":
+    if backend.checks_metadata:
         from ..evaluation.iopo_rewrite import VerifiableRewriter
 
         rewriter = VerifiableRewriter(
@@ -46,12 +46,12 @@ def run_iopo_groups(
         )
     started = time.perf_counter()
     with metered(engines.engine_for("refiner", version), progress, "IOPO rewrites") as engine:
-        judge = stage_judge(
-            engine,
+        judge = build_judge(
             config.judge,
-            derive_seed(config.seed, "iopo-judge", spec.iteration),
-            config.search.tie_retries,
-            metadata,  # the rewriter adds each x' it writes, so the verifier judges it
+            engine,
+            seed=derive_seed(config.seed, "iopo-judge", spec.iteration),
+            tie_retries=config.search.tie_retries,
+            metadata_by_prompt=metadata,  # the rewriter adds each x' it writes, so the verifier judges it
         )
         result = build_groups(
             pairs,
@@ -63,7 +63,7 @@ def run_iopo_groups(
             parse_retries=config.search.parse_retries,
             rewrites=config.iopo.rewrites,
             rewriter=rewriter,
-            llm_fallback=backend != "verifier",
+            llm_fallback=not backend.needs_metadata,
             min_task_overlap=config.iopo.min_task_overlap,
         )
     groups = [IopoGroupRow.from_record(g) for g in result.groups]

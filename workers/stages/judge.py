@@ -11,8 +11,8 @@ from shared.runtime.versions import version_for
 from shared.seeding import derive_seed, rng_for
 from shared.verdict import Verdict
 
+from ..judges import build_judge
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
-from .judges import stage_judge
 
 
 def run_judge(
@@ -26,10 +26,16 @@ def run_judge(
     with metered(engines.engine_for("refiner", version), progress, "judging") as engine:
         # stage 2 drops ties (docs/method.md): no re-judging
         metadata = {row.prompt: row.metadata for row in rows}
-        judge = stage_judge(engine, j, derive_seed(config.seed, "judge", spec.iteration), 0, metadata)
+        judge = build_judge(
+            j,
+            engine,
+            seed=derive_seed(config.seed, "judge", spec.iteration),
+            tie_retries=0,
+            metadata_by_prompt=metadata,
+        )
         items = [(row.prompt, text) for row in rows for text in row.responses]
         judgments = iter(judge.judge(items))
-        agreement = judge.agreement(items, j.agreement_sample) if j.backend == "verifier_then_llm" else {}
+        agreement = judge.agreement(items, j.agreement_sample)  # {} unless the backend compares two judges
 
     counts = JudgeCounts()
     out: list[JudgeRow] = []

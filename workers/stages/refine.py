@@ -12,8 +12,8 @@ from shared.runtime.versions import version_for
 from shared.search import SearchRoot, TreeStatus, search_trees
 from shared.seeding import derive_seed
 
+from ..judges import build_judge
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
-from .judges import stage_judge
 
 
 def run_refine(
@@ -42,7 +42,9 @@ def run_refine(
     with metered(engines.engine_for("refiner", version), progress, "tree search") as engine:
         seed = derive_seed(config.seed, "search-judge", spec.iteration)
         metadata = {row.prompt: row.metadata for row in rows}
-        judge = stage_judge(engine, j, seed, s.tie_retries, metadata, cache=cache)
+        judge = build_judge(
+            j, engine, seed=seed, tie_retries=s.tie_retries, metadata_by_prompt=metadata, cache=cache
+        )
         hits_before = cache.hits
         on_step = (
             None

@@ -4,26 +4,35 @@
 ``async`` and polls the job with ``asyncio.sleep`` between short Redis reads, so any number of
 waiting clients cannot starve the thread pool (or the health probes). ``GET /v1/refine/{id}``
 shows refinement jobs only; any other job id (a shard's, say) is a 404.
+
+The refinement is judged by the run's own ``judge.backend``, as its stages are. A ``verifier`` run
+has no LLM judge to fall back to: a request without ``metadata`` (the prompt's constraints) is a 422
+naming ``metadata``, answered here before anything is queued.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from shared.errors import RunConflictError
 from shared.runtime.queue import REFINE_ONE, SERIALIZER
 
 from ..deps import RedisDep, SchedulerDep, SettingsDep, require_token, run_paths
 from ..models import RefineRequest, RefineResult
 from ..views import refine_view
+
+if TYPE_CHECKING:
+    from shared.runtime.artifacts import RunPaths
 
 router = APIRouter(prefix="/v1/refine", tags=["refine"], dependencies=[Depends(require_token)])
 
@@ -42,11 +51,16 @@ JobId = Annotated[str, Path(max_length=100, description="The job id POST /v1/ref
 @router.post("", response_model=RefineResult, responses=_OUTCOMES)
 async def refine(body: RefineRequest, settings: SettingsDep, scheduler: SchedulerDep) -> JSONResponse:
     paths = await run_in_threadpool(run_paths, body.run_id, scheduler)
+    metadata = None if body.metadata is None else body.metadata.model_dump()
+    await run_in_threadpool(_judgeable, paths, metadata)
     await run_in_threadpool(_within_rate, scheduler.redis, settings.refine_per_minute)
+    kwargs: dict[str, object] = {"run_dir": str(paths.root), "prompt": body.prompt, "response": body.response}
+    if metadata is not None:  # only when given: a job without it stays what older workers accept
+        kwargs["metadata"] = metadata
     job = await run_in_threadpool(
         scheduler.queues["refiner"].enqueue,
         REFINE_ONE,
-        kwargs={"run_dir": str(paths.root), "prompt": body.prompt, "response": body.response},
+        kwargs=kwargs,
         job_timeout=settings.job_timeout,
         ttl=RESULT_TTL_S,  # not started in a day: dropped from the queue
         result_ttl=RESULT_TTL_S,
@@ -61,6 +75,23 @@ async def refine(body: RefineRequest, settings: SettingsDep, scheduler: Schedule
         await asyncio.sleep(POLL_S)
     code, view = await run_in_threadpool(refine_view, job)
     return JSONResponse(view, status_code=code)
+
+
+def _judgeable(paths: RunPaths, metadata: dict[str, Any] | None) -> None:
+    """422 naming ``metadata`` when the run's judge cannot judge this prompt without it (``verifier``)."""
+    from workers.judges import backend_of
+    from shared.runtime.shards import load_config
+
+    try:
+        config = load_config(paths)
+    except (OSError, ValueError) as exc:  # removed meanwhile, or written by an older, laxer version
+        reason = str(exc)[:200]
+        raise RunConflictError(f"run {paths.root.name}: its config.json cannot be read ({reason})") from exc
+    problem = backend_of(config.judge).missing_metadata(metadata)
+    if problem is not None:
+        raise RequestValidationError(
+            [{"loc": ("body", "metadata"), "msg": problem, "type": "missing", "input": metadata}]
+        )
 
 
 def _within_rate(redis: Redis, per_minute: int) -> None:

@@ -1,4 +1,4 @@
-"""A programmatic judge for prompts that carry IFEval-style metadata, interchangeable with the LLM judge.
+"""The IFEval-style checker as a judge: computed verdicts, written like the refiner's judgments.
 
 Prompts written by :mod:`workers.evaluation.synth` (or taken from IFEval itself) say exactly which
 constraints they impose (``instruction_id_list`` + ``kwargs``), so whether a response follows them can
@@ -9,28 +9,25 @@ instruction, so :func:`shared.verdict.parse_verdict` reads it and the refinement
 it look the same as data built from LLM judgments. It uses the checker's STRICT test: the loose one is
 an upper bound meant for reporting, not a label to train on.
 
-:class:`CombinedJudge` chooses per run: ``llm`` (the paper's setting), ``verifier`` (every prompt
-must carry metadata) or ``verifier_then_llm`` (verifier where metadata exists, the LLM judge
-elsewhere, in ONE batched LLM call). Its :meth:`CombinedJudge.agreement` measures how often the LLM
-judge's majority agrees with the verifier: a direct estimate of the judge's accuracy on checkable
-prompts.
+This module is the checker side only (it answers None for a prompt without constraints); the judges
+a run uses, and the choice between them by ``judge.backend``, are in :mod:`workers.judges`.
+:class:`Agreement` is how often the LLM judge's majority agrees with the verifier: a direct estimate
+of the judge's accuracy on checkable prompts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from shared.judging import Judge, Judgment
+from shared.judging import Judgment
 from shared.verdict import Verdict
 from shared.voting import Vote
 
-from .ifeval import checker
+from ..evaluation.ifeval import checker
 
 FINAL_LINE = "Final Judgement (if the Output accurately follows the Prompt):"
-MODES = ("llm", "verifier", "verifier_then_llm")
-Mode = Literal["llm", "verifier", "verifier_then_llm"]
 # Descriptions of some instructions span lines (multiple_sections) or quote a whole prompt
 # (repeat_prompt); one short line per instruction keeps the judgment readable as training text.
 _MAX_DESCRIPTION = 160
@@ -141,70 +138,3 @@ class Agreement:
 
     def as_record(self) -> dict[str, Any]:
         return {"n": self.n, "agree": self.agree, "llm_undecided": self.llm_undecided, "rate": self.rate}
-
-
-@dataclass
-class CombinedJudge:
-    """The judge a stage uses, by ``mode``: ``llm``, ``verifier`` or ``verifier_then_llm``.
-
-    ``llm`` may be None only in ``verifier`` mode. In ``verifier`` mode every item must carry
-    metadata: a prompt nothing can judge is an error, not a silently missing label.
-    """
-
-    mode: Mode
-    llm: Judge | None = None
-    verifier: VerifierJudge | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown judge mode {self.mode!r}; expected one of {MODES}")
-        if self.mode != "verifier" and self.llm is None:
-            raise ValueError(f"judge mode {self.mode!r} needs an LLM judge")
-        if self.verifier is None:
-            self.verifier = VerifierJudge()
-
-    def judge(
-        self,
-        items: Sequence[tuple[str, str]],
-        metadata: Sequence[Mapping[str, Any] | None] | None = None,
-    ) -> list[Judgment]:
-        """One :class:`Judgment` per item, in order, from the judge the mode assigns to it."""
-        items = list(items)
-        metadata = list(metadata) if metadata is not None else [None] * len(items)
-        if len(metadata) != len(items):
-            raise ValueError(f"{len(metadata)} metadata entries for {len(items)} items")
-        if self.mode == "llm":
-            assert self.llm is not None
-            return self.llm.judge(items)
-        assert self.verifier is not None
-        verified = self.verifier.judge(items, metadata)
-        missing = [i for i, j in enumerate(verified) if j is None]
-        if missing and self.mode == "verifier":
-            raise ValueError(
-                f"judge mode 'verifier' but {len(missing)} item(s) have no IFEval metadata "
-                f"(first at index {missing[0]}); use 'verifier_then_llm'"
-            )
-        if missing:
-            assert self.llm is not None
-            # One batched call for everything the verifier could not judge.
-            for index, judgment in zip(missing, self.llm.judge([items[i] for i in missing]), strict=True):
-                verified[index] = judgment
-        return [j for j in verified if j is not None]
-
-    def agreement(
-        self, items: Sequence[tuple[str, str]], metadata: Sequence[Mapping[str, Any] | None]
-    ) -> Agreement:
-        """Where both can judge (items with metadata), how often the LLM majority equals the verifier."""
-        if self.llm is None:
-            raise ValueError("agreement needs an LLM judge")
-        assert self.verifier is not None
-        verified = self.verifier.judge(items, metadata)
-        both = [(item, j) for item, j in zip(items, verified, strict=True) if j is not None]
-        if not both:
-            return Agreement(n=0, agree=0, llm_undecided=0)
-        llm = self.llm.judge([item for item, _ in both])
-        agree = sum(
-            1 for (_, v), j in zip(both, llm, strict=True) if j.label is not None and j.label == v.label
-        )
-        undecided = sum(1 for j in llm if j.label is None)
-        return Agreement(n=len(both), agree=agree, llm_undecided=undecided)
