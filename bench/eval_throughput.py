@@ -26,14 +26,14 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from shared.config import HFEngineConfig  # noqa: E402
-from workers.engines.hf import HFEngine  # noqa: E402
-from workers.evaluation.ifeval import (  # noqa: E402
+from shared.evaluation.ifeval import (  # noqa: E402
     checker,
     evaluate_ifeval,
     ifeval_requests,
     load_ifeval_prompts,
     score_responses,
 )
+from workers.engines.hf import HFEngine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SMOLLM2 = REPO / ".cache" / "models" / "smollm2-135m-instruct"

@@ -511,7 +511,7 @@ def step_env(step: Step, mode: str, work: Path, model: str | None) -> None:
         "workers.engines.process",
         "workers.training.actor",
         "workers.training.refiner",
-        "workers.judges",
+        "shared.judges",
         "shared.search",
     ]
     for module in modules:
@@ -603,11 +603,10 @@ def step_inference(step: Step, mode: str, work: Path, model: str | None) -> None
     """Sample, judge and refine a few prompts through the HF engine as a worker builds it."""
     from shared.config import JudgeConfig, SearchConfig
     from shared.engine import GenerationRequest, MeteredEngine
+    from shared.judges import build_judge
     from shared.runtime.versions import ModelVersion
     from shared.search import SearchRoot, search_trees
     from workers.engines import build_engine, close_engine
-    from workers.judges import build_judge
-    from shared.runtime.versions import ModelVersion
 
     sizes = _sizes(mode)
     prompts = PROMPTS[: sizes["prompts"]]

@@ -83,7 +83,7 @@ def run_eval_command(args: argparse.Namespace, console: Any = None) -> int:
 def _load_engine(args: argparse.Namespace, console: Any) -> Any:
     from transformers.utils import logging as hf_logging
 
-    from workers.evaluation import build_eval_engine
+    from workers.engines.folder import build_eval_engine
 
     # transformers' weight-loading bar and advisories would tear through our progress bar.
     hf_logging.disable_progress_bar()
@@ -143,7 +143,7 @@ def _write_json(path: Path, result: dict[str, Any], console: Any) -> None:
 
 def _cmd_ifeval(args: argparse.Namespace, console: Any) -> int:
     from services.console import report_console
-    from workers.evaluation.ifeval import checker, evaluate_ifeval, load_ifeval_prompts
+    from shared.evaluation.ifeval import checker, evaluate_ifeval, load_ifeval_prompts
 
     try:
         items = load_ifeval_prompts(args.limit)
@@ -173,7 +173,7 @@ def _cmd_ifeval(args: argparse.Namespace, console: Any) -> int:
 
 def _cmd_judge(args: argparse.Namespace, console: Any) -> int:
     from services.console import report_console
-    from workers.evaluation.judge_eval import evaluate_judge, load_pairwise
+    from shared.evaluation.judge_eval import evaluate_judge, load_pairwise
 
     items = load_pairwise(args.data, args.limit)
     started = time.perf_counter()

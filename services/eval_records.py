@@ -8,7 +8,7 @@ behind them, which the stage writes to ``iter_<t>/eval/shard_*.jsonl``::
     {"kind": "judge", "version": ..., "records": [{index, label, correct, preferred, other, ...}]}
 
 Runs written before the stage kept ``records`` for its IFEval rows still have the ``responses``:
-those are scored again with the same checker (:func:`workers.evaluation.ifeval.score_responses`),
+those are scored again with the same checker (:func:`shared.evaluation.ifeval.score_responses`),
 the prompts matched by key, which is also how a reader re-scores exported generations.
 """
 
@@ -88,7 +88,7 @@ def rescore_missing(rows: EvalRows, items_for: dict[str, Items]) -> None:
                 v.note = "no per-prompt records or responses kept"
                 continue
             try:
-                from workers.evaluation.ifeval import score_responses
+                from shared.evaluation.ifeval import score_responses
 
                 by_key = {item["key"]: item for item in items_for[kind]()}
                 items = [by_key[r["key"]] for r in v.responses]

@@ -44,7 +44,7 @@ def _judge_pairs(report: RunReport) -> list[Any] | None:
     path = evaluation.get("judge_data")
     if not path:
         return None
-    from workers.evaluation.judge_eval import load_pairwise
+    from shared.evaluation.judge_eval import load_pairwise
 
     try:
         return load_pairwise(path, evaluation.get("judge_limit"))

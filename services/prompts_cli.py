@@ -3,9 +3,9 @@
     spar prompts synth --n N [--seed S] [--max-constraints K] [--id-prefix P] --out FILE
 
 Writes ``N`` synthesized prompts with IFEval-style, programmatically checkable constraints
-(:mod:`workers.evaluation.synth`), one JSON object per line: ``id``, ``prompt``,
+(:mod:`shared.evaluation.synth`), one JSON object per line: ``id``, ``prompt``,
 ``instruction_id_list``, ``kwargs``. The file is a normal prompts file for ``spar run`` and its
-metadata lets the verifier judge (:mod:`workers.judges.verifier`) label responses without an
+metadata lets the verifier judge (:mod:`shared.judges.verifier`) label responses without an
 LLM. Kept apart from ``services/cli.py`` (like ``eval_cli``) so it can grow on its own; the main
 parser wires it in with :func:`add_prompts_commands` and dispatches with :func:`run_prompts_command`.
 """
@@ -69,7 +69,7 @@ def run_prompts_command(args: argparse.Namespace, console: Any = None) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace, console: Any) -> int:
-    from workers.evaluation.synth import synthesize, write_jsonl
+    from shared.evaluation.synth import synthesize, write_jsonl
 
     started = time.perf_counter()
     excluded: set[str] = set()

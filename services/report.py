@@ -109,7 +109,7 @@ class RunReport:
         return rows
 
     def _validation_items(self) -> list[dict[str, Any]]:
-        from workers.stages.evaluate import validation_items
+        from shared.evaluation.ifeval import validation_items
 
         path = (self.config.get("evaluation") or {}).get("validation_prompts")
         if not path:
@@ -128,7 +128,7 @@ class RunReport:
 
 
 def _ifeval_items() -> list[dict[str, Any]]:
-    from workers.evaluation.ifeval import load_ifeval_prompts
+    from shared.evaluation.ifeval import load_ifeval_prompts
 
     return load_ifeval_prompts()
 

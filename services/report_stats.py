@@ -6,7 +6,7 @@
   instruction-level units are (passed, total) per prompt), and for the two prompt-level metrics
   the exact McNemar test on the discordant prompts, with how many were gained and lost.
 * **Judge accuracy with intervals.** Pairwise, pointwise and pointwise F1, each with a 95% bootstrap
-  interval over the held-out pairs, scored exactly as :mod:`workers.evaluation.judge_eval` scores.
+  interval over the held-out pairs, scored exactly as :mod:`shared.evaluation.judge_eval` scores.
 * **Trivial judges on the same items**, scored by the same rules: always-Yes, always-No, and a coin
   flip (expected score and the central 95% range of its score, exact, on these n items). A judge
   is only worth something where it beats all three.
@@ -21,8 +21,8 @@ from functools import lru_cache
 from typing import Any
 
 from shared.bootstrap import Units, bootstrap_interval
+from shared.evaluation.judge_eval import pointwise_scores
 from shared.paired import McNemar, PairedDifference, mcnemar_exact, paired_bootstrap
-from workers.evaluation.judge_eval import pointwise_scores
 
 IFEVAL_METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
 PROMPT_LEVEL = ("prompt_strict", "prompt_loose")

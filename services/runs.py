@@ -229,7 +229,7 @@ def create_run(config: RunConfig, runs_dir: Path, run_id: str | None = None, sou
     """
     _prompts_path(config)
     if config.evaluation.validation_prompts is not None and "eval" in config.stages:
-        from workers.stages.evaluate import validation_items
+        from shared.evaluation.ifeval import validation_items
 
         validation_items(
             Path(config.evaluation.validation_prompts)

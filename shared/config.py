@@ -230,7 +230,7 @@ class SampleConfig(_Strict):
 
 
 JudgeBackendName = Literal["llm", "verifier", "verifier_then_llm"]
-"""The values of ``judge.backend``. ``workers.judges.BACKENDS`` maps each to the judge it builds
+"""The values of ``judge.backend``. ``shared.judges.BACKENDS`` maps each to the judge it builds
 (a test checks the two agree): adding a backend is one name here and one entry there."""
 
 

@@ -98,14 +98,15 @@ class EngineStats:
         return dict(vars(self))
 
 
-# What MeteredEngine takes from the wrapped engine's stats (it counts calls/requests itself).
-_INNER_COUNTS = (
+INNER_COUNTS = (
     "prompt_tokens",
     "generated_tokens",
     "overlong_skipped",
     "overlong_truncated",
     "length_capped",
 )
+"""What a ``MeteredEngine`` (and its streams) take from the wrapped engine's stats; calls, requests
+and completions it counts itself."""
 
 
 @dataclass
@@ -138,58 +139,6 @@ class MeteredEngine:
         self.stats.completions += sum(r.n for r in requests)
         if before is not None and isinstance(inner_stats, EngineStats):
             delta = inner_stats.minus(before)
-            for name in _INNER_COUNTS:
+            for name in INNER_COUNTS:
                 setattr(self.stats, name, getattr(self.stats, name) + getattr(delta, name))
         return outputs
-
-    def open_stream(self) -> MeteredStream:
-        """A stream counted like ``generate``: one call per stream, its requests, completions, tokens.
-
-        The wrapped engine's own stream when it has one (vLLM, the engine host), else a
-        ``BatchedStream`` over this engine (so each batch it sends is a counted call).
-        """
-        from .streaming import BatchedStream
-
-        opener = getattr(self.inner, "open_stream", None)
-        if not callable(opener):
-            return MeteredStream(self, BatchedStream(self), count=False)
-        self.stats.calls += 1
-        return MeteredStream(self, opener(), count=True)
-
-
-@dataclass
-class MeteredStream:
-    """Counts a wrapped engine stream's requests into the owning ``MeteredEngine`` and checks shapes."""
-
-    owner: MeteredEngine
-    inner: object  # a shared.streaming.RequestStream
-    count: bool
-    _asked: dict[object, int] = field(default_factory=dict)
-
-    def submit(self, tag: object, request: GenerationRequest, priority: int = 0) -> None:
-        self._asked[tag] = request.n
-        self.inner.submit(tag, request, priority)  # type: ignore[attr-defined]
-
-    def poll(self) -> list[tuple[object, list[str]]]:
-        inner_stats = getattr(self.owner.inner, "stats", None)
-        before = inner_stats.snapshot() if self.count and isinstance(inner_stats, EngineStats) else None
-        done = self.inner.poll()  # type: ignore[attr-defined]
-        for tag, completions in done:
-            n = self._asked.pop(tag)
-            if len(completions) != n:
-                raise RuntimeError(f"engine returned {len(completions)} completions for {tag!r} (n={n})")
-            if self.count:
-                self.owner.stats.requests += 1
-                self.owner.stats.completions += n
-        if before is not None and isinstance(inner_stats, EngineStats):
-            delta = inner_stats.minus(before)
-            for name in _INNER_COUNTS:
-                setattr(self.owner.stats, name, getattr(self.owner.stats, name) + getattr(delta, name))
-        return done
-
-    @property
-    def pending(self) -> int:
-        return int(self.inner.pending)  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        self.inner.close()  # type: ignore[attr-defined]

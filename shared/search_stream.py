@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from .config import SearchConfig
 from .engine import Engine, GenerationRequest
 from .judging import JudgeStream, Judgment, JudgmentCache
-from .search import (
+from .search_tree import (
     Expansion,
     StepCallback,
     Tree,

@@ -14,12 +14,12 @@ batches across all its work on an engine that only knows batches.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from .engine import Engine, GenerationRequest
+from .engine import INNER_COUNTS, Engine, EngineStats, GenerationRequest, MeteredEngine
 
 Tag = Hashable
 Done = list[tuple[Tag, list[str]]]
@@ -50,11 +50,6 @@ class RequestStream(Protocol):
     def close(self) -> None:
         """Drop whatever is still running (its results are never returned)."""
         ...
-
-
-@runtime_checkable
-class StreamingEngine(Protocol):
-    def open_stream(self) -> RequestStream: ...
 
 
 def wait(stream: RequestStream) -> Done:
@@ -98,15 +93,72 @@ class BatchedStream:
 @contextmanager
 def open_stream(engine: Engine) -> Iterator[RequestStream]:
     """The engine's own stream when it has one, else a :class:`BatchedStream`; closed on exit."""
-    opener = getattr(engine, "open_stream", None)
-    stream: RequestStream = opener() if callable(opener) else BatchedStream(engine)
+    stream = _open(engine)
     try:
         yield stream
     finally:
         stream.close()
 
 
-def check_completions(tag: Tag, request: GenerationRequest, completions: Sequence[str]) -> None:
-    """An engine that returns the wrong number of completions is a bug to stop at, not to carry."""
-    if len(completions) != request.n:
-        raise RuntimeError(f"engine returned {len(completions)} completions for {tag!r} (n={request.n})")
+def _streams_natively(engine: Engine) -> bool:
+    """Whether ``engine`` has a stream of its own (a metered engine has one when its inner one does)."""
+    return isinstance(engine, MeteredEngine) or callable(getattr(engine, "open_stream", None))
+
+
+def _open(engine: Engine) -> RequestStream:
+    if isinstance(engine, MeteredEngine):
+        return metered_stream(engine)
+    opener = getattr(engine, "open_stream", None)
+    return opener() if callable(opener) else BatchedStream(engine)
+
+
+def metered_stream(owner: MeteredEngine) -> MeteredStream:
+    """A stream counted like ``MeteredEngine.generate``: one call per stream, its requests,
+    completions and tokens.
+
+    The wrapped engine's own stream when it has one (vLLM, the engine host), else a
+    :class:`BatchedStream` over the metered engine (so each batch it sends is a counted call).
+    Lives here, not as a ``MeteredEngine`` method, so that ``engine`` never imports this module.
+    """
+    if not _streams_natively(owner.inner):
+        return MeteredStream(owner, BatchedStream(owner), count=False)
+    owner.stats.calls += 1
+    return MeteredStream(owner, _open(owner.inner), count=True)
+
+
+@dataclass
+class MeteredStream:
+    """Counts a wrapped engine stream's requests into the owning ``MeteredEngine`` and checks shapes."""
+
+    owner: MeteredEngine
+    inner: RequestStream
+    count: bool
+    _asked: dict[Tag, int] = field(default_factory=dict)
+
+    def submit(self, tag: Tag, request: GenerationRequest, priority: int = 0) -> None:
+        self._asked[tag] = request.n
+        self.inner.submit(tag, request, priority)
+
+    def poll(self) -> Done:
+        inner_stats = getattr(self.owner.inner, "stats", None)
+        before = inner_stats.snapshot() if self.count and isinstance(inner_stats, EngineStats) else None
+        done = self.inner.poll()
+        for tag, completions in done:
+            n = self._asked.pop(tag)
+            if len(completions) != n:
+                raise RuntimeError(f"engine returned {len(completions)} completions for {tag!r} (n={n})")
+            if self.count:
+                self.owner.stats.requests += 1
+                self.owner.stats.completions += n
+        if before is not None and isinstance(inner_stats, EngineStats):
+            delta = inner_stats.minus(before)
+            for name in INNER_COUNTS:
+                setattr(self.owner.stats, name, getattr(self.owner.stats, name) + getattr(delta, name))
+        return done
+
+    @property
+    def pending(self) -> int:
+        return int(self.inner.pending)
+
+    def close(self) -> None:
+        self.inner.close()

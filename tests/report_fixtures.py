@@ -10,8 +10,8 @@ from pathlib import Path
 
 from services.runs import create_run
 from shared.config import RunConfig
+from shared.evaluation.ifeval import METRICS, confidence_intervals
 from shared.runtime.artifacts import RunPaths, write_json_atomic, write_jsonl_atomic
-from workers.evaluation.ifeval import METRICS, confidence_intervals
 
 Outcome = tuple[list[bool], list[bool]]
 """One prompt's (strict, loose) results per instruction."""
@@ -65,7 +65,7 @@ def _scores(records: list[dict]) -> dict:
 
 
 def _judge_metrics(labels: list[tuple[str, str]]) -> dict:
-    from workers.evaluation.judge_eval import pointwise_scores
+    from shared.evaluation.judge_eval import pointwise_scores
 
     n = len(labels)
     pp = sum(p == "pass" for p, _ in labels)

@@ -31,7 +31,7 @@ def test_instruction_level_resamples_prompts_as_units() -> None:
 
 
 def test_pointwise_judge_scores_treat_each_output_on_its_own() -> None:
-    from workers.evaluation.judge_eval import pointwise_scores
+    from shared.evaluation.judge_eval import pointwise_scores
 
     # 10 pairs: 8 preferred pass, 6 others fail, 3 others pass (1 undecided)
     s = pointwise_scores(preferred_pass=8, other_fail=6, other_pass=3, n=10)

@@ -150,9 +150,9 @@ def test_the_eval_stage_holds_one_engine_at_a_time(monkeypatch: pytest.MonkeyPat
         resident.append(len(slot.loaded))
         return {k: 0.0 for k in evaluate.JUDGE_KEYS}
 
-    monkeypatch.setattr("workers.evaluation.ifeval.evaluate_ifeval", ifeval)
-    monkeypatch.setattr("workers.evaluation.judge_eval.evaluate_judge", judge)
-    monkeypatch.setattr("workers.evaluation.judge_eval.load_pairwise", lambda path, limit: [])
+    monkeypatch.setattr("shared.evaluation.ifeval.evaluate_ifeval", ifeval)
+    monkeypatch.setattr("shared.evaluation.judge_eval.evaluate_judge", judge)
+    monkeypatch.setattr("shared.evaluation.judge_eval.load_pairwise", lambda path, limit: [])
     slot.config = config
     evaluate.run_eval(
         paths, StageSpec(run_dir=str(paths.root), iteration=0, stage="eval", shard=0), slot, None

@@ -13,9 +13,9 @@ from scripted import FINAL, ScriptedEngine, yes
 
 from shared.config import HFEngineConfig
 from shared.engine import MeteredEngine
-from workers.evaluation import punkt as spar_punkt
-from workers.evaluation.ifeval import N_PROMPTS, evaluate_ifeval, load_ifeval_prompts, score_responses
-from workers.evaluation.judge_eval import JudgeDataError, PairItem, evaluate_judge, parse_pairwise
+from shared.evaluation import punkt as spar_punkt
+from shared.evaluation.ifeval import N_PROMPTS, evaluate_ifeval, load_ifeval_prompts, score_responses
+from shared.evaluation.judge_eval import JudgeDataError, PairItem, evaluate_judge, parse_pairwise
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -54,7 +54,7 @@ def _follows(prompt: str, text: str) -> bool:
 
 
 def test_the_shipped_judge_benchmark_is_reproducible_held_out_and_correctly_labelled() -> None:
-    from workers.evaluation.judge_eval import load_pairwise
+    from shared.evaluation.judge_eval import load_pairwise
 
     init = _init_data_module()
     examples = Path(__file__).resolve().parents[1] / "examples"
@@ -78,7 +78,7 @@ def test_the_shipped_judge_benchmark_is_reproducible_held_out_and_correctly_labe
 def test_the_experiment_prompt_splits_are_what_the_generator_writes_and_disjoint() -> None:
     """Training (256) and validation (240) prompts: reproducible, disjoint from each other, from IFEval
     (the generator redraws collisions) and from the judge benchmark's held-out topics."""
-    from workers.evaluation.synth import TOPICS, synthesize
+    from shared.evaluation.synth import TOPICS, synthesize
 
     prompts = Path(__file__).resolve().parents[1] / "examples" / "prompts"
     read = lambda name: [json.loads(line) for line in (prompts / name).read_text().splitlines()]  # noqa: E731

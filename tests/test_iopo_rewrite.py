@@ -2,10 +2,10 @@
 
 import pytest
 
-import workers.evaluation.iopo_rewrite as iopo_rewrite
+import shared.evaluation.iopo_rewrite as iopo_rewrite
+from shared.evaluation.iopo_rewrite import VerifiableRewriter
 from shared.iopo import PairForGroup
-from workers.evaluation.iopo_rewrite import VerifiableRewriter
-from workers.judges.verifier import check_response
+from shared.judges.verifier import check_response
 
 TASK = "Write a FAQ about tea."
 WORDS_40 = "Answer with at least 40 words."

@@ -26,10 +26,7 @@ from service_harness import RedisServer
 from services.api import Settings, create_app
 from services.runs import create_run, load_config_file
 from shared.config import JudgeBackendName, JudgeConfig
-from shared.judging import Judge, JudgmentCache
-from shared.verdict import Verdict
-from workers import jobs
-from workers.judges import (
+from shared.judges import (
     BACKENDS,
     LlmJudge,
     VerifierOnlyJudge,
@@ -37,7 +34,10 @@ from workers.judges import (
     backend_of,
     build_judge,
 )
+from shared.judging import Judge, JudgmentCache
 from shared.runtime.queue import SERIALIZER
+from shared.verdict import Verdict
+from workers import jobs
 
 LOWERCASE = {"instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}
 PROMPT = "Describe tea. Use only lowercase letters."

@@ -20,7 +20,7 @@ from services.report_stats import (
     score_labels,
     trivial_judges,
 )
-from workers.evaluation.judge_eval import pointwise_scores
+from shared.evaluation.judge_eval import pointwise_scores
 
 N = 40
 
@@ -183,7 +183,7 @@ IFEVAL_N = 6
 
 
 def _real_items() -> list[dict]:
-    from workers.evaluation.ifeval import load_ifeval_prompts
+    from shared.evaluation.ifeval import load_ifeval_prompts
 
     return load_ifeval_prompts(IFEVAL_N)
 
@@ -201,7 +201,7 @@ def test_older_runs_are_rescored_and_exports_rescore_with_googles_code(
     monkeypatch.setenv("SPAR_CACHE_DIR", str(tmp_path / "cache"))  # the checker's Punkt data goes here
     from eval_framework.tasks.ifeval import evaluation as google
 
-    from workers.evaluation.ifeval import checker, data_path, score_responses
+    from shared.evaluation.ifeval import checker, data_path, score_responses
 
     items = _real_items()
     answers = {"v0": _answers(items, "short"), "v1": _answers(items, "long")}

@@ -303,7 +303,7 @@ def test_a_judge_that_needs_no_engine_is_used_inline() -> None:
 
 def test_a_routing_judge_falls_back_to_the_batched_search() -> None:
     """verifier_then_llm routes per item and may call the engine inside judge(): not streamable."""
-    from workers.judges import build_judge
+    from shared.judges import build_judge
 
     engine = SeededEngine()
     judge = build_judge(JudgeConfig(votes=3, backend="verifier_then_llm"), engine, seed=0, tie_retries=3)

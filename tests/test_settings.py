@@ -1,4 +1,4 @@
-"""workers/settings.py: the one place SPAR_* variables are read, typed and defaulted."""
+"""shared/runtime/settings.py: the one place SPAR_* variables are read, typed and defaulted."""
 
 from __future__ import annotations
 
@@ -50,3 +50,15 @@ def test_hf_environment_is_applied_without_overriding(monkeypatch: pytest.Monkey
     import os
 
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TOKENIZERS_PARALLELISM"] == "true"
+
+
+@pytest.mark.parametrize("cache", [None, "~/elsewhere/spar-cache", "/srv/spar"])
+def test_the_nltk_folder_follows_the_settings_cache(monkeypatch: pytest.MonkeyPatch, cache: str | None) -> None:
+    """The IFEval scorer (pure core) reads SPAR_CACHE_DIR itself; it must agree with the settings."""
+    from shared.evaluation.punkt import default_nltk_data_dir
+
+    if cache is None:
+        monkeypatch.delenv("SPAR_CACHE_DIR", raising=False)
+    else:
+        monkeypatch.setenv("SPAR_CACHE_DIR", cache)
+    assert default_nltk_data_dir() == settings().cache_root / "nltk_data"

@@ -16,12 +16,12 @@ import pytest
 from scripted import ScriptedEngine, no, yes
 
 from services.prompts_cli import add_prompts_commands, run_prompts_command
+from shared.evaluation.ifeval import load_ifeval_prompts, score_responses
+from shared.evaluation.synth import instruction_types, synthesize
+from shared.judges import LlmJudge, VerifierOnlyJudge, VerifierThenLlmJudge
+from shared.judges.verifier import VerifierJudge
 from shared.judging import Judge
 from shared.verdict import Verdict, parse_verdict
-from workers.evaluation.ifeval import load_ifeval_prompts, score_responses
-from workers.evaluation.synth import instruction_types, synthesize
-from workers.judges import LlmJudge, VerifierOnlyJudge, VerifierThenLlmJudge
-from workers.judges.verifier import VerifierJudge
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -107,17 +107,16 @@ def refine_one(
     """Inference-time refinement of one (prompt, response) with the run's latest refiner.
 
     The same tree search as stage 3, judged by the run's ``judge.backend`` (the judge the stages
-    use, from :func:`workers.judges.build_judge`): judge the response; if it fails, search until the
+    use, from :func:`shared.judges.build_judge`): judge the response; if it fails, search until the
     judge accepts a refinement or the budget ends. ``metadata`` is the prompt's IFEval-style
     constraints (``instruction_id_list`` and ``kwargs``), what the verifier checks: required by a
     ``verifier`` run (checked before any model loads; ``POST /v1/refine`` answers 422 first), used
     where given by ``verifier_then_llm`` (the refiner judges otherwise), ignored by ``llm``.
     Returns the final response and how it was reached.
     """
+    from shared.judges import backend_of, build_judge
     from shared.search import SearchRoot, search_trees
     from shared.verdict import Verdict
-
-    from .judges import backend_of, build_judge
 
     paths = _confined(run_dir)
     config = load_config(paths)

@@ -17,11 +17,11 @@ import os
 from typing import Any
 
 from shared.config import ModelConfig, RunConfig, TrainCommon
+from shared.judges import backend_of
 from shared.stages import stage
 
 from .engines.nucleus import ENV as NUCLEUS_ENV
 from .hardware import cuda_available
-from .judges import backend_of
 
 TRAINING = ("init", "train_actor", "train_refiner")
 

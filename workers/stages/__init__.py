@@ -8,6 +8,7 @@ the shard's completion record.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from shared.runtime.artifacts import RunPaths

@@ -8,12 +8,12 @@ resident while it runs (see ``run_eval``).
 
 from __future__ import annotations
 
-import json
 import time
 from itertools import zip_longest
 from pathlib import Path
 
 from shared.config import RunConfig
+from shared.evaluation.ifeval import validation_items
 from shared.runtime.artifacts import RunPaths, write_jsonl_atomic
 from shared.runtime.versions import ModelVersion, read_metadata, version_dir, version_for
 
@@ -40,54 +40,11 @@ def _versions(paths: RunPaths, config, role: str, iteration: int) -> list[ModelV
     return chosen + [latest]
 
 
-def validation_items(path: Path) -> list[dict]:
-    """The validation prompts as the IFEval scorer reads them; every line must carry the metadata.
-
-    Called when a run is created too (``services.runs.create_run``), so a wrong file fails at once
-    and not after the iteration's training.
-    """
-    from shared.errors import PromptFileError
-
-    items, problems = [], []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise PromptFileError(str(path), [(0, f"cannot be read ({exc.strerror or exc})")]) from exc
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            problems.append((n, "not JSON"))
-            continue
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            problems.append((n, "needs a 'prompt' string"))
-        elif not row.get("instruction_id_list") or not isinstance(row.get("kwargs"), list):
-            problems.append(
-                (n, "needs instruction_id_list and kwargs (write the file with `spar prompts synth`)")
-            )
-        else:
-            items.append(
-                {
-                    "key": row.get("id", n),
-                    "prompt": row["prompt"],
-                    "instruction_id_list": row["instruction_id_list"],
-                    "kwargs": row["kwargs"],
-                }
-            )
-    if problems:
-        raise PromptFileError(f"evaluation.validation_prompts {path}", problems)
-    if not items:
-        raise PromptFileError(f"evaluation.validation_prompts {path}", [(0, "holds no prompts")])
-    return items
-
-
 def run_eval(
     paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
 ) -> StageResult:
-    from ..evaluation.ifeval import evaluate_ifeval
-    from ..evaluation.judge_eval import evaluate_judge, load_pairwise
+    from shared.evaluation.ifeval import evaluate_ifeval
+    from shared.evaluation.judge_eval import evaluate_judge, load_pairwise
 
     config = load_config(paths)
     e = config.evaluation

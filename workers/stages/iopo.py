@@ -2,7 +2,7 @@
 
 With ``judge.backend: llm`` the refiner rewrites x and judges both responses under x' (SPaR's
 judge). With a verifier backend, prompts carrying IFEval metadata get x' written by program
-(:mod:`workers.evaluation.iopo_rewrite`) and checked by the verifier; the others are rewritten and
+(:mod:`shared.evaluation.iopo_rewrite`) and checked by the verifier; the others are rewritten and
 judged by the refiner under ``verifier_then_llm`` and dropped under ``verifier``.
 """
 
@@ -11,12 +11,12 @@ from __future__ import annotations
 import time
 
 from shared.iopo import PairForGroup, build_groups
+from shared.judges import backend_of, build_judge
 from shared.records import IopoGroupRow, JudgeRow, PairRow
 from shared.runtime.artifacts import RunPaths, read_jsonl, write_jsonl_atomic
 from shared.runtime.versions import version_for
 from shared.seeding import derive_seed
 
-from ..judges import backend_of, build_judge
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
 
 
@@ -39,7 +39,7 @@ def run_iopo_groups(
     backend = backend_of(config.judge)
     rewriter = None
     if backend.checks_metadata:
-        from ..evaluation.iopo_rewrite import VerifiableRewriter
+        from shared.evaluation.iopo_rewrite import VerifiableRewriter
 
         rewriter = VerifiableRewriter(
             metadata, seed=derive_seed(config.seed, "iopo-verifiable", spec.iteration)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from shared.judges import build_judge
 from shared.negatives import select_negatives
 from shared.records import JudgeCounts, JudgedResponseRow, JudgeRow, SampleRow
 from shared.runtime.artifacts import RunPaths, read_jsonl, write_jsonl_atomic
@@ -11,7 +12,6 @@ from shared.runtime.versions import version_for
 from shared.seeding import derive_seed, rng_for
 from shared.verdict import Verdict
 
-from ..judges import build_judge
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
 
 

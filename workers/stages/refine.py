@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+from shared.judges import build_judge
 from shared.judging import Judgment, JudgmentCache
 from shared.records import JudgeRow, RefineCounts, TreeRow
 from shared.runtime.artifacts import RunPaths, read_jsonl, write_jsonl_atomic
@@ -12,7 +13,6 @@ from shared.runtime.versions import version_for
 from shared.search import SearchRoot, TreeStatus, search_trees
 from shared.seeding import derive_seed
 
-from ..judges import build_judge
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
 
 

@@ -79,7 +79,7 @@ async def refine(body: RefineRequest, settings: SettingsDep, scheduler: Schedule
 
 def _judgeable(paths: RunPaths, metadata: dict[str, Any] | None) -> None:
     """422 naming ``metadata`` when the run's judge cannot judge this prompt without it (``verifier``)."""
-    from workers.judges import backend_of
+    from shared.judges import backend_of
     from shared.runtime.shards import load_config
 
     try:

@@ -5,7 +5,7 @@ post about urban gardening.") plus 1-4 constraints from IFEval's instruction reg
 are built by the registry's own instruction classes with arguments sampled HERE from valid ranges
 (``build_description(**kwargs)``; never the classes' own unseeded random defaults), so the stored
 ``instruction_id_list`` + ``kwargs`` are exactly what the checker re-builds, and
-:mod:`workers.judges.verifier` can judge responses to them without an LLM.
+:mod:`shared.judges.verifier` can judge responses to them without an LLM.
 
 Why each choice:
 

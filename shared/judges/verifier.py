@@ -1,6 +1,6 @@
 """The IFEval-style checker as a judge: computed verdicts, written like the refiner's judgments.
 
-Prompts written by :mod:`workers.evaluation.synth` (or taken from IFEval itself) say exactly which
+Prompts written by :mod:`shared.evaluation.synth` (or taken from IFEval itself) say exactly which
 constraints they impose (``instruction_id_list`` + ``kwargs``), so whether a response follows them can
 be *computed* with IFEval's own checker instead of sampled from a model: no judging cost, no noise.
 :class:`VerifierJudge` does that and writes its result in the refiner's judgment format
@@ -10,7 +10,7 @@ it look the same as data built from LLM judgments. It uses the checker's STRICT 
 an upper bound meant for reporting, not a label to train on.
 
 This module is the checker side only (it answers None for a prompt without constraints); the judges
-a run uses, and the choice between them by ``judge.backend``, are in :mod:`workers.judges`.
+a run uses, and the choice between them by ``judge.backend``, are in :mod:`shared.judges`.
 :class:`Agreement` is how often the LLM judge's majority agrees with the verifier: a direct estimate
 of the judge's accuracy on checkable prompts.
 """

@@ -1,6 +1,6 @@
 """The judges a run can use, one class per ``judge.backend``, each a :class:`shared.judging.Judges`.
 
-Each is built once per shard (or per ``/v1/refine`` request) by :func:`workers.judges.build_judge`
+Each is built once per shard (or per ``/v1/refine`` request) by :func:`shared.judges.build_judge`
 and then used as is by every caller: the judge stage, the tree search (batched or streamed), the
 IOPO groups and inference-time refinement. What differs between backends lives here, in the class,
 instead of in ``if backend == ...`` tests at every call site:

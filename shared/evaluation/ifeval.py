@@ -4,7 +4,7 @@ The prompts, the instruction registry and the strict/loose tests are the package
 IFEval code, Apache-2.0, shipped in ``eval_framework.tasks.ifeval``): re-implementing 25 checkers
 would make our numbers incomparable with published ones. What this module adds is the product's
 side: greedy answers from a :class:`shared.engine.Engine` in ONE batched ``generate`` call, the
-offline NLTK model the checker needs (:mod:`workers.evaluation.punkt`), a deterministic language
+offline NLTK model the checker needs (:mod:`shared.evaluation.punkt`), a deterministic language
 detector, and the four headline accuracies plus per-instruction breakdowns as plain data.
 
 Metrics (the paper reports their mean as "IFEval average"):
@@ -23,10 +23,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from shared.bootstrap import bootstrap_interval
 from shared.engine import Engine, EngineStats, GenerationRequest
+from shared.errors import PromptFileError
 
 from .punkt import ensure_punkt
 
@@ -228,3 +230,45 @@ def evaluate_ifeval(
         }
     )
     return result
+
+
+def validation_items(path: Path) -> list[dict]:
+    """The validation prompts as the IFEval scorer reads them; every line must carry the metadata.
+
+    Called when a run is created too (``services.runs.create_run``), so a wrong file fails at once
+    and not after the iteration's training.
+    """
+
+    items, problems = [], []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise PromptFileError(str(path), [(0, f"cannot be read ({exc.strerror or exc})")]) from exc
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            problems.append((n, "not JSON"))
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            problems.append((n, "needs a 'prompt' string"))
+        elif not row.get("instruction_id_list") or not isinstance(row.get("kwargs"), list):
+            problems.append(
+                (n, "needs instruction_id_list and kwargs (write the file with `spar prompts synth`)")
+            )
+        else:
+            items.append(
+                {
+                    "key": row.get("id", n),
+                    "prompt": row["prompt"],
+                    "instruction_id_list": row["instruction_id_list"],
+                    "kwargs": row["kwargs"],
+                }
+            )
+    if problems:
+        raise PromptFileError(f"evaluation.validation_prompts {path}", problems)
+    if not items:
+        raise PromptFileError(f"evaluation.validation_prompts {path}", [(0, "holds no prompts")])
+    return items

@@ -34,10 +34,14 @@ FORMAT_VERSION = 1
 
 
 def default_nltk_data_dir() -> Path:
-    """``$SPAR_CACHE_DIR/nltk_data`` (default ``~/.cache/spar/nltk_data``), next to the model cache."""
-    from workers.models.registry import default_cache_dir
+    """``$SPAR_CACHE_DIR/nltk_data`` (default ``~/.cache/spar/nltk_data``), next to the model cache.
 
-    return default_cache_dir() / "nltk_data"
+    Read from the environment here rather than through ``shared.runtime.settings``: the scorer is
+    part of the pure core, which reads no settings object. ``tests/test_settings.py`` checks that this
+    is the settings' ``cache_root`` / ``nltk_data``, so the two cannot drift apart.
+    """
+    cache = os.environ.get("SPAR_CACHE_DIR") or str(Path.home() / ".cache" / "spar")
+    return Path(cache).expanduser() / "nltk_data"
 
 
 def model_dir(root: Path) -> Path:

