@@ -175,13 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "worker":
             from services import logs
             from workers.queue import redis_url
-            from workers.worker import run_worker
+            from workers.worker import run_worker, wait_for_redis_at_start
 
             logs.worker_json()
+            url = args.queue_url or redis_url()
+            wait_for_redis_at_start(url)  # never reached: exit 3 naming the URL, not a silent loop
             _quiet_libraries()
             run_worker(
                 args.role,
-                args.queue_url or redis_url(),
+                url,
                 args.heartbeat_ttl,
                 args.burst,
                 args.name,

@@ -105,3 +105,18 @@ def test_a_finished_disk_run_says_succeeded_and_hidden_folders_are_skipped(api) 
     runs = {r["id"]: r for r in client.get("/v1/runs", headers=AUTH).json()}
     assert runs["done"]["status"] == "succeeded" and runs["done"]["stage"] == ""
     assert not any(name.startswith(".") for name in runs)
+
+
+def test_without_redis_the_list_is_a_clear_503_even_with_disk_runs(api) -> None:
+    from service_harness import free_port
+
+    client, root = api
+    _cli_run(root, "while-down", root / "p.jsonl")
+    settings = Settings(
+        api_token=TOKEN, scheduler=False, redis_url=f"redis://127.0.0.1:{free_port()}/0", data_root=root
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as down:
+        for path in ("/v1/runs", "/v1/runs/while-down"):
+            r = down.get(path, headers=AUTH)
+            assert r.status_code == 503 and "Redis" in r.json()["detail"], (path, r.text[:200])
+            assert r.headers["retry-after"] == "5" and "Traceback" not in r.text
