@@ -358,7 +358,8 @@ def _dry_run(config, console) -> int:
     print("resolved config:")
     print(json.dumps(config.model_dump(mode="json"), indent=2))
     for item in resolved:
-        print(f"  {item.field}: {item.value} -> {item.resolved} (exists)")
+        state = "" if item.note == "built-in" else " (exists)"
+        print(f"  {item.field}: {item.value} -> {item.resolved}{state}")
     prompts = read_prompts(config)
     rates = load_record(config, settings().cache_root)
     if rates is None:

@@ -39,7 +39,9 @@ def check_inputs(config: RunConfig, prepare_builtin: bool = False) -> list[Resol
     for where, value, kind in path_fields(config):
         if kind == "model":
             if is_builtin(value):
-                resolved = str(resolve_model(value)) if prepare_builtin else f"built-in {value!r}"
+                resolved = (
+                    str(resolve_model(value)) if prepare_builtin else "built-in (prepared in the cache on first use)"
+                )
                 found.append(ResolvedInput(field=where, value=value, kind=kind, resolved=resolved, note="built-in"))
                 continue
             try:
