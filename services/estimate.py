@@ -183,6 +183,9 @@ def calibrate(config: RunConfig, prompts: list[str]) -> Rates:
     fills: dict[str, float] = {}
     for role in ("actor", "refiner"):
         model = getattr(config, role)
+        if role == "refiner" and model.model_dump(exclude={"name"}) == config.actor.model_dump(exclude={"name"}):
+            per_token[role], fills[role] = per_token["actor"], fills["actor"]  # one engine serves both
+            continue
         started = time.perf_counter()
         engine = build_engine(model, ModelVersion(role=role, version="v0", path=model.model), seed=config.seed)
         loads.append(time.perf_counter() - started)
@@ -272,6 +275,7 @@ def estimate(config: RunConfig, n_prompts: int, rates: Rates) -> list[StageEstim
     }
     pairs = negatives * ASSUMED["tree_success"]
     loads_done: set[str] = set()
+    same_models = config.actor.model_dump() == config.refiner.model_dump()
     for iteration, stage in order:
         item = StageEstimate(iteration=iteration, stage=stage, basis=rates.basis)
         if stage in GENERATING:
@@ -283,7 +287,9 @@ def estimate(config: RunConfig, n_prompts: int, rates: Rates) -> list[StageEstim
             else:
                 item.generations = round(counts[stage])
                 item.tokens = round(item.generations * limits[stage] * rate.get("fill", ASSUMED["fill"]))
-                role = "actor" if stage == "sample" else "refiner"
+                # one engine load per model and iteration; one for both roles when they are the same
+                # model (the local executor keeps the engine across stages until training)
+                role = "actor" if stage == "sample" or same_models else "refiner"
                 load = rates.load_s if role + str(iteration) not in loads_done else 0.0
                 loads_done.add(role + str(iteration))
                 item.seconds = item.tokens * rate.get("s_per_token", 0.0) + load
