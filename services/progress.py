@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 WARMUP_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")
@@ -62,9 +63,11 @@ class RunProgress:
     Used as a context manager; with ``disabled`` only the plain lines are printed.
     """
 
-    def __init__(self, console: Any, order: list[tuple[int, str]], iterations: int, disabled: bool) -> None:
+    def __init__(
+        self, console: Any, order: Iterable[tuple[int, str]], iterations: int, disabled: bool
+    ) -> None:
         self.console = console
-        self.order = order
+        self.order = list(order)  # shared.stages.pipeline yields: keep a list to count in
         self.iterations = iterations
         self.disabled = disabled
         self.bars: Any = None

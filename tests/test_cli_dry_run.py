@@ -163,7 +163,7 @@ def test_progress_says_loading_and_where_the_run_is() -> None:
 
     console = Console(record=True, width=200)
     order = [(0, "sample"), (0, "judge"), (1, "sample"), (1, "judge")]
-    with RunProgress(console, order, 2, disabled=True) as progress:
+    with RunProgress(console, iter(order), 2, disabled=True) as progress:  # pipeline() yields
         progress.on_loading("actor", "v0 (tiny)")
         progress.on_loaded("actor", "v0 (tiny)", 1.5)
         progress.on_shard(1, "sample", 0, 2)
