@@ -64,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
         "tokens and time per stage; write no run",
     )
     run.add_argument(
-        "--verbose", action="store_true", help="show vLLM's and DeepSpeed's INFO logs (default: WARNING and up)"
+        "--verbose",
+        action="store_true",
+        help="show vLLM's and DeepSpeed's INFO logs (default: WARNING and up)",
     )
 
     api = sub.add_parser("api", help="serve the REST API (and the scheduler) with uvicorn")
@@ -95,7 +97,10 @@ def _parser() -> argparse.ArgumentParser:
         "worker-probe", help="exit 0 when a worker of this host and role is alive (k8s probe)"
     )
     probe.add_argument(
-        "--role", choices=["actor", "refiner", "train"], required=True, help="the role of the worker to look for"
+        "--role",
+        choices=["actor", "refiner", "train"],
+        required=True,
+        help="the role of the worker to look for",
     )
     probe.add_argument("--queue-url", help="Redis URL (default: $SPAR_REDIS_URL or redis://127.0.0.1:6379/0)")
 
@@ -246,7 +251,9 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
     if args.resume is not None and args.fork is not None:
         raise ConfigError("--fork makes a new run from CONFIG; it cannot be combined with --resume")
     if args.dry_run and (args.resume is not None or args.fork is not None):
-        raise ConfigError("--dry-run estimates a new run from CONFIG; it cannot be combined with --resume or --fork")
+        raise ConfigError(
+            "--dry-run estimates a new run from CONFIG; it cannot be combined with --resume or --fork"
+        )
     from services.preflight import check_inputs
     from workers.tracking import check_run_trackers
 

@@ -45,7 +45,9 @@ class StageEstimate(BaseModel):
 
     iteration: int
     stage: str
-    generations: int = Field(0, description="Completions the engine produces (engine calls, counted per answer).")
+    generations: int = Field(
+        0, description="Completions the engine produces (engine calls, counted per answer)."
+    )
     tokens: int = Field(0, description="Generated tokens.")
     steps: int = Field(0, description="Optimizer steps (training stages).")
     seconds: float = Field(0.0, description="Wall time, engine or model load included.")
@@ -183,11 +185,15 @@ def calibrate(config: RunConfig, prompts: list[str]) -> Rates:
     fills: dict[str, float] = {}
     for role in ("actor", "refiner"):
         model = getattr(config, role)
-        if role == "refiner" and model.model_dump(exclude={"name"}) == config.actor.model_dump(exclude={"name"}):
+        if role == "refiner" and model.model_dump(exclude={"name"}) == config.actor.model_dump(
+            exclude={"name"}
+        ):
             per_token[role], fills[role] = per_token["actor"], fills["actor"]  # one engine serves both
             continue
         started = time.perf_counter()
-        engine = build_engine(model, ModelVersion(role=role, version="v0", path=model.model), seed=config.seed)
+        engine = build_engine(
+            model, ModelVersion(role=role, version="v0", path=model.model), seed=config.seed
+        )
         loads.append(time.perf_counter() - started)
         try:
             width = max(1, min(model.hf.batch_size if model.engine == "hf" else 16, 16))
@@ -321,8 +327,10 @@ def render(estimates: list[StageEstimate], rates: Rates) -> str:
             f"{(f'{e.seconds:.1f}' if e.basis != 'none' else '-'):>10}"
         )
     total = sum(e.seconds for e in estimates)
-    lines.append(f"{'total':<24}{sum(e.generations for e in estimates):>12}"
-                 f"{sum(e.tokens for e in estimates):>12}{sum(e.steps for e in estimates):>8}{total:>10.1f}")
+    lines.append(
+        f"{'total':<24}{sum(e.generations for e in estimates):>12}"
+        f"{sum(e.tokens for e in estimates):>12}{sum(e.steps for e in estimates):>8}{total:>10.1f}"
+    )
     if rates.basis == "recorded":
         lines.append("rates: recorded from an earlier run of these models on this machine, scaled by prompts")
     else:

@@ -40,9 +40,13 @@ def check_inputs(config: RunConfig, prepare_builtin: bool = False) -> list[Resol
         if kind == "model":
             if is_builtin(value):
                 resolved = (
-                    str(resolve_model(value)) if prepare_builtin else "built-in (prepared in the cache on first use)"
+                    str(resolve_model(value))
+                    if prepare_builtin
+                    else "built-in (prepared in the cache on first use)"
                 )
-                found.append(ResolvedInput(field=where, value=value, kind=kind, resolved=resolved, note="built-in"))
+                found.append(
+                    ResolvedInput(field=where, value=value, kind=kind, resolved=resolved, note="built-in")
+                )
                 continue
             try:
                 folder = resolve_model(value)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 WARMUP_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")
@@ -45,13 +45,16 @@ def zero_lr_warning(run_root: Path, iteration: int, stage: str) -> str | None:
         return None
     hyper = record.get("hyperparameters") or {}
     steps = int((record.get("metrics") or {}).get("steps") or 0)
-    zero = zero_lr_steps(str(hyper.get("lr_scheduler", "linear")), float(hyper.get("warmup_ratio", 0.0)), steps)
+    zero = zero_lr_steps(
+        str(hyper.get("lr_scheduler", "linear")), float(hyper.get("warmup_ratio", 0.0)), steps
+    )
     if not zero:
         return None
     whole = " -- the model did not change" if zero >= steps else ""
     return (
         f"{stage} (iteration {iteration}): {zero} of {steps} optimizer step(s) ran at learning rate 0 "
-        f"(warmup_ratio {hyper.get('warmup_ratio')} with the {hyper.get('lr_scheduler')} schedule starts at 0)"
+        f"(warmup_ratio {hyper.get('warmup_ratio')} with the {hyper.get('lr_scheduler')} schedule "
+        "starts at 0)"
         f"{whole}; set {stage}.warmup_ratio: 0 or train more steps (more prompts, epochs or max_steps)"
     )
 
@@ -139,7 +142,10 @@ class RunProgress:
         """A model starts loading: said as such (an indeterminate bar), not as a batch stuck at 0."""
         if self.bars is not None:
             self.bars.update(
-                self.batch_task, description=f"  loading {role} model {label}", completed=0, total=None,
+                self.batch_task,
+                description=f"  loading {role} model {label}",
+                completed=0,
+                total=None,
                 visible=True,
             )
         else:

@@ -451,7 +451,10 @@ class Scheduler:
                 if down_since is not None:
                     log.warning(
                         "redis reachable again",
-                        extra={"event": "scheduler.redis_up", "down_s": round(time.monotonic() - down_since, 1)},
+                        extra={
+                            "event": "scheduler.redis_up",
+                            "down_s": round(time.monotonic() - down_since, 1),
+                        },
                     )
                     down_since = None
                 mine = holder or (self.redis.get(LOCK_KEY) or b"").decode() == token

@@ -17,7 +17,9 @@ PROMPTS = 5
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
-    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"Say hi {i}."}) + "\n" for i in range(PROMPTS)))
+    (tmp_path / "p.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"Say hi {i}."}) + "\n" for i in range(PROMPTS))
+    )
     path = tmp_path / "c.yaml"
     path.write_text(
         "name: dry\nprompts: p.jsonl\nactor: {model: tiny}\nrefiner: {model: tiny}\n"
@@ -53,9 +55,24 @@ def _recorded(config_path: Path, cache: Path) -> est.Rates:
         basis="recorded",
         load_s=2.0,
         per_prompt={
-            "sample": {"generations": 3.0, "tokens_per_generation": 30.0, "s_per_token": 0.01, "wall_per_prompt": 1.0},
-            "judge": {"generations": 9.0, "tokens_per_generation": 15.0, "s_per_token": 0.01, "wall_per_prompt": 2.0},
-            "refine": {"generations": 40.0, "tokens_per_generation": 25.0, "s_per_token": 0.01, "wall_per_prompt": 6.0},
+            "sample": {
+                "generations": 3.0,
+                "tokens_per_generation": 30.0,
+                "s_per_token": 0.01,
+                "wall_per_prompt": 1.0,
+            },
+            "judge": {
+                "generations": 9.0,
+                "tokens_per_generation": 15.0,
+                "s_per_token": 0.01,
+                "wall_per_prompt": 2.0,
+            },
+            "refine": {
+                "generations": 40.0,
+                "tokens_per_generation": 25.0,
+                "s_per_token": 0.01,
+                "wall_per_prompt": 6.0,
+            },
         },
         train={
             "train_actor": {"steps_per_prompt": 0.2, "s_per_step": 3.0, "wall": 6.0},
@@ -117,12 +134,17 @@ def test_a_finished_run_records_its_rates_per_prompt(tmp_path) -> None:
     version.mkdir(parents=True)
     (version / "spar_version.json").write_text(json.dumps({"metrics": {"steps": 2}}))
     write_json_atomic(paths.manifest(0, "train_actor"), {"engine": {}, "counts": {}})
-    out = est.record_run(paths.root, {(0, "sample"): 6.0, (0, "train_actor"): 8.0, (0, "judge"): 0.0}, tmp_path / "c")
+    out = est.record_run(
+        paths.root, {(0, "sample"): 6.0, (0, "train_actor"): 8.0, (0, "judge"): 0.0}, tmp_path / "c"
+    )
     assert out is not None
     rates = est.load_record(config, tmp_path / "c")
     assert rates is not None and rates.basis == "recorded"
     assert rates.per_prompt["sample"] == {
-        "generations": 3.0, "tokens_per_generation": 20.0, "s_per_token": 0.02, "wall_per_prompt": 1.2
+        "generations": 3.0,
+        "tokens_per_generation": 20.0,
+        "s_per_token": 0.02,
+        "wall_per_prompt": 1.2,
     }
     assert rates.train["train_actor"]["s_per_step"] == 4.0 and "judge" not in rates.per_prompt
 
@@ -150,7 +172,9 @@ def test_zero_learning_rate_steps_are_counted_and_warned(tmp_path) -> None:
     version = tmp_path / "models" / "actor" / "v1"
     version.mkdir(parents=True)
     (version / "spar_version.json").write_text(
-        json.dumps({"hyperparameters": {"warmup_ratio": 0.1, "lr_scheduler": "linear"}, "metrics": {"steps": 1}})
+        json.dumps(
+            {"hyperparameters": {"warmup_ratio": 0.1, "lr_scheduler": "linear"}, "metrics": {"steps": 1}}
+        )
     )
     warning = zero_lr_warning(tmp_path, 0, "train_actor")
     assert warning is not None and "1 of 1" in warning and "did not change" in warning

@@ -207,7 +207,9 @@ def test_a_tiny_run_writes_tensorboard_scalars_that_read_back(tmp_path, tiny_mod
     paths = create_run(load_config_file(tmp_path / "c.yaml"), tmp_path / "runs", "tb")
 
     class Provider:
-        engine = ScriptedEngine(judge_fn=lambda p, r, i, k: yes() if r.startswith("answer 0") or "/" in r else no())
+        engine = ScriptedEngine(
+            judge_fn=lambda p, r, i, k: yes() if r.startswith("answer 0") or "/" in r else no()
+        )
 
         def engine_for(self, role, version):
             return self.engine

@@ -27,8 +27,10 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.timeouts import UnixSignalDeathPenalty
 
-from shared.errors import SparError
-from shared.errors import WorkerSettingsError  # noqa: F401  (also importable from here)
+from shared.errors import (
+    SparError,
+    WorkerSettingsError,  # noqa: F401  (also importable from here)
+)
 
 from . import rq_compat
 from .jobs import ENGINES
@@ -204,7 +206,9 @@ def wait_for_redis_at_start(
         try:
             Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5).ping()
             if attempt > 1:
-                log.info("redis reachable", extra={"event": "worker.redis_up", "url": shown, "attempt": attempt})
+                log.info(
+                    "redis reachable", extra={"event": "worker.redis_up", "url": shown, "attempt": attempt}
+                )
             return
         except (RedisConnectionError, RedisTimeoutError, ValueError) as exc:
             error = exc

@@ -21,8 +21,8 @@ from ...report_html import render_html
 from ...runs import confine, create_run
 from ...scheduler import RunStatus, Scheduler
 from ..deps import MAX_RUN_ID, LiveRedisDep, RunPathsDep, SchedulerDep, SettingsDep, require_token
-from ..models import RunCreated, RunListItem, RunStatusChange, RunView
 from ..disk_runs import disk_run_ids, disk_state
+from ..models import RunCreated, RunListItem, RunStatusChange, RunView
 from ..settings import Settings
 from ..views import RUN_VIEW_BODIES, LiveStates
 
@@ -153,7 +153,9 @@ def cancel(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatu
         409: {"description": "the run is queued, running or succeeded, or being resumed right now"}
     },
 )
-def resume(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep, settings: SettingsDep) -> RunStatusChange:
+def resume(
+    run_id: str, paths: RunPathsDep, scheduler: SchedulerDep, settings: SettingsDep
+) -> RunStatusChange:
     """Only one resume of a run at a time (a short Redis lock, across API replicas): a second one
     sent meanwhile gets 409, not a half-done duplicate. A run found on disk (made by ``spar run``)
     is handed to the scheduler here, once its config passes the rules a new run's must."""
