@@ -114,7 +114,7 @@ def run_wrk(url: str, args: argparse.Namespace) -> dict[str, float]:
         command = ["taskset", "-c", str(args.load_cpu), *command]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     latency = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out)
-    cuts = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    cuts = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))  # wrk pads "1.37s "
     total = re.search(r"(\d+) requests in", out)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)

@@ -94,7 +94,7 @@ def shared_cycles(modules: set[str]) -> list[list[str]]:
     graph: dict[str, set[str]] = defaultdict(set)
     for path in python_files("shared"):
         src = module_name(path)
-        for target, in_function, names in imports_of(path):
+        for target, _, names in imports_of(path):
             if not target.startswith("shared"):
                 continue
             for dst in target_module(target, names, modules):

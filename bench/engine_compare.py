@@ -95,8 +95,8 @@ def fixed_requests(args: argparse.Namespace) -> list[GenerationRequest]:
 def run_engine(engine: str, args: argparse.Namespace, work: Path) -> Result:
     from services.local import LocalExecutor
     from services.runs import create_run
+    from shared.runtime.versions import ModelVersion
     from workers.engines import build_engine, close_engine
-    from workers.versions import ModelVersion
 
     result = Result(engine)
     model = model_config(engine, args.model, args)

@@ -64,8 +64,8 @@ def main() -> None:
         before = settle()
         started = time.perf_counter()
         if option == "process":
+            from shared.runtime.versions import ModelVersion
             from workers.engines.process import ProcessEngine
-            from workers.versions import ModelVersion
 
             engine = ProcessEngine(
                 ModelConfig(model=args.model, engine="vllm", vllm=settings),

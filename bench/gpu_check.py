@@ -603,10 +603,10 @@ def step_inference(step: Step, mode: str, work: Path, model: str | None) -> None
     """Sample, judge and refine a few prompts through the HF engine as a worker builds it."""
     from shared.config import JudgeConfig, SearchConfig
     from shared.engine import GenerationRequest, MeteredEngine
+    from shared.runtime.versions import ModelVersion
     from shared.search import SearchRoot, search_trees
     from workers.engines import build_engine, close_engine
     from workers.stages.judges import stage_judge
-    from workers.versions import ModelVersion
 
     sizes = _sizes(mode)
     prompts = PROMPTS[: sizes["prompts"]]
@@ -823,9 +823,9 @@ def step_swap(step: Step, mode: str, work: Path, model: str | None) -> None:
     import torch
 
     from shared.engine import GenerationRequest
+    from shared.runtime.versions import ModelVersion
     from workers.engines import build_engine, close_engine
     from workers.engines.process import ProcessEngine
-    from workers.versions import ModelVersion
 
     state = _state(work)
     v0 = state["model"]
@@ -878,8 +878,8 @@ def step_vllm(step: Step, mode: str, work: Path, model: str | None) -> None:
         return
     from shared.config import ModelConfig, VLLMEngineConfig
     from shared.engine import GenerationRequest
+    from shared.runtime.versions import ModelVersion
     from workers.engines import build_engine
-    from workers.versions import ModelVersion
 
     step.put("vllm_version", vllm.__version__)
     folder = _state(work)["model"]

@@ -43,8 +43,8 @@ from service_harness import Stack, data_root, private_redis, tiny_run_body, vari
 from services.local import LocalEngines, LocalExecutor  # noqa: E402
 from services.runs import create_run, resolve_paths  # noqa: E402
 from shared.config import RunConfig  # noqa: E402
-from workers.artifacts import RunPaths, read_json  # noqa: E402
-from workers.stages.common import load_config  # noqa: E402
+from shared.runtime.artifacts import RunPaths, read_json  # noqa: E402
+from shared.runtime.shards import load_config  # noqa: E402
 
 CACHE = REPO / ".cache" / "models"
 

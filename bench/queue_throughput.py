@@ -27,7 +27,7 @@ BIN = Path(sys.executable).parent
 from redis import Redis  # noqa: E402
 from rq import Queue, Worker  # noqa: E402
 
-from workers.queue import SERIALIZER  # noqa: E402
+from shared.runtime.queue import SERIALIZER  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from service_harness import private_redis  # noqa: E402

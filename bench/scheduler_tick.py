@@ -32,7 +32,7 @@ from service_harness import private_redis  # noqa: E402
 
 from services.runs import create_run  # noqa: E402
 from shared.config import RunConfig  # noqa: E402
-from workers.artifacts import RunPaths  # noqa: E402
+from shared.runtime.artifacts import RunPaths  # noqa: E402
 
 
 def baseline_module(revision: str, tmp: Path) -> ModuleType:

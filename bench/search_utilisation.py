@@ -206,9 +206,9 @@ def measure(engine: Engine, trees: int, args: argparse.Namespace) -> list[dict]:
 
 
 def build(args: argparse.Namespace):
+    from shared.runtime.versions import ModelVersion
     from workers.engines import build_engine
     from workers.models.registry import resolve_model
-    from workers.versions import ModelVersion
 
     model_path = str(resolve_model(args.model))
     config = ModelConfig(

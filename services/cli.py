@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from shared.errors import SparError
-from workers.settings import apply_hf_environment
+from shared.runtime.settings import apply_hf_environment
 
 apply_hf_environment()  # before anything imports transformers or trl
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "worker":
             from services import logs
-            from workers.queue import redis_url
+            from shared.runtime.queue import redis_url
             from workers.worker import run_worker, wait_for_redis_at_start
 
             logs.worker_json()
@@ -242,7 +242,7 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
     from services.local import LocalExecutor
     from services.runs import ConfigError, create_run, load_config_file, open_run
     from services.summary import iteration_summary, render
-    from workers.stages.common import load_config
+    from shared.runtime.shards import load_config
 
     if (args.config is None) == (args.resume is None):
         raise ConfigError("give either a CONFIG file or --resume RUN_DIR (not both)")
@@ -255,7 +255,7 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
             "--dry-run estimates a new run from CONFIG; it cannot be combined with --resume or --fork"
         )
     from services.preflight import check_inputs
-    from workers.tracking import check_run_trackers
+    from shared.runtime.tracking import check_run_trackers
 
     if args.cache_dir is not None:  # before any built-in model is resolved
         os.environ["SPAR_CACHE_DIR"] = str(args.cache_dir.resolve())
@@ -273,10 +273,11 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
         source = open_run(args.fork) if args.fork is not None else None
         paths = create_run(config, args.runs_dir, args.run_id, source=str(args.config))
         if source is not None:
-            from services.fork import FORK_RECORD, fork_into
-            from workers.artifacts import read_json
+            from services.fork import fork_into
+            from shared.runtime.artifacts import FORK_RECORD, read_json
+            from workers.resolved import resolved_settings
 
-            reused = fork_into(source, paths)
+            reused = fork_into(source, paths, resolved_settings)
             listed = ", ".join(f"{s}@{t}" for t, s in reused) or "nothing (no stage is shared)"
             console.print(f"forked from {source.run_id}: reusing {listed}")
             stopped = read_json(paths.root / FORK_RECORD).get("stopped")
@@ -334,7 +335,7 @@ def _record_rates(run_root: Path, stage_wall: dict[tuple[int, str], float]) -> N
     """Keep this run's per-prompt costs for the next ``--dry-run`` of these models (best effort:
     a read-only cache must not fail a finished run)."""
     from services.estimate import record_run
-    from workers.settings import settings
+    from shared.runtime.settings import settings
 
     try:
         record_run(run_root, stage_wall, settings().cache_root)
@@ -357,7 +358,7 @@ def _dry_run(config, console) -> int:
     from services.estimate import calibrate, estimate, load_record, render
     from services.preflight import check_inputs
     from services.runs import read_prompts
-    from workers.settings import settings
+    from shared.runtime.settings import settings
 
     _quiet_libraries()
     resolved = check_inputs(config)
@@ -418,7 +419,7 @@ def _worker_probe(args: argparse.Namespace) -> int:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    from workers.queue import redis_url, worker_key
+    from shared.runtime.queue import redis_url, worker_key
 
     redis = Redis.from_url(args.queue_url or redis_url(), socket_timeout=5, socket_connect_timeout=5)
     host = socket.gethostname()

@@ -96,8 +96,8 @@ def record_run(run_root: Path, stage_wall: dict[tuple[int, str], float], cache_d
     Only stages this invocation ran (``stage_wall``) count: a resumed run's skipped stages cost ~0 s
     and would make the record lie. Returns the file written, or None when nothing was run.
     """
-    from workers.artifacts import RunPaths, read_json
-    from workers.stages.common import load_config
+    from shared.runtime.artifacts import RunPaths, read_json
+    from shared.runtime.shards import load_config
 
     paths = RunPaths(run_root)
     config = load_config(paths)
@@ -156,7 +156,7 @@ def _events(paths: Any) -> list[dict[str, Any]]:
 
 def _trained_steps(paths: Any, stage: str, iteration: int) -> int:
     """Optimizer steps of the version a training stage published (0 for an alias of its parent)."""
-    from workers.artifacts import read_json
+    from shared.runtime.artifacts import read_json
 
     role = "actor" if stage == "train_actor" else "refiner"
     meta = paths.root / "models" / role / f"v{iteration + 1}" / "spar_version.json"
@@ -176,8 +176,8 @@ def calibrate(config: RunConfig, prompts: list[str]) -> Rates:
     engine is closed again before returning; nothing under the runs folder is touched.
     """
     from shared.engine import GenerationRequest
+    from shared.runtime.versions import ModelVersion
     from workers.engines import build_engine, close_engine
-    from workers.versions import ModelVersion
 
     rates = Rates(basis="calibrated", measured_at=time.time())
     loads: list[float] = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.artifacts import read_jsonl
+from shared.runtime.artifacts import read_jsonl
 
 SCORED_KINDS = ("ifeval", "validation")
 

@@ -27,19 +27,24 @@ import datetime as dt
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from shared.config import RunConfig
 from shared.errors import ConfigError
 from shared.records import ShardDone
+from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json, write_json_atomic
+from shared.runtime.versions import version_dir
 from shared.stages import pipeline, stage
-from workers.artifacts import RunPaths, read_json, write_json_atomic
-from workers.resolved import resolved_settings
-from workers.versions import version_dir
 
 log = logging.getLogger(__name__)
 
-FORK_RECORD = "fork.json"
+Resolver = Callable[[RunConfig, str], dict[str, Any]]
+"""What this machine resolves a stage's settings to (``workers.resolved.resolved_settings``).
+
+Passed in by the caller, the CLI, that runs the forked stages here: the fork decides from the
+records alone and so never imports the worker runtime."""
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -61,7 +66,9 @@ def _prompts_identical(a: RunPaths, b: RunPaths) -> bool:
     return all(a.prompt_shard(k).read_bytes() == b.prompt_shard(k).read_bytes() for k in range(n))
 
 
-def stage_reuse_blocker(source: RunPaths, config: RunConfig, iteration: int, name: str) -> str | None:
+def stage_reuse_blocker(
+    source: RunPaths, config: RunConfig, iteration: int, name: str, resolve: Resolver
+) -> str | None:
     """Why ``source``'s stage cannot stand in for ``config``'s on this machine; None when it can.
 
     Same settings hash, every shard done, and the same resolved settings (engine release, dtype,
@@ -70,7 +77,7 @@ def stage_reuse_blocker(source: RunPaths, config: RunConfig, iteration: int, nam
     """
     shards = source.num_prompt_shards() if stage(name).sharded else 1
     wanted = config.stage_hash(name)
-    here = resolved_settings(config, name)
+    here = resolve(config, name)
     for shard in range(shards):
         done = source.shard_done(iteration, name, shard)
         if not done.exists():
@@ -93,7 +100,9 @@ def _published(iteration: int, name: str) -> list[tuple[str, int]]:
     return [(trains, iteration + 1)] if trains is not None else []
 
 
-def fork_plan(source: RunPaths, target: RunPaths) -> tuple[list[tuple[int, str]], str | None]:
+def fork_plan(
+    source: RunPaths, target: RunPaths, resolve: Resolver
+) -> tuple[list[tuple[int, str]], str | None]:
     """The (iteration, stage) pairs at the head of ``target``'s pipeline that ``source`` already did,
     and why the shared prefix ends where it does (None when ``target``'s whole pipeline is shared)."""
     if not _prompts_identical(source, target):
@@ -109,7 +118,7 @@ def fork_plan(source: RunPaths, target: RunPaths) -> tuple[list[tuple[int, str]]
         where = f"{step[1]}@{step[0]}"
         if position >= len(src_order) or src_order[position] != step:
             return reusable, f"{where}: the source's pipeline differs at this point"
-        blocker = stage_reuse_blocker(source, config, *step)
+        blocker = stage_reuse_blocker(source, config, *step, resolve)
         if blocker is not None:
             log.info(
                 "fork stops here",
@@ -120,12 +129,12 @@ def fork_plan(source: RunPaths, target: RunPaths) -> tuple[list[tuple[int, str]]
     return reusable, None
 
 
-def shared_prefix(source: RunPaths, target: RunPaths) -> list[tuple[int, str]]:
+def shared_prefix(source: RunPaths, target: RunPaths, resolve: Resolver) -> list[tuple[int, str]]:
     """The (iteration, stage) pairs at the head of ``target``'s pipeline that ``source`` already did."""
-    return fork_plan(source, target)[0]
+    return fork_plan(source, target, resolve)[0]
 
 
-def fork_into(source: RunPaths, target: RunPaths) -> list[tuple[int, str]]:
+def fork_into(source: RunPaths, target: RunPaths, resolve: Resolver) -> list[tuple[int, str]]:
     """Link ``source``'s shared finished stages into the new run ``target``; returns what was reused.
 
     ``target`` must be freshly created (no stage done yet): forking into a run that has work of its
@@ -135,7 +144,7 @@ def fork_into(source: RunPaths, target: RunPaths) -> list[tuple[int, str]]:
         raise ConfigError("--fork: the source run is the new run itself")
     if any(target.root.glob("iter_*")) or (target.root / "models").exists():
         raise ConfigError(f"--fork: {target.root} has stages of its own; fork only into a new run")
-    reused, stopped = fork_plan(source, target)
+    reused, stopped = fork_plan(source, target, resolve)
     for iteration, name in reused:
         src_dir = source.stage_dir(iteration, name)
         if src_dir.exists():

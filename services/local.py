@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared.config import RunConfig
+from shared.runtime.artifacts import RunPaths
+from shared.runtime.shards import StageSpec, load_config, num_shards, write_stage_manifest
 from shared.stages import pipeline
-from workers.artifacts import RunPaths
 from workers.engines.slot import EngineSlot, OnLoad
-from workers.stages import EngineProvider, Progress, StageSpec, num_shards, run_stage, write_stage_manifest
-from workers.stages.common import load_config
+from workers.stages import EngineProvider, Progress, run_stage
 
 log = logging.getLogger("spar.local")
 

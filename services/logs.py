@@ -72,7 +72,7 @@ def worker_json() -> None:
     RQ's own lines carry a job's description and id as they are stored in Redis; printed as text, a
     description holding a newline wrote whatever forged lines a planted job asked for. As fields of
     a JSON object every control character is escaped. Called in the worker and again in its
-    spawned scheduler process (:class:`workers.rq_compat.SparScheduler`), which starts bare.
+    spawned scheduler process (:class:`shared.runtime.rq_compat.SparScheduler`), which starts bare.
     """
     configure(None, json_stderr=True)
     adopt("rq")  # rq.worker, rq.job, rq.queue, rq.registry, rq.scheduler: RQ adds no handler then

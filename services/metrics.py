@@ -16,8 +16,8 @@ from redis import Redis
 from rq import Queue
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
-from workers.artifacts import RunPaths, read_json
-from workers.queue import QUEUES, SERIALIZER
+from shared.runtime.artifacts import RunPaths, read_json
+from shared.runtime.queue import QUEUES, SERIALIZER
 
 from .scheduler import Scheduler, started_pipeline
 

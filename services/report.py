@@ -29,12 +29,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json
+from shared.runtime.shards import load_config
 from shared.stages import STAGE_TABLE
-from workers.artifacts import RunPaths, read_json
-from workers.stages.common import load_config
 
 from .eval_records import EvalRows, read_eval_rows, rescore_missing
-from .fork import FORK_RECORD
 from .report_doc import FLAG, Block, Charts, Details, Heading, Section, Table, Text, to_markdown
 from .report_stats import (
     IFEVAL_METRICS,

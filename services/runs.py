@@ -25,8 +25,8 @@ from shared.config import RunConfig, path_fields, walk_fields, with_fields
 from shared.errors import ConfigError, PromptFileError, StorageError
 from shared.names import RUN_NAME_HELP, is_id
 from shared.prompts import PromptRecord, iter_prompt_lines, parse_prompt_lines
-from workers.artifacts import RunPaths, read_json, write_json_atomic, write_jsonl_atomic
-from workers.models.registry import is_builtin
+from shared.runtime.artifacts import RunPaths, read_json, write_json_atomic, write_jsonl_atomic
+from shared.runtime.versions import is_builtin
 
 
 def _section_class(loc: tuple) -> type[BaseModel] | None:

@@ -31,13 +31,12 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
+from shared.runtime.artifacts import RunPaths
+from shared.runtime.queue import QUEUES, RUN_SHARD, SERIALIZER, STAGE_QUEUE, WAKE_CHANNEL, job_id
+from shared.runtime.rq_compat import SparJob
+from shared.runtime.shards import StageSpec, load_config, num_shards, write_stage_manifest
 from shared.stages import pipeline as stage_pipeline
 from shared.stages import stage as stage_table
-from workers.artifacts import RunPaths
-from workers.queue import QUEUES, RUN_SHARD, SERIALIZER, STAGE_QUEUE, WAKE_CHANNEL, job_id
-from workers.rq_compat import SparJob
-from workers.stages import StageSpec, num_shards, write_stage_manifest
-from workers.stages.common import load_config
 
 log = logging.getLogger("spar.scheduler")
 

@@ -14,9 +14,9 @@ from shared.records import (
     StageManifest,
     TrainCounts,
 )
+from shared.runtime.artifacts import RunPaths, read_json
 from shared.stages import STAGES, TRAINING_STAGES
 from shared.stages import stage as stage_def
-from workers.artifacts import RunPaths, read_json
 
 C = TypeVar("C", bound=Counts)
 

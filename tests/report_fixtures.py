@@ -10,7 +10,7 @@ from pathlib import Path
 
 from services.runs import create_run
 from shared.config import RunConfig
-from workers.artifacts import RunPaths, write_json_atomic, write_jsonl_atomic
+from shared.runtime.artifacts import RunPaths, write_json_atomic, write_jsonl_atomic
 from workers.evaluation.ifeval import METRICS, confidence_intervals
 
 Outcome = tuple[list[bool], list[bool]]

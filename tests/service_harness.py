@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 from redis import Redis
 
-from workers.queue import QUEUES
+from shared.runtime.queue import QUEUES
 
 BIN = Path(sys.executable).parent
 TOKEN = "test-token-0123456789abcdef0123456789abcdef"  # >= 32 chars

@@ -125,7 +125,7 @@ def test_the_api_logs_json_lines_with_the_fields() -> None:
 
 
 def test_the_setting_is_checked() -> None:
-    from workers.settings import SparSettings
+    from shared.runtime.settings import SparSettings
 
     assert SparSettings().access_log == "writes"
     with pytest.raises(ValueError, match="access_log"):

@@ -35,7 +35,7 @@ from service_harness import RedisServer, free_port
 
 from services.api import Settings, create_app
 from shared.config import RunConfig, path_fields
-from workers.queue import RUN_SHARD, SERIALIZER
+from shared.runtime.queue import RUN_SHARD, SERIALIZER
 
 TOKEN = "hostile-table-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -708,7 +708,7 @@ def test_a_full_or_read_only_disk_is_a_clear_error_and_leaves_no_run_folder(
 def test_a_huge_iteration_count_costs_only_what_was_started(world: World, tmp_path: Path) -> None:
     """The run view, cancel and /metrics walk the iterations that exist, not the ones asked for."""
     from services.api.views import stage_progress
-    from workers.artifacts import RunPaths
+    from shared.runtime.artifacts import RunPaths
 
     settings = Settings(
         api_token=TOKEN,

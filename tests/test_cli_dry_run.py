@@ -122,7 +122,7 @@ def test_calibrated_counts_follow_the_config(tmp_path) -> None:
 
 def test_a_finished_run_records_its_rates_per_prompt(tmp_path) -> None:
     from services.runs import create_run
-    from workers.artifacts import write_json_atomic
+    from shared.runtime.artifacts import write_json_atomic
 
     config = load_config_file(_config(tmp_path))
     paths = create_run(config, tmp_path / "runs", "rec")

@@ -17,7 +17,7 @@ import pytest
 from redis import Redis
 from service_harness import PROMPTS, TOKEN, RedisServer, Stack, data_root, tiny_run_body
 
-from workers.artifacts import RunPaths
+from shared.runtime.artifacts import RunPaths
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

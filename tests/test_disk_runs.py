@@ -13,8 +13,8 @@ from service_harness import RedisServer
 from services.api.main import create_app
 from services.api.settings import Settings
 from services.runs import create_run, load_config_file
-from workers.stages import write_stage_manifest
-from workers.stages.common import StageResult, StageSpec, load_config, record_done
+from shared.runtime.shards import StageSpec, load_config, write_stage_manifest
+from workers.stages.common import StageResult, record_done
 
 TOKEN = "disk-runs-token-0123456789abcdef0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -94,8 +94,8 @@ def test_a_finished_disk_run_says_succeeded_and_hidden_folders_are_skipped(api) 
     client, root = api
     run_dir = _cli_run(root, "done", root / "p.jsonl")
     config = load_config_file(root / "done.yaml")
+    from shared.runtime.artifacts import RunPaths, write_json_atomic
     from shared.stages import pipeline
-    from workers.artifacts import RunPaths, write_json_atomic
 
     paths = RunPaths(run_dir)
     for t, stage in pipeline(config.stages, config.iterations, with_init=False):

@@ -18,9 +18,9 @@ import pytest
 
 from shared.config import ModelConfig, RunConfig, VLLMEngineConfig
 from shared.engine import EngineStats, GenerationRequest, MeteredEngine
+from shared.runtime.versions import ModelVersion
 from workers.engines.footprint import process_tree  # noqa: E402
 from workers.engines.slot import EngineSlot
-from workers.versions import ModelVersion
 
 REQUESTS = [
     GenerationRequest(
@@ -113,8 +113,8 @@ def test_the_eval_stage_holds_one_engine_at_a_time(monkeypatch: pytest.MonkeyPat
     """Actor v0, refiner v0, actor v1, refiner v1: never two engines, each closed before the next."""
     import workers.stages.evaluate as evaluate
     from services.runs import create_run
-    from workers.stages import StageSpec
-    from workers.versions import version_dir, write_metadata
+    from shared.runtime.shards import StageSpec
+    from shared.runtime.versions import version_dir, write_metadata
 
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "hi"}) + "\n")
     (tmp_path / "pairs.jsonl").write_text("")
@@ -284,8 +284,8 @@ def vllm_settings() -> VLLMEngineConfig:
 def swap(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The whole scenario once (three vLLM loads, one engine alive at a time); tests read its numbers."""
     from services.runs import create_run
+    from shared.runtime.shards import StageSpec
     from workers.jobs import WorkerEngines
-    from workers.stages import StageSpec
     from workers.stages.train import run_train_actor
 
     root = tmp_path_factory.mktemp("swap")

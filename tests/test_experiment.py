@@ -14,7 +14,7 @@ import yaml
 
 from services.cli import main
 from services.report import load_run
-from workers.artifacts import RunPaths, read_json
+from shared.runtime.artifacts import RunPaths, read_json
 
 EXPERIMENT = Path(__file__).resolve().parent.parent / "examples" / "experiment"
 # The module's fixture runs seven tiny runs (about 3 minutes on an idle 2-core machine); on a busy

@@ -9,12 +9,13 @@ import yaml
 from test_iterations import write_config
 
 from services.cli import main
-from services.fork import FORK_RECORD, fork_into, reused_stages, shared_prefix
+from services.fork import fork_into, reused_stages, shared_prefix
 from services.local import LocalExecutor
 from services.runs import create_run, load_config_file
 from shared.errors import ConfigError
-from workers.artifacts import RunPaths, read_json
-from workers.versions import METADATA, version_dir
+from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json
+from shared.runtime.versions import METADATA, version_dir
+from workers.resolved import resolved_settings
 
 STAGES = ["sample", "judge", "refine", "assemble", "train_actor", "train_refiner"]
 
@@ -46,7 +47,7 @@ def test_an_objective_ablation_reuses_everything_before_actor_training(source_ru
     tmp, source = source_run
     config = arm(tmp, tmp / "config.yaml", "lr", train_actor={"learning_rate": 3e-4})
     target = create_run(load_config_file(config), tmp_path / "runs", "lr")
-    reused = fork_into(source, target)
+    reused = fork_into(source, target, resolved_settings)
     assert reused == [(0, "sample"), (0, "judge"), (0, "refine"), (0, "assemble")]
     assert reused_stages(target) == set(reused)
     record = read_json(target.root / FORK_RECORD)
@@ -89,14 +90,14 @@ def test_the_shared_prefix_stops_at_the_first_changed_stage(source_run, tmp_path
     }
     for name, (changes, expected) in cases.items():
         target = create_run(load_config_file(arm(tmp, tmp / "config.yaml", name, **changes)), tmp_path, name)
-        assert [s for _, s in shared_prefix(source, target)] == expected, name
+        assert [s for _, s in shared_prefix(source, target, resolved_settings)] == expected, name
 
 
 def test_a_shared_training_stage_brings_its_model_version(source_run, tmp_path: Path) -> None:
     tmp, source = source_run
     config = arm(tmp, tmp / "config.yaml", "rft", train_refiner={"learning_rate": 3e-4})
     target = create_run(load_config_file(config), tmp_path / "runs", "rft")
-    assert (0, "train_actor") in fork_into(source, target)
+    assert (0, "train_actor") in fork_into(source, target, resolved_settings)
     for name in ("model.safetensors", METADATA):
         assert (version_dir(target, "actor", 1) / name).read_bytes() == (
             version_dir(source, "actor", 1) / name
@@ -130,7 +131,7 @@ def test_a_stage_computed_with_other_resolved_settings_is_not_reused(source_run,
 
     _rewrite_done(other, "judge", on_another_cpu)
     target = create_run(load_config_file(tmp / "config.yaml"), tmp_path / "runs", "same-elsewhere")
-    assert fork_into(other, target) == [(0, "sample")]
+    assert fork_into(other, target, resolved_settings) == [(0, "sample")]
     stopped = read_json(target.root / FORK_RECORD)["stopped"]
     assert stopped.startswith("judge@0: resolved differently") and "some-other-dtype" in stopped
 
@@ -140,7 +141,7 @@ def test_a_stage_recorded_before_resolved_settings_existed_is_not_reused(source_
     old = _copy_run(source, tmp_path / "old")
     _rewrite_done(old, "sample", lambda record: record.pop("resolved"))
     target = create_run(load_config_file(tmp / "config.yaml"), tmp_path / "runs", "from-old")
-    assert fork_into(old, target) == []
+    assert fork_into(old, target, resolved_settings) == []
     assert "does not record its resolved settings" in read_json(target.root / FORK_RECORD)["stopped"]
 
 
@@ -151,18 +152,18 @@ def test_other_prompts_share_nothing(source_run, tmp_path: Path) -> None:
     target = create_run(
         load_config_file(arm(tmp, tmp / "config.yaml", "other", prompts=str(other))), tmp_path, "o"
     )
-    assert fork_into(source, target) == []
+    assert fork_into(source, target, resolved_settings) == []
     assert read_json(target.root / FORK_RECORD)["reused"] == []
 
 
 def test_fork_refuses_a_run_with_work_of_its_own(source_run, tmp_path: Path) -> None:
     tmp, source = source_run
     with pytest.raises(ConfigError, match="itself"):
-        fork_into(source, source)
+        fork_into(source, source, resolved_settings)
     target = create_run(load_config_file(tmp / "config.yaml"), tmp_path, "busy")
     target.stage_dir(0, "sample").mkdir(parents=True)
     with pytest.raises(ConfigError, match="fork only into a new run"):
-        fork_into(source, target)
+        fork_into(source, target, resolved_settings)
 
 
 def test_the_cli_forks_and_rejects_fork_with_resume(source_run, tmp_path: Path, capsys) -> None:

@@ -27,7 +27,7 @@ from services.runs import create_run, resolve_paths
 from services.scheduler import Scheduler
 from shared.config import RunConfig
 from shared.records import NodeRow, PairRow, TreeRow
-from workers.artifacts import RunPaths
+from shared.runtime.artifacts import RunPaths
 
 TOKEN = "browser-test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -11,8 +11,8 @@ import workers.training.refiner as refiner_training
 from services.local import LocalExecutor
 from services.runs import create_run, load_config_file, open_run
 from services.summary import iteration_summary
-from workers.artifacts import read_json
-from workers.versions import METADATA, version_dir
+from shared.runtime.artifacts import read_json
+from shared.runtime.versions import METADATA, version_dir
 
 
 def write_config(tmp_path: Path, model: Path, **overrides) -> Path:

@@ -28,8 +28,8 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.webhook import Webhook
 
-from workers import rq_compat
-from workers.queue import SERIALIZER
+from shared.runtime.queue import SERIALIZER
+from shared.runtime import rq_compat
 from workers.worker import run_worker
 
 ROLE = "actor"

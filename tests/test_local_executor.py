@@ -11,7 +11,7 @@ from services.local import LocalExecutor
 from services.runs import ConfigError, create_run, load_config_file, open_run
 from services.summary import iteration_summary
 from shared.prompts import PromptFileError
-from workers.artifacts import read_json, read_jsonl
+from shared.runtime.artifacts import read_json, read_jsonl
 from workers.stages import ConfigChangedError
 
 N_PROMPTS = 10

@@ -150,7 +150,7 @@ def test_counts_are_typed_and_optional_counts_stay_out_of_the_record() -> None:
 
 
 def test_version_metadata_is_validated_when_written(tmp_path) -> None:
-    from workers.versions import read_metadata, write_metadata
+    from shared.runtime.versions import read_metadata, write_metadata
 
     meta = {
         "role": "actor",

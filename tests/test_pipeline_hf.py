@@ -10,7 +10,7 @@ from services.cli import main
 from services.local import LocalExecutor
 from services.runs import create_run, load_config_file
 from services.summary import iteration_summary
-from workers.artifacts import read_json, read_jsonl
+from shared.runtime.artifacts import read_json, read_jsonl
 
 PROMPTS = [
     "Write a haiku about rain. Use exactly three lines.",

@@ -26,8 +26,8 @@ from services.api import Settings, create_app
 from services.runs import create_run
 from services.scheduler import TICK_KEY, RunStatus, Scheduler
 from shared.config import RunConfig
-from workers.confinement import OutsideRootError, check_config_paths
-from workers.queue import SERIALIZER, job_id
+from shared.runtime.confinement import OutsideRootError, check_config_paths
+from shared.runtime.queue import SERIALIZER, job_id
 from workers.worker import run_worker
 
 TOKEN = "poisoned-jobs-token-0123456789abcdef"

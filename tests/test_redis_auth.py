@@ -28,7 +28,7 @@ from rq import Queue
 from rq.job import JobStatus
 from service_harness import free_port
 
-from workers.queue import SERIALIZER
+from shared.runtime.queue import SERIALIZER
 
 ROOT = Path(__file__).resolve().parents[1]
 SPAR = Path(sys.executable).parent / "spar"

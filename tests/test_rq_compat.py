@@ -1,4 +1,4 @@
-"""Each RQ private that ``workers.rq_compat`` relies on still exists and behaves as it assumes.
+"""Each RQ private that ``shared.runtime.rq_compat`` relies on still exists and behaves as it assumes.
 
 An RQ upgrade that renames or changes one of them fails here, by name, instead of breaking the
 worker's shutdown or retry handling at run time.
@@ -17,7 +17,7 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 from rq.scheduler import RQScheduler
 
-from workers import rq_compat
+from shared.runtime import rq_compat
 from workers.worker import SparWorker
 
 

@@ -1,41 +1,37 @@
-"""`GET /v1/runs/{id}` reads the run directory only when the run's files changed (services/api/views.py)."""
+"""`GET /v1/runs/{id}` is answered from one view cache (services/api/views.py, ``RunViewCache``):
+the run's files are read only when they changed, the body is rebuilt only when the state or the
+files changed, and one least-recently-used bound covers everything it keeps."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
 import pytest
 from test_iterations import write_config
 
 from services.api import views
-from services.api.views import DiskViewCache, run_view
+from services.api.views import RunViewCache
 from services.runs import create_run, load_config_file
-from workers.stages import write_stage_manifest
-from workers.stages.common import StageResult, StageSpec, load_config, record_done
+from shared.runtime.shards import StageSpec, load_config, write_stage_manifest
+from workers.stages.common import StageResult, record_done
 
 
-class FakeScheduler:
-    """The scheduler's Redis state, as run_view reads it."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, dict[str, str]] = {}
-
-    def state(self, run_id: str) -> dict[str, str] | None:
-        return self.states.get(run_id)
+def state_of(paths, **fields: str) -> dict[str, str]:
+    """A scheduler state of the run at ``paths``, as Redis holds it."""
+    return {"status": "running", "stage": "sample", "updated_at": "1", "run_dir": str(paths.root)} | fields
 
 
 @pytest.fixture()
-def run(tmp_path: Path, tiny_model_path: Path, monkeypatch):
-    monkeypatch.setattr(views, "DISK_VIEWS", DiskViewCache())
+def run(tmp_path: Path, tiny_model_path: Path):
     paths = create_run(load_config_file(write_config(tmp_path, tiny_model_path)), tmp_path / "runs", "cached")
-    scheduler = FakeScheduler()
-    scheduler.states["cached"] = {
-        "status": "running",
-        "stage": "sample",
-        "updated_at": "1",
-        "run_dir": str(paths.root),
-    }
-    return paths, scheduler
+    return paths, RunViewCache(state_ttl=60)
+
+
+def view(cache: RunViewCache, state: dict[str, str], run_id: str = "cached") -> dict:
+    """What the route answers (through the cache), parsed."""
+    return json.loads(asyncio.run(cache.body(run_id, state)))
 
 
 def finish_shard(paths, stage: str, shard: int) -> None:
@@ -45,101 +41,105 @@ def finish_shard(paths, stage: str, shard: int) -> None:
     record_done(paths, spec, load_config(paths), StageResult(counts={"prompts": 2, "responses": 8}))
 
 
+def sample_progress(body: dict) -> dict:
+    return next(p for p in body["progress"] if p["stage"] == "sample")
+
+
 def test_an_unchanged_run_is_served_without_reading_its_files(run) -> None:
-    paths, scheduler = run
-    first = run_view("cached", paths, scheduler)
-    second = run_view("cached", paths, scheduler)
-    assert second == first and views.DISK_VIEWS.builds == 1
-    # the scheduler's state is live: a new status shows at once, still without a rebuild
-    scheduler.states["cached"] = {
-        "status": "cancelled",
-        "stage": "sample",
-        "updated_at": "2",
-        "run_dir": str(paths.root),
-    }
-    third = run_view("cached", paths, scheduler)
-    assert third["status"] == "cancelled" and third["updated_at"] == 2.0 and views.DISK_VIEWS.builds == 1
+    paths, cache = run
+    first = view(cache, state_of(paths))
+    second = view(cache, state_of(paths))
+    assert second == first and cache.disk_reads == 1 and cache.renders == 1
+    # the scheduler's state is live: a new status shows at once, still without reading the files
+    third = view(cache, state_of(paths, status="cancelled", updated_at="2"))
+    assert third["status"] == "cancelled" and third["updated_at"] == 2.0
+    assert cache.disk_reads == 1 and cache.renders == 2
 
 
 def test_every_finished_shard_and_stage_shows_in_the_next_view(run) -> None:
-    paths, scheduler = run
+    paths, cache = run
     shards = paths.num_prompt_shards()
     assert shards > 1
-    done = lambda view: next(p for p in view["progress"] if p["stage"] == "sample")  # noqa: E731
-    assert done(run_view("cached", paths, scheduler))["done"] == 0
+    assert sample_progress(view(cache, state_of(paths)))["done"] == 0
     for k in range(shards):
         finish_shard(paths, "sample", k)
-        view = run_view("cached", paths, scheduler)
-        assert done(view)["done"] == k + 1 and not done(view)["complete"]
-    assert views.DISK_VIEWS.builds == shards + 1
+        done = sample_progress(view(cache, state_of(paths)))
+        assert done["done"] == k + 1 and not done["complete"]
+    assert cache.disk_reads == shards + 1
     write_stage_manifest(paths, 0, "sample")
-    view = run_view("cached", paths, scheduler)
-    assert done(view)["complete"] and view["iterations"][0]["metrics"]["prompts"] == 2 * shards
+    body = view(cache, state_of(paths))
+    assert sample_progress(body)["complete"] and body["iterations"][0]["metrics"]["prompts"] == 2 * shards
 
 
 def test_a_run_without_a_change_journal_is_always_read_afresh(run) -> None:
-    paths, scheduler = run
+    paths, cache = run
     paths.changes.unlink()  # a run made by an older spar
-    run_view("cached", paths, scheduler)
-    run_view("cached", paths, scheduler)
-    assert views.DISK_VIEWS.builds == 2
+    view(cache, state_of(paths))
+    view(cache, state_of(paths))
+    assert cache.disk_reads == 2 and "cached" not in cache
 
 
-def test_the_cache_is_bounded(tmp_path: Path, run) -> None:
-    paths, scheduler = run
-    cache = DiskViewCache(capacity=2)
-    for name in ("a", "b", "c"):
-        other = type(paths)(tmp_path / name)
-        other.root.mkdir()
-        other.note_change("created")
-        cache.get(other, dict)
-    assert len(cache._entries) == 2 and str(tmp_path / "a") not in cache._entries
-    # appends from several writers only grow the journal: the stamp changes with each
-    before = paths.change_stamp()
-    paths.note_change("done 0 sample 0")
-    assert paths.change_stamp() != before and paths.change_stamp()[1] > before[1]
-
-
-# --- the bodies GET /v1/runs/{id} serves, and the scheduler states behind them ------------------
+def test_one_bound_least_recently_used_out_and_a_changed_run_is_rebuilt(tmp_path: Path, run) -> None:
+    """The one eviction policy: past ``capacity`` runs the least recently USED goes (a hit counts),
+    an evicted run is read again when asked for, and a run whose files changed is rebuilt, never
+    served from what was kept."""
+    paths, _ = run
+    config = load_config(paths)  # the fixture's config, for three more runs
+    runs = {name: create_run(config, tmp_path / "runs", name) for name in ("a", "b", "c")}
+    cache = RunViewCache(state_ttl=60, capacity=2)
+    for name in ("a", "b"):
+        view(cache, state_of(runs[name]), name)
+    assert len(cache) == 2 and cache.disk_reads == 2
+    assert cache.cached_body("a", state_of(runs["a"])) is not None  # a hit: "a" is now the most recent
+    view(cache, state_of(runs["c"]), "c")  # past the bound: "b" (least recently used) goes, not "a"
+    assert len(cache) == 2 and "b" not in cache and "a" in cache and "c" in cache
+    assert cache.cached_body("b", state_of(runs["b"])) is None
+    view(cache, state_of(runs["b"]), "b")  # evicted: read again, and "a" goes now
+    assert cache.disk_reads == 4 and "a" not in cache and len(cache) == 2
+    # a kept run whose files change: not served stale, rebuilt from its files
+    before = cache.cached_body("c", state_of(runs["c"]))
+    assert before is not None and sample_progress(json.loads(before))["done"] == 0
+    finish_shard(runs["c"], "sample", 0)
+    assert cache.cached_body("c", state_of(runs["c"])) is None
+    assert sample_progress(view(cache, state_of(runs["c"]), "c"))["done"] == 1 and cache.disk_reads == 5
+    # a kept run whose state changes: put into the kept disk part, no file read
+    assert view(cache, state_of(runs["c"], status="cancelled"), "c")["status"] == "cancelled"
+    assert cache.disk_reads == 5
+    with pytest.raises(ValueError):  # a bound of nothing would keep nothing: refused
+        RunViewCache(state_ttl=1, capacity=0)
 
 
 def test_a_body_is_served_as_built_until_the_state_or_the_files_change(run) -> None:
-    from services.api.views import RunViewBodies
-
-    paths, scheduler = run
-    bodies = RunViewBodies()
-    state = scheduler.states["cached"]
-    assert bodies.lookup("cached", state) is None  # nothing built yet
-    assert bodies.reads_files("cached", state)  # the first build reads the run's files
-    body = bodies.build("cached", state, scheduler)
-    assert bodies.lookup("cached", state) == body
-    assert bodies.lookup("cached", dict(state)) == body and bodies.serialised == 1
-    # a new state alone: rebuilt from memory (the route does that inline, without a thread)
-    assert not bodies.reads_files("cached", state | {"stage": "judge"})
+    paths, cache = run
+    state = state_of(paths)
+    assert cache.cached_body("cached", state) is None  # nothing built yet
+    body = asyncio.run(cache.body("cached", state))
+    assert cache.disk_reads == 1 and cache.cached_body("cached", state) == body
+    assert cache.cached_body("cached", dict(state)) == body and cache.renders == 1
+    moved = state | {"stage": "judge"}  # a new state: never the old body; rebuilt without reading files
+    assert cache.cached_body("cached", moved) is None
+    assert asyncio.run(cache.body("cached", moved)) != body and cache.disk_reads == 1
     finish_shard(paths, "sample", 0)  # a finished shard: the next answer must be built anew
-    assert bodies.reads_files("cached", state)
-    assert bodies.lookup("cached", state) is None
-    rebuilt = bodies.build("cached", state, scheduler)
-    assert rebuilt != body and bodies.lookup("cached", state) == rebuilt
-    moved = state | {"status": "cancelled", "updated_at": "9"}  # a new state: never the old body
-    assert bodies.lookup("cached", moved) is None
+    assert cache.cached_body("cached", moved) is None
+    rebuilt = asyncio.run(cache.body("cached", moved))
+    assert rebuilt != body and cache.cached_body("cached", moved) == rebuilt and cache.disk_reads == 2
     paths.changes.unlink()  # a run made by an older spar: never served from the cache
-    bodies.build("cached", state, scheduler)
-    assert bodies.lookup("cached", state) is None
+    asyncio.run(cache.body("cached", moved))
+    assert cache.cached_body("cached", moved) is None and cache.disk_reads == 3
 
 
 def test_unknown_removed_and_overlong_runs_are_404(run, tmp_path: Path) -> None:
-    from services.api.views import RunViewBodies
     from shared.errors import RunNotFoundError
 
-    paths, scheduler = run
-    bodies = RunViewBodies()
+    paths, cache = run
     with pytest.raises(RunNotFoundError, match="no run"):
-        bodies.lookup("nope", None)
+        cache.cached_body("nope", None)
+    with pytest.raises(RunNotFoundError, match="no run"):
+        asyncio.run(cache.body("nope", None))
     with pytest.raises(RunNotFoundError, match="at most"):
-        bodies.lookup("x" * 500, {"run_dir": str(paths.root)})
+        cache.cached_body("x" * 500, {"run_dir": str(paths.root)})
     with pytest.raises(RunNotFoundError, match="is gone"):
-        bodies.lookup("gone", {"run_dir": str(tmp_path / "nowhere")})
+        cache.cached_body("gone", {"run_dir": str(tmp_path / "nowhere")})
 
 
 class CountingRedis:
@@ -156,32 +156,30 @@ class CountingRedis:
         return {k.encode(): v.encode() for k, v in self.state.items()}
 
 
-def test_live_states_reuse_a_read_for_the_ttl_and_forget_on_a_local_change() -> None:
-    import asyncio
-
-    from services.api.views import LiveStates
-
+def test_states_are_reused_for_the_ttl_and_forgotten_on_a_local_change() -> None:
     redis = CountingRedis({"status": "running"})
-    states = LiveStates(ttl=60)
+    states = RunViewCache(state_ttl=60)
 
     async def reads() -> list:
-        out = [await states.get("cached", redis) for _ in range(5)]
+        out = [await states.state("cached", redis) for _ in range(5)]
         redis.state = {"status": "cancelled"}
-        out.append(await states.get("cached", redis))  # within the TTL: not seen yet
-        states.forget("cached")  # what the scheduler calls after it writes the run's state
-        out.append(await states.get("cached", redis))
-        out.append(await states.get("nope", redis))
-        out.append(await states.get("nope", redis))
+        out.append(await states.state("cached", redis))  # within the TTL: not seen yet
+        states.forget_state("cached")  # what the scheduler calls after it writes the run's state
+        out.append(await states.state("cached", redis))
+        out.append(await states.state("nope", redis))
+        out.append(await states.state("nope", redis))
+        out.append(await states.state("x" * 500, redis))  # overlong: never a Redis read
         return out
 
     out = asyncio.run(reads())
     assert [s["status"] for s in out[:7]] == ["running"] * 6 + ["cancelled"]
-    assert out[7] is None and out[8] is None
+    assert out[7] is None and out[8] is None and out[9] is None
     assert redis.reads == 1 + 1 + 2  # one per TTL, one after forget, unknown runs never kept
-    no_cache = LiveStates(ttl=0)
-    asyncio.run(no_cache.get("cached", redis))
-    asyncio.run(no_cache.get("cached", redis))
-    assert redis.reads == 6
+    assert len(states) == 1 and "nope" not in states
+    no_cache = RunViewCache(state_ttl=0)
+    asyncio.run(no_cache.state("cached", redis))
+    asyncio.run(no_cache.state("cached", redis))
+    assert redis.reads == 6 and len(no_cache) == 0
 
 
 def test_the_scheduler_reports_each_state_it_writes(tmp_path: Path) -> None:
@@ -189,7 +187,7 @@ def test_the_scheduler_reports_each_state_it_writes(tmp_path: Path) -> None:
     from service_harness import private_redis
 
     from services.scheduler import Scheduler
-    from workers.artifacts import RunPaths
+    from shared.runtime.artifacts import RunPaths
 
     with private_redis(tmp_path) as url:
         scheduler = Scheduler(Redis.from_url(url))
@@ -231,18 +229,20 @@ def test_concurrent_polls_build_each_changed_view_once_and_see_every_change(
 
     paths, _ = run
     builds: list[str] = []
-    real_build = views.RUN_VIEW_BODIES.build
+    real_read = views.disk_view
 
-    def slow_build(run_id, state, scheduler):  # noqa: ANN001, ANN202
+    def slow_read(run_id, paths):  # noqa: ANN001, ANN202
         builds.append(run_id)
         time.sleep(0.3)  # a long build: without single-flight every poll meanwhile would start one
-        return real_build(run_id, state, scheduler)
+        return real_read(run_id, paths)
 
-    monkeypatch.setattr(views.RUN_VIEW_BODIES, "build", slow_build)
+    monkeypatch.setattr(views, "disk_view", slow_read)
     done = lambda body: next(p for p in json.loads(body)["progress"] if p["stage"] == "sample")["done"]  # noqa: E731
 
     with private_redis(tmp_path) as url:
-        app = create_app(Settings(api_token=TOKEN, scheduler=False, redis_url=url, data_root=paths.root.parent))
+        app = create_app(
+            Settings(api_token=TOKEN, scheduler=False, redis_url=url, data_root=paths.root.parent)
+        )
         Scheduler(Redis.from_url(url)).register(paths)
 
         async def scenario() -> tuple[list, int, list, list]:

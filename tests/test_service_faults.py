@@ -40,13 +40,13 @@ from service_harness import (
     variant_prompts,
 )
 
+from shared.runtime.artifacts import RunPaths, read_json
+from shared.runtime.queue import QUEUES, SERIALIZER, STAGE_QUEUE, job_id, worker_key
+from shared.runtime.shards import num_shards
+from shared.runtime.versions import read_metadata, version_dir
 from shared.stages import pipeline
-from workers.artifacts import RunPaths, read_json
-from workers.queue import QUEUES, SERIALIZER, STAGE_QUEUE, job_id, worker_key
-from workers.stages import num_shards
 from workers.stages.train import checkpoint_dir
 from workers.training.outcome import resume_point
-from workers.versions import read_metadata, version_dir
 
 DRILL_STAGES = ["sample", "judge", "refine", "assemble", "train_actor", "eval"]
 N_PROMPTS = 24

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared.errors import WorkerSettingsError
-from workers.settings import HF_ENVIRONMENT, apply_hf_environment, settings
+from shared.runtime.settings import HF_ENVIRONMENT, apply_hf_environment, settings
 
 
 def test_defaults_and_derived_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_defaults_and_derived_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 def test_the_api_worker_and_queue_read_the_same_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from services.api import Settings
-    from workers.queue import redis_url
+    from shared.runtime.queue import redis_url
 
     monkeypatch.setenv("SPAR_REDIS_URL", "redis://:secret@queue:6380/2")
     assert redis_url() == Settings().redis_url == "redis://:secret@queue:6380/2"

@@ -16,7 +16,7 @@ def config(**overrides) -> RunConfig:
 
 
 def test_every_stage_has_a_runner_and_a_queue() -> None:
-    from workers.queue import QUEUES, STAGE_QUEUE
+    from shared.runtime.queue import QUEUES, STAGE_QUEUE
     from workers.stages import RUNNERS
 
     assert set(RUNNERS) == {s.name for s in STAGE_TABLE}

@@ -10,7 +10,7 @@ import pytest
 
 from shared.config import ActorTrainConfig, RefinerTrainConfig, RunConfig
 from shared.errors import ConfigError
-from workers import tracking
+from shared.runtime import tracking
 
 BASE: dict[str, Any] = {
     "prompts": "p.jsonl",
@@ -185,7 +185,7 @@ def test_a_tiny_run_writes_tensorboard_scalars_that_read_back(tmp_path, tiny_mod
 
     from services.local import LocalExecutor
     from services.runs import create_run, load_config_file
-    from workers.artifacts import read_json
+    from shared.runtime.artifacts import read_json
 
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"Task {i}."}) + "\n" for i in range(4)))

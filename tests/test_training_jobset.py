@@ -24,12 +24,12 @@ from kustomize_render import build
 from services.runs import create_run
 from shared.config import RunConfig
 from shared.errors import TrainingLaunchError
-from workers.artifacts import RunPaths
+from shared.runtime.artifacts import RunPaths
+from shared.runtime.shards import StageSpec
+from shared.runtime.versions import METADATA, publishing, version_dir, write_metadata
 from workers.stages import train as train_stage
-from workers.stages.common import StageSpec
 from workers.training import jobset as jobset_mod
 from workers.training.jobset import JobSetLauncher, jobset_name
-from workers.versions import METADATA, publishing, version_dir, write_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = "spar"

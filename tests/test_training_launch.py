@@ -23,10 +23,10 @@ from service_harness import variant_prompts
 
 from services.runs import create_run
 from shared.config import RunConfig
-from workers.artifacts import RunPaths, read_json
-from workers.stages.common import StageSpec
+from shared.runtime.artifacts import RunPaths, read_json
+from shared.runtime.shards import StageSpec
+from shared.runtime.versions import METADATA, version_dir
 from workers.stages.train import checkpoint_dir, run_train_actor
-from workers.versions import METADATA, version_dir
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -172,8 +172,8 @@ RUNNER = """
 import json, sys, time
 import torch
 from pathlib import Path
-from workers.artifacts import RunPaths
-from workers.stages.common import StageSpec
+from shared.runtime.artifacts import RunPaths
+from shared.runtime.shards import StageSpec
 from workers.stages.train import run_train_actor
 
 torch.set_num_threads(1)

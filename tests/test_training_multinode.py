@@ -25,9 +25,9 @@ import pytest
 import torch
 from test_training_launch import LOSS_TOLERANCE, STEPS, actor_run, state, train_stage
 
-from workers.artifacts import RunPaths, read_json
+from shared.runtime.artifacts import RunPaths, read_json
+from shared.runtime.versions import METADATA, version_dir
 from workers.training.launch import Machines, accelerate_command, job_config
-from workers.versions import METADATA, version_dir
 
 pytestmark = pytest.mark.timeout(900)
 WEIGHT_TOLERANCE = 1e-4  # as tests/test_training_launch.py
@@ -37,8 +37,8 @@ NODE = """
 import json, sys
 import torch
 from pathlib import Path
-from workers.artifacts import RunPaths
-from workers.stages.common import StageSpec
+from shared.runtime.artifacts import RunPaths
+from shared.runtime.shards import StageSpec
 from workers.stages.train import run_train_actor
 
 torch.set_num_threads(1)

@@ -11,7 +11,7 @@ from pathlib import Path
 from redis import Redis
 from service_harness import RedisServer, free_port
 
-from workers.queue import worker_key
+from shared.runtime.queue import worker_key
 
 SPAR = Path(sys.executable).parent / "spar"
 
@@ -91,7 +91,7 @@ def test_a_retry_scheduled_after_a_redis_stall_runs_within_seconds(
     from rq import Queue
     from rq.job import JobStatus
 
-    from workers.queue import SERIALIZER
+    from shared.runtime.queue import SERIALIZER
 
     server, port = private_redis
     url = f"redis://127.0.0.1:{port}/0"

@@ -11,15 +11,15 @@ import logging
 from pathlib import Path
 
 from shared.errors import InjectedFault  # noqa: F401  (also importable from here)
+from shared.runtime.artifacts import RunPaths
+from shared.runtime.confinement import check_config_paths
+from shared.runtime.settings import settings
+from shared.runtime.shards import StageSpec, load_config
+from shared.runtime.versions import latest_version, version_for
 
-from .artifacts import RunPaths
-from .confinement import check_config_paths
 from .engines.slot import EngineSlot
 from .gpus import check_gpu_counts
-from .settings import settings
-from .stages import StageSpec, run_stage
-from .stages.common import load_config
-from .versions import version_for
+from .stages import run_stage
 
 log = logging.getLogger("spar.jobs")
 
@@ -78,7 +78,7 @@ def _wake_scheduler() -> None:
     """Tell the scheduler a shard is done (best effort: its periodic tick is the fallback)."""
     from rq import get_current_job
 
-    from .queue import WAKE_CHANNEL
+    from shared.runtime.queue import WAKE_CHANNEL
 
     job = get_current_job()
     if job is None:
@@ -136,18 +136,8 @@ def refine_one(run_dir: str, prompt: str, response: str, iteration: int | None =
     }
 
 
-def latest_version(paths: RunPaths, role: str) -> int:
-    """The highest published version of ``role`` in a run (0 when none was trained)."""
-    from .versions import read_metadata, version_dir
-
-    k = 0
-    while read_metadata(version_dir(paths, role, k + 1)) is not None:
-        k += 1
-    return k
-
-
 def refused(reason: str = "", *args: object, **kwargs: object) -> dict:
-    """What a worker runs instead of a job it refuses (``workers.rq_compat.refusal_reasons``).
+    """What a worker runs instead of a job it refuses (``shared.runtime.rq_compat.refusal_reasons``).
 
     Raising makes RQ record the job as failed, with ``reason`` in its result, through its usual
     failure path; nothing of the refused job has run.

@@ -15,8 +15,7 @@ from typing import Any
 
 from shared.config import RunConfig
 from shared.records import VersionMetadata
-
-from .artifacts import RunPaths, write_atomic
+from shared.runtime.artifacts import RunPaths, write_atomic
 
 CARD = "README.md"
 
@@ -194,7 +193,7 @@ def card_for_version(
 ) -> Path | None:
     """Write the card of ``role`` v<version> of a run from its metadata (None: the version has no
     folder, e.g. v0 as configured). ``folder``: the staging folder while it is being published."""
-    from .versions import read_metadata, version_dir
+    from shared.runtime.versions import read_metadata, version_dir
 
     target = version_dir(paths, role, version)
     meta = read_metadata(folder or target)

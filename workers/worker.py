@@ -31,11 +31,11 @@ from shared.errors import (
     SparError,
     WorkerSettingsError,  # noqa: F401  (also importable from here)
 )
+from shared.runtime import rq_compat
+from shared.runtime.queue import REFINE_ONE, RUN_SHARD, SERIALIZER, QueueName, worker_key
+from shared.runtime.settings import settings
 
-from . import rq_compat
 from .jobs import ENGINES
-from .queue import REFINE_ONE, RUN_SHARD, SERIALIZER, QueueName, worker_key
-from .settings import settings
 
 log = logging.getLogger("spar.worker")
 

@@ -1,12 +1,12 @@
 """``CachedRunView``: answers ``GET /v1/runs/{id}`` from the cached body before FastAPI is entered.
 
 Why a pure ASGI layer in front of the app: a dashboard polls this one route far more often than all
-the others together, and once its body is cached (:class:`services.api.views.RunViewBodies`) what is
+the others together, and once its body is cached (:class:`services.api.views.RunViewCache`) what is
 left of a request is almost all framework: routing, the dependency graph (settings, bearer token,
 scheduler, Redis client), a ``Request`` object, the middleware stack. Measured with py-spy under 50
 polling clients that was most of the API's time per answer. This layer does only what a cached answer
-needs: the path, the bearer token (constant time), the run's live state (:class:`LiveStates`) and the
-cache lookup.
+needs: the path, the bearer token (constant time), the run's state and the body, both from the
+one view cache. It keeps nothing of its own.
 
 It never decides anything the route would decide differently: whatever is not a plain cache hit (a
 miss, an unknown run, a wrong or missing token, another method or path, any error) goes on to the
@@ -22,7 +22,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .deps import MAX_RUN_ID, token_matches
-from .views import RUN_VIEW_BODIES
+from .views import RunViewCache
 
 log = logging.getLogger("spar.api")
 PREFIX = "/v1/runs/"
@@ -31,7 +31,7 @@ PREFIX = "/v1/runs/"
 class CachedRunView:
     """Serves cached run views; passes everything else on to ``app``.
 
-    ``state`` is the FastAPI app's ``app.state`` (settings, ``live_states``, ``live_redis``), read
+    ``state`` is the FastAPI app's ``app.state`` (settings, ``run_views``, ``live_redis``), read
     per request so that a test replacing them is honoured.
     """
 
@@ -70,11 +70,11 @@ class CachedRunView:
         if not self._authorised(scope):
             return None  # the route answers 401 with its usual body and header
         try:
-            live = self.state.live_states
-            run_state = await live.get(run_id, self.state.live_redis)
+            views: RunViewCache = self.state.run_views
+            run_state = await views.state(run_id, self.state.live_redis)
             if run_state is None:
                 return None  # unknown run: the route's 404
-            return RUN_VIEW_BODIES.lookup(run_id, run_state)
+            return views.cached_body(run_id, run_state)
         except Exception as exc:  # noqa: BLE001 - a removed run, Redis down: the route answers it
             log.debug(
                 "cached view: passing on", extra={"event": "api.view_passthrough", "error": str(exc)[:200]}

@@ -16,7 +16,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from shared.errors import RunNotFoundError
-from workers.artifacts import RunPaths
+from shared.runtime.artifacts import RunPaths
 
 from ..scheduler import Scheduler
 from .settings import Settings

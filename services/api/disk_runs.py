@@ -15,7 +15,7 @@ import datetime as dt
 from pathlib import Path
 
 from shared.names import is_id
-from workers.artifacts import RunPaths, read_json
+from shared.runtime.artifacts import RunPaths, read_json
 
 INCOMPLETE = "incomplete"
 """Status of a disk run whose pipeline is not finished (no scheduler ever ran it)."""
@@ -77,8 +77,8 @@ def disk_state(runs_root: Path, run_id: str) -> dict[str, str] | None:
 
 def _finished(paths: RunPaths) -> bool:
     """Every stage of every iteration the config asks for has its manifest."""
+    from shared.runtime.shards import load_config
     from shared.stages import pipeline
-    from workers.stages.common import load_config
 
     config = load_config(paths)
     order = pipeline(config.stages, config.iterations, with_init=config.init is not None)

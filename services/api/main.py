@@ -16,7 +16,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from shared.errors import WorkerSettingsError
-from workers.settings import MIN_TOKEN_LENGTH
+from shared.runtime.settings import MIN_TOKEN_LENGTH
 
 from ..dashboard import router as dashboard_router
 from ..scheduler import Scheduler
@@ -28,7 +28,7 @@ from .json_guard import JsonGuard
 from .limits import BodyLimit
 from .routes import health, iterations, refine, runs, workers
 from .settings import Settings
-from .views import LiveStates
+from .views import RunViewCache
 
 
 def check_token(settings: Settings) -> None:
@@ -86,8 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.redis, app.state.scheduler = settings, redis, scheduler
     app.state.live_redis = live_redis
-    app.state.live_states = LiveStates(settings.view_state_ttl)
-    scheduler.on_change = app.state.live_states.forget
+    app.state.run_views = RunViewCache(settings.view_state_ttl)
+    scheduler.on_change = app.state.run_views.forget_state
 
     # innermost first: a body's JSON shape is checked (in a thread) before FastAPI parses it; a
     # cached run view is answered inside the body limit, before FastAPI's routing

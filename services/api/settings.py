@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.settings import SparSettings
+from shared.runtime.settings import SparSettings
 
 from ..scheduler import SchedulerSettings
 

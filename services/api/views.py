@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 from rq.job import Job, JobStatus
 
 from shared.errors import RunConflictError
+from shared.runtime.artifacts import RunPaths
 from shared.stages import stage as stage_info
-from workers.artifacts import RunPaths
 
-from ..scheduler import Scheduler, started_pipeline
+from ..scheduler import decode_state, run_key, started_pipeline
 from ..summary import iteration_summary
+from .deps import MAX_RUN_ID, check_run_id, paths_from_state
+from .models import RunView
 
 
 def stage_progress(paths: RunPaths, only: int | None = None) -> list[dict[str, Any]]:
@@ -53,61 +57,11 @@ def iterations_on_disk(paths: RunPaths, limit: int) -> list[int]:
     return sorted(found)
 
 
-class DiskViewCache:
-    """The part of a run's view read from its directory, kept until the run's files change.
-
-    ``GET /v1/runs/{id}`` is polled by dashboards and scripts; rebuilding it reads every manifest,
-    done record and version of the run (hundreds of files for a long run) on every call. The run's
-    change journal (:attr:`workers.artifacts.RunPaths.changes`, appended after every finished
-    shard and stage) says when that work is needed: one ``stat`` per request otherwise. The stamp is
-    taken BEFORE the view is built, so a change that lands meanwhile makes the next request rebuild.
-    Bounded (least recently used out); one per API process; thread-safe.
-    """
-
-    def __init__(self, capacity: int = 256) -> None:
-        self.capacity = capacity
-        self._entries: OrderedDict[str, tuple[tuple[int, int], dict[str, Any]]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.builds = 0
-
-    def _hit(self, key: str, stamp: tuple[int, int] | None) -> dict[str, Any] | None:
-        """The view kept under ``key`` if it was built at ``stamp`` (marked recently used), else None."""
-        if stamp is None:
-            return None
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is None or hit[0] != stamp:
-                return None
-            self._entries.move_to_end(key)
-            return hit[1]
-
-    def fresh(self, paths: RunPaths) -> bool:
-        """Whether :meth:`get` would answer from memory now (one ``stat``, no file read)."""
-        return self._hit(str(paths.root), paths.change_stamp()) is not None
-
-    def get(self, paths: RunPaths, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        key = str(paths.root)
-        stamp = paths.change_stamp()
-        hit = self._hit(key, stamp)
-        if hit is not None:
-            return hit
-        view = build()
-        self.builds += 1
-        if stamp is not None:
-            with self._lock:
-                self._entries[key] = (stamp, view)
-                self._entries.move_to_end(key)
-                while len(self._entries) > self.capacity:
-                    self._entries.popitem(last=False)
-        return view
-
-
-DISK_VIEWS = DiskViewCache()
-
-
-def _disk_view(run_id: str, paths: RunPaths) -> dict[str, Any]:
-    from workers.jobs import latest_version
-    from workers.stages.common import load_config
+def disk_view(run_id: str, paths: RunPaths) -> dict[str, Any]:
+    """The part of a run's view read from its directory: every manifest, done record and version
+    (hundreds of files for a long run), which is why :class:`RunViewCache` keeps it."""
+    from shared.runtime.shards import load_config
+    from shared.runtime.versions import latest_version
 
     try:
         config = load_config(paths)
@@ -120,19 +74,11 @@ def _disk_view(run_id: str, paths: RunPaths) -> dict[str, Any]:
     }
 
 
-def run_view(
-    run_id: str, paths: RunPaths, scheduler: Scheduler, state: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """Everything ``GET /v1/runs/{id}`` shows (see :class:`services.api.models.RunView`).
-
-    The scheduler's state (status, stage, timestamps) is read live from Redis on every call (or
-    passed in, already read); what comes from the run directory is cached until the run's files
-    change (:class:`DiskViewCache`).
-    """
-    if state is None:
-        state = scheduler.state(run_id) or {}
-    disk = DISK_VIEWS.get(paths, lambda: _disk_view(run_id, paths))
-    return {**run_view_live(run_id, paths, state), **disk}
+def render_view(run_id: str, paths: RunPaths, state: dict[str, str], disk: dict[str, Any]) -> bytes:
+    """The JSON body of ``GET /v1/runs/{id}``: the live part and the disk part, checked against
+    :class:`services.api.models.RunView` (what the route declares) and serialised."""
+    view = {**run_view_live(run_id, paths, state), **disk}
+    return RunView.model_validate(view).model_dump_json(by_alias=True).encode()
 
 
 def run_view_live(run_id: str, paths: RunPaths, state: dict[str, str]) -> dict[str, Any]:
@@ -161,103 +107,193 @@ def refine_view(job: Job) -> tuple[int, dict[str, Any]]:
     return 202, {"job_id": job.id, "status": shown, "poll": f"/v1/refine/{job.id}"}
 
 
-class LiveStates:
-    """Runs' scheduler states as last read from Redis, reused for at most ``ttl`` seconds.
+Stamp = tuple[int, int]  # (inode, size) of a run's change journal: RunPaths.change_stamp
+StateKey = tuple[tuple[str, str], ...]  # a scheduler state, comparable and hashable
 
-    Polling clients would otherwise cost one Redis round trip each. The scheduler of this process
-    forgets a run's entry whenever it writes that run's state (``Scheduler.on_change``), so this
-    API's own changes (a cancel, a stage advanced by its scheduler) show at once; a change written
-    by another replica shows after at most ``ttl``. Unknown runs are never kept (a flood of bogus
-    ids cannot fill it); bounded like the other caches.
+
+def _state_key(state: dict[str, str]) -> StateKey:
+    return tuple(sorted(state.items()))
+
+
+@dataclass
+class _Entry:
+    """What :class:`RunViewCache` keeps of one run. Each part is valid exactly while what it was
+    made from is unchanged: ``state`` for ``state_ttl`` seconds after ``state_read_at`` (or until
+    this process's scheduler writes the run's state); ``disk`` while the run's change journal has
+    ``stamp``; ``body`` while, in addition, the state is still ``body_state``."""
+
+    state: dict[str, str] | None = None
+    state_read_at: float = float("-inf")
+    stamp: Stamp | None = None
+    disk: dict[str, Any] | None = None
+    body_state: StateKey | None = None
+    body: bytes | None = None
+
+
+class RunViewCache:
+    """The one cache behind ``GET /v1/runs/{id}``: per run, its scheduler state, the disk part of
+    its view and the serialised body, under one bound and one least-recently-used eviction.
+
+    Why each part is kept (measured with ``bench/api_load.py``, see docs/results/api-latency.md):
+
+    - the *state* saves a Redis round trip per poll; it is reused for at most ``state_ttl`` seconds
+      and forgotten as soon as this process's scheduler writes it (:meth:`forget_state`, hooked to
+      ``Scheduler.on_change``), so this API's own changes show at once, another replica's within
+      the TTL. Unknown runs are never kept: a flood of bogus ids cannot fill the cache;
+    - the *disk part* saves reading every manifest and done record of the run on every poll; the
+      run's change journal (:attr:`shared.runtime.artifacts.RunPaths.changes`, appended after every
+      finished shard and stage) says when it is stale, one ``stat`` per request;
+    - the *body* saves building, validating and serialising the view: while neither the state nor
+      the journal changed, a poll is a dictionary lookup and a ``stat``.
+
+    The rule for what is rebuilt follows from what changed: a new state alone is put into the kept
+    disk part inline (a few hundred microseconds: through a thread it took 15-20 ms of wall time
+    under load); a change of the run's files reads them in a worker thread, ONCE however many polls
+    arrive meanwhile (:meth:`body`'s single flight; without it 50 pollers made 50 builds). The
+    journal's stamp is taken BEFORE a build, so a change landing during it makes the next request
+    rebuild: a changed run is never served stale. A run without a journal (made by an older spar)
+    is never kept.
+
+    One per API (``app.state.run_views``); thread-safe (builds finish in worker threads, the
+    scheduler forgets states from its own thread).
     """
 
-    def __init__(self, ttl: float, capacity: int = 1024) -> None:
-        self.ttl = ttl
+    def __init__(self, state_ttl: float, capacity: int = 256) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.state_ttl = state_ttl
         self.capacity = capacity
-        self._entries: OrderedDict[str, tuple[float, dict[str, str]]] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self._flights: dict[tuple[str, Stamp | None, StateKey], asyncio.Future[bytes]] = {}
+        self.disk_reads = 0  # builds that read the run's files (tests and metrics read these)
+        self.renders = 0  # bodies validated and serialised
 
-    async def get(self, run_id: str, redis: Any) -> dict[str, str] | None:
-        from ..scheduler import decode_state, run_key
+    # ----- the one bound: least recently used out ---------------------------------------------
+    def _keep(self, run_id: str) -> _Entry:
+        """The entry of ``run_id`` (new if need be) marked most recently used; the least recently
+        used entries go past ``capacity``. Call with the lock held."""
+        entry = self._entries.get(run_id)
+        if entry is None:
+            entry = self._entries[run_id] = _Entry()
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(run_id)
+        return entry
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._entries
+
+    # ----- the scheduler state ----------------------------------------------------------------
+    async def state(self, run_id: str, redis: Any) -> dict[str, str] | None:
+        """The run's scheduler state (``None``: no such run), read from ``redis`` (async) unless
+        read less than ``state_ttl`` seconds ago and not written by this process since."""
+        if len(run_id) > MAX_RUN_ID:
+            return None  # never a Redis key; the body's lookup answers 404
         now = time.monotonic()
         with self._lock:
-            hit = self._entries.get(run_id)
-            if hit is not None and now - hit[0] < self.ttl:
-                return hit[1]
+            entry = self._entries.get(run_id)
+            if entry is not None and entry.state is not None and now - entry.state_read_at < self.state_ttl:
+                return entry.state
         state = decode_state(await redis.hgetall(run_key(run_id)))
-        if state is not None and self.ttl > 0:
+        if state is not None and self.state_ttl > 0:
             with self._lock:
-                self._entries[run_id] = (now, state)  # read time taken BEFORE the read
-                self._entries.move_to_end(run_id)
-                while len(self._entries) > self.capacity:
-                    self._entries.popitem(last=False)
+                entry = self._keep(run_id)
+                entry.state, entry.state_read_at = state, now  # read time taken BEFORE the read
         return state
 
-    def forget(self, run_id: str) -> None:
+    def forget_state(self, run_id: str) -> None:
+        """This process wrote the run's state: the next request reads it again (the disk part and
+        the body stay; the body is checked against the new state anyway)."""
         with self._lock:
-            self._entries.pop(run_id, None)
+            entry = self._entries.get(run_id)
+            if entry is not None:
+                entry.state = None
 
-
-class RunViewBodies:
-    """The JSON body of ``GET /v1/runs/{id}``, validated and serialised once per change.
-
-    A view is the scheduler's live state (read by the caller, once per request) plus the disk part.
-    While neither changed (the same state fields, the same change-journal stamp) the body bytes are
-    served as they are: :meth:`lookup` costs two ``stat`` calls and builds, validates and
-    serialises nothing. Bounded (least recently used out); thread-safe.
-    """
-
-    def __init__(self, capacity: int = 256) -> None:
-        self.capacity = capacity
-        self._entries: OrderedDict[str, tuple[tuple[tuple[str, str], ...], tuple[int, int], bytes]] = (
-            OrderedDict()
-        )
-        self._lock = threading.Lock()
-        self.serialised = 0
-
+    # ----- the body ---------------------------------------------------------------------------
     @staticmethod
     def _paths(run_id: str, state: dict[str, str] | None) -> RunPaths:
-        from .deps import check_run_id, paths_from_state
-
+        """The run's directory; :class:`shared.errors.RunNotFoundError` (404) for an overlong id, an
+        unknown run (``state`` None) or a run whose directory is gone."""
         check_run_id(run_id)
         return paths_from_state(run_id, state)
 
-    def lookup(self, run_id: str, state: dict[str, str] | None) -> bytes | None:
-        """The cached body when neither the state nor the run's files changed since it was built,
-        else ``None`` (the caller builds). Raises 404 for an unknown or removed run."""
-        paths = self._paths(run_id, state)
-        stamp = paths.change_stamp()
-        assert state is not None
+    def _kept(
+        self, run_id: str, stamp: Stamp | None
+    ) -> tuple[dict[str, Any], StateKey | None, bytes | None] | None:
+        """(disk part, state of the body, body) kept for ``run_id`` if its disk part was built at
+        ``stamp``, else None; marks the run recently used. Read in one go under the lock: a build
+        finishing in a thread meanwhile cannot pair this stamp with another stamp's body."""
+        if stamp is None:
+            return None
         with self._lock:
-            hit = self._entries.get(run_id)
-            if stamp is None or hit is None or hit[1] != stamp or hit[0] != tuple(sorted(state.items())):
+            entry = self._entries.get(run_id)
+            if entry is None or entry.disk is None or entry.stamp != stamp:
                 return None
             self._entries.move_to_end(run_id)
-            return hit[2]
+            return entry.disk, entry.body_state, entry.body
 
-    def reads_files(self, run_id: str, state: dict[str, str] | None) -> bool:
-        """Whether :meth:`build` must read the run's files (its disk part is not in memory), or
-        only its new state is to be put in: a few hundred microseconds of CPU, no file read."""
-        return not DISK_VIEWS.fresh(self._paths(run_id, state))
-
-    def build(self, run_id: str, state: dict[str, str] | None, scheduler: Scheduler) -> bytes:
-        """Build the body (disk part from :data:`DISK_VIEWS`) and keep it under the stamp taken first."""
-        from .models import RunView
-
+    def cached_body(self, run_id: str, state: dict[str, str] | None) -> bytes | None:
+        """The kept body when neither the state nor the run's files changed since it was built,
+        else ``None``; nothing is built (what the ASGI shortcut, :mod:`.cached_view`, serves).
+        Raises 404 for an unknown or removed run."""
         paths = self._paths(run_id, state)
         assert state is not None
-        stamp = paths.change_stamp()  # before the build: a change meanwhile makes the next lookup miss
-        view = run_view(run_id, paths, scheduler, state)
-        body = RunView.model_validate(view).model_dump_json(by_alias=True).encode()
+        kept = self._kept(run_id, paths.change_stamp())
+        if kept is None or kept[1] != _state_key(state):
+            return None
+        return kept[2]
+
+    async def body(self, run_id: str, state: dict[str, str] | None) -> bytes:
+        """The body of ``GET /v1/runs/{id}``: kept, or put together from the kept disk part and the
+        new state inline, or built from the run's files in a worker thread, once per change however
+        many requests wait for it. Raises 404 for an unknown or removed run."""
+        paths = self._paths(run_id, state)
+        assert state is not None
+        stamp = paths.change_stamp()  # before any build: a change meanwhile makes the next one miss
+        key = _state_key(state)
+        kept = self._kept(run_id, stamp)
+        if kept is not None:
+            disk, body_state, body = kept
+            if body_state == key and body is not None:
+                return body
+            return self._render(run_id, paths, state, stamp, disk)  # only the state changed: inline
+        flight = (run_id, stamp, key)
+        running = self._flights.get(flight)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._flights[flight] = future
+        try:
+            body = await anyio.to_thread.run_sync(self._build, run_id, paths, state, stamp)
+            future.set_result(body)
+            return body
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved here: a build nobody else waited for is not "never retrieved"
+            raise
+        finally:
+            del self._flights[flight]
+
+    def _build(self, run_id: str, paths: RunPaths, state: dict[str, str], stamp: Stamp | None) -> bytes:
+        """Read the run's files and render (in a worker thread)."""
+        disk = disk_view(run_id, paths)
         with self._lock:
-            self.serialised += 1
-            if stamp is not None:  # a run without a change journal is never cached
-                self._entries[run_id] = (tuple(sorted(state.items())), stamp, body)
-                self._entries.move_to_end(run_id)
-                while len(self._entries) > self.capacity:
-                    self._entries.popitem(last=False)
+            self.disk_reads += 1
+        return self._render(run_id, paths, state, stamp, disk)
+
+    def _render(
+        self, run_id: str, paths: RunPaths, state: dict[str, str], stamp: Stamp | None, disk: dict[str, Any]
+    ) -> bytes:
+        """Serialise the view and keep it (and its disk part) under ``stamp``, taken before the build."""
+        body = render_view(run_id, paths, state, disk)
+        with self._lock:
+            self.renders += 1
+            if stamp is not None:
+                entry = self._keep(run_id)
+                entry.stamp, entry.disk, entry.body_state, entry.body = stamp, disk, _state_key(state), body
         return body
-
-
-RUN_VIEW_BODIES = RunViewBodies()

@@ -11,8 +11,9 @@ import logging
 
 from shared.config import ModelConfig
 from shared.engine import Engine
+from shared.runtime.versions import ModelVersion
 
-from ..versions import ModelVersion
+from ..models.registry import model_folder
 
 log = logging.getLogger("spar.engines")
 
@@ -47,7 +48,7 @@ def build_engine(
     child's start-up cost. ``SPAR_ENGINE_ISOLATION=process|inline`` overrides the choice.
     """
     if isolated is None:
-        from ..settings import settings as spar_settings
+        from shared.runtime.settings import settings as spar_settings
 
         forced = spar_settings().engine_isolation  # validated: '', process or inline
         isolated = forced == "process" if forced else model.engine == "vllm"
@@ -59,14 +60,14 @@ def build_engine(
         from .hf import HFEngine
 
         if version.adapter is None:
-            return HFEngine(version.folder(), model.hf)
+            return HFEngine(model_folder(version), model.hf)
         return _hf_with_adapter(model, version)
     from .vllm import VLLMEngine
 
     settings = model.vllm
     if version.adapter is not None:
         settings = settings.model_copy(update={"lora_adapter": version.adapter})
-    return VLLMEngine(version.folder(), settings, seed=seed)
+    return VLLMEngine(model_folder(version), settings, seed=seed)
 
 
 def _hf_with_adapter(model: ModelConfig, version: ModelVersion) -> Engine:
@@ -77,8 +78,8 @@ def _hf_with_adapter(model: ModelConfig, version: ModelVersion) -> Engine:
 
     cfg = model.hf
     base = AutoModelForCausalLM.from_pretrained(
-        version.folder(), dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+        model_folder(version), dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
     )
     merged = PeftModel.from_pretrained(base, version.adapter).merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(version.folder(), trust_remote_code=cfg.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(model_folder(version), trust_remote_code=cfg.trust_remote_code)
     return HFEngine.from_pretrained_objects(merged, tokenizer, cfg)

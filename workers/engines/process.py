@@ -41,9 +41,8 @@ from typing import IO, Any
 from shared.config import ModelConfig
 from shared.engine import EngineStats, GenerationRequest
 from shared.errors import EngineHostError  # noqa: F401  (also importable from here)
-
-from ..settings import settings
-from ..versions import ModelVersion
+from shared.runtime.settings import settings
+from shared.runtime.versions import ModelVersion
 
 log = logging.getLogger("spar.engines.process")
 

@@ -19,8 +19,7 @@ from collections.abc import Callable
 
 from shared.config import ModelConfig, RunConfig
 from shared.engine import Engine
-
-from ..versions import ModelVersion
+from shared.runtime.versions import ModelVersion
 
 log = logging.getLogger("spar.engines")
 

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.errors import ModelNotFoundError  # noqa: F401  (also importable from here)
+from shared.runtime.versions import BUILTIN_MODELS, ModelVersion, is_builtin  # noqa: F401
 
 
 def default_cache_dir() -> Path:
-    from ..settings import settings
+    from shared.runtime.settings import settings
 
     return settings().cache_root
 
@@ -34,10 +35,13 @@ def _tiny(cache: Path) -> Path:
 
 
 BUILTIN: dict[str, Callable[[Path], Path]] = {"smollm2": _smollm2, "tiny": _tiny}
+if tuple(BUILTIN) != BUILTIN_MODELS:  # the names configs are checked against, and what prepares them
+    raise ImportError(f"built-in models {tuple(BUILTIN)} differ from BUILTIN_MODELS {BUILTIN_MODELS}")
 
 
-def is_builtin(spec: str) -> bool:
-    return spec in BUILTIN
+def model_folder(version: ModelVersion) -> Path:
+    """A version's model folder (preparing a built-in model on first use)."""
+    return resolve_model(version.path)
 
 
 def resolve_model(spec: str, cache_dir: Path | None = None) -> Path:

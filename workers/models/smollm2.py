@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import SmolLM2NotInstalledError  # noqa: F401  (also importable from here)
-
-from ..artifacts import file_sha256
+from shared.runtime.artifacts import file_sha256
 
 logger = logging.getLogger(__name__)
 

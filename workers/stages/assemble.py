@@ -8,10 +8,10 @@ from shared.errors import MissingStageOutputError  # noqa: F401  (also importabl
 from shared.judging import Judgment
 from shared.pairs import JudgedResponse, assemble
 from shared.records import JudgeRow, TreeRow
+from shared.runtime.artifacts import RunPaths, read_jsonl, write_jsonl_atomic
 from shared.search import Tree
 from shared.seeding import derive_seed
 
-from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config
 
 

@@ -13,31 +13,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from shared.config import RunConfig, StageName
+from shared.config import RunConfig
 from shared.engine import Engine, EngineStats, MeteredEngine
 from shared.errors import ConfigChangedError  # noqa: F401  (also importable from here)
 from shared.records import ShardDone, ShardSpecRecord
+from shared.runtime.artifacts import RunPaths, read_json, write_json_atomic
+from shared.runtime.shards import StageSpec, load_config  # noqa: F401  (stage runners import them from here)
+from shared.runtime.versions import ModelVersion
 
-from ..artifacts import RunPaths, read_json, write_json_atomic
 from ..resolved import resolved_settings
-from ..versions import ModelVersion
 
 Role = Literal["actor", "refiner"]
 Progress = Callable[[str, int, int], None]
 """Progress sink: (what is happening, units done, units total)."""
-
-
-class StageSpec(BaseModel):
-    """One unit of work: a shard of a stage of an iteration of a run. JSON on the queue."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    run_dir: str = Field(..., description="The run's directory (under the configured runs root).")
-    iteration: int = Field(..., ge=0)
-    stage: StageName | Literal["init"]
-    shard: int = Field(..., ge=0)
 
 
 class EngineProvider(Protocol):
@@ -59,10 +47,6 @@ class StageResult:
     skipped: bool = False
     models: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, object] = field(default_factory=dict)
-
-
-def load_config(paths: RunPaths) -> RunConfig:
-    return RunConfig.model_validate(read_json(paths.config)["config"])
 
 
 def finished(paths: RunPaths, spec: StageSpec, config_hash: str) -> StageResult | None:

@@ -14,9 +14,9 @@ from itertools import zip_longest
 from pathlib import Path
 
 from shared.config import RunConfig
+from shared.runtime.artifacts import RunPaths, write_jsonl_atomic
+from shared.runtime.versions import ModelVersion, read_metadata, version_dir, version_for
 
-from ..artifacts import RunPaths, write_jsonl_atomic
-from ..versions import ModelVersion, read_metadata, version_dir, version_for
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, version_label
 
 IFEVAL_KEYS = (

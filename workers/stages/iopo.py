@@ -12,10 +12,10 @@ import time
 
 from shared.iopo import PairForGroup, build_groups
 from shared.records import IopoGroupRow, JudgeRow, PairRow
+from shared.runtime.artifacts import RunPaths, read_jsonl, write_jsonl_atomic
+from shared.runtime.versions import version_for
 from shared.seeding import derive_seed
 
-from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
-from ..versions import version_for
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
 from .judges import stage_judge
 

@@ -6,11 +6,11 @@ import time
 
 from shared.negatives import select_negatives
 from shared.records import JudgeCounts, JudgedResponseRow, JudgeRow, SampleRow
+from shared.runtime.artifacts import RunPaths, read_jsonl, write_jsonl_atomic
+from shared.runtime.versions import version_for
 from shared.seeding import derive_seed, rng_for
 from shared.verdict import Verdict
 
-from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
-from ..versions import version_for
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
 from .judges import stage_judge
 

@@ -7,11 +7,11 @@ from collections import Counter
 
 from shared.judging import Judgment, JudgmentCache
 from shared.records import JudgeRow, RefineCounts, TreeRow
+from shared.runtime.artifacts import RunPaths, read_jsonl, write_jsonl_atomic
+from shared.runtime.versions import version_for
 from shared.search import SearchRoot, TreeStatus, search_trees
 from shared.seeding import derive_seed
 
-from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
-from ..versions import version_for
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
 from .judges import stage_judge
 

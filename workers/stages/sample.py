@@ -6,10 +6,10 @@ import time
 
 from shared.engine import GenerationRequest
 from shared.records import PromptRow, SampleCounts, SampleRow
+from shared.runtime.artifacts import RunPaths, read_jsonl, write_jsonl_atomic
+from shared.runtime.versions import version_for
 from shared.seeding import derive_seed
 
-from ..artifacts import RunPaths, read_jsonl, write_jsonl_atomic
-from ..versions import version_for
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
 
 

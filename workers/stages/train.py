@@ -27,11 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from shared.config import RunConfig, TrainCommon
 from shared.records import TrainCounts, VersionMetadata
-
-from ..artifacts import RunPaths, file_sha256, read_jsonl
-from ..model_card import card_for_version
-from ..tracking import check_trackers
-from ..versions import (
+from shared.runtime.artifacts import RunPaths, file_sha256, read_jsonl
+from shared.runtime.tracking import check_trackers
+from shared.runtime.versions import (
     ModelVersion,
     publishing,
     read_metadata,
@@ -39,6 +37,9 @@ from ..versions import (
     version_for,
     write_metadata,
 )
+
+from ..model_card import card_for_version
+from ..models.registry import model_folder
 from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, version_label
 
 if TYPE_CHECKING:
@@ -52,14 +53,14 @@ def materialize(version: ModelVersion, paths: RunPaths) -> Path:
     model as a plain folder, written once next to the adapter (``v<k>-merged``).
     """
     if version.adapter is None:
-        return version.folder()
+        return model_folder(version)
     target = Path(version.adapter).with_name(Path(version.adapter).name + "-merged")
     if (target / "config.json").exists():
         return target
     from ..training.merge import merge_adapter
 
     with publishing(target) as tmp:
-        merge_adapter(version.folder(), Path(version.adapter), tmp)
+        merge_adapter(model_folder(version), Path(version.adapter), tmp)
     return target
 
 
@@ -352,7 +353,7 @@ def run_init(
                 metrics = train_version(
                     "refiner",
                     train_refiner,
-                    base.folder(),
+                    model_folder(base),
                     Path(data),
                     records,
                     settings,

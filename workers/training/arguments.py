@@ -16,8 +16,8 @@ import torch
 from trl import DPOConfig
 
 from shared.config import LoraSettings, TrainCommon
+from shared.runtime.tracking import trainer_tracking
 
-from ..tracking import trainer_tracking
 from .outcome import checkpoint_settings
 from .precision import Precision, model_dtype, resolve_precision  # noqa: F401  (re-exported)
 

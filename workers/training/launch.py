@@ -40,7 +40,7 @@ from typing import Any
 
 from shared.config import ActorTrainConfig, RefinerTrainConfig, TrainCommon
 from shared.errors import TrainingLaunchError  # noqa: F401  (also importable from here)
-from workers.settings import apply_hf_environment
+from shared.runtime.settings import apply_hf_environment
 
 ROLES = ("actor", "refiner")
 PROGRESS_PREFIX = "SPAR_PROGRESS "

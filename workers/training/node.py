@@ -20,9 +20,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from workers.artifacts import RunPaths
-from workers.settings import apply_hf_environment
-from workers.stages.common import StageSpec
+from shared.runtime.artifacts import RunPaths
+from shared.runtime.settings import apply_hf_environment
+from shared.runtime.shards import StageSpec
 
 STAGES = ("train_actor", "train_refiner")
 

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from shared.config import MAX_ITERATIONS
 from shared.errors import RunConflictError
 from shared.records import PairRow, TreeRow
-from workers.artifacts import RunPaths
-from workers.confinement import OutsideRootError, open_inside
+from shared.runtime.artifacts import RunPaths
+from shared.runtime.confinement import OutsideRootError, open_inside
 
 from ...summary import iteration_summary
 from ..deps import RunPathsDep, require_token

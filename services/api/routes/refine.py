@@ -19,7 +19,7 @@ from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from workers.queue import REFINE_ONE, SERIALIZER
+from shared.runtime.queue import REFINE_ONE, SERIALIZER
 
 from ..deps import RedisDep, SchedulerDep, SettingsDep, require_token, run_paths
 from ..models import RefineRequest, RefineResult

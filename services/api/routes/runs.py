@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 from typing import Annotated, Literal
@@ -13,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.config import RunConfig
 from shared.errors import RunConflictError
-from workers.artifacts import RunPaths
+from shared.runtime.artifacts import RunPaths
 
 from ...dashboard import report_csp
 from ...report import load_run, render_markdown
@@ -24,7 +23,7 @@ from ..deps import MAX_RUN_ID, LiveRedisDep, RunPathsDep, SchedulerDep, Settings
 from ..disk_runs import disk_run_ids, disk_state
 from ..models import RunCreated, RunListItem, RunStatusChange, RunView
 from ..settings import Settings
-from ..views import RUN_VIEW_BODIES, LiveStates
+from ..views import RunViewCache
 
 log = logging.getLogger("spar.api")
 RESUMABLE = (RunStatus.FAILED, RunStatus.CANCELLED)
@@ -65,58 +64,21 @@ def list_runs(scheduler: SchedulerDep, settings: SettingsDep) -> list[dict]:
 
 
 @router.get("/{run_id}", response_model=RunView)
-async def get_run(
-    run_id: str, request: Request, scheduler: SchedulerDep, live_redis: LiveRedisDep
-) -> Response:
+async def get_run(run_id: str, request: Request, live_redis: LiveRedisDep) -> Response:
     """The run's status, progress and per-iteration numbers (what a dashboard polls).
 
-    Built only when something changed, and then once, however many clients poll:
-    - the scheduler's state comes from ``LiveStates`` (Redis, reused for ``view_state_ttl``);
-    - while that state and the run's files are unchanged, the body is the cached bytes
-      (``RUN_VIEW_BODIES``, checked against ``RunView`` when built): no build, no serialisation;
-    - after a new state alone, the body is rebuilt inline (the disk part is in memory: no file is
-      read); after a change of the run's files, ONE build runs in a worker thread and every poll
-      meanwhile waits for it. A finished shard or a new status shows in the very next answer.
+    Built only when something changed, and then once, however many clients poll
+    (:class:`services.api.views.RunViewCache`): the scheduler's state is read from Redis at most
+    every ``view_state_ttl`` seconds; while it and the run's files are unchanged the body is the
+    kept bytes (checked against ``RunView`` when built); a new state alone is put into the kept
+    disk part inline; a change of the run's files is read ONCE in a worker thread while every poll
+    meanwhile waits for it. A finished shard or a new status shows in the very next answer.
     """
-    states: LiveStates = request.app.state.live_states
-    state = await states.get(run_id, live_redis) if len(run_id) <= MAX_RUN_ID else None
+    views: RunViewCache = request.app.state.run_views
+    state = await views.state(run_id, live_redis)
     if state is None and len(run_id) <= MAX_RUN_ID:  # a `spar run` run in the data root
         state = await run_in_threadpool(disk_state, request.app.state.settings.runs_root, run_id)
-    body = RUN_VIEW_BODIES.lookup(run_id, state)
-    if body is None and not RUN_VIEW_BODIES.reads_files(run_id, state):
-        # only the state changed: built right here. Through a thread this cheap build took 15-20 ms
-        # of wall time under load (the hop and the GIL handoffs), and every poll waited for it.
-        body = RUN_VIEW_BODIES.build(run_id, state, scheduler)
-    if body is None:
-        body = await _build_once(run_id, state, scheduler)
-    return Response(body, media_type="application/json")
-
-
-_BUILDING: dict[tuple[str, tuple[tuple[str, str], ...]], asyncio.Future[bytes]] = {}
-
-
-async def _build_once(run_id: str, state: dict[str, str] | None, scheduler: Scheduler) -> bytes:
-    """Build a changed view once, however many requests ask for it meanwhile (they wait for it).
-
-    Without this, every request that arrives while a view is being built misses the cache and
-    builds the same view again: 50 polling clients, 50 builds, all on one core.
-    """
-    key = (run_id, tuple(sorted((state or {}).items())))
-    running = _BUILDING.get(key)
-    if running is not None:
-        return await asyncio.shield(running)
-    future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-    _BUILDING[key] = future
-    try:
-        body = await run_in_threadpool(RUN_VIEW_BODIES.build, run_id, state, scheduler)
-        future.set_result(body)
-        return body
-    except BaseException as error:
-        future.set_exception(error)
-        future.exception()  # retrieved here: a build nobody else waited for is not "never retrieved"
-        raise
-    finally:
-        del _BUILDING[key]
+    return Response(await views.body(run_id, state), media_type="application/json")
 
 
 @router.post(
@@ -184,7 +146,7 @@ def resume(
 def _adopt(run_id: str, paths: RunPaths, scheduler: Scheduler, settings: Settings) -> RunStatusChange:
     """A disk run joins the service: its paths must lie in the data root (400 naming the field),
     then it is registered as queued and the scheduler runs what is not done yet."""
-    from workers.stages.common import load_config
+    from shared.runtime.shards import load_config
 
     config = load_config(paths)
     confine(

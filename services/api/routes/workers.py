@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from workers.queue import worker_key
+from shared.runtime.queue import worker_key
 
 from ..deps import RedisDep, require_token
 from ..models import WorkerInfo

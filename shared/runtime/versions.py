@@ -39,11 +39,14 @@ class ModelVersion:
     path: str
     adapter: str | None = None
 
-    def folder(self) -> Path:
-        """The model folder (preparing a built-in model on first use)."""
-        from .models.registry import resolve_model
 
-        return resolve_model(self.path)
+BUILTIN_MODELS: tuple[str, ...] = ("smollm2", "tiny")
+"""Model names a config may give instead of a folder; ``workers.models.registry`` prepares them."""
+
+
+def is_builtin(spec: str) -> bool:
+    """Whether a config's ``model`` names a built-in model rather than a folder."""
+    return spec in BUILTIN_MODELS
 
 
 def version_dir(paths: RunPaths, role: str, version: int) -> Path:
@@ -101,3 +104,11 @@ def publishing(target: Path) -> Iterator[Path]:
 def write_metadata(directory: Path, metadata: dict) -> None:
     """Validate ``metadata`` as :class:`VersionMetadata` (a wrong key fails here) and write it."""
     write_json_atomic(directory / METADATA, VersionMetadata.model_validate(metadata).as_record())
+
+
+def latest_version(paths: RunPaths, role: str) -> int:
+    """The highest published version of ``role`` in a run (0 when none was trained)."""
+    k = 0
+    while read_metadata(version_dir(paths, role, k + 1)) is not None:
+        k += 1
+    return k

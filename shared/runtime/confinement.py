@@ -25,7 +25,7 @@ class OutsideRootError(PermissionError):
 
 def check_config_paths(config: RunConfig, root: Path) -> None:
     """Every path a config names must still resolve inside ``root`` (built-in model names pass)."""
-    from .models.registry import is_builtin
+    from .versions import is_builtin
 
     root = root.resolve()
     for where, value, kind in path_fields(config):

@@ -71,6 +71,10 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+FORK_RECORD = "fork.json"
+"""In a forked run: the source run, the stages reused from it, and where and why reuse stopped."""
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """Names of everything in one run's directory."""

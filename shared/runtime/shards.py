@@ -1,0 +1,99 @@
+"""Shards and stage manifests: the bookkeeping that the scheduler and the workers both do.
+
+A stage of an iteration is cut into shards (``StageSpec``, the JSON payload of a shard job). A
+worker writes a shard's ``.done.json`` when the shard's outputs are in place; once every shard of a
+stage is done, whoever notices first (the scheduler, or the local executor) sums the records into
+the stage's ``manifest.json``. Nothing here runs a stage: the API process imports this module, and
+must not load engines or stage code to advance a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.config import RunConfig, StageName
+from shared.records import ShardDone, StageManifest
+from shared.stages import stage
+
+from .artifacts import RunPaths, read_json, write_json_atomic
+from .tracking import log_stage_scalars
+
+log = logging.getLogger("spar.stages")
+
+
+class StageSpec(BaseModel):
+    """One unit of work: a shard of a stage of an iteration of a run. JSON on the queue."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_dir: str = Field(..., description="The run's directory (under the configured runs root).")
+    iteration: int = Field(..., ge=0)
+    stage: StageName | Literal["init"]
+    shard: int = Field(..., ge=0)
+
+
+def load_config(paths: RunPaths) -> RunConfig:
+    """The validated config a run was created with (``<run>/config.json``)."""
+    return RunConfig.model_validate(read_json(paths.config)["config"])
+
+
+def num_shards(paths: RunPaths, stage_name: str) -> int:
+    """A sharded stage follows the prompt shards; the others (assembly, training ...) are one shard."""
+    return paths.num_prompt_shards() if stage(stage_name).sharded else 1
+
+
+def _agreed(settings: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The shards' resolved settings if they agree, else every distinct one under ``mixed``."""
+    distinct: list[dict[str, Any]] = []
+    for item in settings:
+        if item not in distinct:
+            distinct.append(item)
+    if len(distinct) <= 1:
+        return distinct[0] if distinct else {}
+    return {"mixed": distinct}
+
+
+def write_stage_manifest(paths: RunPaths, iteration: int, stage: str) -> dict:
+    """Sum the shards' records into the stage manifest; requires every shard to be done.
+
+    Shards are never redone once done, so an existing manifest is final and is returned as is.
+    """
+    if paths.manifest(iteration, stage).exists():
+        return read_json(paths.manifest(iteration, stage))
+    config = load_config(paths)
+    records: list[ShardDone] = []
+    for shard in range(num_shards(paths, stage)):
+        done = paths.shard_done(iteration, stage, shard)
+        if not done.exists():
+            raise RuntimeError(f"cannot write the {stage} manifest: shard {shard} is not done")
+        records.append(ShardDone.from_record(read_json(done)))
+    counts: dict[str, int | float] = {}
+    engine: dict[str, int] = {}
+    for r in records:
+        for k, v in r.counts.items():
+            counts[k] = counts.get(k, 0) + v
+        for k, v in r.engine.items():
+            engine[k] = engine.get(k, 0) + v
+    manifest = StageManifest(
+        run_id=paths.run_id,
+        iteration=iteration,
+        stage=stage,
+        config_hash=config.stage_hash(stage),
+        models={role: label for r in records for role, label in r.models.items()},
+        metrics=records[0].metrics if len(records) == 1 else {},
+        shards=len(records),
+        counts=counts,
+        engine=engine,
+        shard_seconds=sum(r.seconds for r in records),
+        written_at=time.time(),
+        resolved=_agreed(r.resolved or {} for r in records),
+    ).as_record()
+    write_json_atomic(paths.manifest(iteration, stage), manifest)
+    paths.note_change(f"manifest {iteration} {stage}")
+    log_stage_scalars(paths.root, config, stage, iteration, manifest)  # tensorboard runs only
+    return manifest
