@@ -69,6 +69,9 @@ def test_a_cli_run_in_the_data_root_is_listed_shown_and_read_only(api) -> None:
     assert body["iterations"][0]["metrics"]["prompts"] == 4
     assert client.get("/v1/runs/from-cli/report?format=md", headers=AUTH).status_code == 200
 
+    ask = {"run_id": "from-cli", "prompt": "p", "response": "r"}
+    refine = client.post("/v1/refine", json=ask, headers=AUTH)
+    assert refine.status_code == 409 and "resume" in refine.json()["detail"], refine.text
     cancel = client.post("/v1/runs/from-cli/cancel", headers=AUTH)
     assert cancel.status_code == 409 and "read-only" in cancel.json()["detail"]
     assert client.get("/v1/runs/no-such-run", headers=AUTH).status_code == 404
