@@ -57,6 +57,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", type=Path, help="model cache (default: $SPAR_CACHE_DIR or ~/.cache/spar)")
     run.add_argument("--log-json", action="store_true", help="also print structured JSON logs on stderr")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check every path and model, print the resolved config and an estimate of engine calls, "
+        "tokens and time per stage; write no run",
+    )
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show vLLM's and DeepSpeed's INFO logs (default: WARNING and up)",
+    )
 
     api = sub.add_parser("api", help="serve the REST API (and the scheduler) with uvicorn")
     api.add_argument(
@@ -67,7 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default: 8000)")
 
     worker = sub.add_parser("worker", help="serve one role's queue (RQ worker that keeps its model loaded)")
-    worker.add_argument("--role", choices=["actor", "refiner", "train"], required=True)
+    worker.add_argument(
+        "--role",
+        choices=["actor", "refiner", "train"],
+        required=True,
+        help="which queue to serve: actor (sampling, eval), refiner (judging, search), train",
+    )
     worker.add_argument(
         "--queue-url", help="Redis URL (default: $SPAR_REDIS_URL or redis://127.0.0.1:6379/0)"
     )
@@ -80,8 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     probe = sub.add_parser(
         "worker-probe", help="exit 0 when a worker of this host and role is alive (k8s probe)"
     )
-    probe.add_argument("--role", choices=["actor", "refiner", "train"], required=True)
-    probe.add_argument("--queue-url")
+    probe.add_argument(
+        "--role",
+        choices=["actor", "refiner", "train"],
+        required=True,
+        help="the role of the worker to look for",
+    )
+    probe.add_argument("--queue-url", help="Redis URL (default: $SPAR_REDIS_URL or redis://127.0.0.1:6379/0)")
 
     from services.eval_cli import add_eval_commands
 
@@ -92,9 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     add_prompts_commands(sub)
 
     report = sub.add_parser("report", help="write a self-contained report (HTML or Markdown) of runs")
-    report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    report.add_argument(
+        "run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories (several: arms compared)"
+    )
     report.add_argument("--out", type=Path, help="output file (default: RUN_DIR/report.html or .md)")
-    report.add_argument("--format", choices=["html", "md"], default="html")
+    report.add_argument("--format", choices=["html", "md"], default="html", help="html (default) or md")
     report.add_argument(
         "--export-generations",
         type=Path,
@@ -106,11 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="build or prepare local model folders")
     msub = models.add_subparsers(dest="models_command", required=True)
     prep = msub.add_parser("prepare", help="prepare a built-in model as a Hugging Face folder")
-    prep.add_argument("name", choices=["smollm2"])
-    prep.add_argument("--out", type=Path, required=True)
+    prep.add_argument("name", choices=["smollm2"], help="built-in model to prepare")
+    prep.add_argument("--out", type=Path, required=True, help="folder to write the model into")
     tiny = msub.add_parser("tiny", help="build the offline tiny model (seconds)")
-    tiny.add_argument("--out", type=Path, required=True)
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--out", type=Path, required=True, help="folder to write the model into")
+    tiny.add_argument("--seed", type=int, default=0, help="weight seed (same seed, same model)")
     return parser
 
 
@@ -157,13 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "worker":
             from services import logs
             from shared.runtime.queue import redis_url
-            from workers.worker import run_worker
+            from workers.worker import run_worker, wait_for_redis_at_start
 
             logs.worker_json()
+            url = args.queue_url or redis_url()
+            wait_for_redis_at_start(url)  # never reached: exit 3 naming the URL, not a silent loop
             _quiet_libraries()
             run_worker(
                 args.role,
-                args.queue_url or redis_url(),
+                url,
                 args.heartbeat_ttl,
                 args.burst,
                 args.name,
@@ -225,14 +250,26 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
         raise ConfigError("--set changes a new run's config; a resumed run keeps the settings it has")
     if args.resume is not None and args.fork is not None:
         raise ConfigError("--fork makes a new run from CONFIG; it cannot be combined with --resume")
+    if args.dry_run and (args.resume is not None or args.fork is not None):
+        raise ConfigError(
+            "--dry-run estimates a new run from CONFIG; it cannot be combined with --resume or --fork"
+        )
+    from services.preflight import check_inputs
     from shared.runtime.tracking import check_run_trackers
 
+    if args.cache_dir is not None:  # before any built-in model is resolved
+        os.environ["SPAR_CACHE_DIR"] = str(args.cache_dir.resolve())
+    _library_log_levels(args.verbose)
     if args.resume is not None:
         paths = open_run(args.resume)
         check_run_trackers(load_config(paths))
+        check_inputs(load_config(paths))  # a model folder moved away since: say so before loading
     else:
         config = load_config_file(args.config, args.overrides)
         check_run_trackers(config)  # a tracker's missing package: before a run directory is made
+        check_inputs(config)  # every path and model folder: before a run directory is made
+        if args.dry_run:
+            return _dry_run(config, console)
         source = open_run(args.fork) if args.fork is not None else None
         paths = create_run(config, args.runs_dir, args.run_id, source=str(args.config))
         if source is not None:
@@ -246,34 +283,99 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
             stopped = read_json(paths.root / FORK_RECORD).get("stopped")
             if stopped:
                 console.print(f"  not reused from {stopped}")
-    if args.cache_dir is not None:
-        os.environ["SPAR_CACHE_DIR"] = str(args.cache_dir.resolve())
     _quiet_libraries()
     logs.configure(paths.events, json_stderr=args.log_json)
     console.print(f"run [bold]{paths.run_id}[/] in {paths.root}")
 
+    from services.progress import RunProgress, zero_lr_warning
+    from shared.stages import pipeline
+
+    config = load_config(paths)
+    order = pipeline(config.stages, config.iterations, with_init=config.init is not None)
     started = time.perf_counter()
+    warnings: list[str] = []
     try:
-        with _progress(console, disabled=args.no_progress) as (on_shard, on_batch):
-            executor = LocalExecutor.for_run(paths, progress=on_batch, on_shard=on_shard)
+        with RunProgress(console, order, config.iterations, disabled=args.no_progress) as progress:
             loads: list[float] = []
+
+            def on_shard(iteration: int, stage: str, done: int, total: int) -> None:
+                progress.on_shard(iteration, stage, done, total)
+                if done == total:
+                    warning = zero_lr_warning(paths.root, iteration, stage)
+                    if warning is not None:
+                        warnings.append(warning)
+                        console.print(f"[yellow]warning:[/] {warning}")
+
+            executor = LocalExecutor.for_run(paths, progress=progress.on_batch, on_shard=on_shard)
 
             def on_load(role: str, path: str, seconds: float) -> None:
                 loads.append(seconds)
-                console.print(f"loaded {role} model {path} in {seconds:.1f} s")
+                progress.on_loaded(role, path, seconds)
 
             executor.engines.on_load = on_load
+            if hasattr(executor.engines, "on_loading"):
+                executor.engines.on_loading = progress.on_loading
             executor.run()
     except KeyboardInterrupt:
         console.print(interrupted_message(paths.root))
         return 130
-    config = load_config(paths)
     out = report_console()
     for t in range(config.iterations):
         out.print(render(iteration_summary(paths, t)))
     total = time.perf_counter() - started
     out.print(time_breakdown(executor.stage_wall, loads, total))
+    for warning in warnings:  # again below the tables, where a reader of the log looks last
+        out.print(f"warning: {warning}")
+    _record_rates(paths.root, executor.stage_wall)
     out.print(f"run {paths.run_id} done in {total:.1f} s; outputs in {paths.root}")
+    return 0
+
+
+def _record_rates(run_root: Path, stage_wall: dict[tuple[int, str], float]) -> None:
+    """Keep this run's per-prompt costs for the next ``--dry-run`` of these models (best effort:
+    a read-only cache must not fail a finished run)."""
+    from services.estimate import record_run
+    from shared.runtime.settings import settings
+
+    try:
+        record_run(run_root, stage_wall, settings().cache_root)
+    except (OSError, ValueError) as exc:
+        import logging
+
+        logging.getLogger("spar.cli").warning(
+            "rates not recorded", extra={"event": "estimate.record_failed", "error": str(exc)[:200]}
+        )
+
+
+def _dry_run(config, console) -> int:
+    """Everything ``spar run`` would check, the resolved config, and the estimated cost per stage.
+
+    Writes no run: built-in models are prepared into the cache and the engines loaded once to
+    time them (``services/estimate.py``), which is what makes the estimate this machine's.
+    """
+    import json
+
+    from services.estimate import calibrate, estimate, load_record, render
+    from services.preflight import check_inputs
+    from services.runs import read_prompts
+    from shared.runtime.settings import settings
+
+    _quiet_libraries()
+    resolved = check_inputs(config)
+    # plain prints: the config and the table are for reading and for scripts, never folded by rich
+    print("resolved config:")
+    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    for item in resolved:
+        state = "" if item.note == "built-in" else " (exists)"
+        print(f"  {item.field}: {item.value} -> {item.resolved}{state}")
+    prompts = read_prompts(config)
+    rates = load_record(config, settings().cache_root)
+    if rates is None:
+        console.print("calibrating: loading each engine and timing a few short generations ...")
+        rates = calibrate(config, [p.prompt for p in prompts[:16]])
+    print(f"{len(prompts)} prompts, {config.iterations} iteration(s)")
+    print(render(estimate(config, len(prompts), rates), rates))
+    print("dry run: nothing was written under the runs folder")
     return 0
 
 
@@ -335,6 +437,22 @@ def _worker_probe(args: argparse.Namespace) -> int:
     return 1
 
 
+def _library_log_levels(verbose: bool) -> None:
+    """vLLM and DeepSpeed print INFO lines (and DeepSpeed a "Setting accelerator to CPU" warning at
+    import) that bury spar's own; they go to WARNING unless ``--verbose``. Set in the environment
+    before either library is imported, so engine processes started later inherit it too."""
+    if verbose:
+        os.environ["VLLM_LOGGING_LEVEL"] = "INFO"
+        os.environ["SPAR_ENGINE_LOG_LEVEL"] = "INFO"
+        return
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():  # what DeepSpeed would conclude anyway, minus its warning
+            os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def _quiet_libraries() -> None:
     """Library progress bars and advisories would tear through our own bars; the events log has it all."""
     import datasets
@@ -343,51 +461,6 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     datasets.disable_progress_bars()
-
-
-class _progress:
-    """Two bars: shards of the current stage, and the engine batches of the current shard."""
-
-    def __init__(self, console, disabled: bool):
-        self.console = console
-        self.disabled = disabled
-
-    def __enter__(self):
-        if self.disabled:
-            return (lambda *a: None), None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bars = Progress(
-            TextColumn("{task.description:<34}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=False,
-        )
-        self.bars.__enter__()
-        self.stage_task = None
-        self.batch_task = self.bars.add_task("", total=1, visible=False)
-
-        def on_shard(iteration: int, stage: str, done: int, total: int) -> None:
-            label = f"iter {iteration} {stage} (shards)"
-            if self.stage_task is None or self.bars.tasks[self.stage_task].description != label:
-                self.stage_task = self.bars.add_task(label, total=total)
-            self.bars.update(self.stage_task, completed=done, total=total)
-            if done == total:
-                self.bars.update(self.batch_task, visible=False)
-
-        def on_batch(label: str, done: int, total: int) -> None:
-            self.bars.update(
-                self.batch_task, description=f"  {label}", completed=done, total=max(total, 1), visible=True
-            )
-
-        return on_shard, on_batch
-
-    def __exit__(self, *exc):
-        if not self.disabled:
-            self.bars.__exit__(*exc)
-        return False
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ def _fraction(text: str) -> float:
 def add_engine_options(parser: argparse.ArgumentParser, batch_size: int = 16) -> None:
     """Add ``--engine`` and the HF/vLLM engine settings to ``parser``."""
     group = parser.add_argument_group("engine")
-    group.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    group.add_argument(
+        "--engine", choices=["hf", "vllm"], default="hf", help="hf (transformers, default) or vllm"
+    )
     group.add_argument(
         "--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda (HF also cuda:N)"
     )

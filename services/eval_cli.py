@@ -37,7 +37,12 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
     def common(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
         p.add_argument("--model", required=True, help="model folder or built-in name (smollm2, tiny)")
-        p.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens)
+        p.add_argument(
+            "--max-new-tokens",
+            type=positive_int,
+            default=max_new_tokens,
+            help=f"longest answer in tokens (default: {max_new_tokens})",
+        )
         p.add_argument("--limit", type=positive_int, help="evaluate the first N items only")
         add_engine_options(p)
         p.add_argument(
@@ -59,7 +64,7 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "--votes", type=positive_int, default=5, help="judgments per output; the majority decides"
     )
     judge.add_argument("--temperature", type=float, default=0.7, help="judging temperature (stage 2's)")
-    judge.add_argument("--seed", type=int, default=0)
+    judge.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same judgments)")
     judge.add_argument("--tie-retries", type=int, default=0, help="re-judge tied outputs up to N times")
     return ev
 

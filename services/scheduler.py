@@ -569,15 +569,30 @@ class Scheduler:
         """
         token = f"{os.getpid()}-{time.time()}"
         waker = _Waker(self.redis)
+        down_since: float | None = None  # Redis unreachable since (monotonic); logged once per change
         while not stop.is_set():  # type: ignore[attr-defined]
             try:
                 holder = self.redis.set(LOCK_KEY, token, nx=True, ex=max(int(interval * 10), 5))
+                if down_since is not None:
+                    log.warning(
+                        "redis reachable again",
+                        extra={
+                            "event": "scheduler.redis_up",
+                            "down_s": round(time.monotonic() - down_since, 1),
+                        },
+                    )
+                    down_since = None
                 mine = holder or (self.redis.get(LOCK_KEY) or b"").decode() == token
                 if mine:
                     self.redis.expire(LOCK_KEY, max(int(interval * 10), 5))
                     self.tick()
             except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning("redis unreachable", extra={"event": "scheduler.redis_down", "error": str(exc)})
+                if down_since is None:  # once when it goes away, not once per tick while it stays away
+                    down_since = time.monotonic()
+                    log.warning(
+                        "redis unreachable; runs wait until it answers",
+                        extra={"event": "scheduler.redis_down", "error": str(exc)[:200]},
+                    )
             except Exception:
                 log.exception("tick failed", extra={"event": "scheduler.tick_error"})
             if not waker.wait(interval):

@@ -27,6 +27,8 @@ SERVICES_MAY_IMPORT_WORKERS: dict[str, str] = {
     "services/cli.py": "the composition root: `spar worker`, `spar run` and the tiny model start here",
     "services/local.py": "the in-process executor runs stages itself (spar run, no Redis)",
     "services/eval_cli.py": "`spar eval` loads an engine to generate",
+    "services/preflight.py": "`spar run` resolves (and prepares) its models before a run directory exists",
+    "services/estimate.py": "`spar run --dry-run` times the configured engines to estimate a run's cost",
 }
 """The only modules under services/ that may import workers, and why (none is in the API process)."""
 

@@ -170,3 +170,76 @@ def test_a_failing_tracker_never_fails_the_stage(tmp_path, monkeypatch, caplog) 
     tracked = _config(train_refiner={"report_to": "tensorboard"})
     tracking.log_stage_scalars(tmp_path, tracked, "assemble", 0, {"counts": {"pairs": 1}})
     assert any(r.getMessage() == "tracking.write_failed" for r in caplog.records)
+
+
+def test_a_tiny_run_writes_tensorboard_scalars_that_read_back(tmp_path, tiny_model_path, monkeypatch) -> None:
+    """report_to: [tensorboard] in a real run (scripted generations, real DPO on the tiny model):
+    the event files are read back offline with TensorBoard's own reader, and the per-iteration
+    numbers are the manifests' numbers, all under one run name (``tracking/iterations``)."""
+    import json
+
+    import yaml
+    from scripted import ScriptedEngine, no, yes
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError as exc:  # never a skip: the reader is what this test is about
+        raise AssertionError("tensorboard is missing: it is in the dev extra; run `make install`") from exc
+
+    from services.local import LocalExecutor
+    from services.runs import create_run, load_config_file
+    from shared.runtime.artifacts import read_json
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"Task {i}."}) + "\n" for i in range(4)))
+    train = {"max_steps": 2, "batch_size": 1, "max_length": 128, "learning_rate": 1e-4, "warmup_ratio": 0.0}
+    (tmp_path / "c.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "tb",
+                "prompts": "p.jsonl",
+                "actor": {"model": str(tiny_model_path)},
+                "refiner": {"model": str(tiny_model_path)},
+                "sample": {"num_responses": 2},
+                "judge": {"votes": 1},
+                "stages": ["sample", "judge", "refine", "assemble", "train_actor"],
+                "train_actor": {**train, "report_to": ["tensorboard"]},
+            }
+        )
+    )
+    paths = create_run(load_config_file(tmp_path / "c.yaml"), tmp_path / "runs", "tb")
+
+    class Provider:
+        engine = ScriptedEngine(
+            judge_fn=lambda p, r, i, k: yes() if r.startswith("answer 0") or "/" in r else no()
+        )
+
+        def engine_for(self, role, version):
+            return self.engine
+
+        def release(self):
+            pass
+
+    LocalExecutor(paths, Provider()).run()
+    folder = paths.root / "tracking" / "iterations"
+    assert list(folder.glob("events.out.tfevents.*")), "no event file written"
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    scalars = {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+    judge = read_json(paths.manifest(0, "judge"))["counts"]
+    pairs = read_json(paths.manifest(0, "assemble"))["counts"]["pairs"]
+    curve = read_json(paths.manifest(0, "train_actor"))["metrics"]["loss_curve"]
+    assert pairs > 0 and len(curve) == 2
+    expected = {
+        "judge/pass_rate": judge["pass"] / (judge["pass"] + judge["fail"]),
+        "assemble/pairs": float(pairs),
+        "train_actor/first_loss": curve[0],
+        "train_actor/last_loss": curve[-1],
+    }
+    for tag, value in expected.items():
+        assert tag in scalars, (tag, sorted(scalars))
+        [point] = scalars[tag]
+        assert point.step == 0 and point.value == pytest.approx(value, rel=1e-6), tag
+    # the trainer's own curve sits beside it, one folder per trained version
+    trainer = EventAccumulator(str(paths.root / "tracking" / "actor-v1"))
+    trainer.Reload()
+    assert any("loss" in tag for tag in trainer.Tags()["scalars"]), trainer.Tags()

@@ -27,7 +27,10 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.timeouts import UnixSignalDeathPenalty
 
-from shared.errors import WorkerSettingsError  # noqa: F401  (also importable from here)
+from shared.errors import (
+    SparError,
+    WorkerSettingsError,  # noqa: F401  (also importable from here)
+)
 from shared.runtime import rq_compat
 from shared.runtime.queue import REFINE_ONE, RUN_SHARD, SERIALIZER, QueueName, worker_key
 from shared.runtime.settings import settings
@@ -160,6 +163,73 @@ def _redis_timeout() -> float:
     RQ's loop quit; :func:`run_worker` then reconnects instead of letting the process exit.
     """
     return settings().worker_redis_timeout
+
+
+START_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+"""Waits between the tries a starting worker makes to reach Redis: about half a minute in all."""
+
+
+class RedisUnreachableAtStart(SparError):
+    """A worker that never reached Redis since it started: the URL, not an outage, is the suspect."""
+
+    exit_code = 3
+
+
+def display_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: what a log line may show."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def wait_for_redis_at_start(
+    url: str, backoff: tuple[float, ...] | None = None, sleep: Callable[[float], None] = time.sleep
+) -> None:
+    """Reach Redis before serving; after the last try, fail with the URL and the fix.
+
+    Why a bounded wait rather than the reconnect loop's endless one: a worker that has never
+    reached Redis is usually pointed at the wrong place (a typo in ``SPAR_REDIS_URL``, a missing
+    password, no Redis started), and retrying that silently forever looks like an idle worker.
+    Half a minute covers Redis starting in the same compose or kubernetes rollout; then the process
+    exits non-zero (:class:`RedisUnreachableAtStart`, exit code 3) and the orchestrator's own restart
+    backoff takes over. Once a worker has been connected, outages are waited out (:func:`run_worker`).
+    """
+    backoff = START_BACKOFF_S if backoff is None else backoff
+    shown = display_url(url)
+    error: Exception | None = None
+    for attempt, delay in enumerate((*backoff, None), start=1):
+        try:
+            Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5).ping()
+            if attempt > 1:
+                log.info(
+                    "redis reachable", extra={"event": "worker.redis_up", "url": shown, "attempt": attempt}
+                )
+            return
+        except (RedisConnectionError, RedisTimeoutError, ValueError) as exc:
+            error = exc
+            if delay is None:
+                break
+            log.warning(
+                "redis unreachable at start; retrying",
+                extra={
+                    "event": "worker.redis_unreachable",
+                    "url": shown,
+                    "attempt": attempt,
+                    "delay_s": delay,
+                    "error": str(exc)[:200],
+                },
+            )
+            sleep(delay)
+    raise RedisUnreachableAtStart(
+        f"cannot reach Redis at {shown} ({str(error)[:200]}) after {len(backoff) + 1} tries over "
+        f"{sum(backoff):.0f} s; set SPAR_REDIS_URL (or --queue-url) to redis://[user:password@]host:port/db "
+        "of a running Redis (check the host, port and password), or start Redis first"
+    )
 
 
 def run_worker(

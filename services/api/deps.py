@@ -73,11 +73,17 @@ async def require_token(
         )
 
 
-def run_paths(run_id: str, scheduler: SchedulerDep) -> RunPaths:
-    """The run directory of ``run_id``: 404 when the scheduler does not know the run, or when its
-    directory (its config) is gone from the data root."""
+def run_paths(run_id: str, scheduler: SchedulerDep, settings: SettingsDep) -> RunPaths:
+    """The run directory of ``run_id``: 404 when neither the scheduler nor the runs folder knows
+    the run (a ``spar run`` run in the data root is read from disk: services/api/disk_runs.py), or
+    when its directory (its config) is gone from the data root."""
+    from .disk_runs import disk_state
+
     check_run_id(run_id)
-    return paths_from_state(run_id, scheduler.state(run_id))
+    state = scheduler.state(run_id)
+    if state is None:
+        state = disk_state(settings.runs_root, run_id)
+    return paths_from_state(run_id, state)
 
 
 def check_run_id(run_id: str) -> None:

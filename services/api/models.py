@@ -54,6 +54,11 @@ class RunListItem(_Open):
     error: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
+    source: Literal["service", "disk"] = Field(
+        "service",
+        description="service: started through the API; disk: found in the runs folder (made by "
+        "`spar run`), read-only until POST .../resume hands it to the scheduler.",
+    )
 
 
 class StageProgress(BaseModel):
@@ -134,7 +139,10 @@ class RunView(BaseModel):
     """``GET /v1/runs/{id}``: status, where the run is, progress, per-iteration summaries, versions."""
 
     id: str
-    status: RunStatus | None
+    status: RunStatus | Literal["incomplete"] | None = Field(
+        description="The scheduler's status; a run found on disk is 'succeeded' once every stage is "
+        "done, else 'incomplete' (stopped, or still running under `spar run`)."
+    )
     error: str | None
     iteration: int = Field(description="The iteration of the first running stage (kept for older clients).")
     stage: str | None = Field(description="The first running stage (kept for older clients; see running).")
@@ -149,6 +157,9 @@ class RunView(BaseModel):
     created_at: float
     updated_at: float
     run_dir: str
+    source: Literal["service", "disk"] = Field(
+        "service", description="service: started through the API; disk: made by `spar run` (read-only)."
+    )
 
 
 class WorkerInfo(_Open):

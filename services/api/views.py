@@ -93,6 +93,7 @@ def run_view_live(run_id: str, paths: RunPaths, state: dict[str, str]) -> dict[s
         "created_at": float(state.get("created_at") or 0),
         "updated_at": float(state.get("updated_at") or 0),
         "run_dir": str(paths.root),
+        "source": state.get("source") or "service",
     }
 
 

@@ -38,6 +38,9 @@ class EngineSlot:
     def __init__(self, config: RunConfig | None = None, on_load: OnLoad | None = None) -> None:
         self.config = config
         self.on_load = on_load
+        self.on_loading: Callable[[str, str], None] | None = None
+        """Called as (role, "version (path)") before a load starts: the CLI says a model is loading
+        instead of showing a batch bar stuck at 0 for the load's minute."""
         self.key: str | None = None
         self.engine: Engine | None = None
         self.current: dict[str, str] = {}
@@ -62,6 +65,8 @@ class EngineSlot:
             self.current[role] = label
             return self.engine
         self.release()  # the old engine's memory is free before the next one loads
+        if self.on_loading is not None:
+            self.on_loading(role, label)
         started = time.perf_counter()
         engine = build_engine(model, version, seed=self.config.seed)
         seconds = time.perf_counter() - started

@@ -8,17 +8,21 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from shared.config import RunConfig
 from shared.errors import RunConflictError
+from shared.runtime.artifacts import RunPaths
 
 from ...dashboard import report_csp
 from ...report import load_run, render_markdown
 from ...report_html import render_html
 from ...runs import confine, create_run
-from ...scheduler import RunStatus
-from ..deps import LiveRedisDep, RunPathsDep, SchedulerDep, SettingsDep, require_token
+from ...scheduler import RunStatus, Scheduler
+from ..deps import MAX_RUN_ID, LiveRedisDep, RunPathsDep, SchedulerDep, SettingsDep, require_token
+from ..disk_runs import disk_run_ids, disk_state
 from ..models import RunCreated, RunListItem, RunStatusChange, RunView
+from ..settings import Settings
 from ..views import RunViewCache
 
 log = logging.getLogger("spar.api")
@@ -47,8 +51,16 @@ def start_run(config: RunConfig, settings: SettingsDep, scheduler: SchedulerDep)
 
 
 @router.get("", response_model=list[RunListItem])
-def list_runs(scheduler: SchedulerDep) -> list[dict]:
-    return [{"id": r, **(scheduler.state(r) or {})} for r in scheduler.run_ids()]
+def list_runs(scheduler: SchedulerDep, settings: SettingsDep) -> list[dict]:
+    """The service's runs (Redis), then the runs found in the runs folder that Redis does not know
+    (made by ``spar run``; ``source: "disk"``, read-only until resumed), newest first."""
+    known = scheduler.run_ids()  # Redis away: the handlers' JSON 503, before any folder is read
+    runs = [{"id": r, "source": "service", **(scheduler.state(r) or {})} for r in known]
+    for run_id in disk_run_ids(settings.runs_root, set(known)):
+        state = disk_state(settings.runs_root, run_id)
+        if state is not None:
+            runs.append({"id": run_id, **state})
+    return runs
 
 
 @router.get("/{run_id}", response_model=RunView)
@@ -64,6 +76,8 @@ async def get_run(run_id: str, request: Request, live_redis: LiveRedisDep) -> Re
     """
     views: RunViewCache = request.app.state.run_views
     state = await views.state(run_id, live_redis)
+    if state is None and len(run_id) <= MAX_RUN_ID:  # a `spar run` run in the data root
+        state = await run_in_threadpool(disk_state, request.app.state.settings.runs_root, run_id)
     return Response(await views.body(run_id, state), media_type="application/json")
 
 
@@ -76,6 +90,10 @@ def cancel(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatu
     """Marks the run cancelled first, then stops its jobs. A run whose config.json no longer reads
     (written by a laxer version, or damaged) is still cancelled: the scheduler could never have
     enqueued its jobs, so there is nothing to stop."""
+    if scheduler.state(run_id) is None:
+        raise HTTPException(
+            409, f"run {run_id} was made by `spar run` and is read-only here; stop it where it runs"
+        )
     try:
         cancelled = scheduler.cancel(run_id, paths)
     except (OSError, ValueError) as exc:
@@ -97,9 +115,14 @@ def cancel(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatu
         409: {"description": "the run is queued, running or succeeded, or being resumed right now"}
     },
 )
-def resume(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatusChange:
+def resume(
+    run_id: str, paths: RunPathsDep, scheduler: SchedulerDep, settings: SettingsDep
+) -> RunStatusChange:
     """Only one resume of a run at a time (a short Redis lock, across API replicas): a second one
-    sent meanwhile gets 409, not a half-done duplicate."""
+    sent meanwhile gets 409, not a half-done duplicate. A run found on disk (made by ``spar run``)
+    is handed to the scheduler here, once its config passes the rules a new run's must."""
+    if scheduler.state(run_id) is None:
+        return _adopt(run_id, paths, scheduler, settings)
     lock = f"spar:run:{run_id}:resuming"
     if not scheduler.redis.set(lock, "1", nx=True, ex=RESUME_LOCK_S):
         raise HTTPException(409, f"run {run_id} is being resumed by another request; check its status")
@@ -117,6 +140,28 @@ def resume(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatu
             ) from exc
     finally:
         scheduler.redis.delete(lock)
+    return RunStatusChange(id=run_id, status=RunStatus.QUEUED)
+
+
+def _adopt(run_id: str, paths: RunPaths, scheduler: Scheduler, settings: Settings) -> RunStatusChange:
+    """A disk run joins the service: its paths must lie in the data root (400 naming the field),
+    then it is registered as queued and the scheduler runs what is not done yet."""
+    from shared.runtime.shards import load_config
+
+    config = load_config(paths)
+    confine(
+        config,
+        settings.data_root.resolve(),
+        allow_remote_code=settings.allow_remote_code,
+        max_iterations=settings.max_iterations,
+    )
+    if not scheduler.redis.set(f"spar:run:{run_id}:resuming", "1", nx=True, ex=RESUME_LOCK_S):
+        raise HTTPException(409, f"run {run_id} is being resumed by another request; check its status")
+    try:
+        if scheduler.state(run_id) is None:
+            scheduler.register(paths)
+    finally:
+        scheduler.redis.delete(f"spar:run:{run_id}:resuming")
     return RunStatusChange(id=run_id, status=RunStatus.QUEUED)
 
 

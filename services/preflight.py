@@ -1,0 +1,67 @@
+"""Checking every path and model of a run config before a run directory exists.
+
+Why: a run directory is only worth creating when the run can start. A model folder that does not
+exist used to surface only when the first stage loaded it, after ``spar run`` had already made the
+run directory, so the user fixed the path, ran again and was left with a half-made run that
+``--resume`` would repeat. ``spar run`` and ``spar run --dry-run`` both call :func:`check_inputs`
+first; nothing is written before it passes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from shared.config import RunConfig, path_fields
+from shared.errors import ConfigError, ModelNotFoundError
+from workers.models.registry import BUILTIN, is_builtin, resolve_model
+
+
+class ResolvedInput(BaseModel):
+    """One path field of the config as it will be used: what it names and what that resolved to."""
+
+    field: str
+    value: str
+    kind: str
+    resolved: str
+    note: str = ""
+
+
+def check_inputs(config: RunConfig, prepare_builtin: bool = False) -> list[ResolvedInput]:
+    """Every path field resolved and checked; raises one error naming the field and the fix.
+
+    ``prepare_builtin`` also builds a built-in model ('tiny', 'smollm2') into the cache now (what
+    the dry run needs to calibrate); otherwise a built-in name is accepted as it is, since the run
+    prepares it on first use and its name cannot be wrong once the config validated.
+    """
+    found: list[ResolvedInput] = []
+    for where, value, kind in path_fields(config):
+        if kind == "model":
+            if is_builtin(value):
+                resolved = (
+                    str(resolve_model(value))
+                    if prepare_builtin
+                    else "built-in (prepared in the cache on first use)"
+                )
+                found.append(
+                    ResolvedInput(field=where, value=value, kind=kind, resolved=resolved, note="built-in")
+                )
+                continue
+            try:
+                folder = resolve_model(value)
+            except ModelNotFoundError as exc:
+                raise ConfigError(
+                    f"{where}: {exc} (paths are relative to the config file; built-in names: "
+                    f"{', '.join(BUILTIN)})"
+                ) from exc
+            found.append(ResolvedInput(field=where, value=value, kind=kind, resolved=str(folder)))
+            continue
+        path = Path(value)
+        if not path.exists():
+            raise ConfigError(
+                f"{where}: {value} does not exist (relative paths are relative to the config file); "
+                "fix the path or remove the setting"
+            )
+        found.append(ResolvedInput(field=where, value=value, kind=kind, resolved=str(path.resolve())))
+    return found
