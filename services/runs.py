@@ -351,7 +351,7 @@ def confine(
             )
         real[where] = str(target)
     # stored as resolved through every symlink: what was checked is what workers open (they check
-    # again before reading, ``workers/confinement.py``, in case a link inside was retargeted since)
+    # again before reading, ``shared/runtime/confinement.py``, in case a link inside was retargeted since)
     try:
         stored = with_fields(resolved, real)
     except ValidationError as exc:

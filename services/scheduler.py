@@ -259,7 +259,7 @@ class Scheduler:
 
         Nothing one job or one run holds can stop the others: a queue whose registry cannot be
         cleaned is logged and skipped (its unreadable jobs were already moved aside by
-        ``SparJob``, ``workers/rq_compat.py``), a run that fails to advance is failed with the
+        ``SparJob``, ``shared/runtime/rq_compat.py``), a run that fails to advance is failed with the
         reason. Only Redis being away ends a tick early. A tick that got through every run is
         recorded (:data:`TICK_KEY`), which ``/readyz`` reads.
         """

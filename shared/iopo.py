@@ -54,7 +54,7 @@ class PairForGroup:
 
 
 # A programmatic rewrite: x' for (pair, candidate number), or None when it cannot write one. The
-# verifiable rewriter (workers/evaluation/iopo_rewrite.py) builds x' from a prompt's IFEval
+# verifiable rewriter (shared/evaluation/iopo_rewrite.py) builds x' from a prompt's IFEval
 # metadata; the core only needs this call.
 Rewriter = Callable[[PairForGroup, int], "str | None"]
 

@@ -120,7 +120,7 @@ class Judges(Protocol):
     ``judge`` is batched: one :class:`Judgment` per item, in order (the batched search sends all of a
     step's children at once). ``stream`` is how the streamed search judges instead, or None when this
     judge must be used batched (the search then runs its batched steps). :class:`Judge` (the
-    refiner's majority vote) is one; ``workers/judges`` builds the one a run's ``judge.backend`` names.
+    refiner's majority vote) is one; ``shared/judges`` builds the one a run's ``judge.backend`` names.
     """
 
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgment]: ...

@@ -1,4 +1,4 @@
-"""Experiment tracking (workers/tracking.py): ``report_to`` of each training section, the check of the
+"""Experiment tracking (shared/runtime/tracking.py): ``report_to`` of each training section, the check of the
 tracker's package before a run starts, and the per-iteration scalars written for TensorBoard."""
 
 from __future__ import annotations

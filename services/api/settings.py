@@ -1,4 +1,4 @@
-"""The API server's settings: the environment (``SPAR_*``, workers/settings.py) plus scheduler limits."""
+"""The API server's settings: the environment (``SPAR_*``, shared/runtime/settings.py) plus scheduler limits."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ..scheduler import SchedulerSettings
 
 
 class Settings(SparSettings):
-    """The process's settings (workers/settings.py) plus what the scheduler makes of them."""
+    """The process's settings (shared/runtime/settings.py) plus what the scheduler makes of them."""
 
     schedule_order: Literal["graph", "serial"] = Field(
         "graph",
