@@ -14,7 +14,7 @@ batches across all its work on an engine that only knows batches.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -50,11 +50,6 @@ class RequestStream(Protocol):
     def close(self) -> None:
         """Drop whatever is still running (its results are never returned)."""
         ...
-
-
-@runtime_checkable
-class StreamingEngine(Protocol):
-    def open_stream(self) -> RequestStream: ...
 
 
 def wait(stream: RequestStream) -> Done:
@@ -105,8 +100,3 @@ def open_stream(engine: Engine) -> Iterator[RequestStream]:
     finally:
         stream.close()
 
-
-def check_completions(tag: Tag, request: GenerationRequest, completions: Sequence[str]) -> None:
-    """An engine that returns the wrong number of completions is a bug to stop at, not to carry."""
-    if len(completions) != request.n:
-        raise RuntimeError(f"engine returned {len(completions)} completions for {tag!r} (n={request.n})")

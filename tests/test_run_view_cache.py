@@ -10,8 +10,9 @@ from test_iterations import write_config
 from services.api import views
 from services.api.views import DiskViewCache, run_view
 from services.runs import create_run, load_config_file
+from shared.records import ShardOutput
 from shared.runtime.shards import StageSpec, load_config, write_stage_manifest
-from workers.stages.common import StageResult, record_done
+from workers.stages.common import record_done
 
 
 class FakeScheduler:
@@ -42,7 +43,9 @@ def finish_shard(paths, stage: str, shard: int) -> None:
     spec = StageSpec(run_dir=str(paths.root), iteration=0, stage=stage, shard=shard)
     paths.shard(0, stage, shard).parent.mkdir(parents=True, exist_ok=True)
     paths.shard(0, stage, shard).write_text("")
-    record_done(paths, spec, load_config(paths), StageResult(counts={"prompts": 2, "responses": 8}))
+    record_done(
+        paths, spec, load_config(paths), ShardOutput(counts={"prompts": 2, "responses": 8}), seconds=0.0
+    )
 
 
 def test_an_unchanged_run_is_served_without_reading_its_files(run) -> None:
@@ -242,7 +245,9 @@ def test_concurrent_polls_build_each_changed_view_once_and_see_every_change(
     done = lambda body: next(p for p in json.loads(body)["progress"] if p["stage"] == "sample")["done"]  # noqa: E731
 
     with private_redis(tmp_path) as url:
-        app = create_app(Settings(api_token=TOKEN, scheduler=False, redis_url=url, data_root=paths.root.parent))
+        app = create_app(
+            Settings(api_token=TOKEN, scheduler=False, redis_url=url, data_root=paths.root.parent)
+        )
         Scheduler(Redis.from_url(url)).register(paths)
 
         async def scenario() -> tuple[list, int, list, list]:
