@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from shared.config import RunConfig
 from shared.records import ShardOutput
 from shared.runtime.artifacts import RunPaths
 from shared.stages import STAGE_DEFS
@@ -73,14 +74,19 @@ if set(RUNNERS) != set(STAGE_DEFS):  # the stage table and the runners must name
 
 
 def run_stage(
-    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None = None
+    paths: RunPaths,
+    spec: StageSpec,
+    engines: EngineProvider,
+    progress: Progress | None = None,
+    config: RunConfig | None = None,
 ) -> StageResult:
     """Run one shard of one stage unless it is already done; returns its (recorded) result.
 
-    The one place that reads the run's config for a shard, times the stage and writes its record:
-    a stage function gets a :class:`StageContext` and returns only what it produced.
+    The one place that reads the run's config for a shard (unless the caller, which parsed it
+    already to check the job, passes it), times the stage and writes its record: a stage function
+    gets a :class:`StageContext` and returns only what it produced.
     """
-    ctx = StageContext.open(paths, spec, engines, progress)
+    ctx = StageContext.open(paths, spec, engines, progress, config)
     done = finished(paths, spec, ctx.config.stage_hash(spec.stage))
     if done is not None:
         log.info("shard already done", extra={"event": "shard.skip", **spec.model_dump()})

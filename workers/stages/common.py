@@ -56,10 +56,15 @@ class StageContext:
 
     @classmethod
     def open(
-        cls, paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None = None
+        cls,
+        paths: RunPaths,
+        spec: StageSpec,
+        engines: EngineProvider,
+        progress: Progress | None = None,
+        config: RunConfig | None = None,
     ) -> StageContext:
-        """The context of ``spec`` with the run's config read from disk (the one read per shard)."""
-        return cls(paths, spec, load_config(paths), engines, progress)
+        """The context of ``spec``; the run's config is read from disk unless given (one read per shard)."""
+        return cls(paths, spec, load_config(paths) if config is None else config, engines, progress)
 
     @property
     def iteration(self) -> int:
