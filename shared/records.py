@@ -338,8 +338,9 @@ class ShardOutput(Record):
 
 
 class _Ordered(ShardOutput):
-    """A record holding :class:`ShardOutput`'s fields, written in ``field_order`` (the order its files
-    have always had: inheritance alone would put the inherited fields first, and change the files)."""
+    """A record holding :class:`ShardOutput`'s fields, its record in ``field_order``: the order these
+    records have always had (inheritance alone would put the inherited fields first). The files are
+    written with sorted keys, but the dicts are also returned (``write_stage_manifest``) and served."""
 
     field_order: ClassVar[tuple[str, ...]] = ()
 
@@ -373,10 +374,6 @@ class ShardDone(_Ordered):
         description="What the machine resolved beyond the config (engine release, dtype, training "
         "precision): a fork reuses the shard only where these match. None in records older than it.",
     )
-
-    def output(self) -> ShardOutput:
-        """What the shard produced, without its bookkeeping."""
-        return ShardOutput.model_validate({name: getattr(self, name) for name in ShardOutput.model_fields})
 
 
 class StageManifest(_Ordered):
