@@ -736,7 +736,7 @@ def _train(step: Step, mode: str, work: Path, role: str) -> None:
     """One train stage's function on a handful of examples: step times and peak GPU memory."""
     import torch
 
-    from shared.config import ActorTrainConfig, RefinerTrainConfig
+    from shared.config import ActorTrainConfig, SftConfig
 
     sizes = _sizes(mode)
     folder = Path(_state(work)["model"])
@@ -765,7 +765,7 @@ def _train(step: Step, mode: str, work: Path, role: str) -> None:
     else:
         from workers.training.refiner import train_refiner
 
-        cfg = RefinerTrainConfig(learning_rate=1e-6, nll_probe=2, **common)
+        cfg = SftConfig(learning_rate=1e-6, nll_probe=2, **common)
         metrics = train_refiner(
             folder, _chats(sizes["pairs"]), cfg, out, on_step=lambda *_: ticks.append(time.perf_counter())
         )

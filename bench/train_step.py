@@ -223,7 +223,7 @@ def run_precision(
     import torch
     from transformers import AutoTokenizer
 
-    from shared.config import ActorTrainConfig, RefinerTrainConfig
+    from shared.config import ActorTrainConfig, SftConfig
     from workers.training.actor import train_actor
     from workers.training.refiner import train_refiner
 
@@ -265,7 +265,7 @@ def run_precision(
                 }
                 for p in pairs
             ]
-            cfg = RefinerTrainConfig(nll_probe=0, **common)
+            cfg = SftConfig(nll_probe=0, **common)
             metrics = train_refiner(
                 model, chats, cfg, Path(out), seed=0, on_step=lambda d, t: stamps.append(time.perf_counter())
             )

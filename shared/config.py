@@ -499,8 +499,13 @@ class ActorTrainConfig(TrainCommon):
     )
 
 
-class RefinerTrainConfig(TrainCommon):
-    """Stage 5 (refiner): supervised fine-tuning (RFT) on the refinement and judgment mix."""
+class SftConfig(TrainCommon):
+    """Supervised fine-tuning: the refiner's RFT (stage 5, ``train_refiner``) on the refinement and
+    judgment mix, and stage 0 (``init.actor``, ``init.refiner``) of either role.
+
+    Named for what it trains, not for a role: the actor's stage 0 is SFT too. The YAML keys that
+    hold it (``train_refiner``, ``init.actor``, ``init.refiner``) are unchanged.
+    """
 
     grad_accum: int = Field(
         64,
@@ -539,9 +544,9 @@ class InitConfig(_Strict):
 
     actor_data: str | None = path_field(None, description="SFT data for the actor (JSONL of messages).")
     refiner_data: str | None = path_field(None, description="SFT data for the refiner (JSONL of messages).")
-    actor: RefinerTrainConfig = Field(default_factory=RefinerTrainConfig, description="SFT settings (actor).")
-    refiner: RefinerTrainConfig = Field(
-        default_factory=lambda: RefinerTrainConfig(epochs=5),
+    actor: SftConfig = Field(default_factory=SftConfig, description="SFT settings (actor).")
+    refiner: SftConfig = Field(
+        default_factory=lambda: SftConfig(epochs=5),
         description="SFT settings (refiner; reference: 5 epochs).",
     )
 
@@ -613,8 +618,8 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     iopo: IopoGroupsConfig = Field(default_factory=IopoGroupsConfig, description="Settings of `iopo_groups`.")
     train_actor: ActorTrainConfig = Field(default_factory=ActorTrainConfig)
-    train_refiner: RefinerTrainConfig = Field(
-        default_factory=lambda: RefinerTrainConfig(epochs=5),
+    train_refiner: SftConfig = Field(
+        default_factory=lambda: SftConfig(epochs=5),
         description="Stage 5 (refiner): RFT; the reference trains its SFT runs, RFT included, for 5 epochs.",
     )
     init: InitConfig | None = Field(None, description="Stage 0: optional SFT initialisation (once).")

@@ -16,7 +16,7 @@ Files and their records (see ``docs/architecture.md`` for the layout):
 ``iter_t/assemble/rft.jsonl``                 :class:`RftExample`
 ``iter_t/assemble/shard_0.jsonl``             :class:`AssembleCounts`
 ``iter_t/iopo_groups/shard_0.jsonl``          :class:`IopoGroupRow`
-``iter_t/<stage>/shard_N.done.json``          :class:`ShardDone`
+``iter_t/<stage>/shard_N.done.json``          :class:`ShardDone` (holding :class:`StageSpec`)
 ``iter_t/<stage>/manifest.json``              :class:`StageManifest`
 ============================================  ===========================================
 
@@ -26,9 +26,11 @@ the same reason: the summary reads them by attribute.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .stages import STAGE_DEFS
 
 
 class Record(BaseModel):
@@ -299,22 +301,72 @@ class VersionMetadata(Record):
 # --- bookkeeping -------------------------------------------------------------------------------
 
 
-class ShardSpecRecord(Record):
-    run_dir: str
-    iteration: int
-    stage: str
-    shard: int
+class StageSpec(Record):
+    """One unit of work: a shard of a stage of an iteration of a run.
+
+    The JSON payload of a shard job on the queue, and the ``spec`` of its ``.done.json``: one model
+    for both, so the queue's contract and the record on disk cannot drift apart.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    run_dir: str = Field(..., description="The run's directory (under the configured runs root).")
+    iteration: int = Field(..., ge=0)
+    stage: str = Field(..., description="A stage of the stage table (shared/stages.py), init included.")
+    shard: int = Field(..., ge=0)
+
+    @field_validator("stage")
+    @classmethod
+    def _known_stage(cls, value: str) -> str:
+        """A job naming no stage of the table is refused where it is parsed, not by a KeyError later."""
+        if value not in STAGE_DEFS:
+            raise ValueError(f"unknown stage {value!r}; stages are {list(STAGE_DEFS)}")
+        return value
 
 
-class ShardDone(Record):
-    """A shard's completion record, written LAST: the shard is done exactly when this file exists."""
+class ShardOutput(Record):
+    """What a stage produced for one shard: the fields a stage function returns.
 
-    spec: ShardSpecRecord
-    config_hash: str
+    The completion record and the stage manifest carry these same fields (the manifest sums them),
+    so they are declared once here.
+    """
+
     models: dict[str, str] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     counts: dict[str, int | float] = Field(default_factory=dict)
     engine: dict[str, int] = Field(default_factory=dict)
+
+
+class _Ordered(ShardOutput):
+    """A record holding :class:`ShardOutput`'s fields, its record in ``field_order``: the order these
+    records have always had (inheritance alone would put the inherited fields first). The files are
+    written with sorted keys, but the dicts are also returned (``write_stage_manifest``) and served."""
+
+    field_order: ClassVar[tuple[str, ...]] = ()
+
+    def as_record(self) -> dict[str, Any]:
+        record = super().as_record()
+        assert set(record) == set(self.field_order), f"{type(self).__name__}.field_order is out of date"
+        return {name: record[name] for name in self.field_order}
+
+
+class ShardDone(_Ordered):
+    """A shard's completion record, written LAST: the shard is done exactly when this file exists."""
+
+    field_order: ClassVar[tuple[str, ...]] = (
+        "spec",
+        "config_hash",
+        "models",
+        "metrics",
+        "counts",
+        "engine",
+        "seconds",
+        "finished_at",
+        "resolved",
+    )
+
+    spec: StageSpec
+    config_hash: str
     seconds: float
     finished_at: float
     started_at: float | None = Field(
@@ -330,18 +382,29 @@ class ShardDone(Record):
     )
 
 
-class StageManifest(Record):
+class StageManifest(_Ordered):
     """A stage's totals once every shard is done: counts and engine usage summed over shards."""
+
+    field_order: ClassVar[tuple[str, ...]] = (
+        "run_id",
+        "iteration",
+        "stage",
+        "config_hash",
+        "models",
+        "metrics",
+        "shards",
+        "counts",
+        "engine",
+        "shard_seconds",
+        "written_at",
+        "resolved",
+    )
 
     run_id: str
     iteration: int
     stage: str
     config_hash: str
-    models: dict[str, str] = Field(default_factory=dict)
-    metrics: dict[str, Any] = Field(default_factory=dict)
     shards: int
-    counts: dict[str, int | float] = Field(default_factory=dict)
-    engine: dict[str, int] = Field(default_factory=dict)
     shard_seconds: float
     written_at: float
     resolved: dict[str, Any] = Field(

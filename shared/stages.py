@@ -6,7 +6,17 @@ reads and writes. The config's ``stages`` field, the stage hashes, the scheduler
 counts, both executors' pipeline order and the summary all come from :data:`STAGE_TABLE`; the
 runner of each stage is registered under the same name in ``workers.stages``.
 
-Adding a stage: one :class:`StageDef` here (in pipeline order) and one runner in ``workers/stages/``.
+Adding a stage (``docs/architecture.md``, "Adding a stage", says the same): always
+
+1. a :class:`StageDef` here, in pipeline order;
+2. its stage function ``run_<name>(ctx: StageContext) -> ShardOutput`` in ``workers/stages/<name>.py``;
+3. that function registered under the stage's name in ``RUNNERS`` (``workers/stages/__init__.py``);
+
+and, when the stage needs them, the records of the rows it writes and its counts
+(``shared/records.py``), its settings section (``shared/config.py``; name it in ``hash_sections``),
+and its line in the iteration summary (``services/summary.py``). The queues, shard counts, stage
+hashes, both executors, the scheduler and the stage's ``.done.json`` and manifest follow from the
+table and from ``run_stage`` without a change.
 
 The ``reads`` of every stage make the iteration a dependency graph, not a line: a stage can start as
 soon as the stages producing what it reads are complete (:func:`dependencies`), so ``train_actor``

@@ -53,7 +53,7 @@ def test_every_field_named_like_a_path_is_marked_as_one() -> None:
         "InitConfig.refiner_data",
         "TrainCommon.accelerate_config",
     } <= {
-        m.replace("ActorTrainConfig", "TrainCommon").replace("RefinerTrainConfig", "TrainCommon")
+        m.replace("ActorTrainConfig", "TrainCommon").replace("SftConfig", "TrainCommon")
         for m in marked
     }
 

@@ -115,6 +115,7 @@ def test_the_eval_stage_holds_one_engine_at_a_time(monkeypatch: pytest.MonkeyPat
     from services.runs import create_run
     from shared.runtime.shards import StageSpec
     from shared.runtime.versions import version_dir, write_metadata
+    from workers.stages.common import StageContext
 
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "hi"}) + "\n")
     (tmp_path / "pairs.jsonl").write_text("")
@@ -154,9 +155,8 @@ def test_the_eval_stage_holds_one_engine_at_a_time(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr("shared.evaluation.judge_eval.evaluate_judge", judge)
     monkeypatch.setattr("shared.evaluation.judge_eval.load_pairwise", lambda path, limit: [])
     slot.config = config
-    evaluate.run_eval(
-        paths, StageSpec(run_dir=str(paths.root), iteration=0, stage="eval", shard=0), slot, None
-    )
+    spec = StageSpec(run_dir=str(paths.root), iteration=0, stage="eval", shard=0)
+    evaluate.run_eval(StageContext.open(paths, spec, slot))
     v1 = str(version_dir(paths, "actor", 1)), str(version_dir(paths, "refiner", 1))
     assert events == [
         "build A",
@@ -286,6 +286,7 @@ def swap(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     from services.runs import create_run
     from shared.runtime.shards import StageSpec
     from workers.jobs import WorkerEngines
+    from workers.stages.common import StageContext
     from workers.stages.train import run_train_actor
 
     root = tmp_path_factory.mktemp("swap")
@@ -333,7 +334,7 @@ def swap(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     original, actor_training.train_actor = actor_training.train_actor, trainer
     try:
         spec = StageSpec(run_dir=str(paths.root), iteration=0, stage="train_actor", shard=0)
-        run_train_actor(paths, spec, worker, None)
+        run_train_actor(StageContext.open(paths, spec, worker))
     finally:
         actor_training.train_actor = original
     out["released"] = tree()

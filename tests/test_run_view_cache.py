@@ -14,8 +14,9 @@ from test_iterations import write_config
 from services.api import views
 from services.api.views import RunViewCache
 from services.runs import create_run, load_config_file
+from shared.records import ShardOutput
 from shared.runtime.shards import StageSpec, load_config, write_stage_manifest
-from workers.stages.common import StageResult, record_done
+from workers.stages.common import record_done
 
 
 def state_of(paths, **fields: str) -> dict[str, str]:
@@ -38,7 +39,9 @@ def finish_shard(paths, stage: str, shard: int) -> None:
     spec = StageSpec(run_dir=str(paths.root), iteration=0, stage=stage, shard=shard)
     paths.shard(0, stage, shard).parent.mkdir(parents=True, exist_ok=True)
     paths.shard(0, stage, shard).write_text("")
-    record_done(paths, spec, load_config(paths), StageResult(counts={"prompts": 2, "responses": 8}))
+    record_done(
+        paths, spec, load_config(paths), ShardOutput(counts={"prompts": 2, "responses": 8}), seconds=0.0
+    )
 
 
 def sample_progress(body: dict) -> dict:

@@ -64,3 +64,64 @@ def test_pipeline_runs_stage_zero_once_then_each_iteration_in_order() -> None:
     assert stage("refine").sharded and not stage("assemble").sharded
     with pytest.raises(KeyError, match="unknown stage 'nope'"):
         stage("nope")
+
+
+DONE_JSON = {
+    "config_hash": "e1e8449767aac01b",
+    "counts": {"prompts": 12, "responses": 36},
+    "engine": {"calls": 1, "completions": 36, "generated_tokens": 707, "requests": 12},
+    "finished_at": 1796537920.6568086,
+    "metrics": {},
+    "models": {"actor": "v0 (tiny)"},
+    "resolved": {"actor": {"device": "cpu", "dtype": "float32", "engine": "hf"}},
+    "seconds": 138.3507919370004,
+    "spec": {"iteration": 0, "run_dir": "/runs/tiny", "shard": 0, "stage": "sample"},
+}
+MANIFEST_JSON = {
+    "config_hash": "e1e8449767aac01b",
+    "counts": {"prompts": 36, "responses": 108},
+    "engine": {"calls": 3, "requests": 36},
+    "iteration": 0,
+    "metrics": {},
+    "models": {"actor": "v0 (tiny)"},
+    "resolved": {},
+    "run_id": "tiny",
+    "shard_seconds": 393.61634925399994,
+    "shards": 3,
+    "stage": "sample",
+    "written_at": 1796538176.0789945,
+}
+
+
+def test_shard_records_keep_their_shape_and_order() -> None:
+    """``ShardDone`` and ``StageManifest`` share ``ShardOutput``'s fields; their records keep the
+    names and the order they had before (existing runs resume, files are written the same)."""
+    from shared.records import ShardDone, StageManifest, StageSpec
+
+    done = ShardDone.from_record(DONE_JSON).as_record()
+    assert done == DONE_JSON
+    assert list(done) == [
+        "spec", "config_hash", "models", "metrics", "counts", "engine", "seconds", "finished_at", "resolved"
+    ]  # fmt: skip
+    manifest = StageManifest.from_record(MANIFEST_JSON).as_record()
+    assert manifest == MANIFEST_JSON
+    assert list(manifest)[:7] == [
+        "run_id",
+        "iteration",
+        "stage",
+        "config_hash",
+        "models",
+        "metrics",
+        "shards",
+    ]
+    spec = StageSpec.model_validate(DONE_JSON["spec"])
+    assert list(spec.model_dump()) == ["run_dir", "iteration", "stage", "shard"]  # the queue payload
+    assert spec.as_record() == DONE_JSON["spec"]
+
+
+def test_a_spec_naming_no_stage_is_refused() -> None:
+    from shared.records import StageSpec
+
+    with pytest.raises(ValidationError, match="unknown stage"):
+        StageSpec(run_dir="/r", iteration=0, stage="sampel", shard=0)
+    assert StageSpec(run_dir="/r", iteration=0, stage="init", shard=0).stage == "init"

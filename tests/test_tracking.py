@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.config import ActorTrainConfig, RefinerTrainConfig, RunConfig
+from shared.config import ActorTrainConfig, RunConfig, SftConfig
 from shared.errors import ConfigError
 from shared.runtime import tracking
 
@@ -53,7 +53,7 @@ def test_report_to_leaves_every_stage_hash_unchanged(stage: str) -> None:
 def test_report_to_accepts_one_name_or_a_list_and_suggests_a_fix_for_a_typo() -> None:
     assert ActorTrainConfig().trackers() == []
     assert ActorTrainConfig(report_to="tensorboard").trackers() == ["tensorboard"]
-    assert RefinerTrainConfig(report_to=["wandb", "none", "wandb"]).trackers() == ["wandb"]
+    assert SftConfig(report_to=["wandb", "none", "wandb"]).trackers() == ["wandb"]
     with pytest.raises(ValueError, match=r"did you mean 'tensorboard'\?"):
         ActorTrainConfig(report_to="tensorbord")
     with pytest.raises(ValueError, match="unknown tracker 'xyzzy'"):
@@ -63,10 +63,10 @@ def test_report_to_accepts_one_name_or_a_list_and_suggests_a_fix_for_a_typo() ->
 def test_a_missing_tracker_package_names_the_field_and_the_pip_package(monkeypatch) -> None:
     monkeypatch.setattr(tracking, "_installed", lambda module: False)
     with pytest.raises(ConfigError) as caught:
-        tracking.check_trackers(RefinerTrainConfig(report_to=["comet_ml"]), "train_refiner")
+        tracking.check_trackers(SftConfig(report_to=["comet_ml"]), "train_refiner")
     message = str(caught.value)
     assert "train_refiner.report_to" in message and "pip install comet-ml" in message
-    tracking.check_trackers(RefinerTrainConfig(), "train_refiner")  # none needs nothing
+    tracking.check_trackers(SftConfig(), "train_refiner")  # none needs nothing
     monkeypatch.setattr(tracking, "_installed", lambda module: module == "tensorboardX")
     tracking.check_trackers(ActorTrainConfig(report_to="tensorboard"), "train_actor")  # either writer
 
@@ -93,9 +93,9 @@ def test_trainers_get_report_to_a_run_name_and_a_lasting_tb_folder(tmp_path, mon
 
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     checkpoints = tmp_path / "run-1" / "checkpoints" / "refiner-v2"
-    _, plain = common_training_kwargs(RefinerTrainConfig(), tmp_path / "out", 0, checkpoints)
+    _, plain = common_training_kwargs(SftConfig(), tmp_path / "out", 0, checkpoints)
     assert plain["report_to"] == "none" and "run_name" not in plain
-    cfg = RefinerTrainConfig(report_to=["tensorboard", "wandb"])
+    cfg = SftConfig(report_to=["tensorboard", "wandb"])
     _, kwargs = common_training_kwargs(cfg, tmp_path / "out", 0, checkpoints)
     assert kwargs["report_to"] == ["tensorboard", "wandb"]
     assert kwargs["run_name"] == "run-1/refiner-v2"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.config import ActorTrainConfig, LoraSettings, RefinerTrainConfig
+from shared.config import ActorTrainConfig, LoraSettings, SftConfig
 from shared.templates import judge_messages, refine_conversation
 from workers.training import encode_chat
 
@@ -437,7 +437,7 @@ def test_label_mask_covers_exactly_the_assistant_turns(tokenizer) -> None:
 def test_refiner_rft_lowers_the_target_nll(model_path, tmp_path) -> None:
     from workers.training.refiner import train_refiner
 
-    cfg = RefinerTrainConfig(
+    cfg = SftConfig(
         learning_rate=1e-3, max_steps=8, batch_size=2, grad_accum=1, max_length=512, warmup_ratio=0.1
     )
     metrics = train_refiner(model_path, rft_examples(), cfg, tmp_path / "refiner", seed=0)
@@ -464,7 +464,7 @@ def test_the_nll_probe_is_the_first_examples_and_zero_measures_nothing(
     monkeypatch.setattr(refiner, "mean_target_nll", counting)
     examples = rft_examples()
     assert len(examples) > 2
-    cfg = RefinerTrainConfig(
+    cfg = SftConfig(
         learning_rate=1e-3, max_steps=1, batch_size=1, grad_accum=1, max_length=256, nll_probe=2
     )
     metrics = refiner.train_refiner(model_path, examples, cfg, tmp_path / "two", seed=0)
@@ -474,13 +474,13 @@ def test_the_nll_probe_is_the_first_examples_and_zero_measures_nothing(
     none = refiner.train_refiner(model_path, examples, off, tmp_path / "none", seed=0)
     assert probed == [] and none["target_nll_before"] is None and none["target_nll_after"] is None
     with pytest.raises(ValueError, match="nll_probe"):
-        RefinerTrainConfig(nll_probe=-1)
+        SftConfig(nll_probe=-1)
 
 
 def test_refiner_lora_saves_the_adapter_and_its_base(model_path, tmp_path) -> None:
     from workers.training.refiner import train_refiner
 
-    cfg = RefinerTrainConfig(
+    cfg = SftConfig(
         learning_rate=1e-3,
         max_steps=4,
         batch_size=2,
@@ -528,7 +528,7 @@ def test_mixed_precision_trains_like_float32(model_path, tmp_path) -> None:
 def test_refiner_sft_in_mixed_precision_records_it_and_learns(model_path, tmp_path) -> None:
     from workers.training.refiner import train_refiner
 
-    cfg = RefinerTrainConfig(
+    cfg = SftConfig(
         learning_rate=1e-3, max_steps=6, batch_size=2, grad_accum=1, max_length=512, bf16=True, nll_probe=4
     )
     metrics = train_refiner(model_path, rft_examples(), cfg, tmp_path / "refiner-mixed", seed=0)

@@ -28,6 +28,7 @@ from shared.runtime.artifacts import RunPaths
 from shared.runtime.shards import StageSpec
 from shared.runtime.versions import METADATA, publishing, version_dir, write_metadata
 from workers.stages import train as train_stage
+from workers.stages.common import StageContext
 from workers.training import jobset as jobset_mod
 from workers.training.jobset import JobSetLauncher, jobset_name
 
@@ -212,7 +213,7 @@ def completes(paths: RunPaths, after: int = 2) -> Callable[[dict[str, Any], int]
 def stage(paths: RunPaths, steps: list[tuple[str, int, int]] | None = None) -> Any:
     spec = StageSpec(run_dir=str(paths.root), iteration=0, stage="train_actor", shard=0)
     sink = None if steps is None else (lambda label, done, total: steps.append((label, done, total)))
-    return train_stage.run_train_actor(paths, spec, NoEngines(), sink)
+    return train_stage.run_train_actor(StageContext.open(paths, spec, NoEngines(), sink))
 
 
 class NoEngines:
@@ -260,7 +261,7 @@ def test_default_launcher_trains_in_the_worker(run: RunPaths, monkeypatch: pytes
     )
     opened = count_publishing(monkeypatch)
     result = stage(run)
-    assert calls == ["actor"] and opened == [version_dir(run, "actor", 1)]
+    assert calls == ["preference"] and opened == [version_dir(run, "actor", 1)]
     assert result.models["actor_new"].startswith("v1")
 
 

@@ -26,6 +26,7 @@ from shared.config import RunConfig
 from shared.runtime.artifacts import RunPaths, read_json
 from shared.runtime.shards import StageSpec
 from shared.runtime.versions import METADATA, version_dir
+from workers.stages.common import StageContext
 from workers.stages.train import checkpoint_dir, run_train_actor
 
 pytestmark = pytest.mark.timeout(600)
@@ -96,7 +97,8 @@ def actor_run(root: Path, model: Path, name: str, **train: Any) -> RunPaths:
 def train_stage(paths: RunPaths) -> tuple[dict[str, Any], list[tuple[int, int]]]:
     steps: list[tuple[int, int]] = []
     spec = StageSpec(run_dir=str(paths.root), iteration=0, stage="train_actor", shard=0)
-    result = run_train_actor(paths, spec, NoEngines(), lambda label, done, total: steps.append((done, total)))
+    ctx = StageContext.open(paths, spec, NoEngines(), lambda label, done, total: steps.append((done, total)))
+    result = run_train_actor(ctx)
     return result.metrics, steps
 
 
@@ -174,6 +176,7 @@ import torch
 from pathlib import Path
 from shared.runtime.artifacts import RunPaths
 from shared.runtime.shards import StageSpec
+from workers.stages.common import StageContext
 from workers.stages.train import run_train_actor
 
 torch.set_num_threads(1)
@@ -188,7 +191,7 @@ def progress(label, done, total):
     time.sleep(pace)
 
 spec = StageSpec(run_dir=str(root), iteration=0, stage="train_actor", shard=0)
-result = run_train_actor(RunPaths(root), spec, NoEngines(), progress)
+result = run_train_actor(StageContext.open(RunPaths(root), spec, NoEngines(), progress))
 print(json.dumps({"metrics": result.metrics}), flush=True)
 """
 RESUME_STEPS, SAVE_STEPS = 12, 4

@@ -39,6 +39,7 @@ import torch
 from pathlib import Path
 from shared.runtime.artifacts import RunPaths
 from shared.runtime.shards import StageSpec
+from workers.stages.common import StageContext
 from workers.stages.train import run_train_actor
 
 torch.set_num_threads(1)
@@ -51,7 +52,7 @@ def progress(label, done, total):
     print(json.dumps({"done": done, "total": total}), flush=True)
 
 spec = StageSpec(run_dir=sys.argv[1], iteration=0, stage="train_actor", shard=0)
-result = run_train_actor(RunPaths(Path(sys.argv[1])), spec, NoEngines(), progress)
+result = run_train_actor(StageContext.open(RunPaths(Path(sys.argv[1])), spec, NoEngines(), progress))
 print(json.dumps({"metrics": result.metrics, "counts": result.counts}), flush=True)
 """
 

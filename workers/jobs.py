@@ -65,7 +65,7 @@ def run_shard(spec: dict) -> dict:
     check_config_paths(config, settings().data_root)  # paths re-checked where they are read
     check_gpu_counts(config, parsed.stage)  # refused in one line before any model loads
     ENGINES.config = config
-    result = run_stage(paths, parsed, ENGINES)
+    result = run_stage(paths, parsed, ENGINES, config=config)
     _wake_scheduler()
     return {
         "counts": result.counts,

@@ -1,4 +1,12 @@
-"""Read models of runs, built from the scheduler's state and the run directory (no HTTP here)."""
+"""Read models of runs for the API, and the caches that keep polling them cheap.
+
+A run's view is built from the scheduler's state (Redis) and the run directory: stage progress,
+iteration summaries, the live state. The caches (:class:`DiskViewCache`, :class:`LiveStates`,
+:class:`RunViewBodies`) avoid re-reading files and Redis on every poll. Not free of HTTP: a view can
+raise the API's errors (``RunConflictError``), :func:`refine_view` maps a refinement job to its HTTP
+status, and :class:`RunViewBodies` holds response bodies already serialised; the routes
+(``services/api/routes``) only add the request handling.
+"""
 
 from __future__ import annotations
 

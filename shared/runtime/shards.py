@@ -12,12 +12,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from shared.config import RunConfig, StageName
-from shared.records import ShardDone, StageManifest
+from shared.config import RunConfig
+from shared.records import ShardDone, StageManifest, StageSpec
 from shared.stages import stage
 
 from .artifacts import RunPaths, read_json, write_json_atomic
@@ -25,20 +23,15 @@ from .tracking import log_stage_scalars
 
 log = logging.getLogger("spar.stages")
 
-
-class StageSpec(BaseModel):
-    """One unit of work: a shard of a stage of an iteration of a run. JSON on the queue."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    run_dir: str = Field(..., description="The run's directory (under the configured runs root).")
-    iteration: int = Field(..., ge=0)
-    stage: StageName | Literal["init"]
-    shard: int = Field(..., ge=0)
+__all__ = ["StageSpec", "load_config", "num_shards", "write_stage_manifest"]  # StageSpec: shared.records
 
 
 def load_config(paths: RunPaths) -> RunConfig:
-    """The validated config a run was created with (``<run>/config.json``)."""
+    """The validated config a run was created with (``<run>/config.json``).
+
+    Stage code never calls it: ``workers.stages.run_stage`` parses it once per shard into the
+    stage's context.
+    """
     return RunConfig.model_validate(read_json(paths.config)["config"])
 
 

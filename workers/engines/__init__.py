@@ -1,7 +1,10 @@
-"""Engine adapters behind ``shared.engine.Engine``: HF transformers (CPU/GPU) and vLLM (GPU).
+"""Engine adapters behind ``shared.engine.Engine``: HF transformers and vLLM, each on CPU or GPU.
 
-Both are imported lazily so that importing ``workers`` never needs vLLM (it is not installable on
-CPU machines) and never loads torch models until an engine is actually built.
+vLLM is the production engine: its CUDA build on GPU machines, its CPU build on development machines
+and in CI; HF transformers serves tests and models vLLM cannot load. A vLLM engine is hosted in a
+child process (``ProcessEngine``) so that closing it returns all its memory. Both are imported
+lazily so that importing ``workers`` never needs vLLM (an optional install) and never loads torch
+models until an engine is actually built.
 """
 
 from __future__ import annotations

@@ -1,8 +1,14 @@
 """Stage runners: one function per SPaR stage, and the shard bookkeeping around them.
 
 :func:`run_stage` is what both the local executor and the queue workers call. It skips a shard that
-is already done (so a retried job never duplicates output), runs the stage, and only then writes
-the shard's completion record.
+is already done (so a retried job never duplicates output), parses the run's config once into a
+:class:`StageContext`, runs the stage function, times it, and only then writes the shard's
+completion record (``shared.records.ShardDone``). A stage function therefore does only its stage's
+work: read its input, write its output shard, return what it produced as a
+``shared.records.ShardOutput`` (counts, engine usage, models, metrics).
+
+A new stage takes three files at least (its ``StageDef`` in ``shared/stages.py``, its function in a
+module here, its entry in :data:`RUNNERS`); ``shared/stages.py`` lists the optional others.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from shared.config import RunConfig
+from shared.records import ShardOutput
 from shared.runtime.artifacts import RunPaths
 from shared.stages import STAGE_DEFS
 
@@ -19,10 +27,10 @@ from .common import (
     ConfigChangedError,
     EngineProvider,
     Progress,
+    StageContext,
     StageResult,
     StageSpec,
     finished,
-    load_config,
     record_done,
 )
 from .evaluate import run_eval
@@ -37,6 +45,7 @@ __all__ = [
     "EngineProvider",
     "MissingStageOutputError",
     "Progress",
+    "StageContext",
     "StageResult",
     "StageSpec",
     "run_stage",
@@ -44,7 +53,9 @@ __all__ = [
 
 log = logging.getLogger("spar.stages")
 
-Runner = Callable[[RunPaths, StageSpec, EngineProvider, Progress | None], StageResult]
+Runner = Callable[[StageContext], ShardOutput]
+"""A stage function: given the shard's context, write its outputs and return what it produced."""
+
 RUNNERS: dict[str, Runner] = {
     "sample": run_sample,
     "judge": run_judge,
@@ -63,25 +74,37 @@ if set(RUNNERS) != set(STAGE_DEFS):  # the stage table and the runners must name
 
 
 def run_stage(
-    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None = None
+    paths: RunPaths,
+    spec: StageSpec,
+    engines: EngineProvider,
+    progress: Progress | None = None,
+    config: RunConfig | None = None,
 ) -> StageResult:
-    """Run one shard of one stage unless it is already done; returns its (recorded) result."""
-    config = load_config(paths)
-    done = finished(paths, spec, config.stage_hash(spec.stage))
+    """Run one shard of one stage unless it is already done; returns its (recorded) result.
+
+    The one place that reads the run's config for a shard (unless the caller, which parsed it
+    already to check the job, passes it), times the stage and writes its record: a stage function
+    gets a :class:`StageContext` and returns only what it produced.
+    """
+    ctx = StageContext.open(paths, spec, engines, progress, config)
+    done = finished(paths, spec, ctx.config.stage_hash(spec.stage))
     if done is not None:
         log.info("shard already done", extra={"event": "shard.skip", **spec.model_dump()})
         return done
     log.info("shard started", extra={"event": "shard.start", **spec.model_dump()})
     started_at = time.time()
-    result = RUNNERS[spec.stage](paths, spec, engines, progress)
-    record_done(paths, spec, config, result, started_at)
+    started = time.perf_counter()
+    output = RUNNERS[spec.stage](ctx)
+    record = record_done(
+        paths, spec, ctx.config, output, seconds=time.perf_counter() - started, started_at=started_at
+    )
     log.info(
         "shard done",
         extra={
             "event": "shard.done",
             **spec.model_dump(),
-            "seconds": round(result.seconds, 3),
-            **result.counts,
+            "seconds": round(record.seconds, 3),
+            **record.counts,
         },
     )
-    return result
+    return StageResult(record)

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import time
-
 from shared.errors import MissingStageOutputError  # noqa: F401  (also importable from here)
 from shared.judging import Judgment
 from shared.pairs import JudgedResponse, assemble
-from shared.records import JudgeRow, TreeRow
-from shared.runtime.artifacts import RunPaths, read_jsonl, write_jsonl_atomic
+from shared.records import JudgeRow, ShardOutput, TreeRow
+from shared.runtime.artifacts import read_jsonl, write_jsonl_atomic
 from shared.search import Tree
 from shared.seeding import derive_seed
 
-from .common import EngineProvider, Progress, StageResult, StageSpec, load_config
+from .common import StageContext
 
 
-def run_assemble(
-    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
-) -> StageResult:
-    config = load_config(paths)
-    started = time.perf_counter()
+def run_assemble(ctx: StageContext) -> ShardOutput:
+    paths, config, spec = ctx.paths, ctx.config, ctx.spec
     trees: list[tuple[str, Tree]] = []
     stage2: list[JudgedResponse] = []
     # pairs from independent samples (the ablation) need no trees; trees still feed the RFT mix
@@ -32,16 +27,15 @@ def run_assemble(
                     f"iteration {spec.iteration}: shard {shard} of stage '{stage}' is not done; "
                     f"run the '{stage}' stage (include it in `stages`) before 'assemble'"
                 )
-        for raw in read_jsonl(paths.shard(spec.iteration, "judge", shard)):
+        for raw in read_jsonl(ctx.input_shard("judge", shard)):
             row = JudgeRow.from_record(raw)
             for r in row.responses:
                 judgment = Judgment.from_record(row.prompt, r.text, r.as_record())
                 stage2.append(JudgedResponse(row.id, row.prompt, r.text, judgment))
-        for raw in read_jsonl(paths.shard(spec.iteration, "refine", shard)) if use_trees else ():
+        for raw in read_jsonl(ctx.input_shard("refine", shard)) if use_trees else ():
             tree = TreeRow.from_record(raw)
             trees.append((tree.prompt_id, Tree.from_record(tree.tree_record())))
-        if progress is not None:
-            progress("assembling", shard + 1, paths.num_prompt_shards())
+        ctx.report("assembling", shard + 1, paths.num_prompt_shards())
 
     data = assemble(
         trees,
@@ -54,5 +48,5 @@ def run_assemble(
     write_jsonl_atomic(paths.data_file(spec.iteration, "pairs.jsonl"), [p.as_record() for p in data.pairs])
     write_jsonl_atomic(paths.data_file(spec.iteration, "rft.jsonl"), [e.as_record() for e in data.rft])
     counts = data.counts.as_record()
-    write_jsonl_atomic(paths.shard(spec.iteration, "assemble", spec.shard), [counts])
-    return StageResult(counts=counts, seconds=time.perf_counter() - started)
+    write_jsonl_atomic(ctx.output_shard, [counts])
+    return ShardOutput(counts=counts)

@@ -1,7 +1,9 @@
-"""What every stage runner shares: the job spec, the engines it may use, and shard bookkeeping.
+"""What every stage runner shares: its context, the engines it may use, and shard bookkeeping.
 
-A stage runner is thin: read the input shard, call the core (``shared``) with an engine, write the
-output shard atomically, report counts. The same runner is called by the local executor and, in the
+A stage runner is thin: given a :class:`StageContext`, read the input shard, call the core
+(``shared``) with an engine, write the output shard atomically, and return what it produced
+(:class:`shared.records.ShardOutput`). Timing, the completion record and the skip of a done shard
+are :func:`workers.stages.run_stage`'s. The same runner is called by the local executor and, in the
 distributed service, by an RQ worker -- the spec is plain JSON for that reason.
 """
 
@@ -10,16 +12,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from shared.config import RunConfig
-from shared.engine import Engine, EngineStats, MeteredEngine
+from shared.engine import Engine, MeteredEngine
 from shared.errors import ConfigChangedError  # noqa: F401  (also importable from here)
-from shared.records import ShardDone, ShardSpecRecord
+from shared.records import ShardDone, ShardOutput, StageSpec
 from shared.runtime.artifacts import RunPaths, read_json, write_json_atomic
-from shared.runtime.shards import StageSpec, load_config  # noqa: F401  (stage runners import them from here)
-from shared.runtime.versions import ModelVersion
+from shared.runtime.shards import load_config
+from shared.runtime.versions import ModelVersion, version_for
 
 from ..resolved import resolved_settings
 
@@ -37,16 +40,83 @@ class EngineProvider(Protocol):
         """Free every loaded engine (before training, which needs the memory)."""
 
 
-@dataclass
-class StageResult:
-    """What a stage reports for one shard; written to its ``.done.json``."""
+@dataclass(frozen=True)
+class StageContext:
+    """Everything a stage function needs for one shard, built once by :func:`workers.stages.run_stage`.
 
-    counts: dict[str, float] = field(default_factory=dict)
-    engine: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
+    The run's config is parsed here once per shard (stage functions never read ``config.json``
+    themselves), and the paths a shard reads and writes are named in one place.
+    """
+
+    paths: RunPaths
+    spec: StageSpec
+    config: RunConfig
+    engines: EngineProvider
+    progress: Progress | None = None
+
+    @classmethod
+    def open(
+        cls,
+        paths: RunPaths,
+        spec: StageSpec,
+        engines: EngineProvider,
+        progress: Progress | None = None,
+        config: RunConfig | None = None,
+    ) -> StageContext:
+        """The context of ``spec``; the run's config is read from disk unless given (one read per shard)."""
+        return cls(paths, spec, load_config(paths) if config is None else config, engines, progress)
+
+    @property
+    def iteration(self) -> int:
+        return self.spec.iteration
+
+    def input_shard(self, stage: str, shard: int | None = None) -> Path:
+        """Shard ``shard`` (default: this shard) of ``stage``'s output in this iteration."""
+        return self.paths.shard(self.spec.iteration, stage, self.spec.shard if shard is None else shard)
+
+    @property
+    def output_shard(self) -> Path:
+        """Where this shard's rows go."""
+        return self.paths.shard(self.spec.iteration, self.spec.stage, self.spec.shard)
+
+    def version(self, role: str, iteration: int | None = None) -> ModelVersion:
+        """The model ``role`` plays in ``iteration`` (default: this iteration)."""
+        return version_for(
+            self.paths, self.config, role, self.spec.iteration if iteration is None else iteration
+        )
+
+    def report(self, label: str, done: int, total: int) -> None:
+        """Forward progress to the sink, if there is one."""
+        if self.progress is not None:
+            self.progress(label, done, total)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What :func:`workers.stages.run_stage` returns: the shard's record, and whether it was already done."""
+
+    record: ShardDone
     skipped: bool = False
-    models: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int | float]:
+        return self.record.counts
+
+    @property
+    def engine(self) -> dict[str, int]:
+        return self.record.engine
+
+    @property
+    def models(self) -> dict[str, str]:
+        return self.record.models
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.record.metrics
+
+    @property
+    def seconds(self) -> float:
+        return self.record.seconds
 
 
 def finished(paths: RunPaths, spec: StageSpec, config_hash: str) -> StageResult | None:
@@ -60,34 +130,30 @@ def finished(paths: RunPaths, spec: StageSpec, config_hash: str) -> StageResult 
             f"{done} was produced with settings {record.config_hash} but the run now has "
             f"{config_hash}; start a new run (another run id) instead of reusing this directory"
         )
-    return StageResult(
-        counts=record.counts,
-        engine=record.engine,
-        seconds=record.seconds,
-        skipped=True,
-        models=record.models,
-        metrics=record.metrics,
-    )
+    return StageResult(record, skipped=True)
 
 
 def record_done(
-    paths: RunPaths, spec: StageSpec, config: RunConfig, result: StageResult, started_at: float | None = None
-) -> None:
-    """Write the shard's completion record (after its data files are in place)."""
+    paths: RunPaths,
+    spec: StageSpec,
+    config: RunConfig,
+    output: ShardOutput,
+    seconds: float,
+    started_at: float | None = None,
+) -> ShardDone:
+    """Write the shard's completion record (after its data files are in place) and return it."""
     record = ShardDone(
         started_at=started_at,
-        spec=ShardSpecRecord(**spec.model_dump()),
+        spec=spec,
         config_hash=config.stage_hash(spec.stage),
-        models=result.models,
-        metrics=result.metrics,
-        counts=result.counts,
-        engine=result.engine,
-        seconds=result.seconds,
+        **dict(output),
+        seconds=seconds,
         finished_at=time.time(),
         resolved=resolved_settings(config, spec.stage),
     )
     write_json_atomic(paths.shard_done(spec.iteration, spec.stage, spec.shard), record.as_record())
     paths.note_change(f"done {spec.iteration} {spec.stage} {spec.shard}")
+    return record
 
 
 def version_label(version: ModelVersion) -> str:
@@ -109,7 +175,3 @@ def metered(engine: Engine, progress: Progress | None, label: str):
     finally:
         if has_hook:
             engine.progress_callback = previous  # type: ignore[attr-defined]
-
-
-def engine_counts(stats: EngineStats) -> dict[str, int]:
-    return stats.as_dict()

@@ -8,16 +8,16 @@ resident while it runs (see ``run_eval``).
 
 from __future__ import annotations
 
-import time
 from itertools import zip_longest
 from pathlib import Path
 
 from shared.config import RunConfig
 from shared.evaluation.ifeval import validation_items
+from shared.records import ShardOutput
 from shared.runtime.artifacts import RunPaths, write_jsonl_atomic
-from shared.runtime.versions import ModelVersion, read_metadata, version_dir, version_for
+from shared.runtime.versions import ModelVersion, read_metadata, version_dir
 
-from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, version_label
+from .common import StageContext, version_label
 
 IFEVAL_KEYS = (
     "prompt_strict",
@@ -32,35 +32,32 @@ IFEVAL_KEYS = (
 JUDGE_KEYS = ("accuracy", "pointwise_accuracy", "pointwise_f1", "invalid_rate", "undecided_rate", "n")
 
 
-def _versions(paths: RunPaths, config, role: str, iteration: int) -> list[ModelVersion]:
+def _versions(ctx: StageContext, role: str) -> list[ModelVersion]:
     """Baseline v0 at iteration 0, then the newest version this iteration made (if any)."""
-    trained = read_metadata(version_dir(paths, role, iteration + 1)) is not None
-    latest = version_for(paths, config, role, iteration + 1 if trained else iteration)
-    chosen = [version_for(paths, config, role, 0)] if iteration == 0 and latest.version != "v0" else []
+    iteration = ctx.iteration
+    trained = read_metadata(version_dir(ctx.paths, role, iteration + 1)) is not None
+    latest = ctx.version(role, iteration + 1 if trained else iteration)
+    chosen = [ctx.version(role, 0)] if iteration == 0 and latest.version != "v0" else []
     return chosen + [latest]
 
 
-def run_eval(
-    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
-) -> StageResult:
+def run_eval(ctx: StageContext) -> ShardOutput:
     from shared.evaluation.ifeval import evaluate_ifeval
     from shared.evaluation.judge_eval import evaluate_judge, load_pairwise
 
-    config = load_config(paths)
+    config, engines = ctx.config, ctx.engines
     e = config.evaluation
-    started = time.perf_counter()
     ifeval, judge, validation, rows = [], [], [], []
     held_out = validation_items(Path(e.validation_prompts)) if e.validation_prompts else None
-    actor_versions = _versions(paths, config, "actor", spec.iteration)
+    actor_versions = _versions(ctx, "actor")
     items = load_pairwise(Path(e.judge_data), e.judge_limit) if e.judge_data is not None else None
-    refiner_versions = _versions(paths, config, "refiner", spec.iteration) if items is not None else []
+    refiner_versions = _versions(ctx, "refiner") if items is not None else []
     # Version by version, the actor then the refiner: the provider keeps ONE engine resident and
     # closes it before loading the next, and when actor and refiner are the same model version
     # (the demo) one engine serves both evaluations of a version instead of being loaded twice.
     for actor, refiner in zip_longest(actor_versions, refiner_versions):
         if actor is not None and e.ifeval:
-            if progress is not None:
-                progress(f"IFEval {actor.version}", 0, 1)
+            ctx.report(f"IFEval {actor.version}", 0, 1)
             result = evaluate_ifeval(engines.engine_for("actor", actor), e.ifeval_limit, e.max_new_tokens)
             ifeval.append({"version": actor.version, **{k: result[k] for k in IFEVAL_KEYS}})
             rows.append(
@@ -73,8 +70,7 @@ def run_eval(
                 }
             )
         if actor is not None and held_out is not None:
-            if progress is not None:
-                progress(f"validation {actor.version}", 0, 1)
+            ctx.report(f"validation {actor.version}", 0, 1)
             result = evaluate_ifeval(
                 engines.engine_for("actor", actor), max_new_tokens=e.max_new_tokens, items=held_out
             )
@@ -88,8 +84,7 @@ def run_eval(
                 }
             )
         if refiner is not None and items is not None:
-            if progress is not None:
-                progress(f"judge accuracy {refiner.version}", 0, 1)
+            ctx.report(f"judge accuracy {refiner.version}", 0, 1)
             j = config.judge
             result = evaluate_judge(
                 engines.engine_for("refiner", refiner),
@@ -104,11 +99,10 @@ def run_eval(
             rows.append(
                 {"kind": "judge", "version": version_label(refiner), "records": result.get("records", [])}
             )
-    write_jsonl_atomic(paths.shard(spec.iteration, "eval", spec.shard), rows)
-    _add_scores_to_cards(paths, config, ifeval, validation, judge)
-    return StageResult(
+    write_jsonl_atomic(ctx.output_shard, rows)
+    _add_scores_to_cards(ctx.paths, config, ifeval, validation, judge)
+    return ShardOutput(
         counts={"ifeval_versions": len(ifeval), "judge_versions": len(judge)},
-        seconds=time.perf_counter() - started,
         metrics={"ifeval": ifeval, "judge": judge, "validation": validation},
     )
 

@@ -8,23 +8,18 @@ judged by the refiner under ``verifier_then_llm`` and dropped under ``verifier``
 
 from __future__ import annotations
 
-import time
-
 from shared.iopo import PairForGroup, build_groups
 from shared.judges import backend_of, build_judge
-from shared.records import IopoGroupRow, JudgeRow, PairRow
-from shared.runtime.artifacts import RunPaths, read_jsonl, write_jsonl_atomic
-from shared.runtime.versions import version_for
+from shared.records import IopoGroupRow, JudgeRow, PairRow, ShardOutput
+from shared.runtime.artifacts import read_jsonl, write_jsonl_atomic
 from shared.seeding import derive_seed
 
-from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
+from .common import StageContext, metered, version_label
 
 
-def run_iopo_groups(
-    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
-) -> StageResult:
-    config = load_config(paths)
-    version = version_for(paths, config, "refiner", spec.iteration)
+def run_iopo_groups(ctx: StageContext) -> ShardOutput:
+    paths, config, spec = ctx.paths, ctx.config, ctx.spec
+    version = ctx.version("refiner")
     pairs_file = paths.data_file(spec.iteration, "pairs.jsonl")
     if not pairs_file.exists():
         raise FileNotFoundError(f"{pairs_file} is missing: it is written by the 'assemble' stage")
@@ -34,7 +29,7 @@ def run_iopo_groups(
     ]
     metadata: dict[str, object] = {}
     for shard in range(paths.num_prompt_shards()):
-        for row in map(JudgeRow.from_record, read_jsonl(paths.shard(spec.iteration, "judge", shard))):
+        for row in map(JudgeRow.from_record, read_jsonl(ctx.input_shard("judge", shard))):
             metadata[row.prompt] = row.metadata
     backend = backend_of(config.judge)
     rewriter = None
@@ -44,8 +39,7 @@ def run_iopo_groups(
         rewriter = VerifiableRewriter(
             metadata, seed=derive_seed(config.seed, "iopo-verifiable", spec.iteration)
         )
-    started = time.perf_counter()
-    with metered(engines.engine_for("refiner", version), progress, "IOPO rewrites") as engine:
+    with metered(ctx.engines.engine_for("refiner", version), ctx.progress, "IOPO rewrites") as engine:
         judge = build_judge(
             config.judge,
             engine,
@@ -70,12 +64,7 @@ def run_iopo_groups(
     for group in groups:
         if group.x2_source == "verifier":
             group.x2_metadata = metadata[group.x2]  # type: ignore[assignment]
-    write_jsonl_atomic(
-        paths.shard(spec.iteration, "iopo_groups", spec.shard), [g.as_record() for g in groups]
-    )
-    return StageResult(
-        counts=dict(result.counts),
-        engine=engine.stats.as_dict(),
-        seconds=time.perf_counter() - started,
-        models={"refiner": version_label(version)},
+    write_jsonl_atomic(ctx.output_shard, [g.as_record() for g in groups])
+    return ShardOutput(
+        models={"refiner": version_label(version)}, counts=dict(result.counts), engine=engine.stats.as_dict()
     )

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import time
-
 from shared.judges import build_judge
 from shared.negatives import select_negatives
-from shared.records import JudgeCounts, JudgedResponseRow, JudgeRow, SampleRow
-from shared.runtime.artifacts import RunPaths, read_jsonl, write_jsonl_atomic
-from shared.runtime.versions import version_for
+from shared.records import JudgeCounts, JudgedResponseRow, JudgeRow, SampleRow, ShardOutput
+from shared.runtime.artifacts import read_jsonl, write_jsonl_atomic
 from shared.seeding import derive_seed, rng_for
 from shared.verdict import Verdict
 
-from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
+from .common import StageContext, metered, version_label
 
 
-def run_judge(
-    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
-) -> StageResult:
-    config = load_config(paths)
-    version = version_for(paths, config, "refiner", spec.iteration)
-    rows = [SampleRow.from_record(r) for r in read_jsonl(paths.shard(spec.iteration, "sample", spec.shard))]
+def run_judge(ctx: StageContext) -> ShardOutput:
+    config, spec = ctx.config, ctx.spec
+    version = ctx.version("refiner")
+    rows = [SampleRow.from_record(r) for r in read_jsonl(ctx.input_shard("sample"))]
     j = config.judge
-    started = time.perf_counter()
-    with metered(engines.engine_for("refiner", version), progress, "judging") as engine:
+    with metered(ctx.engines.engine_for("refiner", version), ctx.progress, "judging") as engine:
         # stage 2 drops ties (docs/method.md): no re-judging
         metadata = {row.prompt: row.metadata for row in rows}
         judge = build_judge(
@@ -67,10 +61,7 @@ def run_judge(
             )
         )
     counts = counts.model_copy(update=agreement)
-    write_jsonl_atomic(paths.shard(spec.iteration, "judge", spec.shard), [r.as_record() for r in out])
-    return StageResult(
-        models={"refiner": version_label(version)},
-        counts=counts.as_record(),
-        engine=engine.stats.as_dict(),
-        seconds=time.perf_counter() - started,
+    write_jsonl_atomic(ctx.output_shard, [r.as_record() for r in out])
+    return ShardOutput(
+        models={"refiner": version_label(version)}, counts=counts.as_record(), engine=engine.stats.as_dict()
     )

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 from shared.judges import build_judge
 from shared.judging import Judgment, JudgmentCache
-from shared.records import JudgeRow, RefineCounts, TreeRow
-from shared.runtime.artifacts import RunPaths, read_jsonl, write_jsonl_atomic
-from shared.runtime.versions import version_for
+from shared.records import JudgeRow, RefineCounts, ShardOutput, TreeRow
+from shared.runtime.artifacts import read_jsonl, write_jsonl_atomic
 from shared.search import SearchRoot, TreeStatus, search_trees
 from shared.seeding import derive_seed
 
-from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
+from .common import StageContext, metered, version_label
 
 
-def run_refine(
-    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
-) -> StageResult:
-    config = load_config(paths)
-    version = version_for(paths, config, "refiner", spec.iteration)
-    rows = [JudgeRow.from_record(r) for r in read_jsonl(paths.shard(spec.iteration, "judge", spec.shard))]
+def run_refine(ctx: StageContext) -> ShardOutput:
+    config, spec, progress = ctx.config, ctx.spec, ctx.progress
+    version = ctx.version("refiner")
+    rows = [JudgeRow.from_record(r) for r in read_jsonl(ctx.input_shard("judge"))]
     cache = JudgmentCache()
     roots: list[SearchRoot] = []
     for row in rows:
@@ -37,9 +33,8 @@ def run_refine(
             )
     prompt_of_tree = {root.key: root.key.rsplit("#", 1)[0] for root in roots}
 
-    started = time.perf_counter()
     j, s = config.judge, config.search
-    with metered(engines.engine_for("refiner", version), progress, "tree search") as engine:
+    with metered(ctx.engines.engine_for("refiner", version), progress, "tree search") as engine:
         seed = derive_seed(config.seed, "search-judge", spec.iteration)
         metadata = {row.prompt: row.metadata for row in rows}
         judge = build_judge(
@@ -58,7 +53,7 @@ def run_refine(
         )
 
     out = [TreeRow.model_validate({"prompt_id": prompt_of_tree[t.key], **t.as_record()}) for t in trees]
-    write_jsonl_atomic(paths.shard(spec.iteration, "refine", spec.shard), [t.as_record() for t in out])
+    write_jsonl_atomic(ctx.output_shard, [t.as_record() for t in out])
     statuses = Counter(t.status for t in trees)
     counts = RefineCounts(
         trees=len(trees),
@@ -71,9 +66,6 @@ def run_refine(
         cache_hits=cache.hits - hits_before,
         **{f"status_{k.value}": v for k, v in statuses.items()},
     )
-    return StageResult(
-        models={"refiner": version_label(version)},
-        counts=counts.as_record(),
-        engine=engine.stats.as_dict(),
-        seconds=time.perf_counter() - started,
+    return ShardOutput(
+        models={"refiner": version_label(version)}, counts=counts.as_record(), engine=engine.stats.as_dict()
     )

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import time
-
 from shared.engine import GenerationRequest
-from shared.records import PromptRow, SampleCounts, SampleRow
-from shared.runtime.artifacts import RunPaths, read_jsonl, write_jsonl_atomic
-from shared.runtime.versions import version_for
+from shared.records import PromptRow, SampleCounts, SampleRow, ShardOutput
+from shared.runtime.artifacts import read_jsonl, write_jsonl_atomic
 from shared.seeding import derive_seed
 
-from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, metered, version_label
+from .common import StageContext, metered, version_label
 
 
-def run_sample(
-    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
-) -> StageResult:
-    config = load_config(paths)
-    version = version_for(paths, config, "actor", spec.iteration)
-    prompts = [PromptRow.from_record(r) for r in read_jsonl(paths.prompt_shard(spec.shard))]
+def run_sample(ctx: StageContext) -> ShardOutput:
+    config, spec = ctx.config, ctx.spec
+    version = ctx.version("actor")
+    prompts = [PromptRow.from_record(r) for r in read_jsonl(ctx.paths.prompt_shard(spec.shard))]
     s = config.sample
-    started = time.perf_counter()
     requests = [
         GenerationRequest(
             messages=[{"role": "user", "content": p.prompt}],
@@ -32,17 +26,14 @@ def run_sample(
         )
         for p in prompts
     ]
-    with metered(engines.engine_for("actor", version), progress, "sampling") as engine:
+    with metered(ctx.engines.engine_for("actor", version), ctx.progress, "sampling") as engine:
         outputs = engine.generate(requests)
     rows = [
         SampleRow(id=p.id, prompt=p.prompt, metadata=p.metadata, responses=responses)
         for p, responses in zip(prompts, outputs, strict=True)
     ]
-    write_jsonl_atomic(paths.shard(spec.iteration, "sample", spec.shard), [r.as_record() for r in rows])
+    write_jsonl_atomic(ctx.output_shard, [r.as_record() for r in rows])
     counts = SampleCounts(prompts=len(rows), responses=sum(len(r.responses) for r in rows))
-    return StageResult(
-        models={"actor": version_label(version)},
-        counts=counts.as_record(),
-        engine=engine.stats.as_dict(),
-        seconds=time.perf_counter() - started,
+    return ShardOutput(
+        models={"actor": version_label(version)}, counts=counts.as_record(), engine=engine.stats.as_dict()
     )

@@ -20,27 +20,20 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from shared.config import RunConfig, TrainCommon
-from shared.records import TrainCounts, VersionMetadata
+from shared.config import TrainCommon
+from shared.records import ShardOutput, TrainCounts, VersionMetadata
 from shared.runtime.artifacts import RunPaths, file_sha256, read_jsonl
 from shared.runtime.tracking import check_trackers
-from shared.runtime.versions import (
-    ModelVersion,
-    publishing,
-    read_metadata,
-    version_dir,
-    version_for,
-    write_metadata,
-)
+from shared.runtime.versions import ModelVersion, publishing, read_metadata, version_dir, write_metadata
 
 from ..model_card import card_for_version
 from ..models.registry import model_folder
-from .common import EngineProvider, Progress, StageResult, StageSpec, load_config, version_label
+from .common import StageContext, version_label
 
 if TYPE_CHECKING:
     from ..training.jobset import JobSetLauncher
@@ -69,8 +62,16 @@ def checkpoint_dir(paths: RunPaths, role: str, version: int) -> Path:
     return paths.root / "checkpoints" / f"{role}-v{version}"
 
 
+Trainer = Literal["preference", "sft"]
+"""What a training job runs: preference optimisation (the actor's DPO family) or supervised
+fine-tuning (the refiner's RFT, and stage 0 of either role)."""
+
+_LAUNCH_ROLE: dict[Trainer, str] = {"preference": "actor", "sft": "refiner"}
+"""The name ``workers.training.launch`` gives each trainer (its ``--role``)."""
+
+
 def train_version(
-    trainer: str,
+    trainer: Trainer,
     train_fn: Callable[..., dict[str, Any]],
     start_from: Path,
     data_file: Path,
@@ -83,7 +84,6 @@ def train_version(
 ) -> dict[str, Any]:
     """Train into ``out_dir``, in this process or launched on ``settings.num_processes`` processes.
 
-    ``trainer`` names the job's kind for the launcher ("actor": preference training, "refiner": SFT).
     A checkpoint a kill cut off mid-save is removed first, so the run resumes from a complete one.
     """
     from ..training.launch import Machines, launch_job, needs_launch
@@ -101,44 +101,85 @@ def train_version(
             "seed": seed,
             "checkpoint_dir": str(checkpoints),
         }
-        return launch_job(trainer, job, checkpoints, on_step, machines)
+        return launch_job(_LAUNCH_ROLE[trainer], job, checkpoints, on_step, machines)
     return train_fn(
         start_from, records, settings, out_dir, seed=seed, on_step=on_step, checkpoint_dir=checkpoints
     )
 
 
+def version_metadata(
+    role: str,
+    version: int,
+    parent: ModelVersion,
+    objective: str,
+    data_file: str,
+    records: int,
+    settings: TrainCommon,
+    *,
+    metrics: dict[str, Any] | None = None,
+    base_model: str | None = None,
+    alias_reason: str | None = None,
+    launch: bool = True,
+) -> dict[str, Any]:
+    """``spar_version.json`` of ``role`` v<version> (validated by ``write_metadata``): the one builder.
+
+    ``alias_reason``: nothing was trained, the version is its parent's weights. ``launch``: record
+    how the training was launched (stage 0's records never held it; kept so its files do not change).
+    """
+    meta: dict[str, Any] = {
+        "role": role,
+        "version": f"v{version}",
+        "parent": version_label(parent),
+        "objective": objective,
+        "data": {"file": data_file, "sha256": file_sha256(Path(data_file)), "records": records},
+        "hyperparameters": settings.model_dump(mode="json"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    if alias_reason is not None:
+        return meta | {"alias_of": parent.version, "reason": alias_reason}
+    meta |= {
+        "metrics": metrics or {},
+        "adapter": settings.lora is not None,
+        "base_model": base_model if settings.lora is not None else None,
+    }
+    if launch:
+        meta |= {"distributed": settings.distributed, "num_processes": settings.num_processes}
+    return meta
+
+
+def _data_file(ctx: StageContext, data_name: str) -> Path:
+    """The file a training stage learns from: the IOPO groups shard, or an assembled data file."""
+    if data_name == "iopo_groups":
+        return ctx.paths.shard(ctx.iteration, "iopo_groups", 0)
+    return ctx.paths.data_file(ctx.iteration, data_name)
+
+
 def _train(
-    paths: RunPaths,
-    spec: StageSpec,
-    engines: EngineProvider,
+    ctx: StageContext,
     role: str,
     data_name: str,
     settings: TrainCommon,
-    train_fn,
-    extra_meta: dict,
-    progress: Progress | None = None,
-) -> StageResult:
+    trainer: Trainer,
+    train_fn: Callable[..., dict[str, Any]],
+    objective: str,
+) -> ShardOutput:
     from ..training.jobset import JobSetLauncher
     from ..training.launch import Machines
 
-    config = load_config(paths)
-    started = time.perf_counter()
-    parent = version_for(paths, config, role, spec.iteration)
+    paths, spec, config = ctx.paths, ctx.spec, ctx.config
+    parent = ctx.version(role)
     target = version_dir(paths, role, spec.iteration + 1)
     checkpoints = checkpoint_dir(paths, role, spec.iteration + 1)
     done = read_metadata(target)
     machines = Machines.from_env()
     if done is None and machines is not None and machines.machine_rank != 0:
         return _train_as_other_node(
-            paths, spec, role, data_name, settings, train_fn, parent, checkpoints, machines, started
+            ctx, role, data_name, settings, trainer, train_fn, parent, checkpoints, machines
         )
     if done is None:
-        producer = "iopo_groups" if data_name == "iopo_groups" else "assemble"
-        if producer == "iopo_groups":
-            data_file = paths.shard(spec.iteration, "iopo_groups", 0)
-        else:
-            data_file = paths.data_file(spec.iteration, data_name)
+        data_file = _data_file(ctx, data_name)
         if not data_file.exists():
+            producer = "iopo_groups" if data_name == "iopo_groups" else "assemble"
             raise FileNotFoundError(
                 f"{data_file} is missing: run the '{producer}' stage of iteration {spec.iteration}"
             )
@@ -146,27 +187,27 @@ def _train(
         records = list(read_jsonl(data_file))
         launcher = JobSetLauncher.from_env() if machines is None else None  # a node never hands on
         if records and launcher is not None:
-            return _train_on_jobset(paths, spec, engines, role, settings, launcher, progress, started)
+            return _train_on_jobset(ctx, role, settings, launcher)
         with publishing(target) as tmp:
-            meta = {
-                "role": role,
-                "version": f"v{spec.iteration + 1}",
-                "parent": version_label(parent),
-                "data": {"file": str(data_file), "sha256": file_sha256(data_file), "records": len(records)},
-                "hyperparameters": settings.model_dump(mode="json"),
-                "created_at": dt.datetime.now(dt.UTC).isoformat(),
-                **extra_meta,
-            }
+            describe = partial(
+                version_metadata,
+                role,
+                spec.iteration + 1,
+                parent,
+                objective,
+                str(data_file),
+                len(records),
+                settings,
+            )
             if not records:
-                meta |= {"alias_of": parent.version, "reason": f"no training records in {data_name}"}
+                meta = describe(alias_reason=f"no training records in {data_name}")
             else:
-                engines.release()  # inference engines give their memory to the trainer
+                ctx.engines.release()  # inference engines give their memory to the trainer
                 start_from = materialize(parent, paths)
-                label = f"training {role} ({extra_meta.get('objective', 'sft')}) steps"
-                on_step = None if progress is None else (lambda done, total: progress(label, done, total))
-                kind = "actor" if role == "actor" else "refiner"
+                label = f"training {role} ({objective}) steps"
+                on_step = None if ctx.progress is None else partial(ctx.report, label)
                 metrics = train_version(
-                    kind,
+                    trainer,
                     train_fn,
                     start_from,
                     data_file,
@@ -177,37 +218,23 @@ def _train(
                     checkpoints,
                     on_step,
                 )
-                meta |= {
-                    "metrics": metrics,
-                    "adapter": settings.lora is not None,
-                    "base_model": str(start_from) if settings.lora is not None else None,
-                    "distributed": settings.distributed,
-                    "num_processes": settings.num_processes,
-                }
+                meta = describe(metrics=metrics, base_model=str(start_from))
             write_metadata(tmp, meta)
             card_for_version(paths, config, role, spec.iteration + 1, folder=tmp)  # published with it
         done = read_metadata(target)
         assert done is not None
-    return _published(paths, role, spec, parent, checkpoints, done, started)
+    return _published(ctx, role, parent, checkpoints, done)
 
 
 def _published(
-    paths: RunPaths,
-    role: str,
-    spec: StageSpec,
-    parent: ModelVersion,
-    checkpoints: Path,
-    done: VersionMetadata,
-    started: float,
-) -> StageResult:
+    ctx: StageContext, role: str, parent: ModelVersion, checkpoints: Path, done: VersionMetadata
+) -> ShardOutput:
     """The stage's result once version t+1 is published (by this worker or by node 0 of a JobSet)."""
-    config = load_config(paths)
     shutil.rmtree(checkpoints, ignore_errors=True)  # published: the step checkpoints have served
-    new = version_for(paths, config, role, spec.iteration + 1)
+    new = ctx.version(role, ctx.iteration + 1)
     metrics = done.metrics
-    return StageResult(
+    return ShardOutput(
         counts=TrainCounts(records=done.data.records, trained=int(done.alias_of is None)).as_record(),
-        seconds=time.perf_counter() - started,
         models={role: version_label(parent), f"{role}_new": version_label(new)},
         metrics={k: v for k, v in metrics.items() if k != "loss_curve"}
         | {"loss_curve": metrics.get("loss_curve", [])},
@@ -215,15 +242,8 @@ def _published(
 
 
 def _train_on_jobset(
-    paths: RunPaths,
-    spec: StageSpec,
-    engines: EngineProvider,
-    role: str,
-    settings: TrainCommon,
-    launcher: JobSetLauncher,
-    progress: Progress | None,
-    started: float,
-) -> StageResult:
+    ctx: StageContext, role: str, settings: TrainCommon, launcher: JobSetLauncher
+) -> ShardOutput:
     """Hand the stage to a JobSet (``SPAR_TRAIN_LAUNCHER=jobset``) and report what node 0 published.
 
     The JobSet's pods run this same stage (``workers.training.node``); node 0 publishes version t+1
@@ -232,101 +252,82 @@ def _train_on_jobset(
     from ..training.jobset import KubeApi, run_stage
     from ..training.launch import TrainingLaunchError
 
-    config = load_config(paths)
-    parent = version_for(paths, config, role, spec.iteration)
+    paths, spec = ctx.paths, ctx.spec
+    parent = ctx.version(role)
     target = version_dir(paths, role, spec.iteration + 1)
     checkpoints = checkpoint_dir(paths, role, spec.iteration + 1)
-    engines.release()  # nothing trains here, but the worker holds no engine while it waits
+    ctx.engines.release()  # nothing trains here, but the worker holds no engine while it waits
     env = {"SPAR_RUN_DIR": str(paths.root), "SPAR_ITERATION": str(spec.iteration), "SPAR_STAGE": spec.stage}
     name = run_stage(
-        launcher, KubeApi.from_env(), env, settings.num_processes, checkpoints / "progress.json", progress
+        launcher, KubeApi.from_env(), env, settings.num_processes, checkpoints / "progress.json", ctx.progress
     )
     done = read_metadata(target)
     if done is None:
         raise TrainingLaunchError(f"JobSet {name} completed but node 0 published no version at {target}")
-    return _published(paths, role, spec, parent, checkpoints, done, started)
+    return _published(ctx, role, parent, checkpoints, done)
 
 
 def _train_as_other_node(
-    paths: RunPaths,
-    spec: StageSpec,
+    ctx: StageContext,
     role: str,
     data_name: str,
     settings: TrainCommon,
-    train_fn,
+    trainer: Trainer,
+    train_fn: Callable[..., dict[str, Any]],
     parent: ModelVersion,
     checkpoints: Path,
     machines: Any,
-    started: float,
-) -> StageResult:
+) -> ShardOutput:
     """A node other than node 0 of a multi-node job: its processes train with node 0's, and node 0
     alone publishes the version (global rank 0 writes the model and metrics into node 0's staging
     folder). This node's own output folder is scratch; nothing of the run is written here."""
-    config = load_config(paths)
-    if data_name == "iopo_groups":
-        data_file = paths.shard(spec.iteration, "iopo_groups", 0)
-    else:
-        data_file = paths.data_file(spec.iteration, data_name)
+    data_file = _data_file(ctx, data_name)
     records = list(read_jsonl(data_file))
     if records:
         scratch = checkpoints / f"node-{machines.machine_rank}-out"
-        kind = "actor" if role == "actor" else "refiner"
-        start_from = materialize(parent, paths)
+        start_from = materialize(parent, ctx.paths)
         train_version(
-            kind, train_fn, start_from, data_file, records, settings, scratch, config.seed, checkpoints, None
+            trainer,
+            train_fn,
+            start_from,
+            data_file,
+            records,
+            settings,
+            scratch,
+            ctx.config.seed,
+            checkpoints,
+            None,
         )
         shutil.rmtree(scratch, ignore_errors=True)
-    return StageResult(
+    return ShardOutput(
         counts=TrainCounts(records=len(records), trained=0).as_record(),
-        seconds=time.perf_counter() - started,
         models={role: version_label(parent)},
         metrics={"machine_rank": machines.machine_rank, "num_machines": machines.num_machines},
     )
 
 
-def run_train_actor(
-    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
-) -> StageResult:
+def run_train_actor(ctx: StageContext) -> ShardOutput:
     from ..training.actor import train_actor
 
-    config: RunConfig = load_config(paths)
-    cfg = config.train_actor
+    cfg = ctx.config.train_actor
     data = "iopo_groups" if cfg.objective == "iopo" else "pairs.jsonl"
-    return _train(
-        paths, spec, engines, "actor", data, cfg, train_actor, {"objective": cfg.objective}, progress
-    )
+    return _train(ctx, "actor", data, cfg, "preference", train_actor, cfg.objective)
 
 
-def run_train_refiner(
-    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
-) -> StageResult:
+def run_train_refiner(ctx: StageContext) -> ShardOutput:
     from ..training.refiner import train_refiner
 
-    config = load_config(paths)
-    return _train(
-        paths,
-        spec,
-        engines,
-        "refiner",
-        "rft.jsonl",
-        config.train_refiner,
-        train_refiner,
-        {"objective": "rft"},
-        progress,
-    )
+    return _train(ctx, "refiner", "rft.jsonl", ctx.config.train_refiner, "sft", train_refiner, "rft")
 
 
-def run_init(
-    paths: RunPaths, spec: StageSpec, engines: EngineProvider, progress: Progress | None
-) -> StageResult:
+def run_init(ctx: StageContext) -> ShardOutput:
     """Stage 0: SFT of the configured models into v0 on the given datasets (once per run)."""
     from shared.prompts import PromptFileError
 
     from ..training.refiner import train_refiner
 
-    config = load_config(paths)
+    paths, config = ctx.paths, ctx.config
     assert config.init is not None, "the init stage runs only when the config has `init`"
-    started = time.perf_counter()
     counts: dict[str, float] = {}
     models: dict[str, str] = {}
     for role, data, settings in (
@@ -337,7 +338,7 @@ def run_init(
             continue
         target = version_dir(paths, role, 0)
         if read_metadata(target) is None:
-            base = version_for(paths, config, role, 0)  # the configured model, since v0 is absent
+            base = ctx.version(role, 0)  # the configured model, since v0 is absent
             check_trackers(settings, f"init.{role}")
             records = list(read_jsonl(Path(data)))
             bad = [i + 1 for i, r in enumerate(records) if not isinstance(r.get("messages"), list)]
@@ -345,13 +346,11 @@ def run_init(
                 raise PromptFileError(
                     data, [(n, "expected {'messages': [...]}") for n in bad] or [(0, "empty")]
                 )
-            engines.release()
+            ctx.engines.release()
             with publishing(target) as tmp:
-                on_step = (
-                    None if progress is None else (lambda d, t, r=role: progress(f"stage 0: SFT {r}", d, t))
-                )
+                on_step = None if ctx.progress is None else partial(ctx.report, f"stage 0: SFT {role}")
                 metrics = train_version(
-                    "refiner",
+                    "sft",
                     train_refiner,
                     model_folder(base),
                     Path(data),
@@ -362,25 +361,23 @@ def run_init(
                     checkpoint_dir(paths, role, 0),
                     on_step,
                 )
-                write_metadata(
-                    tmp,
-                    {
-                        "role": role,
-                        "version": "v0",
-                        "parent": version_label(base),
-                        "objective": "sft",
-                        "data": {"file": data, "sha256": file_sha256(Path(data)), "records": len(records)},
-                        "hyperparameters": settings.model_dump(mode="json"),
-                        "metrics": metrics,
-                        "adapter": settings.lora is not None,
-                        "base_model": str(base.path) if settings.lora is not None else None,
-                        "created_at": dt.datetime.now(dt.UTC).isoformat(),
-                    },
+                meta = version_metadata(
+                    role,
+                    0,
+                    base,
+                    "sft",
+                    data,
+                    len(records),
+                    settings,
+                    metrics=metrics,
+                    base_model=str(base.path),
+                    launch=False,
                 )
+                write_metadata(tmp, meta)
                 card_for_version(paths, config, role, 0, folder=tmp)
         shutil.rmtree(checkpoint_dir(paths, role, 0), ignore_errors=True)
         meta = read_metadata(target)
         assert meta is not None
         counts[f"{role}_records"] = meta.data.records
-        models[f"{role}_new"] = version_label(version_for(paths, config, role, 0))
-    return StageResult(counts=counts, seconds=time.perf_counter() - started, models=models)
+        models[f"{role}_new"] = version_label(ctx.version(role, 0))
+    return ShardOutput(counts=counts, models=models)

@@ -11,7 +11,7 @@ job file is JSON:
     {
       "model_path": "runs/x/models/actor-v0",   # starting checkpoint (and default reference)
       "data_file": "runs/x/iter1/pairs.jsonl",   # JSONL: pairs / IOPO groups (actor), {"messages"} (refiner)
-      "config": {"objective": "dpo", ...},       # ActorTrainConfig or RefinerTrainConfig fields
+      "config": {"objective": "dpo", ...},       # ActorTrainConfig or SftConfig fields
       "out_dir": "runs/x/models/actor-v1",
       "ref_model_path": null,                    # actor only; default: model_path
       "seed": 0,
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.config import ActorTrainConfig, RefinerTrainConfig, TrainCommon
+from shared.config import ActorTrainConfig, SftConfig, TrainCommon
 from shared.errors import TrainingLaunchError  # noqa: F401  (also importable from here)
 from shared.runtime.settings import apply_hf_environment
 
@@ -133,7 +133,7 @@ def job_config(role: str, job: dict[str, Any]) -> TrainCommon:
     """The validated training configuration of a job (unknown keys are rejected)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
-    model = ActorTrainConfig if role == "actor" else RefinerTrainConfig
+    model = ActorTrainConfig if role == "actor" else SftConfig
     return model.model_validate(job.get("config") or {})
 
 

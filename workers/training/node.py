@@ -44,6 +44,7 @@ def main(env: dict[str, str] | None = None) -> int:
         print(f"SPAR_STAGE={env['SPAR_STAGE']!r}: one of {STAGES}", file=sys.stderr)
         return 2
     apply_hf_environment()
+    from workers.stages.common import StageContext
     from workers.stages.train import run_train_actor, run_train_refiner
 
     runner = run_train_actor if env["SPAR_STAGE"] == "train_actor" else run_train_refiner
@@ -57,7 +58,7 @@ def main(env: dict[str, str] | None = None) -> int:
         target = Path(env["SPAR_PROGRESS_FILE"])
         progress = lambda label, done, total: write_progress(target, done, total)  # noqa: E731
 
-    result = runner(RunPaths(Path(env["SPAR_RUN_DIR"])), spec, _NoEngines(), progress)
+    result = runner(StageContext.open(RunPaths(Path(env["SPAR_RUN_DIR"])), spec, _NoEngines(), progress))
     print(json.dumps({"counts": result.counts, "models": result.models}))
     return 0
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 
-from shared.config import RefinerTrainConfig
+from shared.config import SftConfig
 from shared.losses import sequence_logps
 from workers.training import encode_chat
 
@@ -98,7 +98,7 @@ def mean_target_nll(
 def train_refiner(
     model_path: Path,
     examples: list[dict[str, Any]],
-    cfg: RefinerTrainConfig,
+    cfg: SftConfig,
     out_dir: Path,
     seed: int = 0,
     assistant_turns: AssistantTurns = "all",

@@ -1,0 +1,135 @@
+"""Stage hashes of the example configs, pinned: a renamed config class or a moved field must leave them.
+
+``RunConfig.stage_hash`` is recorded in every ``.done.json`` and manifest; a change to it makes every
+existing run refuse to resume (``ConfigChangedError``). The values were computed by the code before
+the SFT settings were renamed ``SftConfig`` (from ``RefinerTrainConfig``), from the YAML as users
+write it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shared.config import RunConfig
+from shared.stages import STAGE_DEFS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PINNED: dict[str, dict[str, str]] = {
+    "examples/demo.yaml": {
+        "init": "120f58259fc0c23d",
+        "sample": "a9046345a7996718",
+        "judge": "e9188fc58c0db9aa",
+        "refine": "c166a345dc3edc5d",
+        "assemble": "9d86effef661d67e",
+        "iopo_groups": "0c08903891333348",
+        "train_actor": "78abc28aeb28afc1",
+        "train_refiner": "2a8242fd2fb78d1e",
+        "eval": "e15c788c6e700271",
+    },
+    "examples/experiment/smollm2_iopo.yaml": {
+        "init": "2f7deff2131d8b2e",
+        "sample": "9a94c21462fd200c",
+        "judge": "1a0debd8b2be6364",
+        "refine": "75e3b6a8ce94a624",
+        "assemble": "17da5a3a2daee266",
+        "iopo_groups": "e48fa16a582fac27",
+        "train_actor": "8df671b89dfee764",
+        "train_refiner": "c4c503491eccdfa6",
+        "eval": "b00970da9198cb43",
+    },
+    "examples/experiment/smollm2_main.yaml": {
+        "init": "2f7deff2131d8b2e",
+        "sample": "9a94c21462fd200c",
+        "judge": "ae47a293dc39a7be",
+        "refine": "571ef0bdebe9d6a8",
+        "assemble": "17da5a3a2daee266",
+        "iopo_groups": "e8a90578c9da8d38",
+        "train_actor": "7fe3cdb51b3beafc",
+        "train_refiner": "c4c503491eccdfa6",
+        "eval": "136a4ca07c4ecb67",
+    },
+    "examples/experiment/smollm2_samples.yaml": {
+        "init": "2f7deff2131d8b2e",
+        "sample": "9a94c21462fd200c",
+        "judge": "1a0debd8b2be6364",
+        "refine": "75e3b6a8ce94a624",
+        "assemble": "98e22f1e7373203d",
+        "iopo_groups": "98a3aff2778b937a",
+        "train_actor": "7fe3cdb51b3beafc",
+        "train_refiner": "c4c503491eccdfa6",
+        "eval": "b00970da9198cb43",
+    },
+    "examples/experiment/smollm2_sr_dpo.yaml": {
+        "init": "2f7deff2131d8b2e",
+        "sample": "9a94c21462fd200c",
+        "judge": "1a0debd8b2be6364",
+        "refine": "75e3b6a8ce94a624",
+        "assemble": "17da5a3a2daee266",
+        "iopo_groups": "e48fa16a582fac27",
+        "train_actor": "bc9a38c88658338b",
+        "train_refiner": "c4c503491eccdfa6",
+        "eval": "b00970da9198cb43",
+    },
+    "examples/experiment/smollm2_tune.yaml": {
+        "init": "2f7deff2131d8b2e",
+        "sample": "9a94c21462fd200c",
+        "judge": "1a0debd8b2be6364",
+        "refine": "75e3b6a8ce94a624",
+        "assemble": "17da5a3a2daee266",
+        "iopo_groups": "e48fa16a582fac27",
+        "train_actor": "7fe3cdb51b3beafc",
+        "train_refiner": "c4c503491eccdfa6",
+        "eval": "7c202d88f0fd5672",
+    },
+    "examples/experiment/smollm2_verifier.yaml": {
+        "init": "2f7deff2131d8b2e",
+        "sample": "9a94c21462fd200c",
+        "judge": "1a0debd8b2be6364",
+        "refine": "75e3b6a8ce94a624",
+        "assemble": "17da5a3a2daee266",
+        "iopo_groups": "e48fa16a582fac27",
+        "train_actor": "7fe3cdb51b3beafc",
+        "train_refiner": "c4c503491eccdfa6",
+        "eval": "b00970da9198cb43",
+    },
+    "examples/tiny.yaml": {
+        "init": "93ecbb394f941053",
+        "sample": "e1e8449767aac01b",
+        "judge": "204e515513fb4607",
+        "refine": "ea0e6aa8c8786562",
+        "assemble": "1b25e00ea56d0e8f",
+        "iopo_groups": "d138a659185d7a25",
+        "train_actor": "8891250511a24732",
+        "train_refiner": "b05a0f4d26d085f0",
+        "eval": "d032961467f7dbe9",
+    },
+    "examples/tiny_iopo.yaml": {
+        "init": "93ecbb394f941053",
+        "sample": "e1e8449767aac01b",
+        "judge": "204e515513fb4607",
+        "refine": "ea0e6aa8c8786562",
+        "assemble": "1b25e00ea56d0e8f",
+        "iopo_groups": "5d15de96c6693adb",
+        "train_actor": "02d01fc307e42ae8",
+        "train_refiner": "b05a0f4d26d085f0",
+        "eval": "d032961467f7dbe9",
+    },
+}
+
+
+def test_every_example_is_pinned() -> None:
+    found = {
+        str(p.relative_to(ROOT))
+        for p in [*ROOT.glob("examples/*.yaml"), *ROOT.glob("examples/experiment/*.yaml")]
+    }
+    assert found == set(PINNED)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_stage_hashes_are_unchanged(name: str) -> None:
+    config = RunConfig.model_validate(yaml.safe_load((ROOT / name).read_text()))
+    assert {stage: config.stage_hash(stage) for stage in STAGE_DEFS} == PINNED[name]
