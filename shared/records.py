@@ -362,6 +362,7 @@ class ShardDone(_Ordered):
         "engine",
         "seconds",
         "finished_at",
+        "started_at",
         "resolved",
     )
 

@@ -76,6 +76,7 @@ DONE_JSON = {
     "resolved": {"actor": {"device": "cpu", "dtype": "float32", "engine": "hf"}},
     "seconds": 138.3507919370004,
     "spec": {"iteration": 0, "run_dir": "/runs/tiny", "shard": 0, "stage": "sample"},
+    "started_at": 1796537782.1,
 }
 MANIFEST_JSON = {
     "config_hash": "e1e8449767aac01b",
@@ -101,7 +102,8 @@ def test_shard_records_keep_their_shape_and_order() -> None:
     done = ShardDone.from_record(DONE_JSON).as_record()
     assert done == DONE_JSON
     assert list(done) == [
-        "spec", "config_hash", "models", "metrics", "counts", "engine", "seconds", "finished_at", "resolved"
+        "spec", "config_hash", "models", "metrics", "counts", "engine", "seconds", "finished_at", "started_at",
+        "resolved",
     ]  # fmt: skip
     manifest = StageManifest.from_record(MANIFEST_JSON).as_record()
     assert manifest == MANIFEST_JSON
@@ -125,3 +127,10 @@ def test_a_spec_naming_no_stage_is_refused() -> None:
     with pytest.raises(ValidationError, match="unknown stage"):
         StageSpec(run_dir="/r", iteration=0, stage="sampel", shard=0)
     assert StageSpec(run_dir="/r", iteration=0, stage="init", shard=0).stage == "init"
+
+
+def test_a_record_older_than_started_at_reads_and_writes_it_as_none() -> None:
+    from shared.records import ShardDone
+
+    old = {k: v for k, v in DONE_JSON.items() if k != "started_at"}
+    assert ShardDone.from_record(old).as_record() == old | {"started_at": None}
