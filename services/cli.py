@@ -180,11 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "worker":
             from services import logs
             from shared.runtime.queue import redis_url
-            from workers.worker import run_worker, wait_for_redis_at_start
+            from workers.worker import run_worker
 
             logs.worker_json()
             url = args.queue_url or redis_url()
-            wait_for_redis_at_start(url)  # never reached: exit 3 naming the URL, not a silent loop
             _quiet_libraries()
             run_worker(
                 args.role,

@@ -28,7 +28,6 @@ from rq.job import Job
 from rq.timeouts import UnixSignalDeathPenalty
 
 from shared.errors import (
-    SparError,
     WorkerSettingsError,  # noqa: F401  (also importable from here)
 )
 from shared.runtime import rq_compat
@@ -165,16 +164,6 @@ def _redis_timeout() -> float:
     return settings().worker_redis_timeout
 
 
-START_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)
-"""Waits between the tries a starting worker makes to reach Redis: about half a minute in all."""
-
-
-class RedisUnreachableAtStart(SparError):
-    """A worker that never reached Redis since it started: the URL, not an outage, is the suspect."""
-
-    exit_code = 3
-
-
 def display_url(url: str) -> str:
     """``url`` with its password replaced by ``***``: what a log line may show."""
     from urllib.parse import urlsplit, urlunsplit
@@ -187,51 +176,6 @@ def display_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def wait_for_redis_at_start(
-    url: str, backoff: tuple[float, ...] | None = None, sleep: Callable[[float], None] = time.sleep
-) -> None:
-    """Reach Redis before serving; after the last try, fail with the URL and the fix.
-
-    Why a bounded wait rather than the reconnect loop's endless one: a worker that has never
-    reached Redis is usually pointed at the wrong place (a typo in ``SPAR_REDIS_URL``, a missing
-    password, no Redis started), and retrying that silently forever looks like an idle worker.
-    Half a minute covers Redis starting in the same compose or kubernetes rollout; then the process
-    exits non-zero (:class:`RedisUnreachableAtStart`, exit code 3) and the orchestrator's own restart
-    backoff takes over. Once a worker has been connected, outages are waited out (:func:`run_worker`).
-    """
-    backoff = START_BACKOFF_S if backoff is None else backoff
-    shown = display_url(url)
-    error: Exception | None = None
-    for attempt, delay in enumerate((*backoff, None), start=1):
-        try:
-            Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5).ping()
-            if attempt > 1:
-                log.info(
-                    "redis reachable", extra={"event": "worker.redis_up", "url": shown, "attempt": attempt}
-                )
-            return
-        except (RedisConnectionError, RedisTimeoutError, ValueError) as exc:
-            error = exc
-            if delay is None:
-                break
-            log.warning(
-                "redis unreachable at start; retrying",
-                extra={
-                    "event": "worker.redis_unreachable",
-                    "url": shown,
-                    "attempt": attempt,
-                    "delay_s": delay,
-                    "error": str(exc)[:200],
-                },
-            )
-            sleep(delay)
-    raise RedisUnreachableAtStart(
-        f"cannot reach Redis at {shown} ({str(error)[:200]}) after {len(backoff) + 1} tries over "
-        f"{sum(backoff):.0f} s; set SPAR_REDIS_URL (or --queue-url) to redis://[user:password@]host:port/db "
-        "of a running Redis (check the host, port and password), or start Redis first"
-    )
-
-
 def run_worker(
     role: QueueName,
     redis_url: str,
@@ -242,6 +186,10 @@ def run_worker(
 ) -> None:
     """Serve one role's queue until stopped (signal, RQ shutdown command, or ``burst`` running dry).
 
+    A worker started before Redis (a compose or kubernetes rollout) waits for it: every reconnect
+    line names the URL tried (password hidden) and, until Redis has answered once, the fix, so a
+    wrong ``SPAR_REDIS_URL`` is visible in the first line of the log rather than a silent idle loop.
+
     RQ's work loop returns on *any* Redis error -- a timeout, a refused connection -- as if it had
     been told to stop, and its teardown may raise on the same dead connection. Here only a
     requested stop ends the process: every other end of the loop reconnects with backoff, so a
@@ -249,6 +197,8 @@ def run_worker(
     by the scheduler and found done).
     """
     socket_timeout = _redis_timeout()
+    shown = display_url(redis_url)
+    connected_once = False  # until Redis answers once, the URL (not an outage) is the likely fault
     attempt = 0
     failures = 0
     previous: SparWorker | None = None  # the last loop's worker, whose scheduler may hold a lock
@@ -273,6 +223,7 @@ def run_worker(
             )
             worker.log_setup = log_setup
             worker.work(burst=burst, with_scheduler=True)
+            connected_once = True  # RQ's loop registered the worker: Redis answered at this URL
             reason = "loop ended without a stop request (Redis timeout or error)"
         except (RedisConnectionError, RedisTimeoutError) as exc:
             reason = f"redis unreachable: {exc}"
@@ -285,10 +236,15 @@ def run_worker(
         # Back off 1, 2, 4 ... 30 s while Redis stays away; a loop that ran a while starts over.
         failures = 1 if time.monotonic() - started > 60 else failures + 1
         delay = min(2.0 ** (failures - 1), 30.0)
-        log.warning(
-            "worker reconnecting",
-            extra={"event": "worker.reconnect", "reason": reason, "attempt": attempt, "delay_s": delay},
-        )
+        extra: dict[str, object] = {
+            "event": "worker.reconnect", "reason": reason, "attempt": attempt, "delay_s": delay, "url": shown
+        }
+        if not connected_once:
+            extra["hint"] = (
+                f"never reached Redis at {shown} since start: set SPAR_REDIS_URL (or --queue-url) to "
+                "redis://[user:password@]host:port/db of a running Redis, or start Redis first"
+            )
+        log.warning("worker reconnecting", extra=extra)
         _sleep_or_stop(delay)
 
 
