@@ -13,8 +13,9 @@ from service_harness import RedisServer
 from services.api.main import create_app
 from services.api.settings import Settings
 from services.runs import create_run, load_config_file
+from shared.records import ShardOutput
 from shared.runtime.shards import StageSpec, load_config, write_stage_manifest
-from workers.stages.common import StageResult, record_done
+from workers.stages.common import record_done
 
 TOKEN = "disk-runs-token-0123456789abcdef0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -32,7 +33,7 @@ def _cli_run(root: Path, run_id: str, prompts: Path) -> Path:
         spec = StageSpec(run_dir=str(paths.root), iteration=0, stage="sample", shard=shard)
         paths.shard(0, "sample", shard).parent.mkdir(parents=True, exist_ok=True)
         paths.shard(0, "sample", shard).write_text("")
-        record_done(paths, spec, config, StageResult(counts={"prompts": 2, "responses": 6}))
+        record_done(paths, spec, config, ShardOutput(counts={"prompts": 2, "responses": 6}), seconds=0.0)
     write_stage_manifest(paths, 0, "sample")
     return paths.root
 
