@@ -15,7 +15,8 @@ from pydantic import BaseModel
 
 from shared.config import RunConfig, path_fields
 from shared.errors import ConfigError, ModelNotFoundError
-from workers.models.registry import BUILTIN, is_builtin, resolve_model
+from shared.runtime.versions import BUILTIN_MODELS, is_builtin
+from workers.models.registry import resolve_model
 
 
 class ResolvedInput(BaseModel):
@@ -53,7 +54,7 @@ def check_inputs(config: RunConfig, prepare_builtin: bool = False) -> list[Resol
             except ModelNotFoundError as exc:
                 raise ConfigError(
                     f"{where}: {exc} (paths are relative to the config file; built-in names: "
-                    f"{', '.join(BUILTIN)})"
+                    f"{', '.join(BUILTIN_MODELS)})"
                 ) from exc
             found.append(ResolvedInput(field=where, value=value, kind=kind, resolved=str(folder)))
             continue

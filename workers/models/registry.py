@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.errors import ModelNotFoundError  # noqa: F401  (also importable from here)
-from shared.runtime.versions import BUILTIN_MODELS, ModelVersion, is_builtin  # noqa: F401
+from shared.runtime.versions import BUILTIN_MODELS, ModelVersion
 
 
 def default_cache_dir() -> Path:
