@@ -67,8 +67,7 @@ class VerifierOnlyJudge:
 
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgment]:
         items = list(items)
-        verified = self.checker.judge(items, [self.metadata_by_prompt.get(p) for p, _ in items])
-        missing = [i for i, j in enumerate(verified) if j is None]
+        verified, missing = _check(self.checker, self.metadata_by_prompt, items)
         if missing:
             raise ValueError(
                 f"judge.backend 'verifier' but {len(missing)} item(s) have no IFEval metadata "
@@ -102,8 +101,7 @@ class VerifierThenLlmJudge:
 
     def judge(self, items: Sequence[tuple[str, str]]) -> list[Judgment]:
         items = list(items)
-        verified = self.checker.judge(items, [self.metadata_by_prompt.get(p) for p, _ in items])
-        missing = [i for i, j in enumerate(verified) if j is None]
+        verified, missing = _check(self.checker, self.metadata_by_prompt, items)
         if missing:
             # One batched call for everything the verifier could not judge.
             for index, judgment in zip(missing, self.llm.judge([items[i] for i in missing]), strict=True):
@@ -144,3 +142,11 @@ class VerifierThenLlmJudge:
         )
         undecided = sum(1 for j in llm if j.label is None)
         return Agreement(n=len(both), agree=agree, llm_undecided=undecided)
+
+
+def _check(
+    checker: VerifierJudge, metadata_by_prompt: MetadataByPrompt, items: list[tuple[str, str]]
+) -> tuple[list[Judgment | None], list[int]]:
+    """The checker's judgment of each item (None where its prompt has no metadata), and those indexes."""
+    verified = checker.judge(items, [metadata_by_prompt.get(p) for p, _ in items])
+    return verified, [i for i, j in enumerate(verified) if j is None]
