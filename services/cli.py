@@ -8,6 +8,7 @@
     spar eval ifeval --model PATH [--limit N]               IFEval accuracies (strict/loose)
     spar eval judge --model PATH --data FILE                pairwise judge accuracy (LLMBar format)
     spar prompts synth --n N [--seed S] --out FILE          synthesized prompts with checkable constraints
+    spar hub push RUN_DIR                                   push versions not pushed yet (config `hub:`)
     spar api | spar worker --role R                         the distributed service
 
 Errors a user can fix (bad config, malformed prompt lines, missing model) are printed as one clear
@@ -126,6 +127,13 @@ def _parser() -> argparse.ArgumentParser:
         "(gzip JSONL that Google's IFEval code re-scores; a folder per run when several are given)",
     )
 
+    hub = sub.add_parser("hub", help="model versions and a Hugging Face Hub (the config's `hub:`)")
+    hsub = hub.add_subparsers(dest="hub_command", required=True)
+    push = hsub.add_parser(
+        "push", help="push a run's published versions that are not pushed yet (failed pushes again)"
+    )
+    push.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+
     models = sub.add_parser("models", help="build or prepare local model folders")
     msub = models.add_subparsers(dest="models_command", required=True)
     prep = msub.add_parser("prepare", help="prepare a built-in model as a Hugging Face folder")
@@ -211,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 files = export_runs(args.run_dirs, args.export_generations)
                 console.print(f"{len(files)} files of generations written to {args.export_generations}")
             return 0
+        if args.command == "hub":
+            return _cmd_hub_push(args, console)
         if args.command == "prompts":
             from services.prompts_cli import run_prompts_command
 
@@ -253,7 +263,7 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
         raise ConfigError(
             "--dry-run estimates a new run from CONFIG; it cannot be combined with --resume or --fork"
         )
-    from services.preflight import check_inputs
+    from services.preflight import check_hub, check_inputs
     from shared.runtime.tracking import check_run_trackers
 
     if args.cache_dir is not None:  # before any built-in model is resolved
@@ -263,14 +273,18 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
         paths = open_run(args.resume)
         check_run_trackers(load_config(paths))
         check_inputs(load_config(paths))  # a model folder moved away since: say so before loading
+        check_hub(load_config(paths))  # the hub token: in this shell too, before any work
     else:
         config = load_config_file(args.config, args.overrides)
         check_run_trackers(config)  # a tracker's missing package: before a run directory is made
         check_inputs(config)  # every path and model folder: before a run directory is made
+        hub_line = check_hub(config)  # a hub push's token: now, not after the first training
         if args.dry_run:
             return _dry_run(config, console)
         source = open_run(args.fork) if args.fork is not None else None
         paths = create_run(config, args.runs_dir, args.run_id, source=str(args.config))
+        if hub_line is not None:
+            console.print(hub_line)
         if source is not None:
             from services.fork import fork_into
             from shared.runtime.artifacts import FORK_RECORD, read_json
@@ -286,7 +300,9 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
     logs.configure(paths.events, json_stderr=args.log_json)
     console.print(f"run [bold]{paths.run_id}[/] in {paths.root}")
 
-    from services.progress import RunProgress, zero_lr_warning
+    from rich.markup import escape
+
+    from services.progress import RunProgress, hub_push_warnings, zero_lr_warning
     from shared.stages import pipeline
 
     config = load_config(paths)
@@ -300,10 +316,11 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
             def on_shard(iteration: int, stage: str, done: int, total: int) -> None:
                 progress.on_shard(iteration, stage, done, total)
                 if done == total:
-                    warning = zero_lr_warning(paths.root, iteration, stage)
-                    if warning is not None:
+                    found = [zero_lr_warning(paths.root, iteration, stage)]
+                    found += hub_push_warnings(paths.root, iteration, stage)
+                    for warning in filter(None, found):
                         warnings.append(warning)
-                        console.print(f"[yellow]warning:[/] {warning}")
+                        console.print(f"[yellow]warning:[/] {escape(warning)}")
 
             executor = LocalExecutor.for_run(paths, progress=progress.on_batch, on_shard=on_shard)
 
@@ -328,6 +345,35 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
     _record_rates(paths.root, executor.stage_wall)
     out.print(f"run {paths.run_id} done in {total:.1f} s; outputs in {paths.root}")
     return 0
+
+
+def _cmd_hub_push(args: argparse.Namespace, console) -> int:
+    """``spar hub push RUN_DIR``: exit 0 when every configured version is on the hub, 1 otherwise."""
+    from rich.markup import escape
+
+    from services import logs
+    from services.preflight import check_hub
+    from services.runs import ConfigError, open_run
+    from shared.runtime.shards import load_config
+    from workers.hub import push_run
+
+    paths = open_run(args.run_dir)
+    config = load_config(paths)
+    if config.hub is None:
+        raise ConfigError(f"{paths.root}: the run's config has no hub section, so there is nowhere to push")
+    check_hub(config)
+    logs.configure(paths.events)
+    pushes = push_run(paths, config)
+    for p in pushes:
+        where = f"{p.repo_id}@{p.revision}"
+        if p.status == "pushed":
+            console.print(f"{p.role} {p.version}: pushed to {escape(where)} ({escape(p.commit_url or '')})")
+        else:
+            failed = f"[red]{p.role} {p.version}: push to {escape(where)} failed:[/]"
+            console.print(f"{failed} {escape(p.error or '')}")
+    if not pushes:
+        console.print("no published version of the configured roles to push")
+    return 1 if any(p.status == "failed" for p in pushes) else 0
 
 
 def _record_rates(run_root: Path, stage_wall: dict[tuple[int, str], float]) -> None:
@@ -355,12 +401,13 @@ def _dry_run(config, console) -> int:
     import json
 
     from services.estimate import calibrate, estimate, load_record, render
-    from services.preflight import check_inputs
+    from services.preflight import check_hub, check_inputs
     from services.runs import read_prompts
     from shared.runtime.settings import settings
 
     _quiet_libraries()
     resolved = check_inputs(config)
+    hub_line = check_hub(config)
     # plain prints: the config and the table are for reading and for scripts, never folded by rich
     print("resolved config:")
     print(json.dumps(config.model_dump(mode="json"), indent=2))
@@ -372,6 +419,8 @@ def _dry_run(config, console) -> int:
     if rates is None:
         console.print("calibrating: loading each engine and timing a few short generations ...")
         rates = calibrate(config, [p.prompt for p in prompts[:16]])
+    if hub_line is not None:
+        print(hub_line)
     print(f"{len(prompts)} prompts, {config.iterations} iteration(s)")
     print(render(estimate(config, len(prompts), rates), rates))
     print("dry run: nothing was written under the runs folder")

@@ -4,11 +4,14 @@ Why: a run directory is only worth creating when the run can start. A model fold
 exist used to surface only when the first stage loaded it, after ``spar run`` had already made the
 run directory, so the user fixed the path, ran again and was left with a half-made run that
 ``--resume`` would repeat. ``spar run`` and ``spar run --dry-run`` both call :func:`check_inputs`
-first; nothing is written before it passes.
+(and :func:`check_hub`, the token a configured hub push needs) first; nothing is written before they
+pass.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -66,3 +69,35 @@ def check_inputs(config: RunConfig, prepare_builtin: bool = False) -> list[Resol
             )
         found.append(ResolvedInput(field=where, value=value, kind=kind, resolved=str(path.resolve())))
     return found
+
+
+def check_hub(config: RunConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The hub push a run will make, checked before anything runs; raises one error naming the field.
+
+    Why now: a version is pushed after its training, so a token missing from the environment would
+    otherwise be found hours into the run. Only what this machine can know is checked (the token is
+    set, the endpoint is a URL); whether the hub accepts the token shows at the first push. Returns
+    a line saying where versions will go, or None without ``hub:``.
+    """
+    hub = config.hub
+    if hub is None:
+        return None
+    env = os.environ if environ is None else environ
+    if not env.get(hub.token_env, "").strip():
+        raise ConfigError(
+            f"hub.token_env: the environment variable {hub.token_env} is not set; export a write token "
+            f"in it (export {hub.token_env}=...) or remove the hub section (tokens are never stored in a "
+            "config)"
+        )
+    offline = env.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    if offline and not hub.override_offline:
+        raise ConfigError(
+            "hub.override_offline: HF_HUB_OFFLINE=1 is set, which blocks every upload; set "
+            "hub.override_offline: true (the push then lifts it for its own requests) or unset HF_HUB_OFFLINE"
+        )
+    endpoint = hub.endpoint or env.get("HF_ENDPOINT") or "https://huggingface.co"
+    where = f"{hub.repo_id} (revision {hub.revision})"
+    required = (
+        "a failed push fails the stage" if hub.required else "a failed push is recorded, the run goes on"
+    )
+    return f"hub: {', '.join(hub.roles)} versions pushed to {where} on {endpoint}; {required}"

@@ -59,6 +59,24 @@ def zero_lr_warning(run_root: Path, iteration: int, stage: str) -> str | None:
     )
 
 
+def hub_push_warnings(run_root: Path, iteration: int, stage: str) -> list[str]:
+    """One line per failed hub push that a finished stage recorded (``metrics.hub`` of its record):
+    a push that is not ``required`` fails quietly otherwise, and the user must see it."""
+    import json
+
+    done = run_root / f"iter_{iteration}" / stage / "shard_00000.done.json"
+    try:
+        pushes = (json.loads(done.read_text(encoding="utf-8")).get("metrics") or {}).get("hub") or []
+    except (OSError, ValueError):
+        return []
+    return [
+        f"{stage} (iteration {iteration}): {p.get('role')} {p.get('version')} is published locally but its "
+        f"push to {p.get('repo_id') or 'the hub'} failed: {p.get('error')}"
+        for p in pushes
+        if isinstance(p, dict) and p.get("status") == "failed"
+    ]
+
+
 class RunProgress:
     """Two bars (the stage's shards, the current shard's engine batches) plus plain lines.
 

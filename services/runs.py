@@ -310,7 +310,12 @@ def check_path_text(where: str, value: str, root: Path) -> None:
 
 
 def confine(
-    config: RunConfig, root: Path, *, allow_remote_code: bool = False, max_iterations: int | None = None
+    config: RunConfig,
+    root: Path,
+    *,
+    allow_remote_code: bool = False,
+    max_iterations: int | None = None,
+    allow_hub_push: bool = False,
 ) -> RunConfig:
     """The server's rules for a config sent over the API (400 naming the field on any breach).
 
@@ -320,8 +325,15 @@ def confine(
     * ``trust_remote_code`` (hf and vllm sections of both roles) is refused unless the server was
       started with ``SPAR_ALLOW_REMOTE_CODE=1``: it runs Python shipped in a model folder.
     * ``iterations`` may not exceed the server's ``SPAR_MAX_ITERATIONS``.
+    * ``hub`` is refused unless the server was started with ``SPAR_ALLOW_HUB_PUSH=1``: a train worker
+      would send the token in the environment variable it names to the endpoint it names.
     """
     root = root.resolve()
+    if config.hub is not None and not allow_hub_push:
+        raise ConfigError(
+            "hub: pushing models to a hub is disabled on this server; remove the section (an operator may "
+            "allow it with SPAR_ALLOW_HUB_PUSH=1)"
+        )
     for where, _, value in walk_fields(config):
         if where.endswith(".trust_remote_code") and value is True and not allow_remote_code:
             raise ConfigError(

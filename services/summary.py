@@ -104,6 +104,7 @@ def iteration_summary(paths: RunPaths, iteration: int) -> dict:
                 "target_nll_after": t.get("target_nll_after"),
                 "peak_rss_mb": t.get("peak_rss_mb"),
                 "loss_curve": t.get("loss_curve") or [],
+                "hub": t.get("hub") or [],
             }
         )
     evaluation = stages["eval"].metrics if "eval" in stages else {}
@@ -122,6 +123,7 @@ def iteration_summary(paths: RunPaths, iteration: int) -> dict:
 
 def render(summary: dict):  # -> rich.console.Group
     from rich.console import Group
+    from rich.markup import escape
     from rich.table import Table
 
     metrics = Table(title=f"iteration {summary['iteration']}: what it produced", show_header=True)
@@ -169,6 +171,16 @@ def render(summary: dict):  # -> rich.console.Group
                 _fmt(r["peak_rss_mb"]),
             )
         parts.append(train)
+        pushes = [p for r in summary["training"] for p in r.get("hub") or []]
+        if pushes:
+            hub = Table(title=f"iteration {summary['iteration']}: hub pushes", show_header=True)
+            for col in ("version", "repo", "revision", "status"):
+                hub.add_column(col)
+            for p in pushes:
+                status = "pushed" if p.get("status") == "pushed" else f"FAILED: {escape(str(p.get('error')))}"
+                version = f"{p.get('role')} {p.get('version')}"
+                hub.add_row(version, p.get("repo_id") or "-", p.get("revision") or "-", status)
+            parts.append(hub)
     evaluation = summary.get("evaluation") or {}
     if evaluation.get("ifeval") or evaluation.get("judge"):
         table = Table(title=f"iteration {summary['iteration']}: evaluation", show_header=True)

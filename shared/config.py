@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
+import string
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
@@ -583,6 +585,186 @@ class EvalConfig(_Strict):
     judge_limit: int | None = Field(None, ge=1, le=10_000_000, description="First N judge items (<= 10^7).")
 
 
+HUB_PLACEHOLDERS = ("run", "role", "version")
+"""What ``hub.repo_id`` and ``hub.revision`` may contain in braces: the run id, the role and the
+version label (``v3``)."""
+
+_REPO_PART = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?$")
+_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _placeholders(template: str, field: str) -> set[str]:
+    """The names a template uses; an unknown one or a malformed brace is an error naming ``field``."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(
+            f"{field} {template[:80]!r}: {exc} (placeholders: {{run}}, {{role}}, {{version}})"
+        ) from exc
+    fields = [(name, spec, conv) for _, name, spec, conv in parsed if name is not None]
+    if any(spec or conv for _, spec, conv in fields):  # {role:>99999999} would build a huge string
+        raise ValueError(
+            f"{field} {template[:80]!r}: a placeholder takes no format; write {{role}}, not {{role:...}}"
+        )
+    names = {name for name, _, _ in fields}
+    unknown = sorted(n for n in names if n not in HUB_PLACEHOLDERS)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], HUB_PLACEHOLDERS, n=1)
+        hint = f" (did you mean {{{close[0]}}}?)" if close else ""
+        raise ValueError(
+            f"{field} {template[:80]!r}: unknown placeholder {{{unknown[0][:20]}}}{hint}; "
+            "known: {run}, {role}, {version}"
+        )
+    return names
+
+
+def repo_id_problem(repo_id: str) -> str | None:
+    """Why ``repo_id`` (rendered) is not a Hub model repo id, or None. The Hub's rule: ``namespace/name``,
+    letters, digits, ``-``, ``_`` and ``.``, neither starting nor ending with ``-`` or ``.``, no ``--`` or
+    ``..``, a name of at most 96 characters. Checked here so that a bad id fails before any training,
+    not when the first version is pushed hours later."""
+    parts = repo_id.split("/")
+    if len(parts) != 2:
+        return "must be 'namespace/name' (a user or organisation, then the repo name)"
+    if not all(_REPO_PART.match(p) for p in parts) or "--" in repo_id or ".." in repo_id:
+        return (
+            "may use letters, digits, '-', '_' and '.' only ('--' and '..' not allowed, no '-' or '.' "
+            "at an end)"
+        )
+    if len(parts[1]) > 96:
+        return f"its name is {len(parts[1])} characters; the Hub allows 96"
+    return None
+
+
+class HubConfig(_Strict):
+    """Push every model version the run publishes to a Hugging Face Hub (or a server speaking its API).
+
+    Off unless the section is present. A version is pushed after it is published locally, so a push
+    that fails never loses it: the failure is logged (``hub.push_failed``), recorded in the training
+    stage's result and in ``<run>/hub/<role>-v<k>.json``, and, unless ``required``, the run goes on.
+    The token is read from the environment variable ``token_env`` on the machine that trains; a
+    config never holds a token. Left out of every stage hash: where a model is pushed does not
+    change the model.
+    """
+
+    repo_id: str = Field(
+        ...,
+        min_length=3,
+        max_length=256,
+        description="Target repo, a template: 'namespace/name' with optional {run}, {role} and {version} "
+        "(v<k>). 'myorg/spar-{role}' with revision '{version}': one repo per role, one branch per version; "
+        "'myorg/{run}-{role}-{version}': one repo per version (on main).",
+    )
+    revision: str = Field(
+        "main",
+        min_length=1,
+        max_length=256,
+        description="Branch each version is committed to, a template like repo_id ('{version}': a branch "
+        "per version, created from main when missing; 'main': every version a new commit on main).",
+    )
+    endpoint: str | None = Field(
+        None,
+        max_length=2048,
+        description="Base URL of the hub, e.g. https://huggingface.co or a self-hosted mirror. None: "
+        "$HF_ENDPOINT, else the public Hugging Face Hub.",
+    )
+    private: bool = Field(
+        True, description="Create missing repos private (an existing repo keeps its setting)."
+    )
+    token_env: str = Field(
+        "HF_TOKEN",
+        max_length=128,
+        description="Name of the environment variable holding a write token (on the machine that trains; "
+        "checked by `spar run` and `--dry-run` before anything starts). Never the token itself.",
+    )
+    roles: list[Literal["actor", "refiner"]] = Field(
+        default_factory=lambda: ["actor", "refiner"],
+        min_length=1,
+        max_length=2,
+        description="Which roles' versions to push.",
+    )
+    required: bool = Field(
+        False,
+        description="false: a failed push is logged and recorded, the stage succeeds and the run goes on. "
+        "true: the training stage fails after publishing (the version stays); a retry or --resume pushes "
+        "again without training again.",
+    )
+    override_offline: bool = Field(
+        True,
+        description="HF_HUB_OFFLINE=1 (set by the Makefile so nothing is downloaded) blocks every "
+        "huggingface_hub request, uploads included. true: the push lifts it for its own requests only; "
+        "false: a push under HF_HUB_OFFLINE=1 fails with an error saying so.",
+    )
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo_id(cls, value: str) -> str:
+        _placeholders(value, "repo_id")
+        problem = repo_id_problem(value.format(run="run", role="refiner", version="v12"))
+        if problem is not None:
+            raise ValueError(f"repo_id {value[:80]!r} {problem}; e.g. 'myorg/spar-{{role}}'")
+        return value
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, value: str) -> str:
+        _placeholders(value, "revision")
+        rendered = value.format(run="run", role="refiner", version="v12")
+        if not _BRANCH.match(rendered) or ".." in rendered or rendered.endswith(("/", ".lock")):
+            raise ValueError(
+                f"revision {value[:80]!r} is not a branch name: letters, digits, '.', '_', '-' and '/', "
+                "e.g. 'main' or '{version}'"
+            )
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/\s]+", value) or any(c.isspace() for c in value):
+            raise ValueError(f"endpoint {value[:80]!r} is not an http(s) URL, e.g. https://huggingface.co")
+        return value.rstrip("/")
+
+    @field_validator("token_env")
+    @classmethod
+    def _token_env(cls, value: str) -> str:
+        if value.startswith(("hf_", "api_")):
+            raise ValueError(
+                "token_env names the environment variable that holds the token (e.g. HF_TOKEN), never the "
+                "token itself: remove the token from the config and export it instead"
+            )
+        if not _ENV_NAME.match(value):
+            raise ValueError(f"token_env {value[:40]!r} is not an environment variable name (e.g. HF_TOKEN)")
+        if value.upper().startswith("SPAR_"):
+            raise ValueError(
+                f"token_env {value!r} names one of spar's own settings, which are never sent to a hub; "
+                "use the variable holding your hub token (e.g. HF_TOKEN)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _roles_apart(self) -> HubConfig:
+        """Both roles pushed to one repo and branch would overwrite each other's weights."""
+        if len(set(self.roles)) > 1 and "{role}" not in self.repo_id + self.revision:
+            raise ValueError(
+                "hub pushes both roles: put {role} in repo_id (e.g. 'myorg/spar-{role}') or in revision, "
+                "or push one role (roles: [actor])"
+            )
+        return self
+
+    def target(self, run_id: str, role: str, version: int) -> tuple[str, str]:
+        """(repo id, revision) of ``role`` v<version> of a run; raises ValueError naming the field when
+        the rendered repo id is not one the Hub accepts (a long run id in {run})."""
+        values = {"run": run_id, "role": role, "version": f"v{version}"}
+        repo_id = self.repo_id.format(**values)
+        problem = repo_id_problem(repo_id)
+        if problem is not None:
+            raise ValueError(f"hub.repo_id renders to {repo_id!r}, which {problem}; shorten the template")
+        return repo_id, self.revision.format(**values)
+
+
 class RunConfig(_Strict):
     """A whole run: data, models, and the settings of each stage."""
 
@@ -624,6 +806,9 @@ class RunConfig(_Strict):
     )
     init: InitConfig | None = Field(None, description="Stage 0: optional SFT initialisation (once).")
     evaluation: EvalConfig = Field(default_factory=EvalConfig, description="Settings of the `eval` stage.")
+    hub: HubConfig | None = Field(
+        None, description="Push each published model version to a Hugging Face Hub (default: no push)."
+    )
 
     @model_validator(mode="after")
     def _iopo_has_groups(self) -> RunConfig:
@@ -635,6 +820,19 @@ class RunConfig(_Strict):
             raise ValueError(
                 "train_actor.objective 'iopo' trains on IOPO groups: add 'iopo_groups' to stages"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _hub_repo_fits(self) -> RunConfig:
+        """A {run} in hub.repo_id grows by the run id's stamp: a name too long for the Hub fails now,
+        not when the first version is pushed."""
+        if self.hub is not None and "{run}" in self.hub.repo_id:
+            sample = f"{self.name}-20260101-000000-abcd"  # services.runs.new_run_id's shape
+            problem = repo_id_problem(self.hub.repo_id.format(run=sample, role="refiner", version="v12"))
+            if problem is not None:
+                raise ValueError(
+                    f"hub.repo_id with run ids like {sample!r} {problem}; shorten the name or the template"
+                )
         return self
 
     @model_validator(mode="after")

@@ -149,6 +149,13 @@ class TrainingLaunchError(SparError, RuntimeError):
     """The launched training exited non-zero; the message carries its last output lines."""
 
 
+class HubPushError(SparError, RuntimeError):
+    """A push of a published version to a hub failed and ``hub.required`` is set. The version stays
+    published; the message names the repo and the fix, and a retry or ``--resume`` pushes again."""
+
+    http_status = 502
+
+
 class StorageError(SparError, RuntimeError):
     """The data root cannot be written (disk full, read-only, no permission): nothing was left behind.
 

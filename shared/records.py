@@ -298,6 +298,28 @@ class VersionMetadata(Record):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+class HubPush(Record):
+    """``<run>/hub/<role>-v<k>.json``: the last push of a published version to a hub (``hub:``).
+
+    Kept beside the version, not in it: the version folder is what gets uploaded, and its metadata is
+    final once published. ``fingerprint`` (file names, sizes and modification times) is what a retried
+    job compares to push a version once: the same target and fingerprint after a successful push is
+    a no-op, a card rewritten by the eval stage is a change.
+    """
+
+    role: Literal["actor", "refiner"]
+    version: str
+    repo_id: str
+    revision: str
+    endpoint: str
+    status: Literal["pushed", "failed"]
+    fingerprint: str
+    files: list[str] = Field(default_factory=list, description="Paths uploaded, relative to the version.")
+    commit_url: str | None = None
+    error: str | None = Field(None, description="Why the push failed, and what to change.")
+    at: str = Field(..., description="When this push finished (UTC, ISO 8601).")
+
+
 # --- bookkeeping -------------------------------------------------------------------------------
 
 

@@ -97,6 +97,11 @@ class TrainingRow(_Open):
     target_nll_after: float | None = None
     peak_rss_mb: float | None = None
     loss_curve: list[float] = Field(default_factory=list)
+    hub: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="The new version's push to a hub (`hub:` in the config): repo_id, revision, status "
+        "('pushed' or 'failed'), commit_url or error. Empty without a push.",
+    )
 
 
 class Evaluation(BaseModel):

@@ -137,6 +137,10 @@ class RunPaths:
     def manifest(self, iteration: int, stage: str) -> Path:
         return self.stage_dir(iteration, stage) / "manifest.json"
 
+    def hub_record(self, role: str, version: int) -> Path:
+        """The last push of ``role`` v<version> to a hub (``shared.records.HubPush``)."""
+        return self.root / "hub" / f"{role}-v{version}.json"
+
     def data_file(self, iteration: int, name: str) -> Path:
         """Files of the assembled training data, e.g. ``pairs.jsonl`` and ``rft.jsonl``."""
         return self.stage_dir(iteration, "assemble") / name

@@ -54,6 +54,11 @@ class SparSettings(BaseSettings):
         description="Accept trust_remote_code: true in run configs (workers then run Python shipped "
         "with a model folder). Off: such a config is refused with a 400.",
     )
+    allow_hub_push: bool = Field(
+        False,
+        description="Accept a `hub:` section in run configs sent to the API (a train worker then sends the "
+        "token named by hub.token_env to hub.endpoint). Off: such a config is refused with a 400.",
+    )
     max_iterations: int = Field(
         100, ge=1, le=1000, description="Most iterations a run created over the API may ask for."
     )

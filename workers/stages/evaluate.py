@@ -17,6 +17,7 @@ from shared.records import ShardOutput
 from shared.runtime.artifacts import RunPaths, write_jsonl_atomic
 from shared.runtime.versions import ModelVersion, read_metadata, version_dir
 
+from ..hub import push_version
 from .common import StageContext, version_label
 
 IFEVAL_KEYS = (
@@ -100,18 +101,24 @@ def run_eval(ctx: StageContext) -> ShardOutput:
                 {"kind": "judge", "version": version_label(refiner), "records": result.get("records", [])}
             )
     write_jsonl_atomic(ctx.output_shard, rows)
-    _add_scores_to_cards(ctx.paths, config, ifeval, validation, judge)
+    rewritten = _add_scores_to_cards(ctx.paths, config, ifeval, validation, judge)
+    # the scored card pushed again; a failure is recorded, never raised (even with hub.required): a
+    # retry would evaluate again for a card's sake, and `spar hub push` pushes it without that
+    pushed = [push_version(ctx.paths, config, role, k, raise_failure=False) for role, k in rewritten]
+    pushes = [p.as_record() for p in pushed if p is not None]
     return ShardOutput(
         counts={"ifeval_versions": len(ifeval), "judge_versions": len(judge)},
-        metrics={"ifeval": ifeval, "judge": judge, "validation": validation},
+        metrics={"ifeval": ifeval, "judge": judge, "validation": validation}
+        | ({"hub": pushes} if pushes else {}),
     )
 
 
 def _add_scores_to_cards(
     paths: RunPaths, config: RunConfig, ifeval: list[dict], validation: list[dict], judge: list[dict]
-) -> None:
+) -> list[tuple[str, int]]:
     """Rewrite the model card of every trained version just scored, now with its scores (the card is
-    written when the version is published, before any evaluation of it could run)."""
+    written when the version is published, before any evaluation of it could run); returns the
+    (role, version) of each card rewritten, which a configured hub then gets again."""
     from ..model_card import card_for_version
 
     scored: dict[tuple[str, str], list[dict]] = {}
@@ -122,6 +129,9 @@ def _add_scores_to_cards(
     ):
         for row in rows:
             scored.setdefault((role, row["version"]), []).append({"kind": kind, **row})
+    rewritten = []
     for (role, version), rows in scored.items():
         if version[:1] == "v" and version[1:].isdigit():
-            card_for_version(paths, config, role, int(version[1:]), evaluation=rows)
+            if card_for_version(paths, config, role, int(version[1:]), evaluation=rows) is not None:
+                rewritten.append((role, int(version[1:])))
+    return rewritten

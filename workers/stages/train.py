@@ -31,6 +31,7 @@ from shared.runtime.artifacts import RunPaths, file_sha256, read_jsonl
 from shared.runtime.tracking import check_trackers
 from shared.runtime.versions import ModelVersion, publishing, read_metadata, version_dir, write_metadata
 
+from ..hub import push_version
 from ..model_card import card_for_version
 from ..models.registry import model_folder
 from .common import StageContext, version_label
@@ -229,15 +230,18 @@ def _train(
 def _published(
     ctx: StageContext, role: str, parent: ModelVersion, checkpoints: Path, done: VersionMetadata
 ) -> ShardOutput:
-    """The stage's result once version t+1 is published (by this worker or by node 0 of a JobSet)."""
+    """The stage's result once version t+1 is published (by this worker or by node 0 of a JobSet),
+    pushed to the hub first when the config has ``hub:`` (a retried job pushes what it did not)."""
     shutil.rmtree(checkpoints, ignore_errors=True)  # published: the step checkpoints have served
     new = ctx.version(role, ctx.iteration + 1)
+    pushed = push_version(ctx.paths, ctx.config, role, ctx.iteration + 1)
     metrics = done.metrics
     return ShardOutput(
         counts=TrainCounts(records=done.data.records, trained=int(done.alias_of is None)).as_record(),
         models={role: version_label(parent), f"{role}_new": version_label(new)},
         metrics={k: v for k, v in metrics.items() if k != "loss_curve"}
-        | {"loss_curve": metrics.get("loss_curve", [])},
+        | {"loss_curve": metrics.get("loss_curve", [])}
+        | ({"hub": [pushed.as_record()]} if pushed is not None else {}),
     )
 
 
@@ -330,6 +334,7 @@ def run_init(ctx: StageContext) -> ShardOutput:
     assert config.init is not None, "the init stage runs only when the config has `init`"
     counts: dict[str, float] = {}
     models: dict[str, str] = {}
+    pushes: list[dict] = []
     for role, data, settings in (
         ("actor", config.init.actor_data, config.init.actor),
         ("refiner", config.init.refiner_data, config.init.refiner),
@@ -380,4 +385,7 @@ def run_init(ctx: StageContext) -> ShardOutput:
         assert meta is not None
         counts[f"{role}_records"] = meta.data.records
         models[f"{role}_new"] = version_label(ctx.version(role, 0))
-    return ShardOutput(counts=counts, models=models)
+        pushed = push_version(paths, config, role, 0)
+        if pushed is not None:
+            pushes.append(pushed.as_record())
+    return ShardOutput(counts=counts, models=models, metrics={"hub": pushes} if pushes else {})

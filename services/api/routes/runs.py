@@ -39,6 +39,7 @@ def start_run(config: RunConfig, settings: SettingsDep, scheduler: SchedulerDep)
         config,
         settings.data_root.resolve(),
         allow_remote_code=settings.allow_remote_code,
+        allow_hub_push=settings.allow_hub_push,
         max_iterations=settings.max_iterations,
     )
     paths = create_run(resolved, settings.runs_root)
@@ -153,6 +154,7 @@ def _adopt(run_id: str, paths: RunPaths, scheduler: Scheduler, settings: Setting
         config,
         settings.data_root.resolve(),
         allow_remote_code=settings.allow_remote_code,
+        allow_hub_push=settings.allow_hub_push,
         max_iterations=settings.max_iterations,
     )
     if not scheduler.redis.set(f"spar:run:{run_id}:resuming", "1", nx=True, ex=RESUME_LOCK_S):
