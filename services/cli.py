@@ -309,8 +309,9 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
     order = pipeline(config.stages, config.iterations, with_init=config.init is not None)
     started = time.perf_counter()
     warnings: list[str] = []
+    eta = _run_eta(paths, config)
     try:
-        with RunProgress(console, order, config.iterations, disabled=args.no_progress) as progress:
+        with RunProgress(console, order, config.iterations, disabled=args.no_progress, eta=eta) as progress:
             loads: list[float] = []
 
             def on_shard(iteration: int, stage: str, done: int, total: int) -> None:
@@ -345,6 +346,17 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
     _record_rates(paths.root, executor.stage_wall)
     out.print(f"run {paths.run_id} done in {total:.1f} s; outputs in {paths.root}")
     return 0
+
+
+def _run_eta(paths, config):
+    """The run's ETA as the progress line asks for it: this run's recorded shards, and for stages it
+    has not run yet the rates a dry run of these models left in the cache (read once)."""
+    from services.estimate import load_rates
+    from services.eta import run_eta
+    from shared.runtime.settings import settings
+
+    rates = load_rates(config, settings().cache_root)
+    return lambda: run_eta(paths, config, rates)
 
 
 def _cmd_hub_push(args: argparse.Namespace, console) -> int:
@@ -400,7 +412,7 @@ def _dry_run(config, console) -> int:
     """
     import json
 
-    from services.estimate import calibrate, estimate, load_record, render
+    from services.estimate import calibrate, estimate, load_record, render, save_calibration
     from services.preflight import check_hub, check_inputs
     from services.runs import read_prompts
     from shared.runtime.settings import settings
@@ -419,6 +431,7 @@ def _dry_run(config, console) -> int:
     if rates is None:
         console.print("calibrating: loading each engine and timing a few short generations ...")
         rates = calibrate(config, [p.prompt for p in prompts[:16]])
+        save_calibration(config, settings().cache_root, rates)  # the run's ETA falls back on it
     if hub_line is not None:
         print(hub_line)
     print(f"{len(prompts)} prompts, {config.iterations} iteration(s)")

@@ -90,6 +90,36 @@ def load_record(config: RunConfig, cache_dir: Path) -> Rates | None:
         return None
 
 
+def calibration_path(config: RunConfig, cache_dir: Path) -> Path:
+    """Where a dry run keeps its calibration of these models (the run's ETA falls back on it)."""
+    return cache_dir / "estimates" / f"{models_key(config)}.calibrated.json"
+
+
+def save_calibration(config: RunConfig, cache_dir: Path, rates: Rates) -> None:
+    """Keep a dry run's calibration, so the run's ETA has rates for the stages it has not run yet
+    (best effort: a read-only cache only costs that)."""
+    out = calibration_path(config, cache_dir)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(rates.model_dump_json(indent=2), encoding="utf-8")
+        tmp.replace(out)
+    except OSError:
+        pass
+
+
+def load_rates(config: RunConfig, cache_dir: Path) -> Rates | None:
+    """The rates a dry run of these models would use without calibrating: recorded by an earlier run,
+    else the calibration an earlier dry run saved; None when neither exists."""
+    recorded = load_record(config, cache_dir)
+    if recorded is not None:
+        return recorded
+    try:
+        return Rates.model_validate_json(calibration_path(config, cache_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def record_run(run_root: Path, stage_wall: dict[tuple[int, str], float], cache_dir: Path) -> Path | None:
     """Keep what a finished run's stages cost per prompt, for the next dry run of these models.
 

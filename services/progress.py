@@ -9,11 +9,14 @@ with its time, and a warning for training steps run at learning rate 0.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from .eta import RunEta, format_eta
 
 WARMUP_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")
 """transformers schedules whose warmup starts at learning rate 0 (step 0 gets factor 0/warmup)."""
@@ -85,7 +88,12 @@ class RunProgress:
     """
 
     def __init__(
-        self, console: Any, order: Iterable[tuple[int, str]], iterations: int, disabled: bool
+        self,
+        console: Any,
+        order: Iterable[tuple[int, str]],
+        iterations: int,
+        disabled: bool,
+        eta: Callable[[], RunEta] | None = None,
     ) -> None:
         self.console = console
         self.order = list(order)  # shared.stages.pipeline yields: keep a list to count in
@@ -95,6 +103,24 @@ class RunProgress:
         self.stage_task: Any = None
         self.batch_task: Any = None
         self.stage_started: dict[tuple[int, str], float] = {}
+        self.eta_source = eta  # the run's ETA from its recorded rates (services/eta.py), if given
+        self.eta: RunEta | None = None
+
+    def refresh_eta(self) -> None:
+        """Recompute the run's ETA (after each shard: what it reads changes only then). An ETA that
+        cannot be computed is no ETA, never a failed run."""
+        if self.eta_source is None:
+            return
+        try:
+            self.eta = self.eta_source()
+        except Exception as exc:  # a half-written record, a removed file: say nothing rather than fail
+            logging.getLogger("spar.progress").warning(
+                "no run ETA", extra={"event": "eta.failed", "error": str(exc)[:200]}
+            )
+            self.eta = None
+
+    def eta_text(self) -> str:
+        return format_eta(self.eta)
 
     def label(self, iteration: int, stage: str) -> str:
         """'stage 3 of 14 · iteration 1 of 2 · refine': where the run is, counted from 1."""
@@ -121,7 +147,7 @@ class RunProgress:
                 TextColumn("elapsed"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
-                TimeRemainingColumn(),
+                _eta_column(TimeRemainingColumn()),
                 console=self.console,
                 transient=False,
             )
@@ -136,10 +162,14 @@ class RunProgress:
 
     def on_shard(self, iteration: int, stage: str, done: int, total: int) -> None:
         key = (iteration, stage)
+        self.refresh_eta()
         if key not in self.stage_started:
             self.stage_started[key] = time.perf_counter()
             if self.bars is not None:
-                self.stage_task = self.bars.add_task(f"{self.label(iteration, stage)} (shards)", total=total)
+                fields = {"run_eta": self.eta_text} if self.eta_source is not None else {}
+                self.stage_task = self.bars.add_task(
+                    f"{self.label(iteration, stage)} (shards)", total=total, **fields
+                )
             else:
                 self.console.print(f"{self.label(iteration, stage)}: started")
         if self.bars is not None:
@@ -148,7 +178,8 @@ class RunProgress:
                 self.bars.update(self.batch_task, visible=False)
         if done == total:
             seconds = time.perf_counter() - self.stage_started[key]
-            self.console.print(f"{self.label(iteration, stage)}: done in {seconds:.1f} s")
+            eta = f" · {self.eta_text()}" if self.eta_source is not None else ""
+            self.console.print(f"{self.label(iteration, stage)}: done in {seconds:.1f} s{eta}")
 
     def on_batch(self, label: str, done: int, total: int) -> None:
         if self.bars is not None:
@@ -173,3 +204,17 @@ class RunProgress:
         if self.bars is not None:
             self.bars.update(self.batch_task, visible=False, total=1)
         self.console.print(f"loaded {role} model {label} in {seconds:.1f} s")
+
+
+def _eta_column(fallback: Any) -> Any:
+    """The ETA column: a stage's bar shows the run's ETA (its ``run_eta`` field, counting down between
+    shards), any other bar rich's own estimate of itself (``fallback``)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RunEtaColumn(ProgressColumn):
+        def render(self, task: Any) -> Any:
+            text = task.fields.get("run_eta")
+            return Text(text(), style="progress.remaining") if callable(text) else fallback.render(task)
+
+    return RunEtaColumn()

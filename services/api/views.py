@@ -79,7 +79,22 @@ def disk_view(run_id: str, paths: RunPaths) -> dict[str, Any]:
         "progress": stage_progress(paths),
         "iterations": [iteration_summary(paths, t) for t in iterations_on_disk(paths, config.iterations)],
         "models": {role: f"v{latest_version(paths, role)}" for role in ("actor", "refiner")},
+        "eta": _eta(paths, config),
     }
+
+
+def _eta(paths: RunPaths, config: Any) -> dict[str, Any] | None:
+    """The run's ETA from its recorded shards (``services/eta.py``), computed with the disk part of the
+    view, so once per change of the run; ``computed_at`` lets a client count down in between."""
+    from shared.runtime.settings import settings
+
+    from ..estimate import load_rates
+    from ..eta import run_eta
+
+    try:
+        return run_eta(paths, config, load_rates(config, settings().cache_root)).model_dump()
+    except (OSError, ValueError):  # a record being replaced as it is read: no ETA this time
+        return None
 
 
 def render_view(run_id: str, paths: RunPaths, state: dict[str, str], disk: dict[str, Any]) -> bytes:

@@ -1,0 +1,206 @@
+"""How long a run has left, from what its own stages cost: ``spar run``'s progress and the API's run view.
+
+Why not the progress bar's ETA: rich extrapolates the bar it draws, the shards of one stage, so it
+knows nothing of the stages still to come, and a stage of one shard (assembly, training) has no ETA
+at all. A run repeats the same stages every iteration, and each finished shard records its seconds
+and counts (``ShardDone``; summed in the stage's manifest), so the run's own past is the best guide:
+
+1. **the running stage**: its finished shards' mean seconds times the shards left;
+2. **recorded**: a stage finished in an earlier iteration of this run costs what it cost then,
+   scaled by its work where the work is known by now (the negatives a refine stage gets from this
+   iteration's judge, the pairs and RFT examples the training stages get from its assembly);
+3. **estimate**: a stage this run has not run yet costs what ``spar run --dry-run`` estimates
+   (``services/estimate.py``: rates recorded by an earlier run of the same models, else the
+   calibration a dry run saved);
+4. otherwise the stage is **unknown**: it is named in ``unknown``, and ``eta_s`` (the sum of what is
+   known) is then a lower bound, flagged as such; with nothing known at all, ``eta_s`` is None.
+
+The sum is of stages one after the other, as the local executor runs them; the service's pools can
+run independent stages of a run at once, so there it errs long.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from shared.config import RunConfig
+from shared.records import ShardDone, StageManifest
+from shared.runtime.artifacts import RunPaths, read_json
+from shared.runtime.shards import num_shards
+from shared.stages import pipeline
+
+from .estimate import Rates, estimate
+
+WORK: dict[str, tuple[str, str]] = {
+    "refine": ("judge", "negatives"),
+    "iopo_groups": ("assemble", "pairs"),
+    "train_actor": ("assemble", "pairs"),
+    "train_refiner": ("assemble", "rft"),
+}
+"""What a stage's cost grows with, where it varies between iterations: (the stage of the same
+iteration that counts it, the count). Other stages do the same work every iteration (the prompts)."""
+
+Source = Literal["running", "recorded", "estimate"]
+MAX_UNKNOWN = 20
+"""The stages without a rate listed by name; the rest are counted."""
+
+
+class RunEta(BaseModel):
+    """The time a run has left, with where the number comes from."""
+
+    eta_s: float | None = Field(
+        description="Seconds of work left; None when no stage left has a rate (nothing to go on)."
+    )
+    eta_source: Literal["recorded", "estimate", "mixed", "done"] | None = Field(
+        description="recorded: from this run's own shards; estimate: from the dry run's rates; mixed: "
+        "both; done: nothing left."
+    )
+    lower_bound: bool = Field(
+        False, description="Some stages left have no rate (see unknown): eta_s is a floor."
+    )
+    unknown: list[str] = Field(default_factory=list, description="Stages left without a rate, 'iter 1 eval'.")
+    computed_at: float = Field(description="When it was computed (epoch seconds): count down from here.")
+
+
+class _Run:
+    """The run's files as the ETA reads them: manifests, on demand and once each."""
+
+    def __init__(self, paths: RunPaths) -> None:
+        self.paths = paths
+        self._manifests: dict[tuple[int, str], StageManifest | None] = {}
+        self.reached = max(_iterations_on_disk(paths), default=-1)
+
+    def manifest(self, iteration: int, stage: str) -> StageManifest | None:
+        key = (iteration, stage)
+        if key not in self._manifests:
+            found = None
+            if iteration <= self.reached:  # no file past the iterations on disk: no stat either
+                path = self.paths.manifest(iteration, stage)
+                try:
+                    found = StageManifest.from_record(read_json(path)) if path.exists() else None
+                except (OSError, ValueError):
+                    found = None
+            self._manifests[key] = found
+        return self._manifests[key]
+
+    def work(self, iteration: int, stage: str) -> float | None:
+        """The work count of ``stage`` at ``iteration`` (see :data:`WORK`), when its source is done."""
+        if stage not in WORK:
+            return None
+        source, key = WORK[stage]
+        manifest = self.manifest(iteration, source)
+        return None if manifest is None else float(manifest.counts.get(key, 0))
+
+
+def _iterations_on_disk(paths: RunPaths) -> list[int]:
+    out = []
+    for child in paths.root.glob("iter_*"):
+        digits = child.name.removeprefix("iter_")
+        if digits.isdigit() and len(digits) < 10:
+            out.append(int(digits))
+    return out
+
+
+def _running(run: _Run, iteration: int, stage: str) -> float | None:
+    """Seconds left of a stage some of whose shards are done: their mean times the shards left."""
+    if iteration > run.reached:
+        return None
+    folder = run.paths.stage_dir(iteration, stage)
+    done = []
+    for path in folder.glob("shard_*.done.json"):
+        try:
+            done.append(ShardDone.from_record(read_json(path)).seconds)
+        except (OSError, ValueError):
+            continue
+    if not done:
+        return None
+    left = max(num_shards(run.paths, stage) - len(done), 0)
+    return sum(done) / len(done) * left
+
+
+def _recorded(run: _Run, iteration: int, stage: str, finished: dict[str, list[int]]) -> float | None:
+    """What ``stage`` cost in the latest earlier iteration that finished it, scaled by its work."""
+    before = max((t for t in finished.get(stage, []) if t < iteration), default=None)
+    if before is None:
+        return None
+    manifest = run.manifest(before, stage)
+    assert manifest is not None
+    seconds = manifest.shard_seconds
+    if stage not in WORK:
+        return seconds
+    then, now = run.work(before, stage), run.work(iteration, stage)
+    if now is None or then is None:  # this iteration's work is not counted yet: as much as then
+        return seconds
+    if then <= 0:  # nothing to scale from (the stage had no work then)
+        return seconds if now <= 0 else None
+    return seconds * now / then
+
+
+def run_eta(
+    paths: RunPaths, config: RunConfig, rates: Rates | None = None, now: float | None = None
+) -> RunEta:
+    """The ETA of a run from its directory (``config``: the run's own) and, for the stages it has not
+    run yet, the dry run's ``rates`` (:func:`services.estimate.load_rates`; None: none)."""
+    run = _Run(paths)
+    order = list(pipeline(config.stages, config.iterations, with_init=config.init is not None))
+    estimates = {}
+    if rates is not None:
+        prompts = _prompt_count(paths)
+        estimates = {(e.iteration, e.stage): e for e in estimate(config, prompts, rates) if e.basis != "none"}
+    finished: dict[str, list[int]] = {}  # stage -> the iterations that finished it
+    for iteration, stage in order:
+        if run.manifest(iteration, stage) is not None:
+            finished.setdefault(stage, []).append(iteration)
+    known: list[tuple[float, Source]] = []
+    unknown: list[str] = []
+    for iteration, stage in order:
+        if run.manifest(iteration, stage) is not None:
+            continue
+        seconds = _running(run, iteration, stage)
+        source: Source = "running"
+        if seconds is None:
+            seconds, source = _recorded(run, iteration, stage, finished), "recorded"
+        if seconds is None and (iteration, stage) in estimates:
+            seconds, source = estimates[(iteration, stage)].seconds, "estimate"
+        if seconds is None:
+            unknown.append(f"iter {iteration} {stage}")
+        else:
+            known.append((seconds, source))
+    at = time.time() if now is None else now
+    if len(unknown) > MAX_UNKNOWN:  # a long run's view stays small
+        unknown = [*unknown[:MAX_UNKNOWN], f"and {len(unknown) - MAX_UNKNOWN} more"]
+    if not known and not unknown:
+        return RunEta(eta_s=0.0, eta_source="done", computed_at=at)
+    if not known:
+        return RunEta(eta_s=None, eta_source=None, lower_bound=True, unknown=unknown, computed_at=at)
+    kinds = {"estimate" if s == "estimate" else "recorded" for _, s in known}
+    return RunEta(
+        eta_s=round(sum(s for s, _ in known), 1),
+        eta_source=kinds.pop() if len(kinds) == 1 else "mixed",
+        lower_bound=bool(unknown),
+        unknown=unknown,
+        computed_at=at,
+    )
+
+
+def _prompt_count(paths: RunPaths) -> int:
+    try:
+        return max(int(read_json(paths.config).get("prompts", 0)), 1)
+    except (OSError, ValueError):
+        return 1
+
+
+def format_eta(eta: RunEta | None, now: float | None = None) -> str:
+    """'run 0:04:10 left (recorded)', counting down from when it was computed; '>= ' for a floor."""
+    if eta is None or eta.eta_s is None:
+        return "run: no ETA yet"
+    if eta.eta_source == "done":
+        return "run: done"
+    left = max(eta.eta_s - ((time.time() if now is None else now) - eta.computed_at), 0.0)
+    hours, rest = divmod(int(round(left)), 3600)
+    minutes, seconds = divmod(rest, 60)
+    floor = ">= " if eta.lower_bound else ""
+    return f"run {floor}{hours}:{minutes:02d}:{seconds:02d} left ({eta.eta_source})"

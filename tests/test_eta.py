@@ -1,0 +1,202 @@
+"""The run's ETA from its own recorded shards (services/eta.py): synthetic shard records, no model.
+
+A run of 2 iterations, 2 prompt shards; each test writes the shard records a run would have left
+(``ShardDone`` with its seconds and counts, then the stage manifest) and checks what the ETA makes
+of them: the running stage from its own shards, later stages from what they cost in an earlier
+iteration (scaled by this iteration's work once it is counted), stages never run from the dry run's
+rates, and an honest floor or no number at all where nothing is known.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from services import estimate as est
+from services.eta import RunEta, format_eta, run_eta
+from services.progress import RunProgress
+from services.runs import create_run
+from shared.config import RunConfig
+from shared.records import ShardDone, StageSpec
+from shared.runtime.artifacts import RunPaths, write_json_atomic
+from shared.runtime.shards import num_shards, write_stage_manifest
+from shared.stages import pipeline
+
+# iteration 0 as it was recorded: seconds per shard (sharded stages have 2) and the counts
+ITER0 = {
+    "sample": ([10.0, 10.0], {"prompts": 2}),
+    "judge": ([20.0, 20.0], {"negatives": 3}),  # 6 negatives in all
+    "refine": ([30.0, 30.0], {"trees": 3}),
+    "assemble": ([1.0], {"pairs": 4, "rft": 8}),
+    "train_actor": ([50.0], {"records": 4}),
+    "train_refiner": ([40.0], {"records": 8}),
+}
+ITER0_TOTAL = 20 + 40 + 60 + 1 + 50 + 40
+
+
+@pytest.fixture()
+def run(tmp_path: Path) -> tuple[RunPaths, RunConfig]:
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(4)))
+    config = RunConfig.model_validate(
+        {
+            "prompts": str(tmp_path / "p.jsonl"),
+            "shard_size": 2,
+            "iterations": 2,
+            "actor": {"model": "tiny"},
+            "refiner": {"model": "tiny"},
+        }
+    )
+    return create_run(config, tmp_path / "runs", "eta"), config
+
+
+def finish(
+    paths: RunPaths, config: RunConfig, iteration: int, stage: str, shard: int, seconds: float, counts: dict
+) -> None:
+    """One shard's completion record, as ``run_stage`` writes it; the manifest once all are done."""
+    spec = StageSpec(run_dir=str(paths.root), iteration=iteration, stage=stage, shard=shard)
+    record = ShardDone(
+        spec=spec, config_hash=config.stage_hash(stage), counts=counts, seconds=seconds, finished_at=0.0
+    )
+    write_json_atomic(paths.shard_done(iteration, stage, shard), record.as_record())
+    if all(paths.shard_done(iteration, stage, k).exists() for k in range(num_shards(paths, stage))):
+        write_stage_manifest(paths, iteration, stage)
+
+
+def finish_stage(paths, config, iteration: int, stage: str, seconds: list[float], counts: dict) -> None:
+    for shard, s in enumerate(seconds):
+        finish(paths, config, iteration, stage, shard, s, counts)
+
+
+def finish_iteration_0(paths, config) -> None:
+    for stage, (seconds, counts) in ITER0.items():
+        finish_stage(paths, config, 0, stage, seconds, counts)
+
+
+def test_with_nothing_recorded_there_is_no_eta(run) -> None:
+    paths, config = run
+    eta = run_eta(paths, config, now=5.0)
+    assert eta.eta_s is None and eta.eta_source is None and eta.lower_bound
+    assert eta.unknown[0] == "iter 0 sample" and len(eta.unknown) == 12
+    assert format_eta(eta) == "run: no ETA yet"
+
+
+def test_the_running_stage_is_timed_by_its_own_shards(run) -> None:
+    paths, config = run
+    finish(paths, config, 0, "sample", 0, 12.0, {"prompts": 2})
+    eta = run_eta(paths, config)
+    assert eta.eta_s == 12.0 and eta.eta_source == "recorded"  # one shard of 12 s left
+    assert eta.lower_bound and "iter 0 judge" in eta.unknown and "iter 0 sample" not in eta.unknown
+
+
+def test_a_finished_iteration_times_the_next(run) -> None:
+    paths, config = run
+    finish_iteration_0(paths, config)
+    eta = run_eta(paths, config)
+    assert eta.eta_s == ITER0_TOTAL and eta.eta_source == "recorded" and not eta.lower_bound
+    assert eta.unknown == []
+
+
+def test_recorded_times_scale_with_this_iterations_work(run) -> None:
+    paths, config = run
+    finish_iteration_0(paths, config)
+    finish_stage(paths, config, 1, "sample", [10.0, 10.0], {"prompts": 2})
+    finish_stage(paths, config, 1, "judge", [20.0, 20.0], {"negatives": 1})  # 2 negatives: a third of 6
+    eta = run_eta(paths, config)
+    assert eta.eta_s == pytest.approx(60 / 3 + 1 + 50 + 40)  # refine scaled; training not counted yet
+
+    finish_stage(paths, config, 1, "refine", [10.0, 10.0], {"trees": 1})
+    finish_stage(paths, config, 1, "assemble", [1.0], {"pairs": 8, "rft": 2})  # twice the pairs, 1/4 the rft
+    eta = run_eta(paths, config)
+    assert eta.eta_s == pytest.approx(50 * 2 + 40 / 4)
+
+
+def test_stages_never_run_fall_back_to_the_dry_run_estimate(run) -> None:
+    paths, config = run
+    rates = est.Rates(
+        basis="calibrated",
+        load_s=2.0,
+        per_prompt={s: {"s_per_token": 0.01, "fill": 1.0} for s in ("sample", "judge", "refine")},
+        train={s: {"s_per_step": 3.0} for s in ("train_actor", "train_refiner")},
+    )
+    planned = {(e.iteration, e.stage): e for e in est.estimate(config, 4, rates)}
+    eta = run_eta(paths, config, rates)
+    expected = sum(e.seconds for e in planned.values() if e.basis != "none")
+    assert eta.eta_s == pytest.approx(expected, abs=0.1) and eta.eta_source == "estimate"
+    assert eta.lower_bound and eta.unknown == ["iter 0 assemble", "iter 1 assemble"]  # no rate for it
+
+    finish_iteration_0(paths, config)  # iteration 1 now from this run's own record
+    eta = run_eta(paths, config, rates)
+    assert eta.eta_s == ITER0_TOTAL and eta.eta_source == "recorded"
+
+
+
+def test_a_mix_of_recorded_and_estimated_stages_says_so(run) -> None:
+    paths, config = run
+    rates = est.Rates(
+        basis="calibrated",
+        per_prompt={s: {"s_per_token": 0.01, "fill": 1.0} for s in ("sample", "judge", "refine")},
+        train={s: {"s_per_step": 3.0} for s in ("train_actor", "train_refiner")},
+    )
+    finish_stage(paths, config, 0, "sample", [10.0, 10.0], {"prompts": 2})
+    eta = run_eta(paths, config, rates)
+    assert eta.eta_source == "mixed"  # iteration 1's sample from iteration 0, the rest estimated
+
+
+def test_a_finished_run_has_nothing_left(run) -> None:
+    paths, config = run
+    finish_iteration_0(paths, config)
+    for stage, (seconds, counts) in ITER0.items():
+        finish_stage(paths, config, 1, stage, seconds, counts)
+    eta = run_eta(paths, config)
+    assert (eta.eta_s, eta.eta_source, eta.unknown) == (0.0, "done", [])
+    assert format_eta(eta) == "run: done"
+
+
+def test_the_eta_counts_down_and_says_when_it_is_a_floor() -> None:
+    eta = RunEta(eta_s=100.0, eta_source="recorded", lower_bound=True, computed_at=1000.0)
+    assert format_eta(eta, now=1030.0) == "run >= 0:01:10 left (recorded)"
+    exact = eta.model_copy(update={"lower_bound": False})
+    assert format_eta(exact, now=2000.0) == "run 0:00:00 left (recorded)"
+
+
+def test_the_progress_line_shows_the_run_eta(run) -> None:
+    from rich.console import Console
+
+    paths, config = run
+    finish_iteration_0(paths, config)
+    order = list(pipeline(config.stages, config.iterations, with_init=False))
+    for disabled in (True, False):
+        console = Console(record=True, width=220, force_terminal=not disabled)
+        eta = partial(run_eta, paths, config)
+        with RunProgress(console, order, 2, disabled=disabled, eta=eta) as progress:
+            progress.on_shard(1, "sample", 0, 2)
+            progress.on_shard(1, "sample", 2, 2)
+        text = console.export_text()
+        assert "iteration 2 of 2 · sample: done in" in text
+        assert f"run 0:03:{ITER0_TOTAL - 180:02d} left (recorded)" in text
+
+
+def test_an_eta_that_fails_is_no_eta_not_a_failed_run() -> None:
+    from rich.console import Console
+
+    def broken() -> RunEta:
+        raise ValueError("a record half written")
+
+    console = Console(record=True, width=200)
+    with RunProgress(console, [(0, "sample")], 1, disabled=True, eta=broken) as progress:
+        progress.on_shard(0, "sample", 1, 1)
+    assert "run: no ETA yet" in console.export_text()
+
+
+def test_the_api_run_view_carries_the_eta(run) -> None:
+    from services.api import views
+
+    paths, config = run
+    finish_iteration_0(paths, config)
+    disk = views.disk_view("eta", paths)
+    body = json.loads(views.render_view("eta", paths, {"status": "running"}, disk))
+    assert body["eta"]["eta_s"] == ITER0_TOTAL and body["eta"]["eta_source"] == "recorded"
+    assert body["eta"]["lower_bound"] is False and body["eta"]["computed_at"] > 0
