@@ -145,11 +145,16 @@ def run_eta(
     """The ETA of a run from its directory (``config``: the run's own) and, for the stages it has not
     run yet, the dry run's ``rates`` (:func:`services.estimate.load_rates`; None: none)."""
     run = _Run(paths)
-    order = list(pipeline(config.stages, config.iterations, with_init=config.init is not None))
+    # The iterations on disk and the next one are looked at stage by stage; every later one has no
+    # file yet and costs what that next one does, so it is counted, not walked: the ETA's cost grows
+    # with the iterations a run has started, never with the count its config asks for.
+    walked = min(config.iterations, run.reached + 2)
+    repeat = config.iterations - walked
+    order = list(pipeline(config.stages, walked, with_init=config.init is not None))
     estimates = {}
     if rates is not None:
-        prompts = _prompt_count(paths)
-        estimates = {(e.iteration, e.stage): e for e in estimate(config, prompts, rates) if e.basis != "none"}
+        planned = estimate(config.model_copy(update={"iterations": walked}), _prompt_count(paths), rates)
+        estimates = {(e.iteration, e.stage): e for e in planned if e.basis != "none"}
     finished: dict[str, list[int]] = {}  # stage -> the iterations that finished it
     for iteration, stage in order:
         if run.manifest(iteration, stage) is not None:
@@ -165,10 +170,14 @@ def run_eta(
             seconds, source = _recorded(run, iteration, stage, finished), "recorded"
         if seconds is None and (iteration, stage) in estimates:
             seconds, source = estimates[(iteration, stage)].seconds, "estimate"
+        later = repeat if iteration == walked - 1 and stage != "init" else 0  # the iterations not walked
         if seconds is None:
             unknown.append(f"iter {iteration} {stage}")
+            if later:
+                last = config.iterations - 1
+                unknown.append(f"iter {last} {stage}" if later == 1 else f"iters {walked}-{last} {stage}")
         else:
-            known.append((seconds, source))
+            known.append((seconds * (1 + later), source))
     at = time.time() if now is None else now
     if len(unknown) > MAX_UNKNOWN:  # a long run's view stays small
         unknown = [*unknown[:MAX_UNKNOWN], f"and {len(unknown) - MAX_UNKNOWN} more"]

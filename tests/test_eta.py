@@ -145,6 +145,16 @@ def test_a_mix_of_recorded_and_estimated_stages_says_so(run) -> None:
     assert eta.eta_source == "mixed"  # iteration 1's sample from iteration 0, the rest estimated
 
 
+def test_a_long_run_counts_its_later_iterations_without_walking_them(run) -> None:
+    paths, config = run
+    long = config.model_copy(update={"iterations": 1000})
+    eta = run_eta(paths, long)  # nothing on disk yet: iteration 0, and the 999 after it, unknown
+    assert eta.eta_s is None and eta.unknown[:2] == ["iter 0 sample", "iters 1-999 sample"]
+    finish_iteration_0(paths, long)
+    eta = run_eta(paths, long)
+    assert eta.eta_s == 999 * ITER0_TOTAL and eta.eta_source == "recorded" and not eta.lower_bound
+
+
 def test_a_finished_run_has_nothing_left(run) -> None:
     paths, config = run
     finish_iteration_0(paths, config)
