@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from rich.markup import escape
+
 from shared.errors import SparError
 from shared.runtime.settings import apply_hf_environment
 
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[yellow]interrupted[/]")
         return 130
     except (SparError, FileNotFoundError) as exc:  # each message names what to change (shared/errors.py)
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         return exc.exit_code if isinstance(exc, SparError) else 2
 
 

@@ -55,6 +55,15 @@ def test_a_misspelt_yaml_key_names_the_file_and_the_right_key(tmp_path, capsys) 
     assert "--set" not in err
 
 
+def test_an_error_prints_its_brackets_literally(tmp_path, capsys) -> None:
+    """Messages suggest YAML such as ``roles: [actor]``: the console must not take it for markup."""
+    config = _config(tmp_path, CONFIG + "sample: {num_responses: [3]}\nhub: {repo_id: me/spar}\n")
+    assert main(["run", str(config), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "(roles: [actor])" in err
+    assert "sample.num_responses" in err and "[3]" in err
+
+
 def test_ctrl_c_prints_the_resume_command_with_the_real_run_dir(tmp_path, capsys, monkeypatch) -> None:
     def interrupted(self) -> None:
         raise KeyboardInterrupt
