@@ -163,7 +163,7 @@ def search_once(
         "search_s": round(search_s, 2),
         "engine_idle_fraction": round(idle / search_s, 4),
         "successes": sum(t.success_id is not None for t in result),
-        "trees_json": json.dumps([t.as_record() for t in result], sort_keys=True),
+        "trees_json": json.dumps([t.row(t.key).as_record() for t in result], sort_keys=True),
     }, recorder
 
 

@@ -22,7 +22,11 @@ from .voting import Vote, majority_vote
 
 @dataclass(frozen=True)
 class Judgment:
-    """The refiner's verdict on one response: all judgments of the last round and the kept one."""
+    """The refiner's verdict on one response: all judgments of the last round and the kept one.
+
+    On disk it is a ``shared.records.JudgedResponseRow`` (``JudgedResponseRow.of`` writes one,
+    ``row.judgment(prompt)`` reads it back): the record is declared there only.
+    """
 
     prompt: str
     response: str
@@ -46,27 +50,6 @@ class Judgment:
     def kept(self) -> str | None:
         """The judgment text that agrees with the majority (None when undecided)."""
         return None if self.vote.kept_index is None else self.texts[self.vote.kept_index]
-
-    def as_record(self) -> dict[str, object]:
-        """The JSON form written to shard files."""
-        return {
-            "label": None if self.label is None else int(self.label),
-            "value": self.value,
-            "votes": {"pass": self.vote.n_pass, "fail": self.vote.n_fail, "invalid": self.vote.n_invalid},
-            "labels": [int(v) for v in self.vote.labels],
-            "judgments": list(self.texts),
-            "kept_index": self.vote.kept_index,
-            "rounds": self.rounds,
-        }
-
-    @classmethod
-    def from_record(cls, prompt: str, response: str, record: dict) -> Judgment:
-        vote = Vote(
-            labels=tuple(Verdict(v) for v in record["labels"]),
-            label=None if record["label"] is None else Verdict(record["label"]),
-            kept_index=record["kept_index"],
-        )
-        return cls(prompt, response, tuple(record["judgments"]), vote, int(record["rounds"]))
 
 
 @dataclass

@@ -19,8 +19,7 @@ from typing import TypeVar
 
 from .config import CapsConfig
 from .judging import Judgment
-from .records import AssembleCounts, ChatTurn, PairRow, RftExample
-from .search import Node, Tree
+from .records import AssembleCounts, ChatTurn, NodeRow, PairRow, RftExample, SearchedTree
 from .seeding import rng_for, text_key
 from .templates import judge_messages, refine_conversation
 from .verdict import Verdict
@@ -39,7 +38,7 @@ class JudgedResponse:
     judgment: Judgment
 
 
-def dpo_pair(prompt_id: str, tree: Tree) -> PairRow | None:
+def dpo_pair(prompt_id: str, tree: SearchedTree) -> PairRow | None:
     """The (chosen, rejected) pair of a successful tree; None when the tree found no success."""
     success = tree.success
     if success is None:
@@ -88,7 +87,7 @@ def sample_pairs(stage2: Sequence[JudgedResponse], seed: int) -> list[PairRow]:
     return pairs
 
 
-def refinement_example(prompt_id: str, tree: Tree) -> RftExample | None:
+def refinement_example(prompt_id: str, tree: SearchedTree) -> RftExample | None:
     """Parent's refine chat -> the successful child's whole output (reflection and markers)."""
     success = tree.success
     if success is None or success.parent is None or success.raw is None:
@@ -99,7 +98,7 @@ def refinement_example(prompt_id: str, tree: Tree) -> RftExample | None:
     return _example("refinement", prompt_id, tree.key, messages)
 
 
-def tree_judgment_examples(prompt_id: str, tree: Tree, seed: int) -> list[RftExample]:
+def tree_judgment_examples(prompt_id: str, tree: SearchedTree, seed: int) -> list[RftExample]:
     """At most one passing and one failing judgment per tree, from non-unanimous children.
 
     Eligible nodes have 0 < V < 1 and V != 0.5 (the root's vote belongs to stage 2). Which eligible
@@ -140,7 +139,7 @@ class Assembled:
 
 
 def assemble(
-    trees: Sequence[tuple[str, Tree]],
+    trees: Sequence[tuple[str, SearchedTree]],
     stage2: Sequence[JudgedResponse],
     caps: CapsConfig,
     seed: int,
@@ -212,7 +211,7 @@ def _first_user(example: RftExample) -> str:
     return next(m.content for m in example.messages if m.role == "user")
 
 
-def _judgment_example(part: str, prompt_id: str, tree_key: str, prompt: str, node: Node) -> RftExample:
+def _judgment_example(part: str, prompt_id: str, tree_key: str, prompt: str, node: NodeRow) -> RftExample:
     messages = judge_messages(prompt, node.response)
     messages.append({"role": "assistant", "content": node.judgment})
     return _example(part, prompt_id, tree_key, messages)

@@ -3,7 +3,9 @@
 Stages read and write their shards only through these models (``Model.from_record(dict)`` when
 reading a JSON line, ``model.as_record()`` when writing one), so a renamed or missing field fails
 loudly where it is read instead of turning into a silent default. Field order is the order written
-to disk; a change to it changes the files (the tests pin pairs byte for byte).
+to disk; a change to it changes the files (the tests pin pairs byte for byte). No other module
+declares these fields again: the search's nodes are :class:`NodeRow` s, its trees are written by
+``Tree.row`` and a judgment by :meth:`JudgedResponseRow.of`, each the one place of its conversion.
 
 Files and their records (see ``docs/architecture.md`` for the layout):
 
@@ -26,11 +28,14 @@ the same reason: the summary reads them by attribute.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .judging import Judgment
 from .stages import STAGE_DEFS
+from .verdict import Verdict
+from .voting import Vote
 
 
 class Record(BaseModel):
@@ -72,9 +77,15 @@ class SampleRow(Record):
 
 
 class VoteCounts(Record):
+    """How one round of judgments voted: how a judged response (and a tree's node) records its vote."""
+
     pass_: int = Field(alias="pass")
     fail: int
     invalid: int
+
+    @classmethod
+    def of(cls, vote: Vote) -> VoteCounts:
+        return cls(pass_=vote.n_pass, fail=vote.n_fail, invalid=vote.n_invalid)
 
 
 class JudgedResponseRow(Record):
@@ -98,9 +109,28 @@ class JudgedResponseRow(Record):
         return None if self.kept_index is None else self.judgments[self.kept_index]
 
     @classmethod
-    def of(cls, text: str, judgment: Any) -> JudgedResponseRow:
-        """The row of ``text`` judged by ``judgment`` (a ``shared.judging.Judgment``)."""
-        return cls.model_validate({"text": text, **judgment.as_record()})
+    def of(cls, text: str, judgment: Judgment) -> JudgedResponseRow:
+        """The row of ``text`` judged by ``judgment``: what a judgment is on disk, declared here only."""
+        vote = judgment.vote
+        return cls(
+            text=text,
+            label=None if vote.label is None else int(vote.label),
+            value=vote.value,
+            votes=VoteCounts.of(vote),
+            labels=[int(v) for v in vote.labels],
+            judgments=list(judgment.texts),
+            kept_index=vote.kept_index,
+            rounds=judgment.rounds,
+        )
+
+    def judgment(self, prompt: str) -> Judgment:
+        """The judgment this row records, of its text under ``prompt`` (a later stage reuses it)."""
+        vote = Vote(
+            labels=tuple(Verdict(v) for v in self.labels),
+            label=None if self.label is None else Verdict(self.label),
+            kept_index=self.kept_index,
+        )
+        return Judgment(prompt, self.text, tuple(self.judgments), vote, self.rounds)
 
 
 class JudgeRow(Record):
@@ -114,7 +144,11 @@ class JudgeRow(Record):
 
 
 class NodeRow(Record):
-    """A node of a search tree; the root (id 0) is the negative, with value 0 and no parent."""
+    """A node of a search tree; the root (id 0) is the negative, with value 0, no parent, no vote.
+
+    The search grows its trees out of these rows (``shared.search_tree.Node`` is this class), so a
+    node has one shape, in memory and on disk.
+    """
 
     id: int
     parent: int | None
@@ -126,8 +160,32 @@ class NodeRow(Record):
     vote: dict[str, int]
 
 
-class TreeRow(Record):
-    """Stage 3: one search tree of a negative (``key`` = ``<prompt id>#<response index>``)."""
+class SearchedTree:
+    """What a grown tree's readers use (its nodes, root and success), declared once for both shapes of
+    a tree: the one the search grows (``shared.search_tree.Tree``) and its row (:class:`TreeRow`).
+    ``shared.pairs`` reads either."""
+
+    if TYPE_CHECKING:  # declared by each class (a pydantic field, a dataclass field), not here
+        key: str
+        prompt: str
+        nodes: list[NodeRow]
+        success_id: int | None
+
+    @property
+    def root(self) -> NodeRow:
+        return self.nodes[0]
+
+    @property
+    def success(self) -> NodeRow | None:
+        return None if self.success_id is None else self.nodes[self.success_id]
+
+
+class TreeRow(SearchedTree, Record):
+    """Stage 3: one search tree of a negative (``key`` = ``<prompt id>#<response index>``).
+
+    Written from a finished search by ``shared.search_tree.Tree.row``, the one place a tree becomes a
+    record; stage 4 reads these rows as they are.
+    """
 
     prompt_id: str
     key: str
@@ -140,12 +198,6 @@ class TreeRow(Record):
     dropped_ties: int
     max_depth_reached: int
     nodes: list[NodeRow]
-
-    def tree_record(self) -> dict[str, Any]:
-        """The fields ``shared.search.Tree.from_record`` reads."""
-        record = self.as_record()
-        del record["prompt_id"]
-        return record
 
 
 class PairRow(Record):

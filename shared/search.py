@@ -58,15 +58,7 @@ def search_trees(
     same trees, without the per-step barriers below. Otherwise (or with ``pipeline: false``) the
     batched steps run here.
     """
-    trees = [
-        Tree(
-            key=r.key,
-            prompt=r.prompt,
-            nodes=[Node(id=0, parent=None, depth=0, response=r.response, judgment=r.judgment, value=0.0)],
-            frontier=[0],
-        )
-        for r in roots
-    ]
+    trees = [_planted(r) for r in roots]
     streamed = judge.stream() if cfg.pipeline else None
     if streamed is not None:
         search_streamed(trees, engine, streamed, cfg, seed, on_step)
@@ -84,6 +76,21 @@ def search_trees(
         if on_step is not None:
             on_step(step, sum(t.status is TreeStatus.RUNNING for t in trees))
     return trees
+
+
+def _planted(root: SearchRoot) -> Tree:
+    """A fresh tree: its only node, the negative to repair, on the frontier."""
+    node = Node(
+        id=0,
+        parent=None,
+        depth=0,
+        response=root.response,
+        judgment=root.judgment,
+        value=0.0,
+        raw=None,
+        vote={},
+    )
+    return Tree(key=root.key, prompt=root.prompt, nodes=[node], frontier=[0])
 
 
 def _expand(

@@ -15,6 +15,7 @@ from enum import StrEnum
 from .config import SearchConfig
 from .engine import GenerationRequest
 from .judging import Judgment
+from .records import NodeRow, SearchedTree, TreeRow, VoteCounts
 from .seeding import derive_seed
 from .templates import refine_conversation
 
@@ -39,35 +40,17 @@ class SearchRoot:
     judgment: str
 
 
-@dataclass
-class Node:
-    """A response in a tree. The root has no parent, no ``raw`` and value 0 by definition."""
-
-    id: int
-    parent: int | None
-    depth: int
-    response: str
-    judgment: str
-    value: float
-    raw: str | None = None
-    vote: dict[str, int] = field(default_factory=dict)
-
-    def as_record(self) -> dict[str, object]:
-        return {
-            "id": self.id,
-            "parent": self.parent,
-            "depth": self.depth,
-            "response": self.response,
-            "judgment": self.judgment,
-            "value": self.value,
-            "raw": self.raw,
-            "vote": self.vote,
-        }
+Node = NodeRow
+"""A response in a tree: the row it is written as (the root has no parent, no ``raw``, no vote, value 0)."""
 
 
 @dataclass
-class Tree:
-    """One search and its statistics. ``status`` ends as success, exhausted, budget or no_children."""
+class Tree(SearchedTree):
+    """One search and its statistics. ``status`` ends as success, exhausted, budget or no_children.
+
+    The search's state (``status`` while running, the ``frontier``); what is written of it is
+    :meth:`row`, the one place the record's fields are filled.
+    """
 
     key: str
     prompt: str
@@ -81,41 +64,14 @@ class Tree:
     frontier: list[int] = field(default_factory=list)
 
     @property
-    def root(self) -> Node:
-        return self.nodes[0]
+    def max_depth_reached(self) -> int:
+        return max(n.depth for n in self.nodes)
 
-    @property
-    def success(self) -> Node | None:
-        return None if self.success_id is None else self.nodes[self.success_id]
-
-    def as_record(self) -> dict[str, object]:
-        return {
-            "key": self.key,
-            "prompt": self.prompt,
-            "status": self.status,
-            "success_id": self.success_id,
-            "expansions": self.expansions,
-            "parse_failures": self.parse_failures,
-            "dropped_unparsed": self.dropped_unparsed,
-            "dropped_ties": self.dropped_ties,
-            "max_depth_reached": max(n.depth for n in self.nodes),
-            "nodes": [n.as_record() for n in self.nodes],
-        }
-
-    @classmethod
-    def from_record(cls, record: dict) -> Tree:
-        nodes = [Node(**n) for n in record["nodes"]]
-        return cls(
-            key=record["key"],
-            prompt=record["prompt"],
-            nodes=nodes,
-            expansions=record["expansions"],
-            parse_failures=record["parse_failures"],
-            dropped_unparsed=record["dropped_unparsed"],
-            dropped_ties=record["dropped_ties"],
-            success_id=record["success_id"],
-            status=TreeStatus(record["status"]),
-        )
+    def row(self, prompt_id: str) -> TreeRow:
+        """The finished tree as the record stage 3 writes: every field of :class:`TreeRow` is the
+        tree's attribute of that name, but for the prompt id, which only the caller knows."""
+        fields = {name: getattr(self, name) for name in TreeRow.model_fields if name != "prompt_id"}
+        return TreeRow.model_validate({"prompt_id": prompt_id, **fields})
 
 
 @dataclass(frozen=True)
@@ -211,7 +167,7 @@ def _child_node(tree: Tree, parent: Node, raw: str, refined: str, judgment: Judg
         judgment=judgment.kept,
         value=judgment.value,
         raw=raw,
-        vote={"pass": judgment.vote.n_pass, "fail": judgment.vote.n_fail, "invalid": judgment.vote.n_invalid},
+        vote=VoteCounts.of(judgment.vote).as_record(),
     )
 
 

@@ -3,6 +3,7 @@
 from scripted import ScriptedEngine, no, yes
 
 from shared.judging import Judge, JudgmentCache
+from shared.records import JudgedResponseRow
 from shared.verdict import Verdict
 
 
@@ -88,5 +89,5 @@ def test_invalid_judgments_count_for_nothing() -> None:
 def test_record_round_trip() -> None:
     engine = ScriptedEngine(judge_fn=lambda p, r, i, k: yes() if i else no())
     (j,) = Judge(engine, votes=3, seed=4).judge([("x", "a")])
-    back = type(j).from_record("x", "a", j.as_record())
+    back = JudgedResponseRow.from_record(JudgedResponseRow.of("a", j).as_record()).judgment("x")
     assert back == j

@@ -1,5 +1,6 @@
 """Tree search: expansion counts, early success, ties, failed parses, budgets, batching across trees."""
 
+import json
 import re
 
 import pytest
@@ -8,6 +9,7 @@ from scripted import ScriptedEngine, no, refined, yes
 from shared.config import SearchConfig
 from shared.engine import MeteredEngine
 from shared.judging import Judge
+from shared.records import TreeRow
 from shared.search import SearchRoot, Tree, max_expansions, search_trees
 
 
@@ -196,9 +198,11 @@ def test_the_judgment_cache_reuses_verdicts_of_repeated_refinements() -> None:
 def test_tree_record_round_trip() -> None:
     engine = ScriptedEngine(judge_fn=value_votes(lambda r: 1.0 if r.count("/") >= 2 else 0.25))
     (tree,) = run(engine, votes=4)
-    back = Tree.from_record(tree.as_record())
-    assert back.as_record() == tree.as_record()
-    assert back.success.response == tree.success.response
+    row = tree.row("p0")
+    back = TreeRow.from_record(json.loads(json.dumps(row.as_record())))
+    assert back == row and back.prompt_id == "p0" and back.status == "success"
+    assert back.nodes == tree.nodes and back.max_depth_reached == max(n.depth for n in tree.nodes)
+    assert back.success.response == tree.success.response and back.root == tree.root
 
 
 def test_a_child_keeps_a_judgment_that_agrees_with_its_majority() -> None:

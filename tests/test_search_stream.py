@@ -19,7 +19,7 @@ from scripted import FINAL, ScriptedEngine, no, refined, split_judge_prompt
 from shared.config import JudgeConfig, SearchConfig
 from shared.engine import GenerationRequest, MeteredEngine
 from shared.judging import Judge
-from shared.search import SearchRoot, search_trees
+from shared.search import SearchRoot, Tree, search_trees
 from shared.streaming import BatchedStream, open_stream, wait
 from shared.templates import REFINE_INSTRUCTION
 
@@ -122,10 +122,15 @@ def roots(n: int, shared_prompt: bool = False) -> list[SearchRoot]:
     ]
 
 
+def written(trees: Sequence[Tree]) -> list[dict]:
+    """The trees as stage 3 writes them (the key stands in for the prompt id)."""
+    return [t.row(t.key).as_record() for t in trees]
+
+
 def run(engine, cfg: SearchConfig, n_trees: int, votes: int, seed: int = 0, shared_prompt: bool = False):
     judge = Judge(engine, votes=votes, tie_retries=cfg.tie_retries, seed=seed)
     trees = search_trees(roots(n_trees, shared_prompt), engine, judge, cfg, seed=seed)
-    return [t.as_record() for t in trees], judge
+    return written(trees), judge
 
 
 CONFIGS = [
@@ -286,16 +291,9 @@ def test_a_judge_that_needs_no_engine_is_used_inline() -> None:
 
     cfg = {"strategy": "bfs", "branching": 2}
     engine = ShuffledEngine(unparsable=0.2)
-    streamed = [
-        t.as_record()
-        for t in search_trees(roots(5), engine, Lengthy(), SearchConfig(pipeline=True, **cfg), 0)
-    ]
-    batched = [
-        t.as_record()
-        for t in search_trees(
-            roots(5), SeededEngine(unparsable=0.2), Lengthy(), SearchConfig(pipeline=False, **cfg), 0
-        )
-    ]
+    streamed = written(search_trees(roots(5), engine, Lengthy(), SearchConfig(pipeline=True, **cfg), 0))
+    batched_search = SearchConfig(pipeline=False, **cfg)
+    batched = written(search_trees(roots(5), SeededEngine(unparsable=0.2), Lengthy(), batched_search, 0))
     assert streamed == batched
     assert engine.streams and not engine.calls  # refinements went through the stream, nothing batched
     assert {t["status"] for t in streamed} == {"success"}
@@ -307,7 +305,7 @@ def test_a_routing_judge_falls_back_to_the_batched_search() -> None:
 
     engine = SeededEngine()
     judge = build_judge(JudgeConfig(votes=3, backend="verifier_then_llm"), engine, seed=0, tie_retries=3)
-    streamed = [t.as_record() for t in search_trees(roots(3), engine, judge, SearchConfig(pipeline=True), 0)]
+    streamed = written(search_trees(roots(3), engine, judge, SearchConfig(pipeline=True), 0))
     assert judge.stream() is None
     kinds = [
         {"refine" if r.messages[-1]["content"] == REFINE_INSTRUCTION else "judge" for r in c}

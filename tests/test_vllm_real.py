@@ -420,7 +420,7 @@ def test_the_streamed_search_builds_the_batched_search_trees_on_vllm(engine) -> 
         )
         judge = Judge(metered, votes=3, max_new_tokens=12, seed=0, tie_retries=1)
         trees = search_trees(roots, metered, judge, cfg, seed=0)
-        records[pipeline] = [t.as_record() for t in trees]
+        records[pipeline] = [t.row(t.key).as_record() for t in trees]
         calls[pipeline] = metered.stats.calls
     assert records[True] == records[False]
     assert calls[True] == 1 < calls[False]

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from shared.errors import MissingStageOutputError  # noqa: F401  (also importable from here)
-from shared.judging import Judgment
 from shared.pairs import JudgedResponse, assemble
 from shared.records import JudgeRow, ShardOutput, TreeRow
 from shared.runtime.artifacts import read_jsonl, write_jsonl_atomic
-from shared.search import Tree
 from shared.seeding import derive_seed
 
 from .common import StageContext
@@ -15,7 +13,7 @@ from .common import StageContext
 
 def run_assemble(ctx: StageContext) -> ShardOutput:
     paths, config, spec = ctx.paths, ctx.config, ctx.spec
-    trees: list[tuple[str, Tree]] = []
+    trees: list[tuple[str, TreeRow]] = []
     stage2: list[JudgedResponse] = []
     # pairs from independent samples (the ablation) need no trees; trees still feed the RFT mix
     use_trees = config.data.pairs_from == "refinement" or "refine" in config.stages
@@ -30,11 +28,10 @@ def run_assemble(ctx: StageContext) -> ShardOutput:
         for raw in read_jsonl(ctx.input_shard("judge", shard)):
             row = JudgeRow.from_record(raw)
             for r in row.responses:
-                judgment = Judgment.from_record(row.prompt, r.text, r.as_record())
-                stage2.append(JudgedResponse(row.id, row.prompt, r.text, judgment))
+                stage2.append(JudgedResponse(row.id, row.prompt, r.text, r.judgment(row.prompt)))
         for raw in read_jsonl(ctx.input_shard("refine", shard)) if use_trees else ():
             tree = TreeRow.from_record(raw)
-            trees.append((tree.prompt_id, Tree.from_record(tree.tree_record())))
+            trees.append((tree.prompt_id, tree))
         ctx.report("assembling", shard + 1, paths.num_prompt_shards())
 
     data = assemble(

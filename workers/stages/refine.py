@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 from shared.judges import build_judge
-from shared.judging import Judgment, JudgmentCache
-from shared.records import JudgeRow, RefineCounts, ShardOutput, TreeRow
+from shared.judging import JudgmentCache
+from shared.records import JudgeRow, RefineCounts, ShardOutput
 from shared.runtime.artifacts import read_jsonl, write_jsonl_atomic
 from shared.search import SearchRoot, TreeStatus, search_trees
 from shared.seeding import derive_seed
@@ -22,7 +22,7 @@ def run_refine(ctx: StageContext) -> ShardOutput:
     roots: list[SearchRoot] = []
     for row in rows:
         for r in row.responses:  # stage-2 verdicts are reused
-            cache.put(Judgment.from_record(row.prompt, r.text, r.as_record()))
+            cache.put(r.judgment(row.prompt))
         for index in row.negatives:
             negative = row.responses[index]
             assert negative.kept is not None, "a negative is a decided (failed) response"
@@ -52,8 +52,7 @@ def run_refine(ctx: StageContext) -> ShardOutput:
             roots, engine, judge, s, seed=derive_seed(config.seed, "search", spec.iteration), on_step=on_step
         )
 
-    out = [TreeRow.model_validate({"prompt_id": prompt_of_tree[t.key], **t.as_record()}) for t in trees]
-    write_jsonl_atomic(ctx.output_shard, [t.as_record() for t in out])
+    write_jsonl_atomic(ctx.output_shard, [t.row(prompt_of_tree[t.key]).as_record() for t in trees])
     statuses = Counter(t.status for t in trees)
     counts = RefineCounts(
         trees=len(trees),
