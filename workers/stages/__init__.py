@@ -107,4 +107,4 @@ def run_stage(
             **record.counts,
         },
     )
-    return StageResult(record)
+    return StageResult.of(record)

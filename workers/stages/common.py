@@ -14,7 +14,9 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
+
+from pydantic import Field
 
 from shared.config import RunConfig
 from shared.engine import Engine, MeteredEngine
@@ -91,32 +93,16 @@ class StageContext:
             self.progress(label, done, total)
 
 
-@dataclass(frozen=True)
-class StageResult:
-    """What :func:`workers.stages.run_stage` returns: the shard's record, and whether it was already done."""
+class StageResult(ShardDone):
+    """What :func:`workers.stages.run_stage` returns: the shard's completion record, and whether it was
+    already done (then nothing ran). A record and not a wrapper around one, so its fields are declared
+    once, by :class:`ShardDone`; ``skipped`` is never written."""
 
-    record: ShardDone
-    skipped: bool = False
+    skipped: bool = Field(False, exclude=True)
 
-    @property
-    def counts(self) -> dict[str, int | float]:
-        return self.record.counts
-
-    @property
-    def engine(self) -> dict[str, int]:
-        return self.record.engine
-
-    @property
-    def models(self) -> dict[str, str]:
-        return self.record.models
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.record.metrics
-
-    @property
-    def seconds(self) -> float:
-        return self.record.seconds
+    @classmethod
+    def of(cls, record: ShardDone, skipped: bool = False) -> StageResult:
+        return cls(**dict(record), skipped=skipped)
 
 
 def finished(paths: RunPaths, spec: StageSpec, config_hash: str) -> StageResult | None:
@@ -130,7 +116,7 @@ def finished(paths: RunPaths, spec: StageSpec, config_hash: str) -> StageResult 
             f"{done} was produced with settings {record.config_hash} but the run now has "
             f"{config_hash}; start a new run (another run id) instead of reusing this directory"
         )
-    return StageResult(record, skipped=True)
+    return StageResult.of(record, skipped=True)
 
 
 def record_done(
