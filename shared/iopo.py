@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from .engine import Engine, GenerationRequest
 from .judging import Judges
+from .records import IopoGroupRow
 from .seeding import derive_seed
 from .templates import extract_refined
 from .verdict import Verdict
@@ -61,7 +62,9 @@ Rewriter = Callable[[PairForGroup, int], "str | None"]
 
 @dataclass
 class GroupResult:
-    groups: list[dict[str, object]] = field(default_factory=list)
+    """The verified groups, as the records the ``iopo_groups`` stage writes, and why the others failed."""
+
+    groups: list[IopoGroupRow] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
 
 
@@ -203,14 +206,14 @@ def build_groups(
         if "verified" in outcomes:
             slot = (i, outcomes.index("verified"))
             result.groups.append(
-                {
-                    "key": pair.key,
-                    "x1": pair.prompt,
-                    "y1": pair.chosen,
-                    "x2": new_prompts[slot],
-                    "y2": pair.rejected,
-                    "x2_source": "verifier" if slot in programmatic else "refiner",
-                }
+                IopoGroupRow(
+                    key=pair.key,
+                    x1=pair.prompt,
+                    y1=pair.chosen,
+                    x2=new_prompts[slot],
+                    y2=pair.rejected,
+                    x2_source="verifier" if slot in programmatic else "refiner",
+                )
             )
         else:
             result.counts[f"dropped_{max(outcomes, key=rank.__getitem__)}"] += 1

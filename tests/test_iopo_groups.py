@@ -61,10 +61,10 @@ def test_verified_groups_and_every_kind_of_drop() -> None:
     result = build_groups(
         [pair(i) for i in range(6)], engine, Judge(engine, votes=3), seed=0, parse_retries=2
     )
-    assert [g["key"] for g in result.groups] == ["t0", "t1"]
+    assert [g.key for g in result.groups] == ["t0", "t1"]
     g = result.groups[0]
-    assert (g["x1"], g["y1"], g["y2"]) == ("prompt 0: answer in lowercase", "good 0", "BAD 0")
-    assert g["x2"] == "new prompt 0: answer in CAPITALS"
+    assert (g.x1, g.y1, g.y2) == ("prompt 0: answer in lowercase", "good 0", "BAD 0")
+    assert g.x2 == "new prompt 0: answer in CAPITALS"
     assert dict(result.counts) == {
         "attempted": 6,
         "candidates": 6,
@@ -121,7 +121,7 @@ def test_several_rewrites_per_pair_keep_the_first_verified_and_count_the_furthes
     result = build_groups(
         pairs, engine, Judge(engine, votes=3), seed=0, parse_retries=1, rewrites=3, min_task_overlap=0.0
     )
-    assert [(g["key"], g["x2"]) for g in result.groups] == [
+    assert [(g.key, g.x2) for g in result.groups] == [
         ("t0", "new prompt 0 2 ok"),
         ("t1", "new prompt 1 0 ok"),
     ]
@@ -162,7 +162,7 @@ def test_a_rewriter_writes_where_it_can_and_without_fallback_the_rest_is_dropped
             rewriter=rewriter,
             llm_fallback=fallback,
         )
-        sources = {g["key"]: g["x2_source"] for g in result.groups}
+        sources = {g.key: g.x2_source for g in result.groups}
         assert result.counts["candidates_programmatic"] == 1
         if fallback:
             assert sources == {"t0": "verifier", "t1": "refiner"} and engine.rewrite_calls == 1
@@ -185,7 +185,7 @@ def test_placeholder_echoes_and_unrelated_text_are_not_rewrites() -> None:
 
     engine = RewritingEngine(rewrite, lambda p, r, i, k: yes() if r.startswith("BAD") else no())
     result = build_groups([pair(i) for i in range(4)], engine, Judge(engine, votes=1), seed=0)
-    assert [g["key"] for g in result.groups] == ["t3"]
+    assert [g.key for g in result.groups] == ["t3"]
     assert result.counts["dropped_not_a_rewrite"] == 3
     assert is_a_rewrite("Write a haiku. Use three lines.", "Write a haiku. Use five lines.", 0.5)
     assert not is_a_rewrite("Write a haiku. Use three lines.", "Write an essay on rivers.", 0.5)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from shared.iopo import PairForGroup, build_groups
 from shared.judges import backend_of, build_judge
-from shared.records import IopoGroupRow, JudgeRow, PairRow, ShardOutput
+from shared.records import JudgeRow, PairRow, ShardOutput
 from shared.runtime.artifacts import read_jsonl, write_jsonl_atomic
 from shared.seeding import derive_seed
 
@@ -60,7 +60,7 @@ def run_iopo_groups(ctx: StageContext) -> ShardOutput:
             llm_fallback=not backend.needs_metadata,
             min_task_overlap=config.iopo.min_task_overlap,
         )
-    groups = [IopoGroupRow.from_record(g) for g in result.groups]
+    groups = result.groups
     for group in groups:
         if group.x2_source == "verifier":
             group.x2_metadata = metadata[group.x2]  # type: ignore[assignment]
