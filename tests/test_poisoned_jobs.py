@@ -20,10 +20,10 @@ from fastapi.testclient import TestClient
 from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
+from run_fixtures import new_run
 from service_harness import BIN
 
 from services.api import Settings, create_app
-from services.runs import create_run
 from services.scheduler import TICK_KEY, RunStatus, Scheduler
 from shared.config import RunConfig
 from shared.runtime.confinement import OutsideRootError, check_config_paths
@@ -47,18 +47,8 @@ def plant(redis: Redis, job: str, queue: str, **fields: str) -> None:
 
 
 def a_run(tmp_path: Path, name: str = "poison", prompts: int = 3):
-    (tmp_path / "prompts.jsonl").write_text("".join(f'{{"prompt": "p{k}"}}\n' for k in range(prompts)))
-    config = RunConfig.model_validate(
-        {
-            "name": name,
-            "prompts": str(tmp_path / "prompts.jsonl"),
-            "shard_size": 1,
-            "actor": {"model": "tiny"},
-            "refiner": {"model": "tiny"},
-            "stages": ["sample", "judge"],
-        }
-    )
-    return create_run(config, tmp_path / "runs")
+    texts = [f"p{k}" for k in range(prompts)]
+    return new_run(tmp_path, name, texts, runs=tmp_path / "runs", shard_size=1, stages=["sample", "judge"])
 
 
 def test_a_poisoned_job_in_the_started_registry_never_stops_the_scheduler(

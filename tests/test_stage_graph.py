@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from run_fixtures import new_run
 
 from services.local import LocalExecutor
 from services.runs import create_run, load_config_file
 from services.scheduler import RunStatus, Scheduler, SchedulerSettings, running_stages, started_pipeline
-from shared.config import RunConfig
 from shared.runtime.artifacts import RunPaths
 from shared.stages import STAGE_TABLE, STAGES, Node, dependencies, graph, pipeline, stage
 
@@ -230,19 +230,8 @@ def test_every_file_a_stage_opens_is_declared_in_its_reads(tmp_path: Path, tiny_
 def _run(tmp_path: Path, name: str, prompts: int, stages: list[str]) -> RunPaths:
     folder = tmp_path / name
     folder.mkdir()
-    (folder / "prompts.jsonl").write_text("".join(f'{{"prompt": "{name} p{k}"}}\n' for k in range(prompts)))
-    config = RunConfig.model_validate(
-        {
-            "name": name,
-            "prompts": str(folder / "prompts.jsonl"),
-            "shard_size": 1,
-            "actor": {"model": "tiny"},
-            "refiner": {"model": "tiny"},
-            "stages": stages,
-            "iterations": 2,
-        }
-    )
-    return create_run(config, tmp_path / "runs")
+    texts = [f"{name} p{k}" for k in range(prompts)]
+    return new_run(folder, name, texts, runs=tmp_path / "runs", shard_size=1, stages=stages, iterations=2)
 
 
 def _finish(paths: RunPaths, iteration: int, name: str) -> None:

@@ -8,15 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from run_fixtures import new_run, shaped_model
 
-from services.runs import create_run
-from shared.config import RunConfig, SftConfig
+from shared.config import SftConfig
 from shared.records import StageSpec
 from shared.runtime.artifacts import RunPaths, read_json
 from shared.runtime.versions import METADATA, version_dir
 from workers.stages import run_stage
 from workers.stages import train as train_stage
 
+VERSION_KEYS = set("role version parent objective data hyperparameters created_at metrics adapter".split())
+"""The keys of every published version's metadata (a trained one may add how it was launched)."""
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 
 
@@ -44,20 +46,15 @@ def trained(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
 
 
 def make_run(tmp_path: Path, **extra: Any) -> RunPaths:
-    (tmp_path / "prompts.jsonl").write_text(json.dumps({"prompt": "x"}) + "\n")
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")  # a model folder by its shape; nothing loads it here
-    config = RunConfig.model_validate(
-        {
-            "name": "t",
-            "prompts": str(tmp_path / "prompts.jsonl"),
-            "actor": {"model": str(model)},
-            "refiner": {"model": str(model)},
-            **extra,
-        }
-    )
-    return create_run(config, tmp_path / "runs", "t")
+    model = shaped_model(tmp_path / "model")
+    return new_run(tmp_path, "t", ["x"], model=str(model), runs=tmp_path / "runs", run_id="t", **extra)
+
+
+def write_data(paths: RunPaths, name: str, text: str) -> None:
+    """Iteration 0's data file ``name`` (pairs.jsonl, rft.jsonl), as the assemble stage leaves it."""
+    file = paths.data_file(0, name)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(text)
 
 
 def spec(paths: RunPaths, stage: str) -> StageSpec:
@@ -74,53 +71,25 @@ def test_stage_zero_is_sft_of_both_roles(tmp_path: Path, trained: list) -> None:
     assert result.counts == {"actor_records": 2, "refiner_records": 2}
     assert set(result.models) == {"actor_new", "refiner_new"}
     meta = read_json(version_dir(paths, "actor", 0) / METADATA)
-    assert set(meta) == {
-        "role",
-        "version",
-        "parent",
-        "objective",
-        "data",
-        "hyperparameters",
-        "created_at",
-    } | {
-        "metrics",
-        "adapter",
-    }
+    assert set(meta) == VERSION_KEYS
     assert (meta["version"], meta["objective"], meta["data"]["file"]) == ("v0", "sft", str(data))
 
 
 def test_rft_is_sft_and_records_how_it_was_launched(tmp_path: Path, trained: list) -> None:
     paths = make_run(tmp_path)
-    rft = paths.data_file(0, "rft.jsonl")
-    rft.parent.mkdir(parents=True, exist_ok=True)
-    rft.write_text(json.dumps(CHAT) + "\n")
+    write_data(paths, "rft.jsonl", json.dumps(CHAT) + "\n")
     result = run_stage(paths, spec(paths, "train_refiner"), NoEngines())
     assert [t for t, _ in trained] == ["sft"]
     assert result.counts == {"records": 1, "trained": 1} and result.metrics["loss_curve"] == [0.5]
     meta = read_json(version_dir(paths, "refiner", 1) / METADATA)
-    assert set(meta) == {
-        "role",
-        "version",
-        "parent",
-        "objective",
-        "data",
-        "hyperparameters",
-        "created_at",
-    } | {
-        "metrics",
-        "adapter",
-        "distributed",
-        "num_processes",
-    }
+    assert set(meta) == VERSION_KEYS | {"distributed", "num_processes"}
     assert (meta["objective"], meta["data"]["records"]) == ("rft", 1)
     assert run_stage(paths, spec(paths, "train_refiner"), NoEngines()).skipped
 
 
 def test_no_pairs_publish_an_alias(tmp_path: Path, trained: list) -> None:
     paths = make_run(tmp_path)
-    pairs = paths.data_file(0, "pairs.jsonl")
-    pairs.parent.mkdir(parents=True, exist_ok=True)
-    pairs.write_text("")
+    write_data(paths, "pairs.jsonl", "")
     result = run_stage(paths, spec(paths, "train_actor"), NoEngines())
     assert trained == [] and result.counts == {"records": 0, "trained": 0}
     meta = read_json(version_dir(paths, "actor", 1) / METADATA)

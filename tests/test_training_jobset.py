@@ -20,9 +20,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from kustomize_render import build
+from run_fixtures import new_run, shaped_model
 
-from services.runs import create_run
-from shared.config import RunConfig
 from shared.errors import TrainingLaunchError
 from shared.runtime.artifacts import RunPaths
 from shared.runtime.shards import StageSpec
@@ -152,21 +151,9 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCluster]:
 @pytest.fixture
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunPaths:
     """A run ready for iteration 0's train_actor stage (2 processes: one per node of the template)."""
-    (tmp_path / "prompts.jsonl").write_text(json.dumps({"prompt": "x"}) + "\n")
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")  # a model folder by its shape; nothing loads it here
-    config = RunConfig.model_validate(
-        {
-            "name": "js",
-            "seed": 1,
-            "prompts": str(tmp_path / "prompts.jsonl"),
-            "actor": {"model": str(model)},
-            "refiner": {"model": str(model)},
-            "train_actor": {"objective": "dpo", "num_processes": 2},
-        }
-    )
-    paths = create_run(config, tmp_path / "runs", "js")
+    model = str(shaped_model(tmp_path / "model"))
+    settings = {"seed": 1, "train_actor": {"objective": "dpo", "num_processes": 2}}
+    paths = new_run(tmp_path, "js", ["x"], model=model, runs=tmp_path / "runs", run_id="js", **settings)
     data = paths.data_file(0, "pairs.jsonl")
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
