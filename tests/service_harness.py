@@ -50,12 +50,14 @@ def tiny_run_body(
     votes: int = 3,
     new_tokens: tuple[int, int, int] = (20, 40, 48),
     train_steps: int | None = None,
+    model: str = "models/tiny",
     **overrides: object,
 ) -> dict:
     """A run config on the data root's tiny model (``models/tiny``, ``prompts.jsonl``), as JSON.
 
     ``new_tokens``: sample, judge and refine limits. ``train_steps`` adds both trainings with that
-    many steps; without it the run has the search stages only.
+    many steps; without it the run has the search stages only. ``model``: another model folder
+    for both roles.
     """
     sample_tokens, judge_tokens, search_tokens = new_tokens
     body: dict = {
@@ -63,8 +65,8 @@ def tiny_run_body(
         "seed": seed,
         "prompts": "prompts.jsonl",
         "shard_size": shard_size,
-        "actor": {"model": "models/tiny", "hf": {"batch_size": 16}},
-        "refiner": {"model": "models/tiny", "hf": {"batch_size": 16}},
+        "actor": {"model": model, "hf": {"batch_size": 16}},
+        "refiner": {"model": model, "hf": {"batch_size": 16}},
         "sample": {"num_responses": responses, "max_new_tokens": sample_tokens},
         "judge": {"votes": votes, "max_new_tokens": judge_tokens},
         "search": {"branching": 2, "beam": 1, "max_depth": 2, "max_new_tokens": search_tokens},

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from service_harness import variant_prompts
+from service_harness import tiny_run_body, variant_prompts
 
 import workers.training.refiner as refiner_training
 from services.local import LocalExecutor
@@ -20,22 +20,10 @@ def write_config(tmp_path: Path, model: Path, **overrides) -> Path:
     # (RFT judgment examples) on any machine; 4 x 3 x 3 gave none on some CPUs.
     prompts = variant_prompts(8)
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    train = {"max_steps": 2, "batch_size": 2, "grad_accum": 1, "max_length": 256, "learning_rate": 1e-4}
-    config = {
-        "name": "it",
-        "seed": 5,
-        "prompts": "prompts.jsonl",
-        "shard_size": 2,
-        "actor": {"model": str(model), "hf": {"batch_size": 16}},
-        "refiner": {"model": str(model), "hf": {"batch_size": 16}},
-        "sample": {"num_responses": 4, "max_new_tokens": 20},
-        "judge": {"votes": 5, "max_new_tokens": 40},
-        "search": {"branching": 2, "beam": 1, "max_depth": 2, "max_new_tokens": 48},
-        "train_actor": {**train, "sft_weight": 0.1},
-        "train_refiner": train,
-    } | overrides
+    config = tiny_run_body("it", 5, 2, responses=4, votes=5, train_steps=2, model=str(model))
+    config["train_actor"]["sft_weight"] = 0.1
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config | overrides))
     return path
 
 
