@@ -32,7 +32,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,23 +185,6 @@ def service_root(tmp: Path, prompts: int) -> Path:
     return root
 
 
-def service_run(stack, body: dict, timeout: float = 1800) -> Path:  # noqa: ANN001  (service_harness.Stack)
-    """POST the run, wait for its end; its run directory (an error with the logs unless it succeeded)."""
-    with stack.client() as c:
-        created = c.post("/v1/runs", json=body)
-        created.raise_for_status()
-        run_id = created.json()["id"]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            view = c.get(f"/v1/runs/{run_id}").json()
-            if view["status"] in ("succeeded", "failed", "cancelled"):
-                break
-            time.sleep(0.25)
-    if view["status"] != "succeeded":
-        raise RuntimeError(f"run {run_id} ended {view['status']}: {view['error']}\n{stack.tail_logs()}")
-    return Path(view["run_dir"])
-
-
 def measure_service(prompts: int, shard_size: int, iterations: int, train_steps: int) -> dict:
     """Run the same config in graph then serial order on one warm stack; the two timelines."""
     from service_harness import Stack, private_redis
@@ -220,7 +202,8 @@ def measure_service(prompts: int, shard_size: int, iterations: int, train_steps:
                 for order in ("warm-up", "serial", "graph"):
                     stack.env_extra["SPAR_SCHEDULE_ORDER"] = "serial" if order == "warm-up" else order
                     stack.start_api()
-                    run_dir = service_run(stack, body | {"iterations": 1} if order == "warm-up" else body)
+                    view, _ = stack.finish_run(body | {"iterations": 1} if order == "warm-up" else body, 1800)
+                    run_dir = Path(view["run_dir"])
                     stack.stop_api()
                     if order == "warm-up":
                         continue

@@ -91,20 +91,8 @@ def local_run(config: RunConfig, root: Path, engines: LocalEngines, k: int) -> T
 
 def service_run(stack: Stack, body: dict) -> Timed:
     """One run over REST: seconds from the POST to the success the scheduler records."""
-    with stack.client() as c:
-        started = time.time()
-        created = c.post("/v1/runs", json=body)
-        created.raise_for_status()
-        run_id = created.json()["id"]
-        while True:
-            view = c.get(f"/v1/runs/{run_id}").json()
-            if view["status"] in ("succeeded", "failed", "cancelled"):
-                break
-            time.sleep(0.25)
-    if view["status"] != "succeeded":
-        ended = f"service run {run_id} ended {view['status']}: {view['error']}"
-        raise RuntimeError(f"{ended}\n{stack.tail_logs()}")
-    finished = Redis.from_url(stack.redis_url).hget(f"spar:run:{run_id}", "updated_at")
+    view, started = stack.finish_run(body)
+    finished = Redis.from_url(stack.redis_url).hget(f"spar:run:{view['id']}", "updated_at")
     run_dir = Path(view["run_dir"])
     return Timed("service", float(finished or time.time()) - started, shard_seconds(run_dir), run_dir)
 

@@ -202,6 +202,19 @@ class Stack:
             f"run {run_id} still {last.get('status')} after {timeout}s: {last}\n{self.tail_logs()}"
         )
 
+    def finish_run(self, body: dict, timeout: float = 3600) -> tuple[dict, float]:
+        """POST ``body`` as a run and wait for its end: its last view, and when it was posted (epoch
+        seconds). Raises with the services' logs unless the run succeeded (the benchmarks' runs)."""
+        with self.client() as c:
+            posted_at = time.time()
+            created = c.post("/v1/runs", json=body)
+            created.raise_for_status()
+            run_id = created.json()["id"]
+        view = self.wait_for(run_id, timeout=timeout)
+        if view["status"] != "succeeded":
+            raise RuntimeError(f"run {run_id} ended {view['status']}: {view['error']}\n{self.tail_logs()}")
+        return view, posted_at
+
     def tail_logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in self.logs)
 
