@@ -153,7 +153,9 @@ def duplicate_pairs() -> int | None:
         return None
     out = subprocess.run(
         [tool, "--repo", str(ROOT), "--seconds", "120", "--most", "1"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout
     first = out.strip().splitlines()[0] if out.strip() else ""
     words = first.split()
@@ -193,9 +195,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"imports of workers from services: {result['services_imports_of_workers']} "
-          f"in {result['services_files_importing_workers']} files "
-          f"({result['api_process_files_importing_workers']} in the API process)")
+    print(
+        f"imports of workers from services: {result['services_imports_of_workers']} "
+        f"in {result['services_files_importing_workers']} files "
+        f"({result['api_process_files_importing_workers']} in the API process)"
+    )
     print(f"import cycles in shared/: {len(result['shared_cycles'])}")
     for cycle in result["shared_cycles"]:
         print("  " + " <-> ".join(cycle))

@@ -74,7 +74,13 @@ def tiny_run_body(
     if train_steps is None:
         body["stages"] = list(SEARCH_STAGES)
     else:
-        train = {"max_steps": train_steps, "batch_size": 2, "grad_accum": 1, "max_length": 256, "learning_rate": 1e-4}
+        train = {
+            "max_steps": train_steps,
+            "batch_size": 2,
+            "grad_accum": 1,
+            "max_length": 256,
+            "learning_rate": 1e-4,
+        }
         body |= {"train_actor": train, "train_refiner": dict(train)}
     return body | overrides
 

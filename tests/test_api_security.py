@@ -52,10 +52,7 @@ def test_every_field_named_like_a_path_is_marked_as_one() -> None:
         "InitConfig.actor_data",
         "InitConfig.refiner_data",
         "TrainCommon.accelerate_config",
-    } <= {
-        m.replace("ActorTrainConfig", "TrainCommon").replace("SftConfig", "TrainCommon")
-        for m in marked
-    }
+    } <= {m.replace("ActorTrainConfig", "TrainCommon").replace("SftConfig", "TrainCommon") for m in marked}
 
 
 def test_confine_resolves_symlinks_and_keeps_built_in_names(tmp_path: Path) -> None:

@@ -132,7 +132,6 @@ def test_stages_never_run_fall_back_to_the_dry_run_estimate(run) -> None:
     assert eta.eta_s == ITER0_TOTAL and eta.eta_source == "recorded"
 
 
-
 def test_a_mix_of_recorded_and_estimated_stages_says_so(run) -> None:
     paths, config = run
     rates = est.Rates(

@@ -268,8 +268,12 @@ def test_the_dry_run_checks_the_token_before_any_work(tmp_path, monkeypatch) -> 
 def test_the_api_refuses_a_hub_section_unless_the_operator_allows_it(tmp_path) -> None:
     (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
     config = RunConfig.model_validate(
-        {"prompts": "p.jsonl", "actor": {"model": "tiny"}, "refiner": {"model": "tiny"},
-         "hub": {"repo_id": "o/x-{role}"}}
+        {
+            "prompts": "p.jsonl",
+            "actor": {"model": "tiny"},
+            "refiner": {"model": "tiny"},
+            "hub": {"repo_id": "o/x-{role}"},
+        }
     )
     refused = "hub: pushing models to a hub is disabled on this server.*SPAR_ALLOW_HUB_PUSH=1"
     with pytest.raises(ConfigError, match=refused):

@@ -423,7 +423,8 @@ def test_the_scheduling_policy_is_left_out_of_the_stage_hash() -> None:
         )
         for policy in ("priority", "fcfs")
     }
-    bigger = RunConfig.model_validate(base | {"refiner": {"model": "tiny", "engine": "vllm", "vllm": {"kv_cache_gb": 3}}})
+    refiner = {"model": "tiny", "engine": "vllm", "vllm": {"kv_cache_gb": 3}}
+    bigger = RunConfig.model_validate(base | {"refiner": refiner})
     for stage_name in ("judge", "refine"):
         assert runs["priority"].stage_hash(stage_name) == runs["fcfs"].stage_hash(stage_name)
         assert runs["priority"].stage_hash(stage_name) != bigger.stage_hash(stage_name)

@@ -53,7 +53,9 @@ def test_hf_environment_is_applied_without_overriding(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize("cache", [None, "~/elsewhere/spar-cache", "/srv/spar"])
-def test_the_nltk_folder_follows_the_settings_cache(monkeypatch: pytest.MonkeyPatch, cache: str | None) -> None:
+def test_the_nltk_folder_follows_the_settings_cache(
+    monkeypatch: pytest.MonkeyPatch, cache: str | None
+) -> None:
     """The IFEval scorer (pure core) reads SPAR_CACHE_DIR itself; it must agree with the settings."""
     from shared.evaluation.punkt import default_nltk_data_dir
 

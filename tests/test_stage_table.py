@@ -102,8 +102,8 @@ def test_shard_records_keep_their_shape_and_order() -> None:
     done = ShardDone.from_record(DONE_JSON).as_record()
     assert done == DONE_JSON
     assert list(done) == [
-        "spec", "config_hash", "models", "metrics", "counts", "engine", "seconds", "finished_at", "started_at",
-        "resolved",
+        "spec", "config_hash", "models", "metrics", "counts", "engine", "seconds", "finished_at",
+        "started_at", "resolved",
     ]  # fmt: skip
     manifest = StageManifest.from_record(MANIFEST_JSON).as_record()
     assert manifest == MANIFEST_JSON

@@ -180,6 +180,7 @@ def test_a_tiny_run_writes_tensorboard_scalars_that_read_back(tmp_path, tiny_mod
 
     import yaml
     from scripted import ScriptedEngine, no, yes
+
     try:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     except ImportError as exc:  # never a skip: the reader is what this test is about

@@ -464,9 +464,7 @@ def test_the_nll_probe_is_the_first_examples_and_zero_measures_nothing(
     monkeypatch.setattr(refiner, "mean_target_nll", counting)
     examples = rft_examples()
     assert len(examples) > 2
-    cfg = SftConfig(
-        learning_rate=1e-3, max_steps=1, batch_size=1, grad_accum=1, max_length=256, nll_probe=2
-    )
+    cfg = SftConfig(learning_rate=1e-3, max_steps=1, batch_size=1, grad_accum=1, max_length=256, nll_probe=2)
     metrics = refiner.train_refiner(model_path, examples, cfg, tmp_path / "two", seed=0)
     assert probed == [2, 2] and metrics["target_nll_before"] > 0
     probed.clear()

@@ -450,9 +450,11 @@ def test_the_prefix_cache_empties_between_runs(engine) -> None:  # noqa: ANN001
     """Benchmarks start each measured run cold; a later run on the same prompts hits the cache again."""
     from vllm import SamplingParams
 
-    prompt = {"prompt_token_ids": engine.prompt_token_ids(
-        GenerationRequest(messages=_user("cache me " * 40), max_new_tokens=2)
-    )}
+    prompt = {
+        "prompt_token_ids": engine.prompt_token_ids(
+            GenerationRequest(messages=_user("cache me " * 40), max_new_tokens=2)
+        )
+    }
     params = SamplingParams(temperature=0.0, max_tokens=2)
 
     def cached_tokens() -> int:

@@ -237,7 +237,11 @@ def run_worker(
         failures = 1 if time.monotonic() - started > 60 else failures + 1
         delay = min(2.0 ** (failures - 1), 30.0)
         extra: dict[str, object] = {
-            "event": "worker.reconnect", "reason": reason, "attempt": attempt, "delay_s": delay, "url": shown
+            "event": "worker.reconnect",
+            "reason": reason,
+            "attempt": attempt,
+            "delay_s": delay,
+            "url": shown,
         }
         if not connected_once:
             extra["hint"] = (

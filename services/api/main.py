@@ -103,4 +103,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard_router)
     add_docs(app)
     return app
-

@@ -1,4 +1,5 @@
-"""The API server's settings: the environment (``SPAR_*``, shared/runtime/settings.py) plus scheduler limits."""
+"""The API server's settings: the environment (``SPAR_*``, shared/runtime/settings.py) plus scheduler
+limits."""
 
 from __future__ import annotations
 

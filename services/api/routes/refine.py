@@ -53,8 +53,9 @@ async def refine(body: RefineRequest, settings: SettingsDep, scheduler: Schedule
     paths = await run_in_threadpool(run_paths, body.run_id, scheduler, settings)
     if await run_in_threadpool(scheduler.state, body.run_id) is None:  # a `spar run` run, read-only
         raise HTTPException(
-            409, f"run {body.run_id} was made by `spar run`; POST /v1/runs/{body.run_id}/resume hands it "
-            "to the service first"
+            409,
+            f"run {body.run_id} was made by `spar run`; POST /v1/runs/{body.run_id}/resume hands it "
+            "to the service first",
         )
     metadata = None if body.metadata is None else body.metadata.model_dump()
     await run_in_threadpool(_judgeable, paths, metadata)

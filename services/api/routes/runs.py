@@ -112,9 +112,7 @@ def cancel(run_id: str, paths: RunPathsDep, scheduler: SchedulerDep) -> RunStatu
 @router.post(
     "/{run_id}/resume",
     response_model=RunStatusChange,
-    responses={
-        409: {"description": "the run is queued, running or succeeded, or being resumed right now"}
-    },
+    responses={409: {"description": "the run is queued, running or succeeded, or being resumed right now"}},
 )
 def resume(
     run_id: str, paths: RunPathsDep, scheduler: SchedulerDep, settings: SettingsDep
