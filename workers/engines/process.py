@@ -43,6 +43,7 @@ from shared.engine import EngineStats, GenerationRequest
 from shared.errors import EngineHostError  # noqa: F401  (also importable from here)
 from shared.runtime.settings import settings
 from shared.runtime.versions import ModelVersion
+from workers.priority import keep_parent_priority
 
 log = logging.getLogger("spar.engines.process")
 
@@ -445,6 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     # this process holds the engine alone (see vllm._engine_core_in_this_process)
     os.environ[ENGINE_HOST_ENV] = "1"
     _die_with_parent()
+    keep_parent_priority()  # its own session is its own scheduling group: keep the worker's nice
     logging.basicConfig(level=settings().log_level, stream=sys.stderr)
     engine_level = settings().engine_log_level
     for noisy in ("vllm", "triton", "torch", "transformers", "DeepSpeed"):

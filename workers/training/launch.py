@@ -243,7 +243,8 @@ def _die_with_parent() -> None:
         pass
 
 
-# Sets the parent-death signal, then becomes the launcher (no preexec_fn: unsafe in a threaded worker).
+# Sets the parent-death signal and keeps the worker's CPU priority (workers/priority.py), then becomes the
+# launcher (no preexec_fn: unsafe in a threaded worker).
 _EXEC_SHIM = (
     "import ctypes, os, signal, sys\n"
     "try:\n"
@@ -252,6 +253,8 @@ _EXEC_SHIM = (
     "    pass\n"
     "if os.getppid() != int(os.environ['SPAR_LAUNCH_PARENT']):\n"
     "    sys.exit('the worker that launched this training is gone')\n"
+    "from workers.priority import keep_parent_priority\n"
+    "keep_parent_priority()\n"
     "os.execv(sys.argv[1], sys.argv[1:])\n"
 )
 
