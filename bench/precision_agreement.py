@@ -198,8 +198,15 @@ def main() -> None:
             line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
             if done.returncode != 0 or line is None:
                 raise SystemExit(f"{kind} {precision} seed {seed} failed:\n{done.stderr[-3000:]}")
-            runs[(precision, seed)] = json.loads(line[len("RESULT ") :])
-            report["runs"].append(runs[(precision, seed)])
+            runs[(precision, seed)] = result = json.loads(line[len("RESULT ") :])
+            report["runs"].append(result)
+            margins = result["heldout_margins"]
+            print(  # each run as it ends: a stopped bench keeps what it measured
+                f"{kind} {precision} order {seed}: loss {[round(x, 4) for x in result['loss_curve']]}, "
+                f"{result['sec_per_step']:.2f} s/step"
+                + (f", held-out margin mean {sum(margins) / len(margins):.4f}" if margins else ""),
+                flush=True,
+            )
         fp32, mixed, reorder = (runs[r]["loss_curve"] for r in RUNS)
         precision_gap, order_gap = _gaps(fp32, mixed), _gaps(fp32, reorder)
         step32, step_mixed = runs[RUNS[0]]["sec_per_step"], runs[RUNS[1]]["sec_per_step"]
