@@ -13,6 +13,22 @@ from workers.priority import autogroup_nice, keep_parent_priority
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _run_niced(increment: int, script: str) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """``script`` under ``nice -n increment`` in a new session (what a worker's children get); returns
+    the nice value it runs at (nice adds to this process's own) and the finished process."""
+    expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + increment)
+    done = subprocess.run(
+        ["nice", "-n", str(increment), sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return expected, done
+
+
 def _fake_proc(tmp_path: Path, parent: str | None, me: str | None) -> Path:
     for pid, text in (("41", parent), ("self", me)):
         if text is not None:
@@ -51,16 +67,8 @@ def test_a_real_child_in_a_new_session_keeps_the_nice_it_was_started_with() -> N
         print(before, autogroup_nice("self"), os.getpriority(os.PRIO_PROCESS, 0))
         """
     )
-    expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)  # nice adds to the caller's own
-    out = subprocess.run(
-        ["nice", "-n", "7", sys.executable, "-c", child],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        start_new_session=True,
-        check=True,
-    ).stdout.split()
-    before, after, own = out
+    expected, done = _run_niced(7, child)
+    before, after, own = done.stdout.split()
     assert own == str(expected)
     if Path("/proc/self/autogroup").exists():
         # the kernel's fresh group at 0, then the worker's priority (or its group's, if lower)
@@ -88,16 +96,7 @@ def test_the_engine_host_runs_at_the_workers_priority(tiny_model_path: Path) -> 
             engine.close()
         """
     )
-    expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3)
-    done = subprocess.run(
-        ["nice", "-n", "3", sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        start_new_session=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    expected, done = _run_niced(3, script)
     worker_group, host_group = done.stdout.split()[-2:]
     if Path("/proc/self/autogroup").exists():
         assert worker_group == "0"  # the worker's own new session: the kernel's default

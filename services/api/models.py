@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..eta import RunEta
 from ..scheduler import RunStatus
 
 
@@ -140,21 +141,6 @@ class RunningStage(BaseModel):
     stage: str
 
 
-class RunEtaView(BaseModel):
-    """How long the run has left, from its own recorded shard times (``services/eta.py``)."""
-
-    eta_s: float | None = Field(
-        description="Seconds of work left as of computed_at; None when no stage left has a rate yet."
-    )
-    eta_source: Literal["recorded", "estimate", "mixed", "done"] | None = Field(
-        description="recorded: this run's finished shards; estimate: the dry run's rates for stages not run "
-        "yet; mixed: both; done: nothing left."
-    )
-    lower_bound: bool = Field(description="Some stages left have no rate (unknown): eta_s is a floor.")
-    unknown: list[str] = Field(description="The stages left without a rate, e.g. 'iter 0 eval'.")
-    computed_at: float = Field(description="When eta_s was computed (epoch seconds).")
-
-
 class RunView(BaseModel):
     """``GET /v1/runs/{id}``: status, where the run is, progress, per-iteration summaries, versions."""
 
@@ -174,7 +160,7 @@ class RunView(BaseModel):
     progress: list[StageProgress]
     iterations: list[IterationSummary]
     models: dict[str, str] = Field(description="Latest published version per role, e.g. {'actor': 'v1'}.")
-    eta: RunEtaView | None = Field(
+    eta: RunEta | None = Field(
         None,
         description="Time left, summed over the stages still to run (one after another, so an upper bound "
         "when the pools run several at once); None when it could not be computed.",
