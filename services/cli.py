@@ -414,7 +414,14 @@ def _dry_run(config, console) -> int:
     """
     import json
 
-    from services.estimate import calibrate, estimate, load_record, render, save_calibration
+    from services.estimate import (
+        calibrate,
+        estimate,
+        llm_judged_share,
+        load_record,
+        render,
+        save_calibration,
+    )
     from services.preflight import check_hub, check_inputs
     from services.runs import read_prompts
     from shared.runtime.settings import settings
@@ -437,7 +444,8 @@ def _dry_run(config, console) -> int:
     if hub_line is not None:
         print(hub_line)
     print(f"{len(prompts)} prompts, {config.iterations} iteration(s)")
-    print(render(estimate(config, len(prompts), rates), rates))
+    share = llm_judged_share(config, [p.metadata for p in prompts])
+    print(render(estimate(config, len(prompts), rates, share), rates))
     print("dry run: nothing was written under the runs folder")
     return 0
 

@@ -78,8 +78,23 @@ def models_key(config: RunConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def record_key(config: RunConfig) -> str:
+    """What a recorded run's per-prompt counts also depend on: the models, and the settings that
+    decide how many generations a prompt costs (answers per prompt, the judge backend and its votes,
+    the search's shape, the token limits). A record of an LLM-judged run must not price a
+    verifier-judged one, whose judgments cost no generation."""
+    parts = {
+        "models": models_key(config),
+        "sample": config.sample.model_dump(mode="json"),
+        "judge": config.judge.model_dump(mode="json"),
+        "search": config.search.model_dump(mode="json"),
+    }
+    text = json.dumps(parts, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def record_path(config: RunConfig, cache_dir: Path) -> Path:
-    return cache_dir / "estimates" / f"{models_key(config)}.json"
+    return cache_dir / "estimates" / f"{record_key(config)}.json"
 
 
 def load_record(config: RunConfig, cache_dir: Path) -> Rates | None:
@@ -281,22 +296,51 @@ def _step_seconds(config: RunConfig, role: str, preference: bool) -> float:
 
 
 # ----- the estimate --------------------------------------------------------------------------------
-def _tree_generations(config: RunConfig) -> float:
+def llm_judged_share(config: RunConfig, metadata: list[dict[str, Any]] | None = None) -> float:
+    """The share of answers the refiner judges by generating (the rest the checker judges for free).
+
+    ``judge.backend: llm`` generates every judgment, ``verifier`` none; ``verifier_then_llm`` checks
+    the prompts that carry IFEval constraints and asks the refiner about the others, so its share is
+    that of the prompts in ``metadata`` (one prompt record's metadata each) without constraints --
+    unknown (None) counts as all, the upper bound.
+    """
+    from shared.judges import backend_of
+    from shared.judges.verifier import ifeval_metadata
+
+    backend = backend_of(config.judge)
+    if backend.needs_metadata:
+        return 0.0
+    if not backend.checks_metadata or not metadata:
+        return 1.0
+    unchecked = sum(1 for m in metadata if ifeval_metadata(m) is None)
+    return unchecked / len(metadata)
+
+
+def _tree_generations(config: RunConfig, llm_share: float) -> float:
     """Generations one refinement tree costs on average, without a record: the search expands
     the root, then ``beam`` nodes per level, each with ``branching`` refinements, each judged
-    ``votes`` times; an assumed half of the trees stop halfway (success)."""
+    ``votes`` times where the refiner judges (``llm_share``); an assumed half of the trees stop
+    halfway (success)."""
     s = config.search
     expansions = 1 + s.beam * (s.max_depth - 1)
     if s.budget is not None:
         expansions = min(expansions, s.budget)
-    full = expansions * s.branching * (1 + config.judge.votes)
+    full = expansions * s.branching * (1 + config.judge.votes * llm_share)
     return full * (1 - ASSUMED["tree_success"] / 2)
 
 
-def estimate(config: RunConfig, n_prompts: int, rates: Rates) -> list[StageEstimate]:
-    """Per (iteration, stage) of the run: generations, tokens, steps and seconds."""
+def estimate(
+    config: RunConfig, n_prompts: int, rates: Rates, llm_share: float | None = None
+) -> list[StageEstimate]:
+    """Per (iteration, stage) of the run: generations, tokens, steps and seconds.
+
+    ``llm_share``: the share of answers judged by the refiner (:func:`llm_judged_share`; None: what
+    the judge backend alone says, all for ``verifier_then_llm``).
+    """
     order = pipeline(config.stages, config.iterations, with_init=config.init is not None)
     out: list[StageEstimate] = []
+    if llm_share is None:
+        llm_share = llm_judged_share(config)
     k, votes = config.sample.num_responses, config.judge.votes
     negatives = n_prompts * k * ASSUMED["negative_rate"]
     limits = {
@@ -306,8 +350,8 @@ def estimate(config: RunConfig, n_prompts: int, rates: Rates) -> list[StageEstim
     }
     counts = {
         "sample": n_prompts * k,
-        "judge": n_prompts * k * votes,
-        "refine": negatives * _tree_generations(config),
+        "judge": n_prompts * k * votes * llm_share,
+        "refine": negatives * _tree_generations(config, llm_share),
     }
     pairs = negatives * ASSUMED["tree_success"]
     loads_done: set[str] = set()
@@ -326,8 +370,10 @@ def estimate(config: RunConfig, n_prompts: int, rates: Rates) -> list[StageEstim
                 # one engine load per model and iteration; one for both roles when they are the same
                 # model (the local executor keeps the engine across stages until training)
                 role = "actor" if stage == "sample" or same_models else "refiner"
-                load = rates.load_s if role + str(iteration) not in loads_done else 0.0
-                loads_done.add(role + str(iteration))
+                load = 0.0
+                if item.generations and role + str(iteration) not in loads_done:  # no engine, no load
+                    load = rates.load_s
+                    loads_done.add(role + str(iteration))
                 item.seconds = item.tokens * rate.get("s_per_token", 0.0) + load
         elif stage in TRAINING:
             rate = rates.train.get(stage, {})

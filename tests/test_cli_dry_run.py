@@ -120,6 +120,67 @@ def test_calibrated_counts_follow_the_config(tmp_path) -> None:
     assert rows["assemble"].basis == "none"
 
 
+def _calibrated() -> est.Rates:
+    return est.Rates(
+        basis="calibrated",
+        load_s=1.0,
+        per_prompt={s: {"s_per_token": 0.001, "fill": 0.5} for s in ("sample", "judge", "refine")},
+        train={"train_actor": {"s_per_step": 2.0}, "train_refiner": {"s_per_step": 1.0}},
+    )
+
+
+def test_a_checker_judged_run_prices_no_judgment(tmp_path) -> None:
+    """``judge.backend: verifier`` judges by program: the judge stage generates nothing, and a tree
+    costs its refinements only, not ``votes`` judgments per child."""
+    llm = {e.stage: e for e in est.estimate(load_config_file(_config(tmp_path)), 10, _calibrated())}
+    path = _config(tmp_path)
+    path.write_text(path.read_text().replace("max_new_tokens: 20}", "max_new_tokens: 20, backend: verifier}"))
+    checked = {e.stage: e for e in est.estimate(load_config_file(path), 10, _calibrated())}
+    assert checked["judge"].generations == 0 and checked["judge"].seconds == 0.0  # no engine loaded
+    assert checked["refine"].generations * (1 + 3) == pytest.approx(llm["refine"].generations, abs=1)
+    assert checked["sample"].generations == llm["sample"].generations
+
+
+def test_verifier_then_llm_prices_the_prompts_without_constraints(tmp_path, capsys, monkeypatch) -> None:
+    """The dry run counts the prompts the checker cannot judge: here 2 of 5 carry constraints."""
+    path = _config(tmp_path)
+    path.write_text(
+        path.read_text().replace("max_new_tokens: 20}", "max_new_tokens: 20, backend: verifier_then_llm}")
+    )
+    meta = {"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+    lines = [json.dumps({"prompt": f"Say hi {i}.", **(meta if i < 2 else {})}) for i in range(PROMPTS)]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    config = load_config_file(path)
+    share = est.llm_judged_share(config, [json.loads(line) for line in lines])
+    assert share == pytest.approx(3 / 5)
+    rows = {e.stage: e for e in est.estimate(config, PROMPTS, _calibrated(), share)}
+    assert rows["judge"].generations == round(PROMPTS * 3 * 3 * 3 / 5)
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(est, "calibrate", lambda *a: _calibrated())
+    assert (
+        main(["run", str(path), "--runs-dir", str(tmp_path / "r"), "--dry-run", "--cache-dir", str(cache)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    judge = next(line.split() for line in out.splitlines() if line.startswith("iter 0 judge"))
+    assert judge[3] == str(round(PROMPTS * 3 * 3 * 3 / 5))
+
+
+def test_a_record_prices_only_runs_that_judge_and_search_alike(tmp_path) -> None:
+    """Recorded generations per prompt depend on the judge and the search, not only the models."""
+    base = load_config_file(_config(tmp_path))
+    assert est.record_key(base) == est.record_key(load_config_file(_config(tmp_path)))
+    for change in (
+        {"judge": base.judge.model_copy(update={"backend": "verifier"})},
+        {"judge": base.judge.model_copy(update={"votes": 5})},
+        {"search": base.search.model_copy(update={"branching": 4})},
+        {"sample": base.sample.model_copy(update={"num_responses": 8})},
+    ):
+        other = base.model_copy(update=change)
+        assert est.record_key(other) != est.record_key(base), change
+        assert est.models_key(other) == est.models_key(base)  # the calibration still applies
+
+
 def test_a_finished_run_records_its_rates_per_prompt(tmp_path) -> None:
     from services.runs import create_run
     from shared.runtime.artifacts import write_json_atomic
