@@ -19,7 +19,7 @@ steps; DFS: at most ``sum(beam**d for d < max_depth)`` steps), never on the numb
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .config import SearchConfig
 from .engine import Engine
@@ -40,7 +40,34 @@ from .search_tree import (  # the tree model is re-exported: callers import it w
 )
 from .templates import extract_refined
 
-__all__ = ["Node", "SearchRoot", "StepCallback", "Tree", "TreeStatus", "max_expansions", "search_trees"]
+__all__ = [
+    "Node",
+    "SearchRoot",
+    "StepCallback",
+    "Tree",
+    "TreeDone",
+    "TreeStatus",
+    "max_expansions",
+    "search_trees",
+]
+
+TreeDone = Callable[[Tree], None]
+"""Called once per tree, as soon as it stops running (success, exhausted, budget): the stage keeps
+each finished tree on disk, so a process that dies mid-shard loses only the trees still growing."""
+
+
+class _Finished:
+    """Reports each tree to ``on_tree_done`` exactly once, when it is first seen finished."""
+
+    def __init__(self, on_tree_done: TreeDone | None) -> None:
+        self.on_tree_done = on_tree_done
+        self.reported: set[int] = set()
+
+    def check(self, tree: Tree) -> None:
+        if self.on_tree_done is None or tree.status is TreeStatus.RUNNING or id(tree) in self.reported:
+            return
+        self.reported.add(id(tree))
+        self.on_tree_done(tree)
 
 
 def search_trees(
@@ -50,8 +77,11 @@ def search_trees(
     cfg: SearchConfig,
     seed: int,
     on_step: StepCallback | None = None,
+    on_tree_done: TreeDone | None = None,
 ) -> list[Tree]:
     """Run the configured search on every root together; returns one finished tree per root.
+
+    ``on_tree_done`` sees each tree once, as soon as it finishes (at the latest when the search ends).
 
     With ``cfg.pipeline`` (the default) and a judge that can be streamed (``judge.stream()`` is not
     None), the trees advance independently over one request stream (``shared.search_stream``): the
@@ -59,10 +89,27 @@ def search_trees(
     batched steps run here.
     """
     trees = [_planted(r) for r in roots]
+    finished = _Finished(on_tree_done)
     streamed = judge.stream() if cfg.pipeline else None
     if streamed is not None:
-        search_streamed(trees, engine, streamed, cfg, seed, on_step)
-        return trees
+        search_streamed(trees, engine, streamed, cfg, seed, on_step, on_tree_done=finished.check)
+    else:
+        _search_batched(trees, engine, judge, cfg, seed, on_step, finished)
+    for tree in trees:  # whatever finished without a step of its own
+        finished.check(tree)
+    return trees
+
+
+def _search_batched(
+    trees: list[Tree],
+    engine: Engine,
+    judge: Judges,
+    cfg: SearchConfig,
+    seed: int,
+    on_step: StepCallback | None,
+    finished: _Finished,
+) -> None:
+    """The search in barrier steps: every live tree's pending expansions in one engine call."""
     step = 0
     while True:
         expansions = [e for t in trees if t.status is TreeStatus.RUNNING for e in next_expansions(t, cfg)]
@@ -73,9 +120,9 @@ def search_trees(
         children = _judge_children(replies, judge)
         for tree in {id(e.tree): e.tree for e in expansions}.values():
             advance(tree, children.get(tree.key, {}), cfg)
+            finished.check(tree)
         if on_step is not None:
             on_step(step, sum(t.status is TreeStatus.RUNNING for t in trees))
-    return trees
 
 
 def _planted(root: SearchRoot) -> Tree:

@@ -33,7 +33,7 @@ the engine calls then depend on the depth and the retry rounds, never on the num
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .config import SearchConfig
@@ -97,8 +97,10 @@ class StreamedSearch:
         seed: int,
         on_step: StepCallback | None,
         trees: Sequence[Tree],
+        on_tree_done: Callable[[Tree], None] | None = None,
     ) -> None:
         self.stream = stream
+        self.on_tree_done = on_tree_done
         self.judge = judge
         self.cfg = cfg
         self.seed = seed
@@ -208,6 +210,8 @@ class StreamedSearch:
         self.steps_done += 1
         if step.tree.status is TreeStatus.RUNNING:
             self._begin_step(step.tree, step.number + 1)
+        elif self.on_tree_done is not None:
+            self.on_tree_done(step.tree)
         if self.on_step is not None:
             self.on_step(self.steps_done, self._running())
 
@@ -219,10 +223,12 @@ def search_streamed(
     cfg: SearchConfig,
     seed: int,
     on_step: StepCallback | None = None,
+    on_tree_done: Callable[[Tree], None] | None = None,
 ) -> None:
     """Run the search on ``trees`` (fresh roots) over one stream of ``engine``; trees are updated.
 
-    ``judge`` is a judge's :meth:`~shared.judging.Judges.stream` (``search_trees`` asks for it).
+    ``judge`` is a judge's :meth:`~shared.judging.Judges.stream` (``search_trees`` asks for it);
+    ``on_tree_done`` is called with each tree as it finishes.
     """
     with open_stream(engine) as stream:
-        StreamedSearch(stream, judge, cfg, seed, on_step, trees).run()
+        StreamedSearch(stream, judge, cfg, seed, on_step, trees, on_tree_done).run()

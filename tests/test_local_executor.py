@@ -139,6 +139,73 @@ def test_a_crash_keeps_finished_shards_and_resume_gives_the_clean_result(tmp_pat
     assert paths.data_file(0, "rft.jsonl").read_text() == clean.data_file(0, "rft.jsonl").read_text()
 
 
+def test_a_crash_inside_a_refine_shard_keeps_its_finished_trees(tmp_path: Path) -> None:
+    """Trees that finished before the worker died are on disk (``shard_<n>.jsonl.partial``); the
+    retry searches only the others and writes the same shard as an uninterrupted run."""
+
+    def early_judge(p, r, i, k):  # Task 1 and Task 2 succeed at depth 1, the rest at depth 2
+        if r.startswith("answer 0") or (p in ("Task 1.", "Task 2.") and r.count("/") >= 1):
+            return yes()
+        return yes() if r.count("/") >= 2 else no()
+
+    clean = make_run(tmp_path, run_id="clean")
+    LocalExecutor(clean, Provider(ScriptedEngine(judge_fn=early_judge))).run()
+
+    paths = make_run(tmp_path, run_id="crashy")
+
+    def crash_at_depth_two(prompt, response, judgment, index, attempt):
+        if response.count("/") >= 1:  # the first shard's second level: Task 1 and 2 are done by now
+            raise Crash("worker died")
+        return refined(f"{response}/{index}")
+
+    with pytest.raises(Crash):
+        LocalExecutor(
+            paths, Provider(ScriptedEngine(judge_fn=early_judge, refine_fn=crash_at_depth_two))
+        ).run()
+    partial = paths.shard(0, "refine", 0).with_name("shard_00000.jsonl.partial")
+    kept = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert sorted(k["key"].split("#")[0] for k in kept) == ["p1", "p2"]
+    assert all(k["item"]["status"] == "success" for k in kept)
+    assert not paths.shard(0, "refine", 0).exists()  # the shard itself is not done
+
+    refined_prompts = []
+
+    def recording(prompt, response, judgment, index, attempt):
+        refined_prompts.append(prompt)
+        return refined(f"{response}/{index}")
+
+    LocalExecutor(
+        open_run(paths.root), Provider(ScriptedEngine(judge_fn=early_judge, refine_fn=recording))
+    ).run()
+    assert "Task 1." not in refined_prompts and "Task 2." not in refined_prompts  # kept, not searched
+    assert "Task 0." in refined_prompts
+    for k in range(3):
+        assert paths.shard(0, "refine", k).read_text() == clean.shard(0, "refine", k).read_text()
+    counts, clean_counts = (read_json(p.shard_done(0, "refine", 0))["counts"] for p in (paths, clean))
+    counts.pop("cache_hits"), clean_counts.pop("cache_hits")  # hits of this attempt's judgments only
+    assert counts == clean_counts  # trees, successes, expansions ... count the kept trees too
+    assert not partial.exists()  # served: removed once the shard's output is written
+    assert paths.data_file(0, "pairs.jsonl").read_text() == clean.data_file(0, "pairs.jsonl").read_text()
+
+
+def test_a_partial_shard_of_another_config_or_a_cut_line_is_not_reused(tmp_path: Path) -> None:
+    from shared.runtime.partial import PartialShard
+
+    out = tmp_path / "shard_00000.jsonl"
+    first = PartialShard(out, "hash-a:v0")
+    first.add("p0#1", {"x": 1})
+    with first.path.open("a") as f:
+        f.write('{"key": "p1#1", "fingerprint": "hash-a:v0", "item": {"x"')  # cut by a crash
+    again = PartialShard(out, "hash-a:v0")
+    assert again.load() == {"p0#1": {"x": 1}}
+    again.add("p2#1", {"x": 2})  # starts on a line of its own despite the cut one
+    assert PartialShard(out, "hash-a:v0").load() == {"p0#1": {"x": 1}, "p2#1": {"x": 2}}
+    assert PartialShard(out, "hash-b:v0").load() == {}  # another config or model version: ignored
+    assert not out.exists() and first.path.name == "shard_00000.jsonl.partial"
+    again.remove()
+    assert not first.path.exists() and PartialShard(out, "hash-a:v0").load() == {}
+
+
 def test_changed_settings_on_an_existing_run_are_refused(tmp_path: Path) -> None:
     paths = make_run(tmp_path)
     LocalExecutor(paths, Provider(ScriptedEngine(judge_fn=judge_fn))).run()

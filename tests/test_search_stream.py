@@ -160,6 +160,57 @@ def test_streamed_trees_equal_batched_trees_in_any_finishing_order(cfg, votes) -
     assert statuses  # the configs above cover success, exhaustion, budget and empty trees together
 
 
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[str(i) for i in range(len(CONFIGS))])
+def test_each_tree_is_reported_once_when_it_finishes_and_a_search_of_the_rest_grows_the_same_trees(
+    cfg,
+) -> None:
+    """``on_tree_done`` (what the refine stage keeps on disk) sees every tree exactly once, finished
+    and never changed afterwards; searching only the trees not yet kept grows the same trees (a
+    tree's requests are seeded by its key, not by its neighbours), batched or streamed."""
+    for engine_of, pipeline in ((SeededEngine, False), (SeededEngine, True), (ShuffledEngine, True)):
+        search_cfg = SearchConfig(pipeline=pipeline, **cfg)
+        engine = engine_of()
+        judge = Judge(engine, votes=3, tie_retries=search_cfg.tie_retries, seed=1)
+        reported: list[tuple[str, dict]] = []
+        trees = search_trees(
+            roots(9),
+            engine,
+            judge,
+            search_cfg,
+            seed=1,
+            on_tree_done=lambda t, seen=reported: seen.append((t.key, written([t])[0])),
+        )
+        assert sorted(key for key, _ in reported) == sorted(t.key for t in trees)  # each once
+        final = {row["key"]: row for row in written(trees)}
+        assert all(row == final[key] and row["status"] != "running" for key, row in reported)
+        rest = [r for r in roots(9) if r.key not in {"t0", "t4", "t7"}]
+        again = search_trees(
+            rest,
+            engine_of(),
+            Judge(engine_of(), votes=3, tie_retries=search_cfg.tie_retries, seed=1),
+            search_cfg,
+            seed=1,
+        )
+        assert written(again) == [final[r.key] for r in rest]
+
+
+def test_streamed_trees_are_reported_before_the_search_ends() -> None:
+    engine = ShuffledEngine(order_seed=3)
+    cfg = SearchConfig(pipeline=True, strategy="bfs", branching=2, beam=1, max_depth=3)
+    polls_at_report: list[int] = []
+    judge = Judge(engine, votes=3, tie_retries=cfg.tie_retries, seed=0)
+    search_trees(
+        roots(12),
+        engine,
+        judge,
+        cfg,
+        seed=0,
+        on_tree_done=lambda t: polls_at_report.append(engine.streams[0].polls),
+    )
+    assert len(polls_at_report) == 12
+    assert min(polls_at_report) < engine.streams[0].polls  # kept as it finished, not at the end
+
+
 def test_the_seeded_engine_exercises_every_path() -> None:
     """The equivalence above means something only if retries, ties, drops and successes happen."""
     records = []

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 from shared.judges import build_judge
 from shared.judging import JudgmentCache
-from shared.records import JudgeRow, RefineCounts, ShardOutput
+from shared.records import JudgeRow, RefineCounts, ShardOutput, TreeRow
 from shared.runtime.artifacts import read_jsonl, write_jsonl_atomic
-from shared.search import SearchRoot, TreeStatus, search_trees
+from shared.runtime.partial import PartialShard
+from shared.search import SearchRoot, Tree, search_trees
 from shared.seeding import derive_seed
 
 from .common import StageContext, metered, version_label
+
+log = logging.getLogger(__name__)
 
 
 def run_refine(ctx: StageContext) -> ShardOutput:
@@ -32,6 +36,23 @@ def run_refine(ctx: StageContext) -> ShardOutput:
                 )
             )
     prompt_of_tree = {root.key: root.key.rsplit("#", 1)[0] for root in roots}
+    # Trees an interrupted attempt of this shard finished are kept, not searched again: a 64-tree
+    # shard of a 135M model takes tens of minutes on a CPU, and a stop must not lose all of it.
+    partial = PartialShard(ctx.output_shard, f"{config.stage_hash('refine')}:{version_label(version)}")
+    done: dict[str, TreeRow] = {
+        key: TreeRow.from_record(record) for key, record in partial.load().items() if key in prompt_of_tree
+    }
+    todo = [root for root in roots if root.key not in done]
+    if done:
+        log.info(
+            "refine shard resumed",
+            extra={"event": "refine.resumed", "kept_trees": len(done), "trees_left": len(todo)},
+        )
+
+    def keep(tree: Tree) -> None:
+        row = tree.row(prompt_of_tree[tree.key])
+        done[tree.key] = row
+        partial.add(tree.key, row.as_record())
 
     j, s = config.judge, config.search
     with metered(ctx.engines.engine_for("refiner", version), progress, "tree search") as engine:
@@ -48,22 +69,30 @@ def run_refine(ctx: StageContext) -> ShardOutput:
                 lambda step, running: progress(f"tree search step {step}", len(roots) - running, len(roots))
             )
         )
-        trees = search_trees(
-            roots, engine, judge, s, seed=derive_seed(config.seed, "search", spec.iteration), on_step=on_step
+        search_trees(
+            todo,
+            engine,
+            judge,
+            s,
+            seed=derive_seed(config.seed, "search", spec.iteration),
+            on_step=on_step,
+            on_tree_done=keep,
         )
 
-    write_jsonl_atomic(ctx.output_shard, [t.row(prompt_of_tree[t.key]).as_record() for t in trees])
-    statuses = Counter(t.status for t in trees)
+    rows = [done[root.key] for root in roots]  # the shard's order, whichever attempt grew each tree
+    write_jsonl_atomic(ctx.output_shard, [row.as_record() for row in rows])
+    partial.remove()
+    statuses = Counter(row.status for row in rows)
     counts = RefineCounts(
-        trees=len(trees),
-        successes=statuses[TreeStatus.SUCCESS],
-        expansions=sum(t.expansions for t in trees),
-        children=sum(len(t.nodes) - 1 for t in trees),
-        parse_failures=sum(t.parse_failures for t in trees),
-        dropped_unparsed=sum(t.dropped_unparsed for t in trees),
-        dropped_ties=sum(t.dropped_ties for t in trees),
+        trees=len(rows),
+        successes=statuses["success"],
+        expansions=sum(row.expansions for row in rows),
+        children=sum(len(row.nodes) - 1 for row in rows),
+        parse_failures=sum(row.parse_failures for row in rows),
+        dropped_unparsed=sum(row.dropped_unparsed for row in rows),
+        dropped_ties=sum(row.dropped_ties for row in rows),
         cache_hits=cache.hits - hits_before,
-        **{f"status_{k.value}": v for k, v in statuses.items()},
+        **{f"status_{status}": n for status, n in statuses.items()},
     )
     return ShardOutput(
         models={"refiner": version_label(version)}, counts=counts.as_record(), engine=engine.stats.as_dict()
