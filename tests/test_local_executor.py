@@ -188,6 +188,61 @@ def test_a_crash_inside_a_refine_shard_keeps_its_finished_trees(tmp_path: Path) 
     assert paths.data_file(0, "pairs.jsonl").read_text() == clean.data_file(0, "pairs.jsonl").read_text()
 
 
+class CrashOnJudgeEval(ScriptedEngine):
+    """Answers IFEval prompts; dies at the first judge-evaluation request while ``armed``."""
+
+    def __init__(self, ifeval_prompts: set[str], armed: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.ifeval_prompts, self.armed, self.ifeval_requests = ifeval_prompts, armed, 0
+
+    def generate(self, requests):
+        for r in requests:
+            if r.messages[-1]["content"] in self.ifeval_prompts:
+                self.ifeval_requests += 1
+            elif self.armed:
+                raise Crash("worker died while judging the held-out pairs")
+        return super().generate(requests)
+
+
+def test_a_crash_inside_the_eval_stage_keeps_the_versions_already_evaluated(tmp_path: Path) -> None:
+    """IFEval of a version is kept as it ends; the retry evaluates only the judge and writes the same
+    shard."""
+    from shared.evaluation.ifeval import load_ifeval_prompts
+
+    prompts = {item["prompt"] for item in load_ifeval_prompts(limit=3)}
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps({"input": f"Say hi {i}.", "output_1": "hi", "output_2": "bye", "label": 1}) + "\n"
+            for i in range(3)
+        )
+    )
+    overrides = {
+        "stages": ["eval"],
+        "evaluation": {"ifeval_limit": 3, "max_new_tokens": 8, "judge_data": str(pairs)},
+    }
+    clean = make_run(tmp_path, run_id="clean", **overrides)
+    first = CrashOnJudgeEval(prompts, armed=False, judge_fn=yes)
+    LocalExecutor(clean, Provider(first)).run_stage(0, "eval")
+    assert first.ifeval_requests == 3  # the engine tells IFEval requests apart
+
+    paths = make_run(tmp_path, run_id="crashy", **overrides)
+    with pytest.raises(Crash):
+        LocalExecutor(paths, Provider(CrashOnJudgeEval(prompts, armed=True, judge_fn=yes))).run_stage(
+            0, "eval"
+        )
+    partial = paths.shard(0, "eval", 0).with_name("shard_00000.jsonl.partial")
+    assert [json.loads(line)["key"] for line in partial.read_text().splitlines()] == ["IFEval:v0 (tiny)"]
+
+    retry = CrashOnJudgeEval(prompts, armed=False, judge_fn=yes)
+    LocalExecutor(open_run(paths.root), Provider(retry)).run_stage(0, "eval")
+    assert retry.ifeval_requests == 0  # the kept IFEval of v0 was not run again
+    assert paths.shard(0, "eval", 0).read_text() == clean.shard(0, "eval", 0).read_text()
+    metrics = [read_json(p.manifest(0, "eval"))["metrics"] for p in (paths, clean)]
+    assert metrics[0] == metrics[1] and metrics[0]["ifeval"][0]["version"] == "v0"
+    assert not partial.exists()
+
+
 def test_a_partial_shard_of_another_config_or_a_cut_line_is_not_reused(tmp_path: Path) -> None:
     from shared.runtime.partial import PartialShard
 

@@ -15,6 +15,7 @@ from shared.config import RunConfig
 from shared.evaluation.ifeval import validation_items
 from shared.records import ShardOutput
 from shared.runtime.artifacts import RunPaths, write_jsonl_atomic
+from shared.runtime.partial import PartialShard
 from shared.runtime.versions import ModelVersion, read_metadata, version_dir
 
 from ..hub import push_version
@@ -56,51 +57,67 @@ def run_eval(ctx: StageContext) -> ShardOutput:
     # Version by version, the actor then the refiner: the provider keeps ONE engine resident and
     # closes it before loading the next, and when actor and refiner are the same model version
     # (the demo) one engine serves both evaluations of a version instead of being loaded twice.
+    # Each version's evaluation is kept as it ends (IFEval of 541 prompts takes a quarter of an hour
+    # on a CPU): a retry after a crash evaluates only the versions still missing.
+    partial = PartialShard(ctx.output_shard, config.stage_hash("eval"))
+    kept = partial.load()
+
+    def evaluated(kind: str, version: ModelVersion, evaluate) -> tuple[dict, dict]:
+        """(metrics, row) of one evaluation: kept by an earlier attempt, or run now and kept."""
+        key = f"{kind}:{version_label(version)}"
+        if key not in kept:
+            ctx.report(f"{kind} {version.version}", 0, 1)
+            metrics, row = evaluate()
+            kept[key] = {"metrics": {"version": version.version, **metrics}, "row": row}
+            partial.add(key, kept[key])
+        return kept[key]["metrics"], kept[key]["row"]
+
+    def ifeval_of(kind: str, actor: ModelVersion, **kwargs) -> tuple[dict, dict]:
+        result = evaluate_ifeval(
+            engines.engine_for("actor", actor), max_new_tokens=e.max_new_tokens, **kwargs
+        )
+        row = {
+            "kind": kind,
+            "version": version_label(actor),
+            "responses": result.get("responses", []),
+            # per prompt, which instructions passed: what paired comparisons of versions read
+            "records": result.get("records", []),
+        }
+        return {k: result[k] for k in IFEVAL_KEYS}, row
+
+    def judge_of(refiner: ModelVersion) -> tuple[dict, dict]:
+        j = config.judge
+        result = evaluate_judge(
+            engines.engine_for("refiner", refiner),
+            items,
+            votes=j.votes,
+            temperature=j.temperature,
+            top_p=j.top_p,
+            max_new_tokens=j.max_new_tokens,
+            seed=config.seed,
+        )
+        row = {"kind": "judge", "version": version_label(refiner), "records": result.get("records", [])}
+        return {k: result[k] for k in JUDGE_KEYS}, row
+
     for actor, refiner in zip_longest(actor_versions, refiner_versions):
         if actor is not None and e.ifeval:
-            ctx.report(f"IFEval {actor.version}", 0, 1)
-            result = evaluate_ifeval(engines.engine_for("actor", actor), e.ifeval_limit, e.max_new_tokens)
-            ifeval.append({"version": actor.version, **{k: result[k] for k in IFEVAL_KEYS}})
-            rows.append(
-                {
-                    "kind": "ifeval",
-                    "version": version_label(actor),
-                    "responses": result.get("responses", []),
-                    # per prompt, which instructions passed: what paired comparisons of versions read
-                    "records": result.get("records", []),
-                }
+            metrics, row = evaluated(
+                "IFEval", actor, lambda a=actor: ifeval_of("ifeval", a, limit=e.ifeval_limit)
             )
+            ifeval.append(metrics)
+            rows.append(row)
         if actor is not None and held_out is not None:
-            ctx.report(f"validation {actor.version}", 0, 1)
-            result = evaluate_ifeval(
-                engines.engine_for("actor", actor), max_new_tokens=e.max_new_tokens, items=held_out
+            metrics, row = evaluated(
+                "validation", actor, lambda a=actor: ifeval_of("validation", a, items=held_out)
             )
-            validation.append({"version": actor.version, **{k: result[k] for k in IFEVAL_KEYS}})
-            rows.append(
-                {
-                    "kind": "validation",
-                    "version": version_label(actor),
-                    "responses": result.get("responses", []),
-                    "records": result.get("records", []),
-                }
-            )
+            validation.append(metrics)
+            rows.append(row)
         if refiner is not None and items is not None:
-            ctx.report(f"judge accuracy {refiner.version}", 0, 1)
-            j = config.judge
-            result = evaluate_judge(
-                engines.engine_for("refiner", refiner),
-                items,
-                votes=j.votes,
-                temperature=j.temperature,
-                top_p=j.top_p,
-                max_new_tokens=j.max_new_tokens,
-                seed=config.seed,
-            )
-            judge.append({"version": refiner.version, **{k: result[k] for k in JUDGE_KEYS}})
-            rows.append(
-                {"kind": "judge", "version": version_label(refiner), "records": result.get("records", [])}
-            )
+            metrics, row = evaluated("judge accuracy", refiner, lambda r=refiner: judge_of(r))
+            judge.append(metrics)
+            rows.append(row)
     write_jsonl_atomic(ctx.output_shard, rows)
+    partial.remove()
     rewritten = _add_scores_to_cards(ctx.paths, config, ifeval, validation, judge)
     # the scored card pushed again; a failure is recorded, never raised (even with hub.required): a
     # retry would evaluate again for a card's sake, and `spar hub push` pushes it without that
