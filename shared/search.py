@@ -19,7 +19,7 @@ steps; DFS: at most ``sum(beam**d for d < max_depth)`` steps), never on the numb
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from .config import SearchConfig
 from .engine import Engine
@@ -31,6 +31,7 @@ from .search_tree import (  # the tree model is re-exported: callers import it w
     SearchRoot,
     StepCallback,
     Tree,
+    TreeDone,
     TreeStatus,
     advance,
     attach_child,
@@ -50,10 +51,6 @@ __all__ = [
     "max_expansions",
     "search_trees",
 ]
-
-TreeDone = Callable[[Tree], None]
-"""Called once per tree, as soon as it stops running (success, exhausted, budget): the stage keeps
-each finished tree on disk, so a process that dies mid-shard loses only the trees still growing."""
 
 
 class _Finished:

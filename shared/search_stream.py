@@ -33,7 +33,7 @@ the engine calls then depend on the depth and the retry rounds, never on the num
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .config import SearchConfig
@@ -43,6 +43,7 @@ from .search_tree import (
     Expansion,
     StepCallback,
     Tree,
+    TreeDone,
     TreeStatus,
     advance,
     attach_child,
@@ -97,7 +98,7 @@ class StreamedSearch:
         seed: int,
         on_step: StepCallback | None,
         trees: Sequence[Tree],
-        on_tree_done: Callable[[Tree], None] | None = None,
+        on_tree_done: TreeDone | None = None,
     ) -> None:
         self.stream = stream
         self.on_tree_done = on_tree_done
@@ -223,7 +224,7 @@ def search_streamed(
     cfg: SearchConfig,
     seed: int,
     on_step: StepCallback | None = None,
-    on_tree_done: Callable[[Tree], None] | None = None,
+    on_tree_done: TreeDone | None = None,
 ) -> None:
     """Run the search on ``trees`` (fresh roots) over one stream of ``engine``; trees are updated.
 

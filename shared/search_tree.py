@@ -84,6 +84,10 @@ class Expansion:
 StepCallback = Callable[[int, int], None]
 """Called after each search step with (step number, trees still running)."""
 
+TreeDone = Callable[[Tree], None]
+"""Called once per tree, as soon as it stops running (success, exhausted, budget): the stage keeps
+each finished tree on disk, so a process that dies mid-shard loses only the trees still growing."""
+
 
 def max_expansions(cfg: SearchConfig) -> int:
     """Most expansions one tree can use with ``cfg`` (15 for BFS defaults, 21 for DFS)."""
