@@ -8,8 +8,8 @@ Hugging Face transformers and vLLM live in ``workers.engines``; tests use small 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -94,8 +94,17 @@ class EngineStats:
     def minus(self, earlier: EngineStats) -> EngineStats:
         return EngineStats(**{k: getattr(self, k) - getattr(earlier, k) for k in vars(self)})
 
+    def plus(self, other: EngineStats) -> EngineStats:
+        return EngineStats(**{k: getattr(self, k) + getattr(other, k) for k in vars(self)})
+
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, counts: dict[str, Any]) -> EngineStats:
+        """Read back :meth:`as_dict` (counters it does not know, from another release, are left out)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: int(v) for k, v in counts.items() if k in known})
 
 
 INNER_COUNTS = (

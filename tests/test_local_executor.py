@@ -165,7 +165,9 @@ def test_a_crash_inside_a_refine_shard_keeps_its_finished_trees(tmp_path: Path) 
     partial = paths.shard(0, "refine", 0).with_name("shard_00000.jsonl.partial")
     kept = [json.loads(line) for line in partial.read_text().splitlines()]
     assert sorted(k["key"].split("#")[0] for k in kept) == ["p1", "p2"]
-    assert all(k["item"]["status"] == "success" for k in kept)
+    assert all(k["item"]["tree"]["status"] == "success" for k in kept)
+    charged = [k["item"]["engine"] for k in kept]  # what the attempt spent up to each kept tree
+    assert sum(c["calls"] for c in charged) >= 2  # level 1: the refinements and their judgments
     assert not paths.shard(0, "refine", 0).exists()  # the shard itself is not done
 
     refined_prompts = []
@@ -184,8 +186,41 @@ def test_a_crash_inside_a_refine_shard_keeps_its_finished_trees(tmp_path: Path) 
     counts, clean_counts = (read_json(p.shard_done(0, "refine", 0))["counts"] for p in (paths, clean))
     counts.pop("cache_hits"), clean_counts.pop("cache_hits")  # hits of this attempt's judgments only
     assert counts == clean_counts  # trees, successes, expansions ... count the kept trees too
+    # the engine counts add what the interrupted attempt spent to what the retry spent: more than
+    # an uninterrupted run, which did not search level 1 of the unfinished trees twice
+    spent, clean_spent = (read_json(p.shard_done(0, "refine", 0))["engine"] for p in (paths, clean))
+    assert spent["requests"] > clean_spent["requests"]
+    assert spent["completions"] - sum(c["completions"] for c in charged) > 0  # and the retry's own
     assert not partial.exists()  # served: removed once the shard's output is written
     assert paths.data_file(0, "pairs.jsonl").read_text() == clean.data_file(0, "pairs.jsonl").read_text()
+
+
+def test_a_crash_after_the_last_tree_retries_without_an_engine(tmp_path: Path, monkeypatch) -> None:
+    """Every tree was kept but the shard was not written: the retry writes it from the kept trees,
+    with the engine counts the first attempt spent, and loads no model."""
+    import workers.stages.refine as refine_stage
+
+    clean = make_run(tmp_path, run_id="clean", shard_size=N_PROMPTS)  # one refine shard
+    LocalExecutor(clean, Provider(ScriptedEngine(judge_fn=judge_fn))).run()
+
+    paths = make_run(tmp_path, run_id="crashy", shard_size=N_PROMPTS)
+    write = refine_stage.write_jsonl_atomic
+
+    def crash_once(path, records):
+        monkeypatch.setattr(refine_stage, "write_jsonl_atomic", write)
+        raise Crash("worker died before writing the shard")
+
+    monkeypatch.setattr(refine_stage, "write_jsonl_atomic", crash_once)
+    with pytest.raises(Crash):
+        LocalExecutor(paths, Provider(ScriptedEngine(judge_fn=judge_fn))).run()
+    assert not paths.shard(0, "refine", 0).exists()
+
+    retry = Provider(ScriptedEngine(judge_fn=judge_fn))
+    LocalExecutor(open_run(paths.root), retry).run_stage(0, "refine")
+    assert retry.engine.n_calls == 0 and retry.versions == []  # no engine asked for
+    assert paths.shard(0, "refine", 0).read_text() == clean.shard(0, "refine", 0).read_text()
+    engine, clean_engine = (read_json(p.shard_done(0, "refine", 0))["engine"] for p in (paths, clean))
+    assert engine == clean_engine  # one attempt searched every tree: charged in full to the kept trees
 
 
 class CrashOnJudgeEval(ScriptedEngine):
