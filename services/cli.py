@@ -295,9 +295,12 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
             reused = fork_into(source, paths, resolved_settings)
             listed = ", ".join(f"{s}@{t}" for t, s in reused) or "nothing (no stage is shared)"
             console.print(f"forked from {source.run_id}: reusing {listed}")
-            stopped = read_json(paths.root / FORK_RECORD).get("stopped")
-            if stopped:
-                console.print(f"  not reused from {stopped}")
+            record = read_json(paths.root / FORK_RECORD)
+            if record.get("stopped"):
+                console.print(f"  not reused from {record['stopped']}")
+            for taken in record.get("evaluations", []):
+                keys = ", ".join(taken["kept"])
+                console.print(f"  eval@{taken['iteration']} takes the source's scores of {keys}")
     _quiet_libraries()
     logs.configure(paths.events, json_stderr=args.log_json)
     console.print(f"run [bold]{paths.run_id}[/] in {paths.root}")

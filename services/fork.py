@@ -1,13 +1,13 @@
 """Forking a run: a new run that reuses the finished stages an earlier run shares with it.
 
 An ablation changes one setting (where the pairs come from, the objective, the judge's backend);
-everything the pipeline does before that setting first matters is the same computation, often
-most of an iteration's cost. ``spar run ARM.yaml --fork SOURCE_RUN`` creates the new run as
-usual, then walks both runs' pipelines in order and links into it every stage whose output is
-provably identical, stopping at the first that is not:
+every stage that setting does not reach is the same computation, often most of an iteration's
+cost. ``spar run ARM.yaml --fork SOURCE_RUN`` creates the new run as usual, then walks its
+pipeline in order and links into it every stage whose output is provably identical:
 
-* the two pipelines must list the same (iteration, stage) at this position -- a stage's inputs
-  are what the stages before it wrote, so the prefix must match, not only the stage itself;
+* the source ran the same (iteration, stage), reading the same stages' outputs (the stage
+  table's declared ``reads``: ``shared.stages.dependencies``), and each of those is reused too --
+  so its inputs are the same files;
 * the stage's settings hash (``RunConfig.stage_hash``, recorded in each shard's completion record)
   must be the same under the new config, and every shard of it must be done in the source;
 * every shard must record the same resolved settings (engine release, dtype, training precision:
@@ -19,6 +19,11 @@ Files are hard-linked where the file system allows (a fork costs no space), copi
 only completion records and data are taken: the manifests are rebuilt for the new run. A training
 stage brings the model version it published. ``fork.json`` in the new run records the source and
 what was reused, so the report can tell reused stages (and their wall time) from work done here.
+
+An eval stage that is not reused (it scores a newly trained version) still takes the source's
+evaluations of the versions both runs share, when the settings that evaluation depends on are the
+same (``shared.runtime.fork_evaluations``): they are written as the stage's kept items, so it scores only
+what is new. Each IFEval pass of a 135M model costs a CPU a quarter of an hour.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ from shared.config import RunConfig
 from shared.errors import ConfigError
 from shared.records import ShardDone
 from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json, write_json_atomic
+from shared.runtime.fork_evaluations import seed_fork
 from shared.runtime.versions import version_dir
-from shared.stages import pipeline, stage
+from shared.stages import graph, stage
 
 log = logging.getLogger(__name__)
 
@@ -103,34 +109,57 @@ def _published(iteration: int, name: str) -> list[tuple[str, int]]:
 def fork_plan(
     source: RunPaths, target: RunPaths, resolve: Resolver
 ) -> tuple[list[tuple[int, str]], str | None]:
-    """The (iteration, stage) pairs at the head of ``target``'s pipeline that ``source`` already did,
-    and why the shared prefix ends where it does (None when ``target``'s whole pipeline is shared)."""
+    """The (iteration, stage) pairs of ``target``'s pipeline that ``source`` already did, in pipeline
+    order, and why the first stage that is not reused is not (None when every stage is reused).
+
+    A stage is reused when the source ran the same stage with the same settings and resolved
+    settings, and everything it reads (``shared.stages.dependencies``) is itself reused: its inputs
+    are then the same files. So a changed stage does not end the sharing for stages that do not
+    read it: an actor objective ablation still reuses the refiner's training of that iteration.
+    """
     if not _prompts_identical(source, target):
         return [], "the prompt shards differ"
     src_config = RunConfig.model_validate(read_json(source.config)["config"])
     config = RunConfig.model_validate(read_json(target.config)["config"])
-    src_order = list(
-        pipeline(src_config.stages, src_config.iterations, with_init=src_config.init is not None)
-    )
-    order = list(pipeline(config.stages, config.iterations, with_init=config.init is not None))
+    src_graph = graph(src_config.stages, src_config.iterations, with_init=src_config.init is not None)
+    target_graph = graph(config.stages, config.iterations, with_init=config.init is not None)
     reusable: list[tuple[int, str]] = []
-    for position, step in enumerate(order):
-        where = f"{step[1]}@{step[0]}"
-        if position >= len(src_order) or src_order[position] != step:
-            return reusable, f"{where}: the source's pipeline differs at this point"
-        blocker = stage_reuse_blocker(source, config, *step, resolve)
-        if blocker is not None:
-            log.info(
-                "fork stops here",
-                extra={"event": "fork.stop", "iteration": step[0], "stage": step[1], "reason": blocker},
-            )
-            return reusable, f"{where}: {blocker}"
-        reusable.append(step)
-    return reusable, None
+    first_blocker: str | None = None
+    for step, reads in target_graph.items():
+        blocker = _reuse_blocker(source, config, step, reads, src_graph, set(reusable), resolve)
+        if blocker is None:
+            reusable.append(step)
+            continue
+        log.info(
+            "fork does not reuse a stage",
+            extra={"event": "fork.stop", "iteration": step[0], "stage": step[1], "reason": blocker},
+        )
+        first_blocker = first_blocker or f"{step[1]}@{step[0]}: {blocker}"
+    return reusable, first_blocker
+
+
+def _reuse_blocker(
+    source: RunPaths,
+    config: RunConfig,
+    step: tuple[int, str],
+    reads: tuple[tuple[int, str], ...],
+    src_graph: dict[tuple[int, str], tuple[tuple[int, str], ...]],
+    reused: set[tuple[int, str]],
+    resolve: Resolver,
+) -> str | None:
+    if step not in src_graph:
+        return "the source's pipeline has no such stage"
+    if set(src_graph[step]) != set(reads):
+        # e.g. the source assembled from refine trees this pipeline does not grow
+        return "its inputs come from other stages in the source's pipeline"
+    missing = [f"{name}@{t}" for t, name in reads if (t, name) not in reused]
+    if missing:
+        return f"it reads what {', '.join(missing)} wrote, which is not reused"
+    return stage_reuse_blocker(source, config, *step, resolve)
 
 
 def shared_prefix(source: RunPaths, target: RunPaths, resolve: Resolver) -> list[tuple[int, str]]:
-    """The (iteration, stage) pairs at the head of ``target``'s pipeline that ``source`` already did."""
+    """The (iteration, stage) pairs of ``target``'s pipeline that ``source`` already did."""
     return fork_plan(source, target, resolve)[0]
 
 
@@ -145,6 +174,12 @@ def fork_into(source: RunPaths, target: RunPaths, resolve: Resolver) -> list[tup
     if any(target.root.glob("iter_*")) or (target.root / "models").exists():
         raise ConfigError(f"--fork: {target.root} has stages of its own; fork only into a new run")
     reused, stopped = fork_plan(source, target, resolve)
+    config = RunConfig.model_validate(read_json(target.config)["config"])
+    evaluations = {
+        iteration: seed_fork(source, target, iteration, reused, resolve(config, "eval"))
+        for iteration, name in graph(config.stages, config.iterations, with_init=config.init is not None)
+        if name == "eval" and (iteration, name) not in reused
+    }
     for iteration, name in reused:
         src_dir = source.stage_dir(iteration, name)
         if src_dir.exists():
@@ -159,6 +194,8 @@ def fork_into(source: RunPaths, target: RunPaths, resolve: Resolver) -> list[tup
             "source": str(source.root.resolve()),
             "source_run_id": source.run_id,
             "reused": [{"iteration": t, "stage": s} for t, s in reused],
+            # evaluations of shared versions an eval stage that is not reused takes from the source
+            "evaluations": [{"iteration": t, "kept": keys} for t, keys in evaluations.items() if keys],
             "stopped": stopped,
             "forked_at": dt.datetime.now(dt.UTC).isoformat(),
         },

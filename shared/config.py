@@ -765,6 +765,12 @@ class HubConfig(_Strict):
         return repo_id, self.revision.format(**values)
 
 
+def settings_hash(parts: dict[str, Any]) -> str:
+    """A short, stable hash of JSON-able settings (key order does not matter)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 class RunConfig(_Strict):
     """A whole run: data, models, and the settings of each stage."""
 
@@ -851,10 +857,15 @@ class RunConfig(_Strict):
         """
         parts: dict[str, object] = {"seed": self.seed, "shard_size": self.shard_size}
         for key, section in stage(stage_name).hash_sections.items():
-            value = getattr(self, section)
-            parts[key] = None if value is None else value.model_dump(exclude=_EXECUTION_ONLY.get(section))
-            for sub, fixed in _HASHED_AS.get(section, {}).items():
-                if parts[key] is not None:
-                    parts[key][sub] |= fixed  # type: ignore[index]
-        blob = json.dumps(parts, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+            parts[key] = self.hashed_settings(section)
+        return settings_hash(parts)
+
+    def hashed_settings(self, section: str) -> dict[str, Any] | None:
+        """A section's settings as stage hashes see them (execution-only settings left out)."""
+        value = getattr(self, section)
+        if value is None:
+            return None
+        dumped = value.model_dump(exclude=_EXECUTION_ONLY.get(section))
+        for sub, fixed in _HASHED_AS.get(section, {}).items():
+            dumped[sub] |= fixed
+        return dumped

@@ -14,7 +14,7 @@ import yaml
 
 from services.cli import main
 from services.report import load_run
-from shared.runtime.artifacts import RunPaths, read_json
+from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json
 
 EXPERIMENT = Path(__file__).resolve().parent.parent / "examples" / "experiment"
 # The module's fixture runs seven tiny runs (about 3 minutes on an idle 2-core machine); on a busy
@@ -122,9 +122,19 @@ def test_forked_arms_reuse_exactly_the_shared_stages(experiment) -> None:
     reused = {arm: load_run(experiment[arm].root).reused for arm in ARMS[1:]}
     shared = {(0, "init"), (0, "sample"), (0, "judge"), (0, "refine")}
     assert reused["samples"] == shared  # the pairs differ from assembly on
-    assert reused["sr_dpo"] == shared | {(0, "assemble")}  # the same pairs, another loss
+    # the same pairs, another loss: the refiner's training reads none of it
+    assert reused["sr_dpo"] == shared | {(0, "assemble"), (0, "train_refiner")}
     assert reused["main"] == {(0, "init"), (0, "sample")}  # another judge from stage 2 on
-    assert reused["iopo"] == shared | {(0, "assemble")}  # the groups are made after assembly
+    # the groups are made after assembly, and only the actor trains on them
+    assert reused["iopo"] == shared | {(0, "assemble"), (0, "train_refiner")}
+    # their eval stages score the new versions only: the versions they share with the verifier arm
+    # were scored there with the same settings (the judge's backend does not enter those scores)
+    taken = {
+        arm: [key for t in read_json(experiment[arm].root / FORK_RECORD)["evaluations"] for key in t["kept"]]
+        for arm in ARMS[1:]
+    }
+    assert taken["sr_dpo"] == taken["iopo"] == ["ifeval:v0", "judge:v0", "judge:v1"]
+    assert taken["samples"] == taken["main"] == ["ifeval:v0", "judge:v0"]
     # the reused sample stage is the verifier arm's, byte for byte
     base_samples = experiment[BASE].shard(0, "sample", 0).read_bytes()
     assert all(experiment[a].shard(0, "sample", 0).read_bytes() == base_samples for a in ARMS[1:])

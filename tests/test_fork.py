@@ -13,18 +13,26 @@ from services.fork import fork_into, reused_stages, shared_prefix
 from services.local import LocalExecutor
 from services.runs import create_run, load_config_file
 from shared.errors import ConfigError
-from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json
+from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json, read_jsonl
 from shared.runtime.versions import METADATA, version_dir
 from workers.resolved import resolved_settings
 
-STAGES = ["sample", "judge", "refine", "assemble", "train_actor", "train_refiner"]
+STAGES = ["sample", "judge", "refine", "assemble", "train_actor", "train_refiner", "eval"]
 
 
 @pytest.fixture(scope="module")
 def source_run(tmp_path_factory, tiny_model_path: Path):
-    """One finished tiny iteration: the run every fork below shares stages with."""
+    """One finished tiny iteration, evaluated: the run every fork below shares stages with."""
     tmp = tmp_path_factory.mktemp("fork-source")
-    config = load_config_file(write_config(tmp, tiny_model_path, stages=STAGES))
+    pairs = tmp / "judge.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps({"input": f"Say hi {i}.", "output_1": "hi", "output_2": "bye", "label": 1}) + "\n"
+            for i in range(2)
+        )
+    )
+    evaluation = {"ifeval_limit": 2, "max_new_tokens": 8, "judge_data": str(pairs)}
+    config = load_config_file(write_config(tmp, tiny_model_path, stages=STAGES, evaluation=evaluation))
     paths = create_run(config, tmp / "runs", "source")
     LocalExecutor.for_run(paths).run()
     return tmp, paths
@@ -43,36 +51,95 @@ def arm(tmp: Path, source_config: Path, name: str, **changes) -> Path:
     return path
 
 
-def test_an_objective_ablation_reuses_everything_before_actor_training(source_run, tmp_path: Path) -> None:
+def test_an_objective_ablation_reuses_every_stage_the_actor_training_does_not_reach(
+    source_run, tmp_path: Path, monkeypatch
+) -> None:
     tmp, source = source_run
     config = arm(tmp, tmp / "config.yaml", "lr", train_actor={"learning_rate": 3e-4})
     target = create_run(load_config_file(config), tmp_path / "runs", "lr")
     reused = fork_into(source, target, resolved_settings)
-    assert reused == [(0, "sample"), (0, "judge"), (0, "refine"), (0, "assemble")]
+    # the refiner's training reads the assembled data and refiner v0 only: reused although the
+    # actor's training before it in the pipeline is not
+    assert reused == [(0, "sample"), (0, "judge"), (0, "refine"), (0, "assemble"), (0, "train_refiner")]
     assert reused_stages(target) == set(reused)
     record = read_json(target.root / FORK_RECORD)
     assert record["source_run_id"] == "source" and record["source"] == str(source.root.resolve())
+    assert record["stopped"].startswith("train_actor@0: settings differ")
+    # the eval stage scores the new actor v1; the versions both runs share are scored already
+    assert record["evaluations"] == [{"iteration": 0, "kept": ["ifeval:v0", "judge:v0", "judge:v1"]}]
     # the reused data is the source's, byte for byte, and linked rather than copied
-    for _, stage in reused:
+    for _, stage in reused[:4]:
         for src in source.stage_dir(0, stage).glob("shard_*"):
             dst = target.stage_dir(0, stage) / src.name
             assert dst.read_bytes() == src.read_bytes()
             assert os.stat(dst).st_ino == os.stat(src).st_ino
-    assert not (target.root / "models").exists()  # no training stage was shared
+    assert not version_dir(target, "actor", 1).exists()  # the actor's training was not shared
+    assert (version_dir(target, "refiner", 1) / METADATA).read_bytes() == (
+        version_dir(source, "refiner", 1) / METADATA
+    ).read_bytes()
 
-    before = {p: p.stat().st_mtime_ns for p in (target.root / "iter_0").rglob("shard_*")}
+    import shared.evaluation.ifeval as ifeval
+    import shared.evaluation.judge_eval as judge_eval
+
+    scored: list[str] = []
+    for module, name in ((ifeval, "evaluate_ifeval"), (judge_eval, "evaluate_judge")):
+        real = getattr(module, name)
+
+        def counting(*args, _real=real, _name=name, **kwargs):
+            scored.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counting)
+    before = {p: p.stat().st_mtime_ns for p in (target.root / "iter_0").rglob("shard_*.jsonl")}
     LocalExecutor.for_run(target).run()
     after = {p: p.stat().st_mtime_ns for p in before}
     assert before == after  # nothing reused was recomputed
+    assert scored == ["evaluate_ifeval"]  # IFEval of the new actor v1, nothing else
     assert read_json(target.manifest(0, "sample"))["run_id"] == "lr"  # manifests belong to the new run
     meta = read_json(version_dir(target, "actor", 1) / METADATA)
     assert meta["hyperparameters"]["learning_rate"] == 3e-4
     # the actor trained on the very pairs the source assembled
     src_meta = read_json(version_dir(source, "actor", 1) / METADATA)
     assert meta["data"]["sha256"] == src_meta["data"]["sha256"]
+    # the taken evaluations are the source's scores, labelled with this run's model paths
+    rows = {(r["kind"], r["version"].split()[0]): r for r in read_jsonl(target.shard(0, "eval", 0))}
+    src_rows = {(r["kind"], r["version"].split()[0]): r for r in read_jsonl(source.shard(0, "eval", 0))}
+    assert (
+        set(rows) == set(src_rows) == {("ifeval", "v0"), ("ifeval", "v1"), ("judge", "v0"), ("judge", "v1")}
+    )
+    for key in (("ifeval", "v0"), ("judge", "v0"), ("judge", "v1")):
+        assert {**rows[key], "version": ""} == {**src_rows[key], "version": ""}, key
+    assert str(target.root) in rows[("judge", "v1")]["version"]
+    metrics, src_metrics = (read_json(p.manifest(0, "eval"))["metrics"] for p in (target, source))
+    assert metrics["judge"] == src_metrics["judge"] and metrics["ifeval"][0] == src_metrics["ifeval"][0]
+    assert not target.shard(0, "eval", 0).with_name("shard_00000.jsonl.partial").exists()
 
 
-def test_the_shared_prefix_stops_at_the_first_changed_stage(source_run, tmp_path: Path) -> None:
+def test_evaluations_are_taken_only_with_the_same_settings_and_model(source_run, tmp_path: Path) -> None:
+    tmp, source = source_run
+    cases = {
+        # IFEval with more tokens is another score; the judge evaluation does not read that setting
+        "tokens": ({"evaluation": {"max_new_tokens": 12}}, ["judge:v0", "judge:v1"]),
+        # the judge's backend does not enter the held-out judge evaluation; its votes do
+        "votes": ({"judge": {"votes": 3}}, ["ifeval:v0"]),
+        # another refiner recipe: refiner v1 is another model, actor v1 the same
+        "refiner_lr": ({"train_refiner": {"learning_rate": 3e-4}}, ["ifeval:v0", "judge:v0", "ifeval:v1"]),
+    }
+    for name, (changes, expected) in cases.items():
+        target = create_run(load_config_file(arm(tmp, tmp / "config.yaml", name, **changes)), tmp_path, name)
+        fork_into(source, target, resolved_settings)
+        taken = read_json(target.root / FORK_RECORD)["evaluations"]
+        assert [key for t in taken for key in t["kept"]] == expected, name
+    # an eval computed with other resolved settings (another engine dtype) is not taken
+    other = _copy_run(source, tmp_path / "elsewhere")
+    _rewrite_done(other, "eval", lambda record: record["resolved"]["actor"].update(dtype="other"))
+    config = arm(tmp, tmp / "config.yaml", "lr2", train_actor={"learning_rate": 3e-4})
+    target = create_run(load_config_file(config), tmp_path / "runs", "lr2")
+    fork_into(other, target, resolved_settings)
+    assert read_json(target.root / FORK_RECORD)["evaluations"] == []
+
+
+def test_a_changed_stage_and_every_stage_reading_it_are_not_reused(source_run, tmp_path: Path) -> None:
     tmp, source = source_run
     cases = {
         # where the pairs come from: assembly differs, so every later stage does too
@@ -83,6 +150,11 @@ def test_the_shared_prefix_stops_at_the_first_changed_stage(source_run, tmp_path
         "refiner_lr": (
             {"train_refiner": {"learning_rate": 3e-4}},
             ["sample", "judge", "refine", "assemble", "train_actor"],
+        ),
+        # the actor's objective: the refiner's training reads none of what it changes
+        "objective": (
+            {"train_actor": {"objective": "sr_dpo"}},
+            ["sample", "judge", "refine", "assemble", "train_refiner"],
         ),
         # a pipeline without the refine stage reads other inputs from its second stage on
         "no_refine": ({"stages": ["sample", "judge", "assemble"]}, ["sample", "judge"]),

@@ -239,9 +239,13 @@ class CrashOnJudgeEval(ScriptedEngine):
         return super().generate(requests)
 
 
-def test_a_crash_inside_the_eval_stage_keeps_the_versions_already_evaluated(tmp_path: Path) -> None:
+@pytest.mark.parametrize("legacy_keys", [False, True])
+def test_a_crash_inside_the_eval_stage_keeps_the_versions_already_evaluated(
+    tmp_path: Path, legacy_keys: bool
+) -> None:
     """IFEval of a version is kept as it ends; the retry evaluates only the judge and writes the same
-    shard."""
+    shard. An attempt interrupted under the keys of an earlier release (kind and model path) is
+    resumed the same way."""
     from shared.evaluation.ifeval import load_ifeval_prompts
 
     prompts = {item["prompt"] for item in load_ifeval_prompts(limit=3)}
@@ -267,7 +271,9 @@ def test_a_crash_inside_the_eval_stage_keeps_the_versions_already_evaluated(tmp_
             0, "eval"
         )
     partial = paths.shard(0, "eval", 0).with_name("shard_00000.jsonl.partial")
-    assert [json.loads(line)["key"] for line in partial.read_text().splitlines()] == ["IFEval:v0 (tiny)"]
+    assert [json.loads(line)["key"] for line in partial.read_text().splitlines()] == ["ifeval:v0"]
+    if legacy_keys:
+        partial.write_text(partial.read_text().replace('"ifeval:v0"', '"IFEval:v0 (tiny)"'))
 
     retry = CrashOnJudgeEval(prompts, armed=False, judge_fn=yes)
     LocalExecutor(open_run(paths.root), Provider(retry)).run_stage(0, "eval")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from shared.config import RunConfig
 from shared.evaluation.ifeval import validation_items
+from shared.evaluation.kept import kept_key
 from shared.records import ShardOutput
 from shared.runtime.artifacts import RunPaths, write_jsonl_atomic
 from shared.runtime.partial import PartialShard
@@ -21,6 +22,9 @@ from shared.runtime.versions import ModelVersion, read_metadata, version_dir
 from ..hub import push_version
 from .common import StageContext, version_label
 
+LEGACY_KIND = {"ifeval": "IFEval", "validation": "validation", "judge": "judge accuracy"}
+"""How the kept items' keys (and progress labels) named each kind before they were keyed by version
+number: an attempt interrupted under the old keys is still resumed."""
 IFEVAL_KEYS = (
     "prompt_strict",
     "instruction_strict",
@@ -63,14 +67,19 @@ def run_eval(ctx: StageContext) -> ShardOutput:
     kept = partial.load()
 
     def evaluated(kind: str, version: ModelVersion, evaluate) -> tuple[dict, dict]:
-        """(metrics, row) of one evaluation: kept by an earlier attempt, or run now and kept."""
-        key = f"{kind}:{version_label(version)}"
+        """(metrics, row) of one evaluation: kept by an earlier attempt or taken from the run this one
+        was forked from (``shared.evaluation.kept``), or run now and kept."""
+        key = kept_key(kind, version.version)
+        legacy = f"{LEGACY_KIND[kind]}:{version_label(version)}"  # the key before versions sufficed
+        if key not in kept and legacy in kept:
+            kept[key] = kept[legacy]
         if key not in kept:
-            ctx.report(f"{kind} {version.version}", 0, 1)
+            ctx.report(f"{LEGACY_KIND[kind]} {version.version}", 0, 1)
             metrics, row = evaluate()
             kept[key] = {"metrics": {"version": version.version, **metrics}, "row": row}
             partial.add(key, kept[key])
-        return kept[key]["metrics"], kept[key]["row"]
+        # a kept row names the model by this run's path, whichever run or attempt scored it
+        return kept[key]["metrics"], {**kept[key]["row"], "version": version_label(version)}
 
     def ifeval_of(kind: str, actor: ModelVersion, **kwargs) -> tuple[dict, dict]:
         result = evaluate_ifeval(
@@ -102,7 +111,7 @@ def run_eval(ctx: StageContext) -> ShardOutput:
     for actor, refiner in zip_longest(actor_versions, refiner_versions):
         if actor is not None and e.ifeval:
             metrics, row = evaluated(
-                "IFEval", actor, lambda a=actor: ifeval_of("ifeval", a, limit=e.ifeval_limit)
+                "ifeval", actor, lambda a=actor: ifeval_of("ifeval", a, limit=e.ifeval_limit)
             )
             ifeval.append(metrics)
             rows.append(row)
@@ -113,7 +122,7 @@ def run_eval(ctx: StageContext) -> ShardOutput:
             validation.append(metrics)
             rows.append(row)
         if refiner is not None and items is not None:
-            metrics, row = evaluated("judge accuracy", refiner, lambda r=refiner: judge_of(r))
+            metrics, row = evaluated("judge", refiner, lambda r=refiner: judge_of(r))
             judge.append(metrics)
             rows.append(row)
     write_jsonl_atomic(ctx.output_shard, rows)
