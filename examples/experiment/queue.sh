@@ -1,0 +1,32 @@
+#!/bin/bash
+# Run experiment arms one after another, each to its end, in the background at low priority:
+#   ~/spar-experiments/queue.sh QUEUE_FILE          # e.g. ~/spar-experiments/queue.txt
+# QUEUE_FILE: one arm per line, `RUN_ID CONFIG [spar run args...]`, CONFIG relative to the code clone;
+# `--fork RUN_ID` names a run under ~/spar-experiments/runs. Lines starting with # are skipped.
+# A run whose directory exists is resumed (a finished one returns at once); a new one is created.
+# The queue stops at the first arm that fails or is killed, and logs to logs/queue.log; start it
+# again to go on. Stop everything: pkill -f 'spar-experiments/queue.sh'; then kill the arm.
+set -uo pipefail
+EXP=${EXP:-~/spar-experiments}
+HERE=$(cd "$(dirname "$0")" && pwd)   # run-arm.sh beside this script
+queue=$1
+mkdir -p $EXP/logs
+log=$EXP/logs/queue.log
+while read -r run config rest <&3; do
+  [ -z "${run:-}" ] || [ "${run:0:1}" = "#" ] && continue
+  args=()
+  set -- $rest
+  while [ $# -gt 0 ]; do
+    if [ "$1" = --fork ]; then args+=(--fork "$EXP/runs/$2"); shift 2; else args+=("$1"); shift; fi
+  done
+  if [ -d "$EXP/runs/$run" ]; then
+    echo "$(date -Is) resume $run" >> $log
+    WAIT=1 $HERE/run-arm.sh resume "$run" < /dev/null; rc=$?
+  else
+    echo "$(date -Is) new $run $config ${args[*]}" >> $log
+    WAIT=1 $HERE/run-arm.sh new "$config" "$run" "${args[@]}" < /dev/null; rc=$?
+  fi
+  echo "$(date -Is) end $run rc=$rc" >> $log
+  [ $rc -eq 0 ] || { echo "$(date -Is) queue stopped at $run" >> $log; exit $rc; }
+done 3< "$queue"
+echo "$(date -Is) queue done" >> $log
