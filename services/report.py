@@ -69,6 +69,9 @@ class RunReport:
     forked_from: str | None = None
     reused: set[tuple[int, str]] = field(default_factory=set)
     """Stages taken from ``forked_from`` (their wall time was spent by that run)."""
+    taken_evaluations: list[str] = field(default_factory=list)
+    """Evaluations (``ifeval:v0@0``) a recomputed eval stage took from ``forked_from``: the same
+    model version scored with the same settings there."""
 
     def name(self) -> str:
         """How tables name the run: its config's ``name`` (the arm), else its run id."""
@@ -148,6 +151,9 @@ def load_run(run_dir: Path) -> RunReport:
         fork = read_json(paths.root / FORK_RECORD)
         report.forked_from = fork["source_run_id"]
         report.reused = {(r["iteration"], r["stage"]) for r in fork["reused"]}
+        report.taken_evaluations = [
+            f"{key}@{taken['iteration']}" for taken in fork.get("evaluations", []) for key in taken["kept"]
+        ]
     for t in range(config.iterations):
         if (paths.root / f"iter_{t}").exists():
             report.iterations.append(iteration_summary(paths, t))
@@ -528,6 +534,11 @@ def run_section(r: RunReport, k: int) -> Section:
     if r.forked_from is not None:
         reused = ", ".join(f"{s}@{t}" for t, s in sorted(r.reused)) or "nothing"
         blocks.append(Text(f"Forked from `{r.forked_from}`, reusing {reused} (marked *reused* below)."))
+        if r.taken_evaluations:
+            taken = ", ".join(r.taken_evaluations)
+            blocks.append(
+                Text(f"Its eval stages took the source's scores of the versions both runs share: {taken}.")
+            )
     blocks.append(Text("Stage config hashes: " + ", ".join(f"{k} `{v}`" for k, v in r.hashes.items())))
     blocks += [
         resolved_table(r),

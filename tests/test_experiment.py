@@ -165,6 +165,7 @@ def test_the_report_compares_the_arms(experiment, tmp_path: Path) -> None:
     own, reused = runs["sr_dpo"].wall_seconds()
     assert reused > 0 and f"| {own / 60:.1f} | {reused / 60:.1f} | {BASE} |" in text
     assert f"Forked from `{BASE}`, reusing" in text and "*reused*" in text
+    assert "took the source's scores of the versions both runs share: ifeval:v0@0, judge:v0@0" in text
     assert main(["report", *dirs, "--out", str(tmp_path / "report.html")]) == 0
     assert "exp-main" in (tmp_path / "report.html").read_text()
 
