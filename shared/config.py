@@ -278,6 +278,11 @@ _EXECUTION_ONLY: dict[str, Any] = {
     "train_refiner": {"report_to"},
     "init": {"actor": {"report_to"}, "refiner": {"report_to"}},
 }
+# Settings added after runs existed, hashed only once set: while a field is None it is left out of
+# the section's hash, so a run created before it existed keeps its stage hashes (and --resume).
+_HASHED_WHEN_SET: dict[str, set[str]] = {
+    "search": {"guard"},
+}
 # Execution-only settings that were hashed before they were known to be: hashed as this fixed value,
 # whatever they are set to, so that the runs created before keep their hashes. The HF engine's device
 # (default "cpu" until it became "auto": the device a worker has, picked at run time) is one.
@@ -285,6 +290,27 @@ _HASHED_AS: dict[str, dict[str, dict[str, str]]] = {
     "actor": {"hf": {"device": "cpu"}},
     "refiner": {"hf": {"device": "cpu"}},
 }
+
+
+class RefinementGuard(_Strict):
+    """Refinements refused before they are judged (``shared.refinement_guard``): a format echo, a
+    text much shorter than the response it repairs, or one that shares few of its words."""
+
+    reject_format_echo: bool = Field(
+        True, description="Refuse a refinement containing the judge's or refine template's own phrases."
+    )
+    min_words: int = Field(
+        20,
+        ge=0,
+        le=10_000,
+        description="Least words of a refinement, or half the original's words when fewer (<= 10000).",
+    )
+    min_overlap: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Least share of the refinement's words found in the response it refines (0: off).",
+    )
 
 
 class SearchConfig(_Strict):
@@ -319,6 +345,12 @@ class SearchConfig(_Strict):
         True,
         description="Keep the text after [[start]] when a refinement has no [[end]] (cut off by the token "
         "limit), as the reference does; false: such a reply is a parse failure and is retried.",
+    )
+    guard: RefinementGuard | None = Field(
+        None,
+        description="Refuse refinements that stop answering the prompt before they are judged (a format "
+        "echo, far shorter, few shared words): a judge that checks only constraints (backend verifier) "
+        "passes them. null: every parsed refinement is judged.",
     )
 
 
@@ -866,6 +898,9 @@ class RunConfig(_Strict):
         if value is None:
             return None
         dumped = value.model_dump(exclude=_EXECUTION_ONLY.get(section))
+        for name in _HASHED_WHEN_SET.get(section, ()):
+            if dumped.get(name) is None:
+                dumped.pop(name, None)
         for sub, fixed in _HASHED_AS.get(section, {}).items():
             dumped[sub] |= fixed
         return dumped

@@ -196,6 +196,7 @@ class TreeRow(SearchedTree, Record):
     parse_failures: int
     dropped_unparsed: int
     dropped_ties: int
+    unfaithful: int = 0  # refinements the guard refused (search.guard); rows before it have none
     max_depth_reached: int
     nodes: list[NodeRow]
 
@@ -287,6 +288,7 @@ class RefineCounts(Counts):
     parse_failures: int = 0
     dropped_unparsed: int = 0
     dropped_ties: int = 0
+    unfaithful: int = 0
     cache_hits: int = 0
 
 

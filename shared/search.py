@@ -38,8 +38,8 @@ from .search_tree import (  # the tree model is re-exported: callers import it w
     max_expansions,
     next_expansions,
     refine_request,
+    refinement_of,
 )
-from .templates import extract_refined
 
 __all__ = [
     "Node",
@@ -155,9 +155,8 @@ def _expand(
         next_missing: dict[int, int] = {}
         for i, texts in zip(order, outputs, strict=True):
             for raw in texts:
-                refined = extract_refined(raw, cfg.accept_unterminated)
+                refined = refinement_of(raw, expansions[i], cfg)
                 if refined is None:
-                    expansions[i].tree.parse_failures += 1
                     next_missing[i] = next_missing.get(i, 0) + 1
                 else:
                     parsed.append((expansions[i], raw, refined))

@@ -49,9 +49,9 @@ from .search_tree import (
     attach_child,
     next_expansions,
     refine_request,
+    refinement_of,
 )
 from .streaming import RequestStream, open_stream, wait
-from .templates import extract_refined
 
 
 @dataclass(eq=False)
@@ -155,9 +155,8 @@ class StreamedSearch:
         expansion = step.expansions[index]
         unparsed = 0
         for completion, raw in enumerate(texts):
-            refined = extract_refined(raw, self.cfg.accept_unterminated)
+            refined = refinement_of(raw, expansion, self.cfg)
             if refined is None:
-                step.tree.parse_failures += 1
                 unparsed += 1
                 continue
             child = _Child((attempt, index, completion), expansion, raw, refined)

@@ -16,8 +16,9 @@ from .config import SearchConfig
 from .engine import GenerationRequest
 from .judging import Judgment
 from .records import NodeRow, SearchedTree, TreeRow, VoteCounts
+from .refinement_guard import unfaithful_reason
 from .seeding import derive_seed
-from .templates import refine_conversation
+from .templates import extract_refined, refine_conversation
 
 
 class TreeStatus(StrEnum):
@@ -59,6 +60,7 @@ class Tree(SearchedTree):
     parse_failures: int = 0
     dropped_unparsed: int = 0
     dropped_ties: int = 0
+    unfaithful: int = 0
     success_id: int | None = None
     status: TreeStatus = TreeStatus.RUNNING
     frontier: list[int] = field(default_factory=list)
@@ -79,6 +81,21 @@ class Expansion:
     tree: Tree
     node: Node
     children: int
+
+
+def refinement_of(raw: str, expansion: Expansion, cfg: SearchConfig) -> str | None:
+    """The refined response in the refiner's reply ``raw`` to ``expansion``, or None when there is
+    none to judge: the reply has no parsable refinement (a parse failure) or the guard refuses it
+    (``search.guard``: counted as unfaithful). Either way the caller asks again, up to
+    ``search.parse_retries`` times."""
+    refined = extract_refined(raw, cfg.accept_unterminated)
+    if refined is None:
+        expansion.tree.parse_failures += 1
+        return None
+    if cfg.guard is not None and unfaithful_reason(expansion.node.response, refined, cfg.guard):
+        expansion.tree.unfaithful += 1
+        return None
+    return refined
 
 
 StepCallback = Callable[[int, int], None]

@@ -38,6 +38,7 @@ class SeededEngine:
     """
 
     unparsable: float = 0.25
+    echo: float = 0.1  # parsed refinements that are the format's placeholder (search.guard refuses them)
     pass_rate: float = 0.3
     invalid: float = 0.15
     variants: int = 4
@@ -51,6 +52,8 @@ class SeededEngine:
                 _, response = split_judge_prompt(request.messages[0]["content"])
                 if _draw(request.seed, i, "parse") < self.unparsable:
                     out.append("I would refine it, but here are no markers.")
+                elif _draw(request.seed, i, "echo") < self.echo:
+                    out.append(refined("The complete refined Output."))
                 else:
                     out.append(refined(f"{response}/{int(_draw(request.seed, i, 'text') * self.variants)}"))
             else:
@@ -142,6 +145,8 @@ CONFIGS = [
     {"strategy": "dfs", "branching": 1, "beam": 1, "max_depth": 5, "tie_retries": 0},
     {"strategy": "bfs", "success_threshold": 0.0, "parse_retries": 5},
     {"strategy": "dfs", "success_threshold": 0.9, "accept_unterminated": False},
+    {"strategy": "bfs", "guard": {}},
+    {"strategy": "dfs", "branching": 2, "parse_retries": 1, "guard": {"min_words": 0, "min_overlap": 0.9}},
 ]
 
 
@@ -156,6 +161,8 @@ def test_streamed_trees_equal_batched_trees_in_any_finishing_order(cfg, votes) -
         assert on_batches == batched
         assert shuffled == batched
         assert shuffled_engine.streams and shuffled_engine.streams[0].pending == 0
+    if "guard" in cfg:  # the guard refused some refinements, in both searches alike
+        assert sum(t["unfaithful"] for t in batched) > 0
     statuses = {t["status"] for t in batched}
     assert statuses  # the configs above cover success, exhaustion, budget and empty trees together
 

@@ -72,6 +72,7 @@ def run_refine(ctx: StageContext) -> ShardOutput:
         parse_failures=sum(tree.parse_failures for tree in trees),
         dropped_unparsed=sum(tree.dropped_unparsed for tree in trees),
         dropped_ties=sum(tree.dropped_ties for tree in trees),
+        unfaithful=sum(tree.unfaithful for tree in trees),
         cache_hits=hits,
         **{f"status_{status}": n for status, n in statuses.items()},
     )

@@ -1,0 +1,70 @@
+"""Refusing refinements that repair a response by no longer answering the prompt.
+
+A judge that checks only a prompt's verifiable constraints (``judge.backend: verifier``, IFEval's
+checker) passes any text that meets them: "less than 9 sentences", "no commas" or "two paragraphs
+separated by ***" are met by a line that restates the constraint, or by the refine template's own
+placeholder. A small refiner produces exactly such text: in the verifier arm of SmolLM2-135M (issue
+#21), about nine in ten of the refinements the checker accepted echoed the constraint or the
+template ("The complete refined Output."), and DPO on those pairs taught the actor to answer in a
+few words, which cost it IFEval points.
+
+SPaR's refinement is a minimal edit of the response it repairs: it keeps what was right and
+changes what a constraint requires. :func:`unfaithful_reason` checks the cheap, judge-independent
+signs that a refinement is not one, before it is judged:
+
+* it contains the judge's or the refine template's own phrases (a format echo, not an answer);
+* it is shorter than ``min_words`` words, or than half the original's words when that is fewer;
+* fewer than ``min_overlap`` of its words occur in the response it refines.
+
+A rejected refinement is retried like an unparsable one (``search.parse_retries``) and counted per
+tree as ``unfaithful``. The overlap rule also refuses a faithful translation (IFEval's
+``language:response_language``): set ``min_overlap`` to 0 for prompts that ask for another language.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .config import RefinementGuard
+from .templates import END_MARKER, JUDGE_TEMPLATE, REFINE_INSTRUCTION, START_MARKER
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _format_phrases() -> tuple[str, ...]:
+    """The labels of the judge's and the refine template's answer formats (``Final Refined Output``,
+    ``Step-by-step verification`` ...), the markers, and the refine format's placeholder text."""
+    labels, placeholders = [], []
+    for template in (JUDGE_TEMPLATE, REFINE_INSTRUCTION):
+        answer_format = template.split("this format:", 1)[1]
+        for line in answer_format.strip().splitlines():
+            label = line.split(":", 1)[0].split("(", 1)[0].strip()
+            labels.append(label)
+            if template is REFINE_INSTRUCTION:  # the judge's "<Yes or No>" is ordinary English
+                placeholders += re.findall(r"<([^<>]+)>", line)
+    return tuple(p.lower() for p in (*labels, *placeholders, START_MARKER, END_MARKER))
+
+
+FORMAT_PHRASES = _format_phrases()
+"""Lower-cased phrases of the refiner's own answer formats; none belongs in a refined response."""
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (letters, digits, underscore; any script)."""
+    return _WORD.findall(text.lower())
+
+
+def unfaithful_reason(original: str, refined: str, guard: RefinementGuard) -> str | None:
+    """Why ``refined`` is not a refinement of ``original`` (``format_echo``, ``too_short``,
+    ``low_overlap``), or None when it may be judged."""
+    lowered = refined.lower()
+    if guard.reject_format_echo and any(phrase in lowered for phrase in FORMAT_PHRASES):
+        return "format_echo"
+    new, old = words(refined), words(original)
+    if len(new) < min(guard.min_words, len(old) // 2):
+        return "too_short"
+    if new and guard.min_overlap > 0:
+        vocabulary = set(old)
+        if sum(w in vocabulary for w in new) / len(new) < guard.min_overlap:
+            return "low_overlap"
+    return None
