@@ -271,6 +271,7 @@ class TreeView(BaseModel):
     parse_failures: int
     dropped_unparsed: int
     dropped_ties: int
+    unfaithful: int = Field(0, description="Refinements search.guard refused before judging them.")
     max_depth_reached: int
     shard: int = Field(description="The refine shard the tree was read from.")
     nodes: list[NodeView]
