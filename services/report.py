@@ -378,6 +378,52 @@ def truncation_table(r: RunReport) -> Table:
     )
 
 
+GUARD_REASONS = ("format_echo", "too_short", "low_overlap")
+
+
+def refinement_audit_table(r: RunReport) -> Table:
+    """The refinements the judge accepted (each tree's success: a pair's chosen response), checked
+    by the refinement guard's rules (``shared.refinement_guard``: the run's ``search.guard``, else
+    its defaults). A judge of verifiable constraints passes text that restates the constraint; in
+    a run without the guard this shows how many of its pairs were built on such text."""
+    from shared.config import RefinementGuard
+    from shared.records import TreeRow
+    from shared.refinement_guard import unfaithful_reason
+
+    configured = (r.config.get("search") or {}).get("guard")
+    guard = RefinementGuard.model_validate(configured) if configured is not None else RefinementGuard()
+    rows = []
+    for it in r.iterations:
+        t = it["iteration"]
+        accepted, reasons, refused_in_search = 0, dict.fromkeys(GUARD_REASONS, 0), 0
+        for shard in sorted((r.root / f"iter_{t}" / "refine").glob("shard_*.jsonl")):
+            for line in shard.read_text(encoding="utf-8").splitlines():
+                tree = TreeRow.from_record(json.loads(line))
+                refused_in_search += tree.unfaithful
+                if tree.success_id is None:
+                    continue
+                nodes = {n.id: n for n in tree.nodes}
+                success = nodes[tree.success_id]
+                accepted += 1
+                reason = unfaithful_reason(nodes[success.parent].response, success.response, guard)
+                if reason is not None:
+                    reasons[reason] += 1
+        if accepted or refused_in_search:
+            refused = sum(reasons.values())
+            share = f"{refused}/{accepted} ({100 * refused / accepted:.1f}%)" if accepted else "-"
+            rows.append([str(t), str(accepted), share, *map(str, reasons.values()), str(refused_in_search)])
+    source = (
+        "the run's search.guard" if configured is not None else "the guard's default rules (the run had none)"
+    )
+    note = (
+        f"Each tree's accepted refinement checked by {source}: a format echo (the refiner's own format "
+        "phrases), far shorter than the response it repairs, or sharing few of its words. The last "
+        "column counts the refinements the guard refused during the search (0 without one)."
+    )
+    header = ["iteration", "accepted", "refused by the rules", *GUARD_REASONS, "refused in search"]
+    return Table("Accepted refinements under the refinement guard", header, rows, note=note)
+
+
 def _describe(value: Any) -> str:
     """A resolved-settings value in one line: ``actor: engine=vllm version=0.32.0; checker: 0.1.0``."""
     if isinstance(value, dict):
@@ -546,6 +592,7 @@ def run_section(r: RunReport, k: int) -> Section:
         version_table([r], per_run=True),
         judge_table([r], per_run=True),
         truncation_table(r),
+        refinement_audit_table(r),
     ]
     for split, label in SPLITS.items():
         for v, rows in r.eval_rows.of(split).items():

@@ -128,3 +128,32 @@ def test_runs_created_before_the_guard_keep_their_recorded_hashes() -> None:
     config = RunConfig.model_validate(recorded["config"])
     for stage, expected in recorded["hashes"].items():
         assert config.stage_hash(stage) == expected, stage
+
+
+def test_the_report_audits_accepted_refinements_with_the_guard_rules(tmp_path: Path) -> None:
+    from services.report import RunReport, refinement_audit_table
+
+    faithful = EMAIL.replace(" After Gutenberg", "\n***\nAfter Gutenberg")
+    trees = []
+    for key, text, refused in (
+        ("p0#1", faithful, 0),
+        ("p1#1", "The complete refined Output.", 0),
+        ("p2#0", None, 3),
+    ):
+        tree, _ = _search(None, False, lambda *a, text=text: refined(text or "x"))
+        row = tree.row(key.split("#")[0]).model_copy(update={"key": key, "unfaithful": refused})
+        if text is None:  # a tree without a success
+            row = row.model_copy(update={"success_id": None, "status": "exhausted"})
+        trees.append(row.as_record())
+    shard = tmp_path / "iter_0" / "refine" / "shard_00000.jsonl"
+    shard.parent.mkdir(parents=True)
+    shard.write_text("".join(json.dumps(t) + "\n" for t in trees))
+    report = RunReport("r", tmp_path, {"search": {}}, {}, iterations=[{"iteration": 0}])
+    table = refinement_audit_table(report)
+    assert table.rows == [["0", "2", "1/2 (50.0%)", "1", "0", "0", "3"]]
+    assert "default rules (the run had none)" in table.note
+    # a run with its own guard is audited by it: one that checks nothing refuses nothing
+    loose = {"search": {"guard": {"reject_format_echo": False, "min_words": 0, "min_overlap": 0.0}}}
+    report = RunReport("r", tmp_path, loose, {}, iterations=[{"iteration": 0}])
+    assert refinement_audit_table(report).rows[0][2] == "0/2 (0.0%)"
+    assert "the run's search.guard" in refinement_audit_table(report).note
