@@ -3,7 +3,9 @@
 ``RunConfig.stage_hash`` is recorded in every ``.done.json`` and manifest; a change to it makes every
 existing run refuse to resume (``ConfigChangedError``). The values were computed by the code before
 the SFT settings were renamed ``SftConfig`` (from ``RefinerTrainConfig``), from the YAML as users
-write it.
+write it. The experiment configs' refine and iopo_groups hashes changed on purpose when they set
+``search.guard`` (issue #21: the checker accepted echoed refinements); a config without the guard
+keeps its hashes (demo, tiny).
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ PINNED: dict[str, dict[str, str]] = {
         "init": "2f7deff2131d8b2e",
         "sample": "9a94c21462fd200c",
         "judge": "1a0debd8b2be6364",
-        "refine": "75e3b6a8ce94a624",
+        "refine": "742cce5eb0c6564b",
         "assemble": "17da5a3a2daee266",
-        "iopo_groups": "e48fa16a582fac27",
+        "iopo_groups": "d9e80bdf4b5ea526",
         "train_actor": "8df671b89dfee764",
         "train_refiner": "c4c503491eccdfa6",
         "eval": "b00970da9198cb43",
@@ -45,9 +47,9 @@ PINNED: dict[str, dict[str, str]] = {
         "init": "2f7deff2131d8b2e",
         "sample": "9a94c21462fd200c",
         "judge": "ae47a293dc39a7be",
-        "refine": "571ef0bdebe9d6a8",
+        "refine": "e1b24589e86b6052",
         "assemble": "17da5a3a2daee266",
-        "iopo_groups": "e8a90578c9da8d38",
+        "iopo_groups": "34e6557dff208c72",
         "train_actor": "7fe3cdb51b3beafc",
         "train_refiner": "c4c503491eccdfa6",
         "eval": "136a4ca07c4ecb67",
@@ -56,9 +58,9 @@ PINNED: dict[str, dict[str, str]] = {
         "init": "2f7deff2131d8b2e",
         "sample": "9a94c21462fd200c",
         "judge": "1a0debd8b2be6364",
-        "refine": "75e3b6a8ce94a624",
+        "refine": "742cce5eb0c6564b",
         "assemble": "98e22f1e7373203d",
-        "iopo_groups": "98a3aff2778b937a",
+        "iopo_groups": "3526f02092251751",
         "train_actor": "7fe3cdb51b3beafc",
         "train_refiner": "c4c503491eccdfa6",
         "eval": "b00970da9198cb43",
@@ -67,9 +69,9 @@ PINNED: dict[str, dict[str, str]] = {
         "init": "2f7deff2131d8b2e",
         "sample": "9a94c21462fd200c",
         "judge": "1a0debd8b2be6364",
-        "refine": "75e3b6a8ce94a624",
+        "refine": "742cce5eb0c6564b",
         "assemble": "17da5a3a2daee266",
-        "iopo_groups": "e48fa16a582fac27",
+        "iopo_groups": "d9e80bdf4b5ea526",
         "train_actor": "bc9a38c88658338b",
         "train_refiner": "c4c503491eccdfa6",
         "eval": "b00970da9198cb43",
@@ -78,9 +80,9 @@ PINNED: dict[str, dict[str, str]] = {
         "init": "2f7deff2131d8b2e",
         "sample": "9a94c21462fd200c",
         "judge": "1a0debd8b2be6364",
-        "refine": "75e3b6a8ce94a624",
+        "refine": "742cce5eb0c6564b",
         "assemble": "17da5a3a2daee266",
-        "iopo_groups": "e48fa16a582fac27",
+        "iopo_groups": "d9e80bdf4b5ea526",
         "train_actor": "7fe3cdb51b3beafc",
         "train_refiner": "c4c503491eccdfa6",
         "eval": "7c202d88f0fd5672",
@@ -89,9 +91,9 @@ PINNED: dict[str, dict[str, str]] = {
         "init": "2f7deff2131d8b2e",
         "sample": "9a94c21462fd200c",
         "judge": "1a0debd8b2be6364",
-        "refine": "75e3b6a8ce94a624",
+        "refine": "742cce5eb0c6564b",
         "assemble": "17da5a3a2daee266",
-        "iopo_groups": "e48fa16a582fac27",
+        "iopo_groups": "d9e80bdf4b5ea526",
         "train_actor": "7fe3cdb51b3beafc",
         "train_refiner": "c4c503491eccdfa6",
         "eval": "b00970da9198cb43",
