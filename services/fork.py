@@ -44,7 +44,7 @@ from shared.runtime.fork_evaluations import seed_fork
 from shared.runtime.versions import version_dir
 from shared.stages import graph, stage
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spar.fork")  # in the run's event log
 
 Resolver = Callable[[RunConfig, str], dict[str, Any]]
 """What this machine resolves a stage's settings to (``workers.resolved.resolved_settings``).

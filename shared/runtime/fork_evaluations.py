@@ -20,7 +20,7 @@ from shared.runtime.artifacts import RunPaths, read_json, read_jsonl
 from shared.runtime.partial import PartialShard
 from shared.stages import Node, producers
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spar.fork")  # in the run's event log
 
 
 def _same_version(

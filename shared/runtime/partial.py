@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spar.stages")  # in the run's event log, with the stage events
 
 SUFFIX = ".partial"
 

@@ -18,7 +18,7 @@ from shared.seeding import derive_seed
 
 from .common import StageContext, metered, version_label
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spar.stages")  # in the run's event log, with the stage events
 
 
 def run_refine(ctx: StageContext) -> ShardOutput:
