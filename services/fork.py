@@ -106,6 +106,11 @@ def _published(iteration: int, name: str) -> list[tuple[str, int]]:
     return [(trains, iteration + 1)] if trains is not None else []
 
 
+def _config(paths: RunPaths) -> RunConfig:
+    """The config a run was created with (its ``config.json``)."""
+    return RunConfig.model_validate(read_json(paths.config)["config"])
+
+
 def fork_plan(
     source: RunPaths, target: RunPaths, resolve: Resolver
 ) -> tuple[list[tuple[int, str]], str | None]:
@@ -119,8 +124,7 @@ def fork_plan(
     """
     if not _prompts_identical(source, target):
         return [], "the prompt shards differ"
-    src_config = RunConfig.model_validate(read_json(source.config)["config"])
-    config = RunConfig.model_validate(read_json(target.config)["config"])
+    src_config, config = _config(source), _config(target)
     src_graph = graph(src_config.stages, src_config.iterations, with_init=src_config.init is not None)
     target_graph = graph(config.stages, config.iterations, with_init=config.init is not None)
     reusable: list[tuple[int, str]] = []
@@ -174,9 +178,10 @@ def fork_into(source: RunPaths, target: RunPaths, resolve: Resolver) -> list[tup
     if any(target.root.glob("iter_*")) or (target.root / "models").exists():
         raise ConfigError(f"--fork: {target.root} has stages of its own; fork only into a new run")
     reused, stopped = fork_plan(source, target, resolve)
-    config = RunConfig.model_validate(read_json(target.config)["config"])
+    configs = (_config(source), _config(target))
+    config = configs[1]
     evaluations = {
-        iteration: seed_fork(source, target, iteration, reused, resolve(config, "eval"))
+        iteration: seed_fork(source, target, configs, iteration, reused, resolve(config, "eval"))
         for iteration, name in graph(config.stages, config.iterations, with_init=config.init is not None)
         if name == "eval" and (iteration, name) not in reused
     }

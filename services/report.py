@@ -389,6 +389,7 @@ def refinement_audit_table(r: RunReport) -> Table:
     from shared.config import RefinementGuard
     from shared.records import TreeRow
     from shared.refinement_guard import unfaithful_reason
+    from shared.runtime.artifacts import read_jsonl
 
     configured = (r.config.get("search") or {}).get("guard")
     guard = RefinementGuard.model_validate(configured) if configured is not None else RefinementGuard()
@@ -397,15 +398,14 @@ def refinement_audit_table(r: RunReport) -> Table:
         t = it["iteration"]
         accepted, reasons, refused_in_search = 0, dict.fromkeys(GUARD_REASONS, 0), 0
         for shard in sorted((r.root / f"iter_{t}" / "refine").glob("shard_*.jsonl")):
-            for line in shard.read_text(encoding="utf-8").splitlines():
-                tree = TreeRow.from_record(json.loads(line))
+            for record in read_jsonl(shard):
+                tree = TreeRow.from_record(record)
                 refused_in_search += tree.unfaithful
-                if tree.success_id is None:
+                success = tree.success
+                if success is None or success.parent is None:
                     continue
-                nodes = {n.id: n for n in tree.nodes}
-                success = nodes[tree.success_id]
                 accepted += 1
-                reason = unfaithful_reason(nodes[success.parent].response, success.response, guard)
+                reason = unfaithful_reason(tree.nodes[success.parent].response, success.response, guard)
                 if reason is not None:
                     reasons[reason] += 1
         if accepted or refused_in_search:

@@ -37,12 +37,14 @@ def _same_version(
 def seed_fork(
     source: RunPaths,
     target: RunPaths,
+    configs: tuple[RunConfig, RunConfig],
     iteration: int,
     reused: Collection[Node],
     resolved_here: dict[str, Any],
 ) -> list[str]:
     """Write into ``target``'s eval stage of ``iteration`` the source's finished evaluations of the
     versions both runs share with equal settings; returns their keys (empty when none qualify).
+    ``configs``: the source's and the target's run configs.
 
     ``resolved_here`` is what this machine resolves the eval stage to (engine release, dtype): an
     evaluation computed with other resolved settings is not the same numbers.
@@ -53,8 +55,7 @@ def seed_fork(
     record = read_json(done)
     if record.get("resolved") != resolved_here:
         return []
-    src_config = RunConfig.model_validate(read_json(source.config)["config"])
-    config = RunConfig.model_validate(read_json(target.config)["config"])
+    src_config, config = configs
     metrics = record.get("metrics", {})
     partial = PartialShard(target.shard(iteration, "eval", 0), config.stage_hash("eval"))
     seeded: list[str] = []

@@ -38,14 +38,14 @@ def run_refine(ctx: StageContext) -> ShardOutput:
                     key=f"{row.id}#{index}", prompt=row.prompt, response=negative.text, judgment=negative.kept
                 )
             )
-    prompt_of_tree = {root.key: root.key.rsplit("#", 1)[0] for root in roots}
     # Trees an interrupted attempt of this shard finished are kept, not searched again: a 64-tree
     # shard of a 135M model takes tens of minutes on a CPU, and a stop must not lose all of it.
     partial = PartialShard(ctx.output_shard, f"{config.stage_hash('refine')}:{version_label(version)}")
     done: dict[str, TreeRow] = {}
     spent = EngineStats()  # what earlier attempts' engines spent up to each tree they kept
+    keys = {root.key for root in roots}
     for key, item in partial.load().items():
-        if key in prompt_of_tree:
+        if key in keys:
             tree_record, engine_counts = kept_tree(item)
             done[key] = TreeRow.from_record(tree_record)
             spent = spent.plus(EngineStats.from_dict(engine_counts))
@@ -108,13 +108,12 @@ def search_remaining(
     """
     config, spec, progress = ctx.config, ctx.spec, ctx.progress
     j, s = config.judge, config.search
-    prompt_of_tree = {root.key: root.key.rsplit("#", 1)[0] for root in roots}
     with metered(ctx.engines.engine_for("refiner", version), progress, "tree search") as engine:
         charged = EngineStats()
 
         def keep(tree: Tree) -> None:
             nonlocal charged
-            row = tree.row(prompt_of_tree[tree.key])
+            row = tree.row(tree.key.rsplit("#", 1)[0])  # the key is <prompt id>#<response index>
             done[tree.key] = row
             now = engine.stats.snapshot()
             partial.add(tree.key, {"tree": row.as_record(), "engine": now.minus(charged).as_dict()})
