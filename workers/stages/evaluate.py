@@ -68,7 +68,7 @@ def run_eval(ctx: StageContext) -> ShardOutput:
 
     def evaluated(kind: str, version: ModelVersion, evaluate) -> tuple[dict, dict]:
         """(metrics, row) of one evaluation: kept by an earlier attempt or taken from the run this one
-        was forked from (``shared.evaluation.kept``), or run now and kept."""
+        was forked from (``shared.runtime.fork_evaluations``), or run now and kept."""
         key = kept_key(kind, version.version)
         legacy = f"{LEGACY_KIND[kind]}:{version_label(version)}"  # the key before versions sufficed
         if key not in kept and legacy in kept:
