@@ -266,6 +266,7 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
             "--dry-run estimates a new run from CONFIG; it cannot be combined with --resume or --fork"
         )
     from services.preflight import check_hub, check_inputs
+    from shared.runtime.data_inputs import check_inputs as check_data_inputs
     from shared.runtime.tracking import check_run_trackers
 
     if args.cache_dir is not None:  # before any built-in model is resolved
@@ -275,6 +276,7 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
         paths = open_run(args.resume)
         check_run_trackers(load_config(paths))
         check_inputs(load_config(paths))  # a model folder moved away since: say so before loading
+        check_data_inputs(paths)  # a data file edited since the run was created: before any work
         check_hub(load_config(paths))  # the hub token: in this shell too, before any work
     else:
         config = load_config_file(args.config, args.overrides)

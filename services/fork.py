@@ -13,6 +13,8 @@ pipeline in order and links into it every stage whose output is provably identic
 * every shard must record the same resolved settings (engine release, dtype, training precision:
   ``workers/resolved.py``) as this machine resolves for the new config: the same hash computed in
   bfloat16 on one CPU and float32 on another is not the same output;
+* the data files the stage reads (SFT data, held-out pairs, validation prompts) must have equal
+  recorded contents in both runs (``shared.runtime.data_inputs``): the hash holds their paths only;
 * the prompts (their shard files, byte for byte) must be identical, else nothing is shared.
 
 Files are hard-linked where the file system allows (a fork costs no space), copied otherwise, and
@@ -40,6 +42,7 @@ from shared.config import RunConfig
 from shared.errors import ConfigError
 from shared.records import ShardDone
 from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json, write_json_atomic
+from shared.runtime.data_inputs import differing_inputs, stage_data_fields
 from shared.runtime.fork_evaluations import seed_fork
 from shared.runtime.versions import version_dir
 from shared.stages import graph, stage
@@ -73,14 +76,25 @@ def _prompts_identical(a: RunPaths, b: RunPaths) -> bool:
 
 
 def stage_reuse_blocker(
-    source: RunPaths, config: RunConfig, iteration: int, name: str, resolve: Resolver
+    source: RunPaths,
+    config: RunConfig,
+    iteration: int,
+    name: str,
+    resolve: Resolver,
+    target: RunPaths | None = None,
 ) -> str | None:
     """Why ``source``'s stage cannot stand in for ``config``'s on this machine; None when it can.
 
     Same settings hash, every shard done, and the same resolved settings (engine release, dtype,
     training precision: ``workers.resolved``) as this machine would use: a shard recorded before
-    those were recorded cannot be shown to match, so it is not reused.
+    those were recorded cannot be shown to match, so it is not reused. With ``target`` (the new
+    run), the data files the stage reads must also have equal recorded contents in both runs
+    (``shared.runtime.data_inputs``): the hash holds only their paths.
     """
+    if target is not None:
+        changed = differing_inputs(source, target, stage_data_fields(name))
+        if changed:
+            return f"{', '.join(changed)}: the file's content differs from the source run's"
     shards = source.num_prompt_shards() if stage(name).sharded else 1
     wanted = config.stage_hash(name)
     here = resolve(config, name)
@@ -130,7 +144,7 @@ def fork_plan(
     reusable: list[tuple[int, str]] = []
     first_blocker: str | None = None
     for step, reads in target_graph.items():
-        blocker = _reuse_blocker(source, config, step, reads, src_graph, set(reusable), resolve)
+        blocker = _reuse_blocker(source, target, config, step, reads, src_graph, set(reusable), resolve)
         if blocker is None:
             reusable.append(step)
             continue
@@ -144,6 +158,7 @@ def fork_plan(
 
 def _reuse_blocker(
     source: RunPaths,
+    target: RunPaths,
     config: RunConfig,
     step: tuple[int, str],
     reads: tuple[tuple[int, str], ...],
@@ -159,7 +174,7 @@ def _reuse_blocker(
     missing = [f"{name}@{t}" for t, name in reads if (t, name) not in reused]
     if missing:
         return f"it reads what {', '.join(missing)} wrote, which is not reused"
-    return stage_reuse_blocker(source, config, *step, resolve)
+    return stage_reuse_blocker(source, config, *step, resolve, target=target)
 
 
 def shared_prefix(source: RunPaths, target: RunPaths, resolve: Resolver) -> list[tuple[int, str]]:

@@ -26,6 +26,7 @@ from shared.errors import ConfigError, PromptFileError, StorageError
 from shared.names import RUN_NAME_HELP, is_id
 from shared.prompts import PromptRecord, iter_prompt_lines, parse_prompt_lines
 from shared.runtime.artifacts import RunPaths, read_json, write_json_atomic, write_jsonl_atomic
+from shared.runtime.data_inputs import INPUTS_KEY, input_digests
 from shared.runtime.versions import is_builtin
 
 
@@ -253,6 +254,7 @@ def create_run(config: RunConfig, runs_dir: Path, run_id: str | None = None, sou
                 "created_at": dt.datetime.now(dt.UTC).isoformat(),
                 "prompts": n_prompts,
                 "shards": n_shards,
+                INPUTS_KEY: input_digests(config),  # data files read later, pinned by content
             },
         )
         paths.note_change("created")

@@ -89,6 +89,13 @@ class ConfigChangedError(SparError, RuntimeError):
     http_status = 409
 
 
+class InputChangedError(SparError, RuntimeError):
+    """A data file the run reads (SFT data, held-out pairs, validation prompts) is gone or no longer
+    has the content the run was created with (``shared.runtime.data_inputs``)."""
+
+    http_status = 409
+
+
 class MissingStageOutputError(SparError, RuntimeError):
     """A stage needs the output of an earlier stage that has not run."""
 

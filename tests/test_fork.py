@@ -217,6 +217,38 @@ def test_a_stage_recorded_before_resolved_settings_existed_is_not_reused(source_
     assert "does not record its resolved settings" in read_json(target.root / FORK_RECORD)["stopped"]
 
 
+def _with_other_judge_data(source: RunPaths, dest: Path) -> RunPaths:
+    """A copy of ``source`` whose record says its held-out pairs had other contents (the same path,
+    the file edited in place between the source run and the fork)."""
+    other = _copy_run(source, dest)
+    record = read_json(other.config)
+    assert record["inputs"]["evaluation.judge_data"]["sha256"]  # recorded when the run was made
+    record["inputs"]["evaluation.judge_data"]["sha256"] = "0" * 64
+    other.config.write_text(json.dumps(record))
+    return other
+
+
+def test_a_stage_whose_data_file_changed_in_place_is_not_reused(source_run, tmp_path: Path) -> None:
+    tmp, source = source_run
+    edited = _with_other_judge_data(source, tmp_path / "edited")
+    target = create_run(load_config_file(tmp / "config.yaml"), tmp_path / "runs", "same")
+    reused = fork_into(edited, target, resolved_settings)
+    # every stage but the one reading the held-out pairs: the eval stage scores against them
+    assert (0, "eval") not in reused and (0, "train_actor") in reused
+    stopped = read_json(target.root / FORK_RECORD)["stopped"]
+    assert stopped.startswith("eval@0: evaluation.judge_data: the file's content differs")
+    # its IFEval scores read no data file: taken; the judge's accuracies were on other pairs
+    taken = read_json(target.root / FORK_RECORD)["evaluations"]
+    assert [key for t in taken for key in t["kept"]] == ["ifeval:v0", "ifeval:v1"]
+    # a source made before contents were recorded is compared by path, as before
+    old = _copy_run(source, tmp_path / "old-record")
+    record = read_json(old.config)
+    del record["inputs"]
+    old.config.write_text(json.dumps(record))
+    again = create_run(load_config_file(tmp / "config.yaml"), tmp_path / "runs", "same-old")
+    assert (0, "eval") in fork_into(old, again, resolved_settings)
+
+
 def test_other_prompts_share_nothing(source_run, tmp_path: Path) -> None:
     tmp, source = source_run
     other = tmp_path / "other.jsonl"

@@ -24,6 +24,10 @@ ROLE_OF_KIND = {"ifeval": "actor", "validation": "actor", "judge": "refiner"}
 """An eval row's ``kind`` -> the role whose version it scores (the metrics list has the same name)."""
 
 
+INPUT_OF_KIND = {"judge": "evaluation.judge_data", "validation": "evaluation.validation_prompts"}
+"""The data file an evaluation kind reads (``shared.runtime.data_inputs``); IFEval's is built in."""
+
+
 def kept_key(kind: str, version: str) -> str:
     """The key of one kept evaluation: ``ifeval:v1``, ``judge:v0`` (one run, one eval stage hash)."""
     return f"{kind}:{version}"

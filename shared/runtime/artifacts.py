@@ -2,7 +2,8 @@
 
 Layout (all under the runs root)::
 
-    <run_id>/config.json                      the resolved RunConfig the run was created with
+    <run_id>/config.json                      the resolved RunConfig the run was created with (and its
+                                              data files' digests: shared/runtime/data_inputs.py)
     <run_id>/prompts/shard_00000.jsonl        the prompt set, split into shards once
     <run_id>/iter_<t>/<stage>/shard_00000.jsonl       a shard's output rows
     <run_id>/iter_<t>/<stage>/shard_00000.done.json   its counts and timings: written LAST

@@ -15,8 +15,9 @@ from collections.abc import Collection
 from typing import Any
 
 from shared.config import RunConfig
-from shared.evaluation.kept import ROLE_OF_KIND, evaluation_settings, kept_key
+from shared.evaluation.kept import INPUT_OF_KIND, ROLE_OF_KIND, evaluation_settings, kept_key
 from shared.runtime.artifacts import RunPaths, read_json, read_jsonl
+from shared.runtime.data_inputs import differing_inputs
 from shared.runtime.partial import PartialShard
 from shared.stages import Node, producers
 
@@ -69,6 +70,8 @@ def seed_fork(
             continue
         if not _same_version(ROLE_OF_KIND[kind], int(version[1:]), src_config, config, reused):
             continue
+        if kind in INPUT_OF_KIND and differing_inputs(source, target, [INPUT_OF_KIND[kind]]):
+            continue  # the same path, edited in between: other pairs or prompts were scored there
         # the eval stage labels the row with this run's own model path when it takes it
         partial.add(kept_key(kind, version), {"metrics": scores[0], "row": {**row, "version": version}})
         seeded.append(kept_key(kind, version))

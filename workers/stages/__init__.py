@@ -20,6 +20,7 @@ from collections.abc import Callable
 from shared.config import RunConfig
 from shared.records import ShardOutput
 from shared.runtime.artifacts import RunPaths
+from shared.runtime.data_inputs import check_inputs, stage_data_fields
 from shared.stages import STAGE_DEFS
 
 from .assemble import MissingStageOutputError, run_assemble
@@ -91,6 +92,7 @@ def run_stage(
     if done is not None:
         log.info("shard already done", extra={"event": "shard.skip", **spec.model_dump()})
         return done
+    check_inputs(paths, stage_data_fields(spec.stage))  # e.g. judge_data edited since the run began
     log.info("shard started", extra={"event": "shard.start", **spec.model_dump()})
     started_at = time.time()
     started = time.perf_counter()

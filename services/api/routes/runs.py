@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from shared.config import RunConfig
 from shared.errors import RunConflictError
 from shared.runtime.artifacts import RunPaths
+from shared.runtime.data_inputs import check_inputs as check_data_inputs
 
 from ...dashboard import report_csp
 from ...report import load_run, render_markdown
@@ -132,6 +133,7 @@ def resume(
                 409, f"run {run_id} is {state.get('status')}; only failed or cancelled runs resume"
             )
         try:
+            check_data_inputs(paths)  # 409 naming the data file edited since the run was created
             scheduler.resume(run_id, paths)
         except (OSError, ValueError) as exc:
             raise RunConflictError(
@@ -155,6 +157,7 @@ def _adopt(run_id: str, paths: RunPaths, scheduler: Scheduler, settings: Setting
         allow_hub_push=settings.allow_hub_push,
         max_iterations=settings.max_iterations,
     )
+    check_data_inputs(paths)
     if not scheduler.redis.set(f"spar:run:{run_id}:resuming", "1", nx=True, ex=RESUME_LOCK_S):
         raise HTTPException(409, f"run {run_id} is being resumed by another request; check its status")
     try:
