@@ -94,6 +94,25 @@ def test_a_disk_run_with_paths_outside_the_data_root_cannot_join(api, tmp_path: 
     assert r.status_code == 400 and "prompts:" in r.json()["detail"] and "data root" in r.json()["detail"]
 
 
+def test_a_disk_run_whose_data_file_changed_cannot_join(api) -> None:
+    """The held-out pairs it evaluates on were edited after `spar run` made it: 409 naming the
+    field, before the scheduler takes it (shared/runtime/data_inputs.py)."""
+    client, root = api
+    pairs = root / "pairs.jsonl"
+    pairs.write_text(json.dumps({"input": "Say hi.", "output_1": "hi", "output_2": "bye", "label": 1}) + "\n")
+    run_dir = _cli_run(root, "edited", root / "p.jsonl")
+    record = json.loads((run_dir / "config.json").read_text())
+    record["config"]["evaluation"]["judge_data"] = str(pairs)  # as a config naming it leaves it
+    record["inputs"] = {
+        "evaluation.judge_data": {"path": str(pairs), "sha256": "0" * 64, "bytes": 1},
+    }
+    (run_dir / "config.json").write_text(json.dumps(record))
+    r = client.post("/v1/runs/edited/resume", headers=AUTH)
+    assert r.status_code == 409, r.text
+    assert r.json()["detail"].startswith(f"evaluation.judge_data: {pairs} changed since the run was created")
+    assert client.get("/v1/runs/edited", headers=AUTH).json()["source"] == "disk"  # not taken in
+
+
 def test_a_finished_disk_run_says_succeeded_and_hidden_folders_are_skipped(api) -> None:
     client, root = api
     run_dir = _cli_run(root, "done", root / "p.jsonl")
