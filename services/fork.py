@@ -9,7 +9,9 @@ pipeline in order and links into it every stage whose output is provably identic
   table's declared ``reads``: ``shared.stages.dependencies``), and each of those is reused too --
   so its inputs are the same files;
 * the stage's settings hash (``RunConfig.stage_hash``, recorded in each shard's completion record)
-  must be the same under the new config, and every shard of it must be done in the source;
+  must be the same under the new config, and every shard of it must be done in the source; a
+  hash that differs only by where the same data files lie (a run made in another checkout) counts
+  as the same, compared with each path replaced by the file's recorded digest;
 * every shard must record the same resolved settings (engine release, dtype, training precision:
   ``workers/resolved.py``) as this machine resolves for the new config: the same hash computed in
   bfloat16 on one CPU and float32 on another is not the same output;
@@ -35,6 +37,8 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +46,7 @@ from shared.config import RunConfig
 from shared.errors import ConfigError
 from shared.records import ShardDone
 from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json, write_json_atomic
-from shared.runtime.data_inputs import differing_inputs, stage_data_fields
+from shared.runtime.data_inputs import content_view, differing_inputs, recorded_inputs, stage_data_fields
 from shared.runtime.fork_evaluations import seed_fork
 from shared.runtime.versions import version_dir
 from shared.stages import graph, stage
@@ -75,35 +79,63 @@ def _prompts_identical(a: RunPaths, b: RunPaths) -> bool:
     return all(a.prompt_shard(k).read_bytes() == b.prompt_shard(k).read_bytes() for k in range(n))
 
 
-def stage_reuse_blocker(
-    source: RunPaths,
-    config: RunConfig,
-    iteration: int,
-    name: str,
-    resolve: Resolver,
-    target: RunPaths | None = None,
-) -> str | None:
-    """Why ``source``'s stage cannot stand in for ``config``'s on this machine; None when it can.
+@dataclass(frozen=True)
+class ForkPair:
+    """The source run and the new run, with their configs read once.
 
-    Same settings hash, every shard done, and the same resolved settings (engine release, dtype,
-    training precision: ``workers.resolved``) as this machine would use: a shard recorded before
-    those were recorded cannot be shown to match, so it is not reused. With ``target`` (the new
-    run), the data files the stage reads must also have equal recorded contents in both runs
-    (``shared.runtime.data_inputs``): the hash holds only their paths.
+    ``source_view`` and ``view``: the configs with their data files' paths replaced by the digests
+    each run recorded (``shared.runtime.data_inputs.content_view``); None for a run made before
+    digests were recorded. With both, a stage whose hash differs only by where the same data files
+    lie (a run made in another checkout) is still the same computation.
     """
-    if target is not None:
-        changed = differing_inputs(source, target, stage_data_fields(name))
-        if changed:
-            return f"{', '.join(changed)}: the file's content differs from the source run's"
+
+    source: RunPaths
+    target: RunPaths
+    source_config: RunConfig
+    config: RunConfig
+
+    @cached_property
+    def source_view(self) -> RunConfig | None:
+        return content_view(self.source_config, recorded_inputs(self.source))
+
+    @cached_property
+    def view(self) -> RunConfig | None:
+        return content_view(self.config, recorded_inputs(self.target))
+
+    def same_settings(self, name: str, recorded_hash: str) -> bool:
+        """Whether a source shard recorded with ``recorded_hash`` has the new run's settings."""
+        if recorded_hash == self.config.stage_hash(name):
+            return True
+        if self.source_view is None or self.view is None:
+            return False
+        return recorded_hash == self.source_config.stage_hash(name) and (
+            self.source_view.stage_hash(name) == self.view.stage_hash(name)
+        )
+
+
+def stage_reuse_blocker(pair: ForkPair, iteration: int, name: str, resolve: Resolver) -> str | None:
+    """Why the source's stage cannot stand in for the new run's on this machine; None when it can.
+
+    Same settings (the stage hash, or the same hash once the data files' paths are replaced by
+    their contents), every shard done, and the same resolved settings (engine release, dtype,
+    training precision: ``workers.resolved``) as this machine would use: a shard recorded before
+    those were recorded cannot be shown to match, so it is not reused. The data files the stage
+    reads must also have equal recorded contents in both runs (``shared.runtime.data_inputs``):
+    the hash holds only their paths.
+    """
+    changed = differing_inputs(pair.source, pair.target, stage_data_fields(name))
+    if changed:
+        return f"{', '.join(changed)}: the file's content differs from the source run's"
+    source = pair.source
     shards = source.num_prompt_shards() if stage(name).sharded else 1
-    wanted = config.stage_hash(name)
-    here = resolve(config, name)
+    wanted = pair.config.stage_hash(name)
+    here = resolve(pair.config, name)
     for shard in range(shards):
         done = source.shard_done(iteration, name, shard)
         if not done.exists():
             return f"shard {shard} is not done"
         record = ShardDone.from_record(read_json(done))
-        if record.config_hash != wanted:
+        if not pair.same_settings(name, record.config_hash):
             return f"settings differ (hash {record.config_hash} there, {wanted} here)"
         if record.resolved is None:
             return f"shard {shard} does not record its resolved settings (made before they were recorded)"
@@ -136,15 +168,19 @@ def fork_plan(
     are then the same files. So a changed stage does not end the sharing for stages that do not
     read it: an actor objective ablation still reuses the refiner's training of that iteration.
     """
-    if not _prompts_identical(source, target):
+    return _plan(ForkPair(source, target, _config(source), _config(target)), resolve)
+
+
+def _plan(pair: ForkPair, resolve: Resolver) -> tuple[list[tuple[int, str]], str | None]:
+    if not _prompts_identical(pair.source, pair.target):
         return [], "the prompt shards differ"
-    src_config, config = _config(source), _config(target)
+    src_config, config = pair.source_config, pair.config
     src_graph = graph(src_config.stages, src_config.iterations, with_init=src_config.init is not None)
     target_graph = graph(config.stages, config.iterations, with_init=config.init is not None)
     reusable: list[tuple[int, str]] = []
     first_blocker: str | None = None
     for step, reads in target_graph.items():
-        blocker = _reuse_blocker(source, target, config, step, reads, src_graph, set(reusable), resolve)
+        blocker = _reuse_blocker(pair, step, reads, src_graph, set(reusable), resolve)
         if blocker is None:
             reusable.append(step)
             continue
@@ -157,9 +193,7 @@ def fork_plan(
 
 
 def _reuse_blocker(
-    source: RunPaths,
-    target: RunPaths,
-    config: RunConfig,
+    pair: ForkPair,
     step: tuple[int, str],
     reads: tuple[tuple[int, str], ...],
     src_graph: dict[tuple[int, str], tuple[tuple[int, str], ...]],
@@ -174,7 +208,7 @@ def _reuse_blocker(
     missing = [f"{name}@{t}" for t, name in reads if (t, name) not in reused]
     if missing:
         return f"it reads what {', '.join(missing)} wrote, which is not reused"
-    return stage_reuse_blocker(source, config, *step, resolve, target=target)
+    return stage_reuse_blocker(pair, *step, resolve)
 
 
 def shared_prefix(source: RunPaths, target: RunPaths, resolve: Resolver) -> list[tuple[int, str]]:
@@ -192,11 +226,20 @@ def fork_into(source: RunPaths, target: RunPaths, resolve: Resolver) -> list[tup
         raise ConfigError("--fork: the source run is the new run itself")
     if any(target.root.glob("iter_*")) or (target.root / "models").exists():
         raise ConfigError(f"--fork: {target.root} has stages of its own; fork only into a new run")
-    reused, stopped = fork_plan(source, target, resolve)
-    configs = (_config(source), _config(target))
-    config = configs[1]
+    pair = ForkPair(source, target, _config(source), _config(target))
+    reused, stopped = _plan(pair, resolve)
+    config = pair.config
+    views = (pair.source_view, pair.view)
     evaluations = {
-        iteration: seed_fork(source, target, configs, iteration, reused, resolve(config, "eval"))
+        iteration: seed_fork(
+            source,
+            target,
+            (pair.source_config, config),
+            iteration,
+            reused,
+            resolve(config, "eval"),
+            views=views if None not in views else None,
+        )
         for iteration, name in graph(config.stages, config.iterations, with_init=config.init is not None)
         if name == "eval" and (iteration, name) not in reused
     }
@@ -204,6 +247,7 @@ def fork_into(source: RunPaths, target: RunPaths, resolve: Resolver) -> list[tup
         src_dir = source.stage_dir(iteration, name)
         if src_dir.exists():
             _link_tree(src_dir, target.stage_dir(iteration, name))
+            _restamp(target, iteration, name, config.stage_hash(name))
         for role, version in _published(iteration, name):
             published = version_dir(source, role, version)
             if published.exists():
@@ -222,6 +266,17 @@ def fork_into(source: RunPaths, target: RunPaths, resolve: Resolver) -> list[tup
     )
     target.note_change(f"forked from {source.run_id}")
     return reused
+
+
+def _restamp(target: RunPaths, iteration: int, name: str, wanted: str) -> None:
+    """Give the linked completion records of a stage reused by content (its data files lie
+    elsewhere in the source run, so its hash differs) the new run's hash, without touching the
+    source's files: a new file replaces the link. The worker then finds these shards done."""
+    for done in target.stage_dir(iteration, name).glob("shard_*.done.json"):
+        record = read_json(done)
+        if record.get("config_hash") not in (None, wanted):
+            record["config_hash"] = wanted
+            write_json_atomic(done, record)  # a rename: the source's inode keeps its record
 
 
 def reused_stages(paths: RunPaths) -> set[tuple[int, str]]:

@@ -2,11 +2,12 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from test_iterations import write_config
+from test_iterations import mtimes, write_config
 
 from services.cli import main
 from services.fork import fork_into, reused_stages, shared_prefix
@@ -247,6 +248,34 @@ def test_a_stage_whose_data_file_changed_in_place_is_not_reused(source_run, tmp_
     old.config.write_text(json.dumps(record))
     again = create_run(load_config_file(tmp / "config.yaml"), tmp_path / "runs", "same-old")
     assert (0, "eval") in fork_into(old, again, resolved_settings)
+
+
+def test_the_same_data_files_at_another_path_are_reused_by_content(source_run, tmp_path: Path) -> None:
+    """A run made in another checkout: its held-out pairs lie elsewhere, so the eval stage's hash
+    differs, but the file is the same bytes: the stage is the same computation."""
+    tmp, source = source_run
+    moved = tmp_path / "checkout" / "judge.jsonl"
+    moved.parent.mkdir()
+    shutil.copy(tmp / "judge.jsonl", moved)
+    config = load_config_file(arm(tmp, tmp / "config.yaml", "moved", evaluation={"judge_data": str(moved)}))
+    assert config.stage_hash("eval") != load_config_file(tmp / "config.yaml").stage_hash("eval")
+    target = create_run(config, tmp_path / "runs", "moved")
+    source_done = source.shard_done(0, "eval", 0).read_bytes()
+    reused = fork_into(source, target, resolved_settings)
+    assert (0, "eval") in reused and read_json(target.root / FORK_RECORD)["stopped"] is None
+    # the linked record now carries this run's hash; the source's record is untouched
+    assert read_json(target.shard_done(0, "eval", 0))["config_hash"] == config.stage_hash("eval")
+    assert source.shard_done(0, "eval", 0).read_bytes() == source_done
+    assert target.shard(0, "eval", 0).read_bytes() == source.shard(0, "eval", 0).read_bytes()
+    before = mtimes(target.root / "iter_0")
+    LocalExecutor.for_run(target).run()  # every shard is found done: nothing runs again
+    assert {k: v for k, v in mtimes(target.root / "iter_0").items() if "shard_" in k} == {
+        k: v for k, v in before.items() if "shard_" in k
+    }
+    # other contents at the other path: not the same computation
+    moved.write_text(moved.read_text() + moved.read_text())
+    other = create_run(config, tmp_path / "runs", "moved-edited")
+    assert (0, "eval") not in fork_into(source, other, resolved_settings)
 
 
 def test_other_prompts_share_nothing(source_run, tmp_path: Path) -> None:

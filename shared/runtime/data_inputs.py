@@ -11,7 +11,9 @@ no longer the file it was computed from.
 So a new run records each such file's sha256 in its ``config.json`` (``inputs``). A stage that
 reads one checks it before it runs (``workers.stages.run_stage``), ``spar run --resume`` and the
 API's resume check them all before any work, and a fork reuses a stage (or takes an evaluation)
-only when the files it read have equal digests in both runs. A run created before this was
+only when the files it read have equal digests in both runs. Comparing contents also lets a fork
+reuse a run made in another checkout or on another mount, whose paths (and so stage hashes) differ
+while its files are the same: :func:`content_view`. A run created before this was
 recorded has no ``inputs`` and is checked as before: by path only.
 
 The prompts file is not among them: it is split into the run's own ``prompts/`` shards when the
@@ -24,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from shared.config import RunConfig
+from shared.config import RunConfig, with_fields
 from shared.errors import InputChangedError
 from shared.runtime.artifacts import RunPaths, file_sha256, read_json
 from shared.stages import STAGE_TABLE, stage
@@ -109,3 +111,18 @@ def differing_inputs(source: RunPaths, target: RunPaths, fields: Iterable[str]) 
     """
     a, b = recorded_inputs(source) or {}, recorded_inputs(target) or {}
     return [f for f in fields if f in a and f in b and a[f]["sha256"] != b[f]["sha256"]]
+
+
+def content_view(config: RunConfig, recorded: dict[str, dict[str, Any]] | None) -> RunConfig | None:
+    """``config`` with each set data field's path replaced by ``sha256:<digest>`` of the file the
+    run recorded, so that two runs' stage hashes compare what their stages read, not where it lay.
+    None when a set data field has no recorded digest (a run made before they were recorded)."""
+    update: dict[str, str] = {}
+    for field in DATA_FIELDS:
+        if field_value(config, field) is None:
+            continue
+        entry = (recorded or {}).get(field)
+        if entry is None:
+            return None
+        update[field] = f"sha256:{entry['sha256']}"
+    return with_fields(config, update)

@@ -42,13 +42,17 @@ def seed_fork(
     iteration: int,
     reused: Collection[Node],
     resolved_here: dict[str, Any],
+    views: tuple[RunConfig, RunConfig] | None = None,
 ) -> list[str]:
     """Write into ``target``'s eval stage of ``iteration`` the source's finished evaluations of the
     versions both runs share with equal settings; returns their keys (empty when none qualify).
     ``configs``: the source's and the target's run configs.
 
     ``resolved_here`` is what this machine resolves the eval stage to (engine release, dtype): an
-    evaluation computed with other resolved settings is not the same numbers.
+    evaluation computed with other resolved settings is not the same numbers. ``views``: both
+    configs with their data files' paths replaced by the recorded digests
+    (``shared.runtime.data_inputs.content_view``), compared instead of the configs when given, so
+    the same held-out pairs at another path count as the same settings.
     """
     out, done = source.shard(iteration, "eval", 0), source.shard_done(iteration, "eval", 0)
     if not (out.exists() and done.exists()):
@@ -57,6 +61,7 @@ def seed_fork(
     if record.get("resolved") != resolved_here:
         return []
     src_config, config = configs
+    compared = views or configs
     metrics = record.get("metrics", {})
     partial = PartialShard(target.shard(iteration, "eval", 0), config.stage_hash("eval"))
     seeded: list[str] = []
@@ -66,7 +71,7 @@ def seed_fork(
             continue
         version = str(row["version"]).split(" ", 1)[0]  # "v1 (/runs/x/models/actor/v1)" -> "v1"
         scores = [m for m in metrics.get(kind, []) if m.get("version") == version]
-        if len(scores) != 1 or evaluation_settings(src_config, kind) != evaluation_settings(config, kind):
+        if len(scores) != 1 or evaluation_settings(compared[0], kind) != evaluation_settings(compared[1], kind):
             continue
         if not _same_version(ROLE_OF_KIND[kind], int(version[1:]), src_config, config, reused):
             continue
