@@ -81,7 +81,8 @@ def recorded_inputs(paths: RunPaths) -> dict[str, dict[str, Any]] | None:
 def check_inputs(paths: RunPaths, fields: Iterable[str] = DATA_FIELDS) -> None:
     """Raise :class:`InputChangedError` if a recorded data file among ``fields`` is gone or no
     longer has the content the run was created with; nothing to check for an older run."""
-    recorded = recorded_inputs(paths)
+    fields = tuple(fields)
+    recorded = recorded_inputs(paths) if fields else None  # most stages read no data file
     if recorded is None:
         return
     for field in fields:
