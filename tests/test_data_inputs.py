@@ -93,7 +93,9 @@ def test_resume_refuses_an_edited_data_file_before_any_work(
     assert not (paths.root / "iter_0").exists()  # nothing ran
 
 
-def test_two_runs_differ_only_where_both_recorded_other_contents(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_two_runs_differ_only_where_both_recorded_other_contents(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     a, _ = _run(tmp_path / "a", tiny_model_path, "a")
     b, _ = _run(tmp_path / "b", tiny_model_path, "b")
@@ -103,7 +105,9 @@ def test_two_runs_differ_only_where_both_recorded_other_contents(tmp_path: Path,
     assert differing_inputs(a, c, stage_data_fields("sample")) == []
 
 
-def test_a_run_made_before_contents_were_recorded_is_not_checked(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_a_run_made_before_contents_were_recorded_is_not_checked(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
     paths, pairs = _run(tmp_path, tiny_model_path)
     record = read_json(paths.config)
     del record["inputs"]

@@ -71,7 +71,9 @@ def seed_fork(
             continue
         version = str(row["version"]).split(" ", 1)[0]  # "v1 (/runs/x/models/actor/v1)" -> "v1"
         scores = [m for m in metrics.get(kind, []) if m.get("version") == version]
-        if len(scores) != 1 or evaluation_settings(compared[0], kind) != evaluation_settings(compared[1], kind):
+        if len(scores) != 1 or evaluation_settings(compared[0], kind) != evaluation_settings(
+            compared[1], kind
+        ):
             continue
         if not _same_version(ROLE_OF_KIND[kind], int(version[1:]), src_config, config, reused):
             continue
