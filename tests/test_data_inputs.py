@@ -117,3 +117,17 @@ def test_a_run_made_before_contents_were_recorded_is_not_checked(
     (tmp_path / "n").mkdir()
     newer, _ = _run(tmp_path / "n", tiny_model_path, "n")
     assert differing_inputs(paths, newer, DATA_FIELDS) == []  # one side unrecorded: left to the hash
+
+
+def test_the_file_checked_is_the_one_the_config_names_not_the_records_path(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """A config.json written by someone else may name any path in its record: only the config's own
+    (confined) path is ever read."""
+    paths, _ = _run(tmp_path, tiny_model_path)
+    elsewhere = tmp_path / "secret.txt"
+    elsewhere.write_text("not a data file of this run\n")
+    record = read_json(paths.config)
+    record["inputs"]["evaluation.judge_data"]["path"] = str(elsewhere)
+    paths.config.write_text(json.dumps(record))
+    check_inputs(paths)  # the config's file is unchanged: nothing to say, nothing else read

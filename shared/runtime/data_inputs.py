@@ -80,16 +80,23 @@ def recorded_inputs(paths: RunPaths) -> dict[str, dict[str, Any]] | None:
 
 def check_inputs(paths: RunPaths, fields: Iterable[str] = DATA_FIELDS) -> None:
     """Raise :class:`InputChangedError` if a recorded data file among ``fields`` is gone or no
-    longer has the content the run was created with; nothing to check for an older run."""
+    longer has the content the run was created with; nothing to check for an older run.
+
+    The file read is the one the config names (the path the API confined to its data root), never
+    a path taken from the record itself."""
     fields = tuple(fields)
-    recorded = recorded_inputs(paths) if fields else None  # most stages read no data file
-    if recorded is None:
+    if not fields:  # most stages read no data file
         return
+    record = read_json(paths.config)
+    recorded = record.get(INPUTS_KEY)
+    if not isinstance(recorded, dict):
+        return
+    config = RunConfig.model_validate(record["config"])
     for field in fields:
-        entry = recorded.get(field)
-        if entry is None:
+        entry, value = recorded.get(field), field_value(config, field)
+        if entry is None or value is None:
             continue
-        path, then = Path(entry["path"]), str(entry["sha256"])
+        path, then = Path(value), str(entry["sha256"])
         fix = (
             f"put the original back (sha256 {then[:16]}...), or start a new run; "
             f"`spar run CONFIG --fork {paths.root}` reuses the stages that do not read it"
