@@ -73,8 +73,15 @@ class RunReport:
     """Evaluations (``ifeval:v0@0``) a recomputed eval stage took from ``forked_from``: the same
     model version scored with the same settings there."""
 
+    label: str | None = None
+    """Set by :func:`name_runs` when another run in the same report would have the same name."""
+
     def name(self) -> str:
-        """How tables name the run: its config's ``name`` (the arm), else its run id."""
+        """How tables name the run: its config's ``name`` (the arm), else its run id; the run id
+        when another run of the report has the same config name (:func:`name_runs`): tuning points
+        forked from one config, or an arm run again (``exp-verifier`` and ``exp-verifier-guard``)."""
+        if self.label is not None:
+            return self.label
         return str(self.config.get("name") or self.run_id)
 
     def wall_seconds(self) -> tuple[float, float]:
@@ -645,11 +652,20 @@ def training_texts(r: RunReport) -> list[Block]:
     ]
 
 
+def name_runs(reports: list[RunReport]) -> None:
+    """Runs of the report that would share a name in its tables are named by their run ids."""
+    names = [r.name() for r in reports]
+    for r, name in zip(reports, names, strict=True):
+        if names.count(name) > 1:
+            r.label = r.run_id
+
+
 def build_document(reports: list[RunReport]) -> list[Block]:
     """The report's content, in reading order (an empty list gives the bare title)."""
     blocks: list[Block] = [Heading(1, "spar report")]
     if not reports:
         return blocks
+    name_runs(reports)
     blocks.append(summary_section(reports))
     blocks += [run_section(r, k) for k, r in enumerate(reports)]
     return blocks

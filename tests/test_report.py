@@ -309,3 +309,20 @@ def test_both_pages_draw_with_the_one_chart_code(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(charts, "static_text", lambda name: f"// @include {name}")
     with pytest.raises(ValueError, match="includes itself"):
         charts.include_static("// @include loop.js")
+
+
+def test_runs_of_one_config_are_told_apart_by_their_run_ids(tmp_path: Path) -> None:
+    """Tuning points forked from one config, or an arm run again, share the config's name: the
+    tables name them by run id (a table of two "main" rows could not be read)."""
+    prompts = prompts_file(tmp_path)
+    runs = [
+        write_run(tmp_path / "runs", FakeRun(run_id, "main", {"v0": V0, "v1": v1}), prompts)
+        for run_id, v1 in (("tune-a", V1), ("tune-b", V2))
+    ]
+    text = render_markdown([load_run(d) for d in runs])
+    assert "| tune-b - tune-a | v1 | IFEval |" in text
+    assert row(text, "| tune-a | IFEval | v1 - v0 |") and row(text, "| tune-b | IFEval | v1 - v0 |")
+    assert "| main |" not in text
+    # alone, or beside another arm, a run keeps its arm's name
+    alone = render_markdown([load_run(runs[0])])
+    assert "| main | IFEval | v1 - v0 |" in alone and "tune-a |" not in alone.split("## Run")[0]
