@@ -395,7 +395,7 @@ def refinement_audit_table(r: RunReport) -> Table:
     a run without the guard this shows how many of its pairs were built on such text."""
     from shared.config import RefinementGuard
     from shared.records import TreeRow
-    from shared.refinement_guard import unfaithful_reason
+    from shared.refinement_guard import AUDIT_SIGNS, audit_signs, unfaithful_reason
     from shared.runtime.artifacts import read_jsonl
 
     configured = (r.config.get("search") or {}).get("guard")
@@ -404,6 +404,7 @@ def refinement_audit_table(r: RunReport) -> Table:
     for it in r.iterations:
         t = it["iteration"]
         accepted, reasons, refused_in_search = 0, dict.fromkeys(GUARD_REASONS, 0), 0
+        signs = dict.fromkeys(AUDIT_SIGNS, 0)
         for shard in sorted((r.root / f"iter_{t}" / "refine").glob("shard_*.jsonl")):
             for record in read_jsonl(shard):
                 tree = TreeRow.from_record(record)
@@ -415,19 +416,41 @@ def refinement_audit_table(r: RunReport) -> Table:
                 reason = unfaithful_reason(tree.nodes[success.parent].response, success.response, guard)
                 if reason is not None:
                     reasons[reason] += 1
+                    continue
+                for sign in audit_signs(success.response, guard.min_words):
+                    signs[sign] += 1
         if accepted or refused_in_search:
             refused = sum(reasons.values())
             share = f"{refused}/{accepted} ({100 * refused / accepted:.1f}%)" if accepted else "-"
-            rows.append([str(t), str(accepted), share, *map(str, reasons.values()), str(refused_in_search)])
+            rows.append(
+                [
+                    str(t),
+                    str(accepted),
+                    share,
+                    *map(str, reasons.values()),
+                    *map(str, signs.values()),
+                    str(refused_in_search),
+                ]
+            )
     source = (
         "the run's search.guard" if configured is not None else "the guard's default rules (the run had none)"
     )
     note = (
         f"Each tree's accepted refinement checked by {source}: a format echo (the refiner's own format "
-        "phrases), far shorter than the response it repairs, or sharing few of its words. The last "
-        "column counts the refinements the guard refused during the search (0 without one)."
+        "phrases), far shorter than the response it repairs, or sharing few of its words. Of those "
+        "it lets through, 'repetition' counts refinements in which one word makes up more than a "
+        "quarter of the words (a loop), 'format_fragment' those holding a piece of the refine "
+        "format; the guard does not refuse these, the counts show what passed it. The last column "
+        "counts the refinements the guard refused during the search (0 without one)."
     )
-    header = ["iteration", "accepted", "refused by the rules", *GUARD_REASONS, "refused in search"]
+    header = [
+        "iteration",
+        "accepted",
+        "refused by the rules",
+        *GUARD_REASONS,
+        *(f"passed: {sign}" for sign in AUDIT_SIGNS),
+        "refused in search",
+    ]
     return Table("Accepted refinements under the refinement guard", header, rows, note=note)
 
 

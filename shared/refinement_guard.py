@@ -68,3 +68,32 @@ def unfaithful_reason(original: str, refined: str, guard: RefinementGuard) -> st
         if sum(w in vocabulary for w in new) / len(new) < guard.min_overlap:
             return "low_overlap"
     return None
+
+
+AUDIT_SIGNS = ("repetition", "format_fragment")
+"""Signs of a degenerate refinement that the guard does not refuse; ``spar report`` counts them
+among the accepted refinements (:func:`audit_signs`), so a reader sees what passed the guard."""
+
+REPEATED_WORD_SHARE = 0.25
+"""Above this share of a refinement's words taken by one word, it is a loop ("SECTION 1 SECTION 2
+SECTION 3 ..."); in English prose the commonest word ("the") takes about 5-7%."""
+
+FORMAT_FRAGMENTS = ("refined output", "[[", "]]", "[end", "end]", "[start", "start]")
+"""Pieces of the refine format that the whole-phrase echo check misses ("The comprehensive Refined
+Output is ...", a stray "[End]]")."""
+
+
+def audit_signs(refined: str, min_words: int = 20) -> list[str]:
+    """Which of :data:`AUDIT_SIGNS` ``refined`` shows: one word making up more than
+    :data:`REPEATED_WORD_SHARE` of its words (at ``min_words`` or more), or a piece of the refine
+    format. Report-only: the search does not refuse on these (a stage hash covers what it refuses)."""
+    signs = []
+    tokens = words(refined)
+    if len(tokens) >= max(min_words, 1):
+        top = max(tokens.count(w) for w in set(tokens))
+        if top / len(tokens) > REPEATED_WORD_SHARE:
+            signs.append("repetition")
+    lowered = refined.lower()
+    if any(fragment in lowered for fragment in FORMAT_FRAGMENTS):
+        signs.append("format_fragment")
+    return signs

@@ -9,7 +9,7 @@ from scripted import ScriptedEngine, no, refined, yes
 from shared.config import RefinementGuard, RunConfig, SearchConfig
 from shared.judging import Judge
 from shared.records import TreeRow
-from shared.refinement_guard import FORMAT_PHRASES, unfaithful_reason
+from shared.refinement_guard import FORMAT_PHRASES, audit_signs, unfaithful_reason
 from shared.search import SearchRoot, search_trees
 
 EMAIL = (
@@ -150,10 +150,37 @@ def test_the_report_audits_accepted_refinements_with_the_guard_rules(tmp_path: P
     shard.write_text("".join(json.dumps(t) + "\n" for t in trees))
     report = RunReport("r", tmp_path, {"search": {}}, {}, iterations=[{"iteration": 0}])
     table = refinement_audit_table(report)
-    assert table.rows == [["0", "2", "1/2 (50.0%)", "1", "0", "0", "3"]]
+    assert table.rows == [["0", "2", "1/2 (50.0%)", "1", "0", "0", "0", "0", "3"]]
     assert "default rules (the run had none)" in table.note
     # a run with its own guard is audited by it: one that checks nothing refuses nothing
     loose = {"search": {"guard": {"reject_format_echo": False, "min_words": 0, "min_overlap": 0.0}}}
     report = RunReport("r", tmp_path, loose, {}, iterations=[{"iteration": 0}])
-    assert refinement_audit_table(report).rows[0][2] == "0/2 (0.0%)"
+    assert refinement_audit_table(report).rows[0] == ["0", "2", "0/2 (0.0%)", "0", "0", "0", "0", "1", "3"]
     assert "the run's search.guard" in refinement_audit_table(report).note
+
+
+@pytest.mark.parametrize(
+    ("refinement", "signs"),
+    [
+        # accepted refinements of the guarded SmolLM2 verifier arm that passed the guard's rules
+        (
+            "SECTION 1 [content of section 1] SECTION 2 SECTION 1 SECTION 2 SECTION 3 SECTION 4 "
+            "SECTION 5 SECTION 7 SECTION 8 SECTION 9 SECTION 11 SECTION 12 SECTION 13",
+            ["repetition"],
+        ),
+        (
+            "The comprehensive Refined Output is the result of the Refined Output's understanding of the "
+            "Rewarded Rewards with respect to their Human Rights",
+            ["format_fragment"],
+        ),
+        (
+            "['Me, being a big part of a fun little game with the whole family, we have board game "
+            "nights to a ten-year-old.'][End]]",
+            ["format_fragment"],
+        ),
+        (EMAIL, []),  # prose: its commonest word is far below a quarter
+        ("no no no no", []),  # too few words to call a loop
+    ],
+)
+def test_the_audit_names_what_passed_the_guard(refinement: str, signs: list[str]) -> None:
+    assert audit_signs(refinement) == signs
