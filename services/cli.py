@@ -129,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
         "(gzip JSONL that Google's IFEval code re-scores; a folder per run when several are given)",
     )
 
+    status = sub.add_parser(
+        "status", help="where runs stand (stage, shards, items kept, ETA, last eval), from their directories"
+    )
+    status.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories")
+    status.add_argument("--json", action="store_true", help="print JSON (one object per run) for scripts")
+
     hub = sub.add_parser("hub", help="model versions and a Hugging Face Hub (the config's `hub:`)")
     hsub = hub.add_subparsers(dest="hub_command", required=True)
     push = hsub.add_parser(
@@ -221,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
                 files = export_runs(args.run_dirs, args.export_generations)
                 console.print(f"{len(files)} files of generations written to {args.export_generations}")
             return 0
+        if args.command == "status":
+            from services.status_cli import status_command
+
+            return status_command(args.run_dirs, args.json)
         if args.command == "hub":
             return _cmd_hub_push(args, console)
         if args.command == "prompts":

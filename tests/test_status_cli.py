@@ -1,0 +1,104 @@
+"""`spar status RUN_DIR`: where a background run stands, read from its directory alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from services.cli import main
+from services.runs import create_run, load_config_file
+from services.status_cli import run_status
+from shared.records import ShardOutput
+from shared.runtime.artifacts import RunPaths, write_json_atomic
+from shared.runtime.shards import StageSpec, load_config, write_stage_manifest
+from shared.stages import pipeline
+from workers.stages.common import record_done
+
+
+def _run(tmp_path: Path, iterations: int = 2) -> RunPaths:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Say {i}."}) + "\n" for i in range(6)))
+    config = tmp_path / "arm.yaml"
+    config.write_text(
+        f"name: arm\nprompts: {prompts}\nshard_size: 2\niterations: {iterations}\n"
+        "actor: {model: tiny}\nrefiner: {model: tiny}\n"
+    )
+    return create_run(load_config_file(config), tmp_path / "runs", "arm-guarded")
+
+
+def _finish(paths: RunPaths, iteration: int, stage: str, shards: range) -> None:
+    config = load_config(paths)
+    for shard in shards:
+        spec = StageSpec(run_dir=str(paths.root), iteration=iteration, stage=stage, shard=shard)
+        paths.shard(iteration, stage, shard).parent.mkdir(parents=True, exist_ok=True)
+        paths.shard(iteration, stage, shard).write_text("")
+        record_done(paths, spec, config, ShardOutput(counts={"prompts": 2}), seconds=60.0)
+
+
+def test_status_names_the_stage_its_shards_and_the_items_a_running_shard_kept(tmp_path: Path, capsys) -> None:
+    paths = _run(tmp_path)
+    order = list(pipeline(load_config(paths).stages, 2, with_init=False))
+    _finish(paths, 0, "sample", range(3))
+    write_stage_manifest(paths, 0, "sample")
+    _finish(paths, 0, "judge", range(3))
+    write_stage_manifest(paths, 0, "judge")
+    _finish(paths, 0, "refine", range(1))  # shard 0 done, shard 1 has kept two trees so far
+    partial = paths.shard(0, "refine", 1).with_name("shard_00001.jsonl.partial")
+    partial.write_text('{"key": "p2#0"}\n{"key": "p3#1"}\n')
+
+    view = run_status(paths.root)
+    assert not view.finished and view.at is not None
+    assert (view.at.iteration, view.at.stage, view.at.position, view.at.stages) == (
+        0,
+        "refine",
+        3,
+        len(order),
+    )
+    assert (view.at.shards_done, view.at.shards, view.at.kept_items) == (1, 3, 2)
+    assert view.name == "arm" and view.run_id == "arm-guarded"
+    assert view.last_change_s is not None and view.last_change_s < 600
+    assert view.eta_s is not None and view.eta_s > 0  # two shards of refine left, at its recorded rate
+
+    assert main(["status", str(paths.root)]) == 0
+    out = capsys.readouterr().out
+    assert f"stage 3 of {len(order)} · iteration 1 of 2 · refine: 1/3 shards done, 2 items kept" in out
+    assert "arm-guarded (arm)" in out and "left (" in out
+
+    assert main(["status", str(paths.root), "--json"]) == 0
+    [record] = json.loads(capsys.readouterr().out)
+    assert record["at"]["stage"] == "refine" and record["at"]["kept_items"] == 2
+
+
+def test_status_of_a_finished_run_gives_its_last_evaluation(tmp_path: Path, capsys) -> None:
+    paths = _run(tmp_path, iterations=1)
+    for iteration, stage in pipeline(load_config(paths).stages, 1, with_init=False):
+        write_json_atomic(paths.manifest(iteration, stage), {"counts": {}, "engine": {}})
+    metrics = {
+        "ifeval": [
+            {"version": "v0", "prompt_loose": 0.2, "prompt_strict": 0.19},
+            {"version": "v1", "prompt_loose": 0.25, "prompt_strict": 0.2},
+        ],
+        "judge": [{"version": "v1", "accuracy": 0.125}],
+    }
+    write_json_atomic(paths.manifest(0, "eval"), {"counts": {}, "engine": {}, "metrics": metrics})
+    view = run_status(paths.root)
+    assert view.finished and view.at is None
+    assert view.last_eval == {
+        "iteration": 0,
+        "ifeval": {"version": "v1", "prompt_loose": 25.0, "prompt_strict": 20.0},
+        "judge": {"version": "v1", "accuracy": 12.5},
+    }
+    assert main(["status", str(paths.root)]) == 0
+    out = capsys.readouterr().out
+    assert "finished: all 1 iterations" in out
+    assert "actor v1 IFEval prompt loose 25.0%, strict 20.0% · refiner v1 judge pairwise 12.5%" in out
+
+
+def test_status_of_a_folder_that_is_no_run_says_so(tmp_path: Path, capsys) -> None:
+    assert main(["status", str(tmp_path)]) == 2
+    assert "is not a run directory" in " ".join("".join(capsys.readouterr()).split())
+
+
+def test_status_of_a_missing_folder_fails_cleanly(tmp_path: Path, capsys) -> None:
+    assert main(["status", str(tmp_path / "nowhere")]) == 2
+    assert "is not a run directory" in " ".join("".join(capsys.readouterr()).split())
