@@ -6,6 +6,7 @@
 # A run whose directory exists is resumed (a finished one returns at once); a new one is created.
 # The queue stops at the first arm that fails or is killed, and logs to logs/queue.log; start it
 # again to go on. Stop everything: pkill -f 'spar-experiments/queue.sh'; then kill the arm.
+# Where the arms stand: .venv/bin/spar status ~/spar-experiments/runs/*
 set -uo pipefail
 EXP=${EXP:-~/spar-experiments}
 HERE=$(cd "$(dirname "$0")" && pwd)   # run-arm.sh beside this script
