@@ -258,11 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, console) -> int:
-    from services import logs
-    from services.console import report_console
-    from services.local import LocalExecutor
     from services.runs import ConfigError, create_run, load_config_file, open_run
-    from services.summary import iteration_summary, render
     from shared.runtime.shards import load_config
 
     if (args.config is None) == (args.resume is None):
@@ -313,6 +309,23 @@ def _cmd_run(args: argparse.Namespace, console) -> int:
             for taken in record.get("evaluations", []):
                 keys = ", ".join(taken["kept"])
                 console.print(f"  eval@{taken['iteration']} takes the source's scores of {keys}")
+    from services.run_owner import claim_run
+
+    claim = claim_run(paths)  # a second `spar run` of this run is refused while this one works
+    try:
+        return _execute_run(paths, args, console)
+    finally:
+        claim.release()
+
+
+def _execute_run(paths, args: argparse.Namespace, console) -> int:
+    """Run what is left of the run in ``paths`` in this process, with progress and the summary."""
+    from services import logs
+    from services.console import report_console
+    from services.local import LocalExecutor
+    from services.summary import iteration_summary, render
+    from shared.runtime.shards import load_config
+
     _quiet_libraries()
     logs.configure(paths.events, json_stderr=args.log_json)
     console.print(f"run [bold]{paths.run_id}[/] in {paths.root}")

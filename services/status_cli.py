@@ -6,8 +6,9 @@ engine warnings does not say how far a run is. The run directory is the source o
 (docs/architecture.md), so this reads it: the stage each run is at ("stage 9 of 22 · iteration 2
 of 3 · refine", the same words as ``spar run``'s bars), its shards done, the items a running shard
 has kept so far (refine trees, evaluations: ``shared.runtime.partial``), how long ago the run last
-changed (a run nothing has touched for long is probably stopped: the files cannot tell), the time
-left from its own recorded shard times (``services.eta``), and its latest evaluation.
+changed, whether a ``spar run`` process is working on it (``services.run_owner``: alive, or gone
+and to be resumed), the time left from its own recorded shard times (``services.eta``), and its
+latest evaluation.
 ``--json`` prints the same as JSON for scripts.
 """
 
@@ -26,6 +27,7 @@ from shared.runtime.shards import load_config, num_shards
 from shared.stages import pipeline
 
 from .eta import format_eta, run_eta
+from .run_owner import owner_line
 
 
 class StageAt(BaseModel):
@@ -54,6 +56,7 @@ class RunStatusView(BaseModel):
     last_change_s: float | None = Field(description="Seconds since the run's files last changed.")
     eta_s: float | None
     eta: str = Field(description="The ETA as `spar run` prints it.")
+    process: str = Field("", description="Whether a `spar run` process is working on it now.")
     forked_from: str | None = None
     last_eval: dict[str, Any] | None = Field(
         None, description="The newest eval stage's last IFEval/judge scores: version, metrics in %."
@@ -129,6 +132,7 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatusView:
         last_change_s=round(max(now - changed, 0.0), 1),
         eta_s=eta.eta_s,
         eta=format_eta(eta, now=now),
+        process=owner_line(paths),
         forked_from=read_json(fork).get("source_run_id") if fork.exists() else None,
         last_eval=_last_eval(paths, config.iterations),
     )
@@ -160,6 +164,7 @@ def render_status(view: RunStatusView) -> list[str]:
         kept = f", {a.kept_items} items kept in unfinished shards" if a.kept_items else ""
         lines.append(f"  {where}: {a.shards_done}/{a.shards} shards done{kept}")
         lines.append(f"  last change {_ago(view.last_change_s)} · {view.eta}")
+        lines.append(f"  {view.process}")
     e = view.last_eval
     if e:
         parts = []

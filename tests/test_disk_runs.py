@@ -113,6 +113,23 @@ def test_a_disk_run_whose_data_file_changed_cannot_join(api) -> None:
     assert client.get("/v1/runs/edited", headers=AUTH).json()["source"] == "disk"  # not taken in
 
 
+def test_a_disk_run_that_spar_run_is_working_on_cannot_join(api) -> None:
+    """Two processes on one run would do every stage twice: 409 while its `spar run` is alive."""
+    import os
+    import socket
+
+    from services.run_owner import OWNER_FILE
+
+    client, root = api
+    run_dir = _cli_run(root, "busy", root / "p.jsonl")
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": 0.0, "command": "spar run"}
+    (run_dir / OWNER_FILE).write_text(json.dumps({**owner, "pid": os.getppid()}))
+    r = client.post("/v1/runs/busy/resume", headers=AUTH)
+    assert r.status_code == 409 and "being run by `spar run`" in r.json()["detail"], r.text
+    (run_dir / OWNER_FILE).unlink()  # it stopped: the service may take the run
+    assert client.post("/v1/runs/busy/resume", headers=AUTH).status_code == 200
+
+
 def test_a_finished_disk_run_says_succeeded_and_hidden_folders_are_skipped(api) -> None:
     client, root = api
     run_dir = _cli_run(root, "done", root / "p.jsonl")

@@ -18,6 +18,7 @@ from shared.runtime.data_inputs import check_inputs as check_data_inputs
 from ...dashboard import report_csp
 from ...report import load_run, render_markdown
 from ...report_html import render_html
+from ...run_owner import is_alive, read_owner
 from ...runs import confine, create_run
 from ...scheduler import RunStatus, Scheduler
 from ..deps import MAX_RUN_ID, LiveRedisDep, RunPathsDep, SchedulerDep, SettingsDep, require_token
@@ -158,6 +159,12 @@ def _adopt(run_id: str, paths: RunPaths, scheduler: Scheduler, settings: Setting
         max_iterations=settings.max_iterations,
     )
     check_data_inputs(paths)
+    busy = read_owner(paths)
+    if busy is not None and is_alive(*busy):  # `spar run` works on it now: two would duplicate every stage
+        raise RunConflictError(
+            f"run {run_id} is being run by `spar run` (pid {busy[0].pid} on {busy[0].host}); "
+            "resume it here once that process has stopped"
+        )
     if not scheduler.redis.set(f"spar:run:{run_id}:resuming", "1", nx=True, ex=RESUME_LOCK_S):
         raise HTTPException(409, f"run {run_id} is being resumed by another request; check its status")
     try:
