@@ -15,6 +15,8 @@ latest evaluation.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -63,15 +65,17 @@ class RunStatusView(BaseModel):
     )
 
 
-def _kept_items(paths: RunPaths, iteration: int, stage: str) -> int:
-    """Lines of the stage's ``.partial`` files: one per finished tree or evaluation."""
-    count = 0
+def _kept_items(paths: RunPaths, iteration: int, stage: str) -> tuple[int, float | None]:
+    """Lines of the stage's ``.partial`` files (one per finished tree or evaluation), and when the
+    newest was written (a kept item is a change, though the run's journal notes only shards)."""
+    count, newest = 0, None
     for partial in paths.stage_dir(iteration, stage).glob(f"shard_*.jsonl{PARTIAL_SUFFIX}"):
         try:
             count += sum(1 for line in partial.read_text(encoding="utf-8").splitlines() if line.strip())
+            newest = max(newest or 0.0, partial.stat().st_mtime)
         except OSError:  # finished (and removed) meanwhile
             continue
-    return count
+    return count, newest
 
 
 def _last_eval(paths: RunPaths, iterations: int) -> dict[str, Any] | None:
@@ -102,11 +106,12 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatusView:
     paths = open_run(run_dir)
     config = load_config(paths)
     order = list(pipeline(config.stages, config.iterations, with_init=config.init is not None))
-    at = None
+    at, kept_at = None, None
     for position, (iteration, stage) in enumerate(order, start=1):
         if paths.manifest(iteration, stage).exists():
             continue
         shards = num_shards(paths, stage)
+        kept, kept_at = _kept_items(paths, iteration, stage)
         at = StageAt(
             iteration=iteration,
             stage=stage,
@@ -114,12 +119,13 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatusView:
             stages=len(order),
             shards_done=sum(paths.shard_done(iteration, stage, k).exists() for k in range(shards)),
             shards=shards,
-            kept_items=_kept_items(paths, iteration, stage),
+            kept_items=kept,
         )
         break
     now = time.time() if now is None else now
     changes = paths.root / ".changes"
     changed = changes.stat().st_mtime if changes.exists() else paths.config.stat().st_mtime
+    changed = max(changed, kept_at or 0.0)
     eta = run_eta(paths, config, now=now)
     fork = paths.root / FORK_RECORD
     return RunStatusView(
@@ -184,7 +190,11 @@ def status_command(run_dirs: list[Path], as_json: bool) -> int:
     every run directory could be read."""
     views = [run_status(d) for d in run_dirs]
     if as_json:
-        print(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
-        return 0
-    print("\n\n".join("\n".join(render_status(view)) for view in views))
+        text = json.dumps([v.model_dump(mode="json") for v in views], indent=2)
+    else:
+        text = "\n\n".join("\n".join(render_status(view)) for view in views)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `spar status ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 from services.cli import main
@@ -45,6 +47,8 @@ def test_status_names_the_stage_its_shards_and_the_items_a_running_shard_kept(tm
     _finish(paths, 0, "refine", range(1))  # shard 0 done, shard 1 has kept two trees so far
     partial = paths.shard(0, "refine", 1).with_name("shard_00001.jsonl.partial")
     partial.write_text('{"key": "p2#0"}\n{"key": "p3#1"}\n')
+    hour_ago = time.time() - 3600  # the journal notes finished shards only; the kept trees are newer
+    os.utime(paths.root / ".changes", (hour_ago, hour_ago))
 
     view = run_status(paths.root)
     assert not view.finished and view.at is not None
@@ -56,7 +60,7 @@ def test_status_names_the_stage_its_shards_and_the_items_a_running_shard_kept(tm
     )
     assert (view.at.shards_done, view.at.shards, view.at.kept_items) == (1, 3, 2)
     assert view.name == "arm" and view.run_id == "arm-guarded"
-    assert view.last_change_s is not None and view.last_change_s < 600
+    assert view.last_change_s is not None and view.last_change_s < 600  # the partial file's time
     assert view.eta_s is not None and view.eta_s > 0  # two shards of refine left, at its recorded rate
 
     assert main(["status", str(paths.root)]) == 0
