@@ -677,9 +677,11 @@ def training_texts(r: RunReport) -> list[Block]:
 
 def name_runs(reports: list[RunReport]) -> None:
     """Runs of the report that would share a name in its tables are named by their run ids."""
-    names = [r.name() for r in reports]
-    for r, name in zip(reports, names, strict=True):
-        if names.count(name) > 1:
+    runs_named: dict[str, set[str]] = {}
+    for r in reports:
+        runs_named.setdefault(r.name(), set()).add(r.run_id)
+    for r in reports:
+        if len(runs_named[r.name()]) > 1:  # one run given twice keeps its name
             r.label = r.run_id
 
 
