@@ -129,11 +129,11 @@ def claim_run(paths: RunPaths) -> RunClaim:
         owner, age = found
         if is_alive(owner, age):
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.started_at))
-            stop = f"`kill {owner.pid}`" if owner.host == socket.gethostname() else f"it on {owner.host}"
+            stop = f"(`kill {owner.pid}`)" if owner.host == socket.gethostname() else f"on {owner.host}"
             raise RunConflictError(
                 f"run {paths.root} is being run by pid {owner.pid} on {owner.host} since {since} "
                 f"(last heartbeat {age:.0f} s ago: {owner.command}); watch it with `spar status "
-                f"{paths.root}`, or stop {stop} before running it again"
+                f"{paths.root}`, or stop it {stop} before running it again"
             )
         log.warning(
             "the run's previous process is gone; taking the run over",
