@@ -46,7 +46,7 @@ from shared.config import RunConfig
 from shared.errors import ConfigError
 from shared.records import ShardDone
 from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json, write_json_atomic
-from shared.runtime.data_inputs import content_view, differing_inputs, recorded_inputs, stage_data_fields
+from shared.runtime.data_inputs import content_view, differing_records, recorded_inputs, stage_data_fields
 from shared.runtime.fork_evaluations import seed_fork
 from shared.runtime.versions import version_dir
 from shared.stages import graph, stage
@@ -95,12 +95,20 @@ class ForkPair:
     config: RunConfig
 
     @cached_property
+    def source_inputs(self) -> dict[str, dict[str, Any]] | None:
+        return recorded_inputs(self.source)
+
+    @cached_property
+    def target_inputs(self) -> dict[str, dict[str, Any]] | None:
+        return recorded_inputs(self.target)
+
+    @cached_property
     def source_view(self) -> RunConfig | None:
-        return content_view(self.source_config, recorded_inputs(self.source))
+        return content_view(self.source_config, self.source_inputs)
 
     @cached_property
     def view(self) -> RunConfig | None:
-        return content_view(self.config, recorded_inputs(self.target))
+        return content_view(self.config, self.target_inputs)
 
     def same_settings(self, name: str, recorded_hash: str) -> bool:
         """Whether a source shard recorded with ``recorded_hash`` has the new run's settings."""
@@ -123,7 +131,7 @@ def stage_reuse_blocker(pair: ForkPair, iteration: int, name: str, resolve: Reso
     reads must also have equal recorded contents in both runs (``shared.runtime.data_inputs``):
     the hash holds only their paths.
     """
-    changed = differing_inputs(pair.source, pair.target, stage_data_fields(name))
+    changed = differing_records(pair.source_inputs, pair.target_inputs, stage_data_fields(name))
     if changed:
         return f"{', '.join(changed)}: the file's content differs from the source run's"
     source = pair.source
@@ -247,7 +255,8 @@ def fork_into(source: RunPaths, target: RunPaths, resolve: Resolver) -> list[tup
         src_dir = source.stage_dir(iteration, name)
         if src_dir.exists():
             _link_tree(src_dir, target.stage_dir(iteration, name))
-            _restamp(target, iteration, name, config.stage_hash(name))
+            if pair.source_config.stage_hash(name) != config.stage_hash(name):  # reused by content
+                _restamp(target, iteration, name, config.stage_hash(name))
         for role, version in _published(iteration, name):
             published = version_dir(source, role, version)
             if published.exists():

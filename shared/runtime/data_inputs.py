@@ -72,26 +72,33 @@ def input_digests(config: RunConfig) -> dict[str, dict[str, Any]]:
     return out
 
 
-def recorded_inputs(paths: RunPaths) -> dict[str, dict[str, Any]] | None:
-    """The digests ``paths``'s run recorded when it was created (None: made before they were)."""
-    recorded = read_json(paths.config).get(INPUTS_KEY)
+def _recorded(record: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    recorded = record.get(INPUTS_KEY)
     return recorded if isinstance(recorded, dict) else None
 
 
-def check_inputs(paths: RunPaths, fields: Iterable[str] = DATA_FIELDS) -> None:
+def recorded_inputs(paths: RunPaths) -> dict[str, dict[str, Any]] | None:
+    """The digests ``paths``'s run recorded when it was created (None: made before they were)."""
+    return _recorded(read_json(paths.config))
+
+
+def check_inputs(
+    paths: RunPaths, fields: Iterable[str] = DATA_FIELDS, config: RunConfig | None = None
+) -> None:
     """Raise :class:`InputChangedError` if a recorded data file among ``fields`` is gone or no
     longer has the content the run was created with; nothing to check for an older run.
 
     The file read is the one the config names (the path the API confined to its data root), never
-    a path taken from the record itself."""
+    a path taken from the record itself. ``config``: the run's config when the caller has parsed
+    it already (a stage's context), else it is read from the run's ``config.json``."""
     fields = tuple(fields)
     if not fields:  # most stages read no data file
         return
     record = read_json(paths.config)
-    recorded = record.get(INPUTS_KEY)
-    if not isinstance(recorded, dict):
+    recorded = _recorded(record)
+    if recorded is None:
         return
-    config = RunConfig.model_validate(record["config"])
+    config = config if config is not None else RunConfig.model_validate(record["config"])
     for field in fields:
         entry, value = recorded.get(field), field_value(config, field)
         if entry is None or value is None:
@@ -117,7 +124,14 @@ def differing_inputs(source: RunPaths, target: RunPaths, fields: Iterable[str]) 
     Only files both runs recorded are compared; a field one of them did not record (an older run,
     or a field set in one config only) is left to the stage hash, which holds the path.
     """
-    a, b = recorded_inputs(source) or {}, recorded_inputs(target) or {}
+    return differing_records(recorded_inputs(source), recorded_inputs(target), fields)
+
+
+def differing_records(
+    a: dict[str, dict[str, Any]] | None, b: dict[str, dict[str, Any]] | None, fields: Iterable[str]
+) -> list[str]:
+    """:func:`differing_inputs` on two runs' records already read (:func:`recorded_inputs`)."""
+    a, b = a or {}, b or {}
     return [f for f in fields if f in a and f in b and a[f]["sha256"] != b[f]["sha256"]]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from shared.config import RunConfig
 from shared.evaluation.kept import INPUT_OF_KIND, ROLE_OF_KIND, evaluation_settings, kept_key
 from shared.runtime.artifacts import RunPaths, read_json, read_jsonl
-from shared.runtime.data_inputs import differing_inputs
+from shared.runtime.data_inputs import differing_records, recorded_inputs
 from shared.runtime.partial import PartialShard
 from shared.stages import Node, producers
 
@@ -62,6 +62,7 @@ def seed_fork(
         return []
     src_config, config = configs
     compared = views or configs
+    inputs = (recorded_inputs(source), recorded_inputs(target))  # read once, not per evaluation
     metrics = record.get("metrics", {})
     partial = PartialShard(target.shard(iteration, "eval", 0), config.stage_hash("eval"))
     seeded: list[str] = []
@@ -77,7 +78,7 @@ def seed_fork(
             continue
         if not _same_version(ROLE_OF_KIND[kind], int(version[1:]), src_config, config, reused):
             continue
-        if kind in INPUT_OF_KIND and differing_inputs(source, target, [INPUT_OF_KIND[kind]]):
+        if kind in INPUT_OF_KIND and differing_records(*inputs, [INPUT_OF_KIND[kind]]):
             continue  # the same path, edited in between: other pairs or prompts were scored there
         # the eval stage labels the row with this run's own model path when it takes it
         partial.add(kept_key(kind, version), {"metrics": scores[0], "row": {**row, "version": version}})

@@ -92,7 +92,7 @@ def run_stage(
     if done is not None:
         log.info("shard already done", extra={"event": "shard.skip", **spec.model_dump()})
         return done
-    check_inputs(paths, stage_data_fields(spec.stage))  # e.g. judge_data edited since the run began
+    check_inputs(paths, stage_data_fields(spec.stage), ctx.config)  # e.g. judge_data edited since
     log.info("shard started", extra={"event": "shard.start", **spec.model_dump()})
     started_at = time.time()
     started = time.perf_counter()
