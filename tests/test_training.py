@@ -378,6 +378,15 @@ def test_launch_runs_a_job_file(model_path, tmp_path) -> None:
     assert launch.single_rank_env(1)["WORLD_SIZE"] == "1" and launch.single_rank_env(2) == {}
     summary = launch.error_summary(["noise", "[rank1]: ValueError: bad data", "ChildFailedError:", "end"])
     assert summary.splitlines()[:2] == ["errors:", "[rank1]: ValueError: bad data"]
+    native = launch.error_summary(
+        ["terminate called after throwing an instance of 'gloo::IoException'", "  what():  Connection reset", "x"]
+    )
+    assert native.splitlines()[:3] == [
+        "errors:",
+        "terminate called after throwing an instance of 'gloo::IoException'",
+        "  what():  Connection reset",
+    ]
+    assert "errors:" not in launch.error_summary(["ErrorFree run ended", "a whatever(): line"])
 
 
 # --- the refiner -------------------------------------------------------------------------------

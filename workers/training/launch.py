@@ -47,7 +47,10 @@ PROGRESS_PREFIX = "SPAR_PROGRESS "
 """Rank 0's step lines on stdout: ``SPAR_PROGRESS {"done": d, "total": t}``."""
 KEPT_LINES = 400
 TAIL_LINES = 8
-ERROR_LINE = re.compile(r"^(\[rank\d+\]:\s*)?([\w.]*(Error|Exception|Interrupt)|Killed)\b")
+ERROR_LINE = re.compile(
+    r"^(\[rank\d+\]:\s*)?([\w.]*(Error|Exception|Interrupt)\b|Killed\b|terminate called|\s*what\(\):|Fatal Python error)"
+)
+"""A rank's own error line: a Python exception, or a native abort (C++ ``terminate called``, its ``what():``)."""
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RENDEZVOUS_PORT = 29500
 """Node 0's rendezvous port in a multi-node job (the gpu-multinode overlay's Service and NetworkPolicy)."""
@@ -381,7 +384,22 @@ def main(argv: list[str] | None = None) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         print(json.dumps({k: v for k, v in metrics.items() if k != "loss_curve"}))
+    _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Wait for every rank, then take the process group down before the interpreter exits.
+
+    A rank that exits with gloo's threads still alive can abort (SIGABRT, ``terminate called``) after
+    its training finished, and torchrun then fails the whole job. The barrier also keeps the other
+    ranks alive until rank 0 has written the metrics file.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
