@@ -75,6 +75,20 @@ def finish_iteration_0(paths, config) -> None:
         finish_stage(paths, config, 0, stage, seconds, counts)
 
 
+def test_a_first_stage_whose_shards_are_all_done_gives_no_floor_of_zero(run) -> None:
+    """Between the last shard's record and the stage's manifest nothing left has a rate: no number."""
+    paths, config = run
+    for shard in range(2):
+        spec = StageSpec(run_dir=str(paths.root), iteration=0, stage="sample", shard=shard)
+        record = ShardDone(
+            spec=spec, config_hash=config.stage_hash("sample"), counts={}, seconds=9.0, finished_at=0.0
+        )
+        write_json_atomic(paths.shard_done(0, "sample", shard), record.as_record())
+    eta = run_eta(paths, config, now=5.0)
+    assert eta.eta_s is None and eta.lower_bound and "iter 0 judge" in eta.unknown
+    assert format_eta(eta) == "run: no ETA yet"
+
+
 def test_with_nothing_recorded_there_is_no_eta(run) -> None:
     paths, config = run
     eta = run_eta(paths, config, now=5.0)

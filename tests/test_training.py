@@ -379,7 +379,11 @@ def test_launch_runs_a_job_file(model_path, tmp_path) -> None:
     summary = launch.error_summary(["noise", "[rank1]: ValueError: bad data", "ChildFailedError:", "end"])
     assert summary.splitlines()[:2] == ["errors:", "[rank1]: ValueError: bad data"]
     native = launch.error_summary(
-        ["terminate called after throwing an instance of 'gloo::IoException'", "  what():  Connection reset", "x"]
+        [
+            "terminate called after throwing an instance of 'gloo::IoException'",
+            "  what():  Connection reset",
+            "x",
+        ]
     )
     assert native.splitlines()[:3] == [
         "errors:",

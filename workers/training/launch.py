@@ -48,9 +48,10 @@ PROGRESS_PREFIX = "SPAR_PROGRESS "
 KEPT_LINES = 400
 TAIL_LINES = 8
 ERROR_LINE = re.compile(
-    r"^(\[rank\d+\]:\s*)?([\w.]*(Error|Exception|Interrupt)\b|Killed\b|terminate called|\s*what\(\):|Fatal Python error)"
+    r"^(\[rank\d+\]:\s*)?"
+    r"([\w.]*(Error|Exception|Interrupt)\b|Killed\b|terminate called|\s*what\(\):|Fatal Python error)"
 )
-"""A rank's own error line: a Python exception, or a native abort (C++ ``terminate called``, its ``what():``)."""
+"""A rank's own error line: a Python exception, or a native abort (C++ ``terminate called``, ``what():``)."""
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RENDEZVOUS_PORT = 29500
 """Node 0's rendezvous port in a multi-node job (the gpu-multinode overlay's Service and NetworkPolicy)."""
