@@ -1,0 +1,123 @@
+"""The experiment's shell scripts as an operator uses them: start.sh readies a fresh $EXP and runs a queue.
+
+Issue #21's arms run for hours in the background from ``examples/experiment/`` (start.sh -> queue.sh ->
+run-arm.sh -> ``spar run``). A machine that lost its runs is set up again by the same one command, and
+a second start neither clones again nor starts a second queue. Here the queue holds a tiny arm (the
+tiny model, two prompts, sample and judge) and a fork of it, so the whole chain runs for real in
+seconds: clone, copies, a new run, a fork (queue.sh's ``--fork RUN_ID``), then resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shared.runtime.artifacts import FORK_RECORD, RunPaths
+
+REPO = Path(__file__).resolve().parent.parent
+START = REPO / "examples" / "experiment" / "start.sh"
+pytestmark = pytest.mark.timeout(900)
+
+
+def _pids_of(pattern: str) -> list[int]:
+    proc = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return [int(p) for p in proc.stdout.split()]
+
+
+@pytest.fixture()
+def exp(tmp_path: Path) -> Iterator[Path]:
+    """An empty $EXP; whatever the scripts started under it is ended afterwards."""
+    root = tmp_path / "exp"
+    yield root
+    for pattern in (f"{root}/queue.sh", f"--runs-dir {root}/runs", f"--resume {root}/runs"):
+        for pid in _pids_of(pattern):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _tiny_arm(tmp_path: Path, model: Path) -> Path:
+    rows = (REPO / "examples" / "prompts" / "synth_train.jsonl").read_text().splitlines()[:2]
+    (tmp_path / "prompts.jsonl").write_text("\n".join(rows) + "\n")
+    tiny = {"model": str(model), "engine": "hf", "hf": {"batch_size": 8}}
+    config = {
+        "name": "tiny-arm",
+        "prompts": str(tmp_path / "prompts.jsonl"),
+        "iterations": 1,
+        "stages": ["sample", "judge"],
+        "actor": tiny,
+        "refiner": tiny,
+        "sample": {"num_responses": 2, "max_new_tokens": 8},
+        "judge": {"backend": "verifier"},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _start(exp: Path, *args: str, python: str = sys.executable) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"EXP": str(exp), "SPAR_PY": python}
+    return subprocess.run(["bash", str(START), *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def _wait_for(log: Path, text: str, count: int, timeout: float = 600.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = log.read_text() if log.exists() else ""
+        if body.count(text) >= count or "queue stopped" in body:
+            return body
+        time.sleep(1)
+    raise AssertionError(f"no {text!r} x{count} in {log} after {timeout} s:\n{log.read_text()}")
+
+
+def test_start_readies_a_fresh_machine_runs_the_queue_and_a_second_start_resumes(
+    tmp_path: Path, exp: Path, tiny_model_path: Path
+) -> None:
+    config = _tiny_arm(tmp_path, tiny_model_path)
+    queue = tmp_path / "queue.txt"
+    queue.write_text(f"# a comment line is skipped\ntiny {config}\ntiny-fork {config} --fork tiny\n")
+
+    first = _start(exp, str(queue))
+    assert first.returncode == 0, first.stderr
+    assert "cloned" in first.stdout and "started" in first.stdout
+    assert (exp / "code" / ".git").is_dir() and (exp / "code" / "shared").is_dir()
+    assert all(os.access(exp / name, os.X_OK) for name in ("queue.sh", "run-arm.sh", "then-run.sh"))
+    log = _wait_for(exp / "logs" / "queue.log", "queue done", 1)
+    assert "queue stopped" not in log, log + (exp / "logs" / "tiny.log").read_text()[-3000:]
+    assert "new tiny " in log and "new tiny-fork " in log and f"--fork {exp}/runs/tiny" in log
+    for run in ("tiny", "tiny-fork"):
+        assert RunPaths(exp / "runs" / run).manifest(0, "judge").exists(), run
+    assert (exp / "runs" / "tiny-fork" / FORK_RECORD).exists()  # queue.sh turned the run id into its path
+
+    # the same command again (a new session): no second clone, both arms resumed (already finished)
+    again = _start(exp, str(queue))
+    assert again.returncode == 0, again.stderr
+    assert "cloned" not in again.stdout and "started" in again.stdout
+    log = _wait_for(exp / "logs" / "queue.log", "queue done", 2)
+    assert "resume tiny\n" in log and "resume tiny-fork\n" in log and "queue stopped" not in log
+
+
+def test_start_refuses_a_second_queue_and_a_missing_python(tmp_path: Path, exp: Path) -> None:
+    queue = tmp_path / "queue.txt"
+    queue.write_text("# nothing to run\n")
+    # a process whose command line names this $EXP's queue.sh stands for a queue still running
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"{exp}/queue.sh"])
+    try:
+        busy = _start(exp, str(queue))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert busy.returncode == 0 and "running already" in busy.stdout and "started" not in busy.stdout
+    assert not (exp / "logs" / "queue.log").exists() and not (exp / "code").exists()  # nothing touched
+
+    missing = _start(exp, str(queue), python=str(tmp_path / "no-venv" / "python"))
+    assert missing.returncode == 2 and "make install" in missing.stderr
