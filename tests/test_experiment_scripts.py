@@ -27,9 +27,11 @@ START = REPO / "examples" / "experiment" / "start.sh"
 pytestmark = pytest.mark.timeout(900)
 
 
-def _pids_of(pattern: str) -> list[int]:
-    proc = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-    return [int(p) for p in proc.stdout.split()]
+def _pids_of(text: str) -> list[int]:
+    """The processes whose command line holds ``text`` (``ps``, as start.sh itself looks)."""
+    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    rows = (line.split(maxsplit=1) for line in listing.splitlines())
+    return [int(row[0]) for row in rows if len(row) == 2 and text in row[1]]
 
 
 @pytest.fixture()
