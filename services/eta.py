@@ -183,13 +183,14 @@ def run_eta(
         unknown = [*unknown[:MAX_UNKNOWN], f"and {len(unknown) - MAX_UNKNOWN} more"]
     if not known and not unknown:
         return RunEta(eta_s=0.0, eta_source="done", computed_at=at)
-    if not known or (unknown and sum(s for s, _ in known) <= 0):
+    total = sum(s for s, _ in known)
+    if not known or (unknown and total <= 0):
         # a floor of nothing (the first stage's shards all done, its manifest not written yet) says
         # nothing: the progress line would print ">= 0:00:00 left"
         return RunEta(eta_s=None, eta_source=None, lower_bound=True, unknown=unknown, computed_at=at)
     kinds = {"estimate" if s == "estimate" else "recorded" for _, s in known}
     return RunEta(
-        eta_s=round(sum(s for s, _ in known), 1),
+        eta_s=round(total, 1),
         eta_source=kinds.pop() if len(kinds) == 1 else "mixed",
         lower_bound=bool(unknown),
         unknown=unknown,
