@@ -15,7 +15,8 @@ from shared.runtime.artifacts import RunPaths, file_sha256, read_json
 from shared.runtime.data_inputs import (
     DATA_FIELDS,
     check_inputs,
-    differing_inputs,
+    differing_records,
+    recorded_inputs,
     stage_data_fields,
 )
 from shared.stages import STAGE_TABLE
@@ -99,10 +100,12 @@ def test_two_runs_differ_only_where_both_recorded_other_contents(
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     a, _ = _run(tmp_path / "a", tiny_model_path, "a")
     b, _ = _run(tmp_path / "b", tiny_model_path, "b")
-    assert differing_inputs(a, b, DATA_FIELDS) == []  # other paths, the same contents
+    ra, rb = recorded_inputs(a), recorded_inputs(b)
+    assert differing_records(ra, rb, DATA_FIELDS) == []  # other paths, the same contents
     c, _ = _run(tmp_path / "b", tiny_model_path, "c", n_pairs=3)  # made after b's file was edited
-    assert differing_inputs(a, c, DATA_FIELDS) == ["evaluation.judge_data"]
-    assert differing_inputs(a, c, stage_data_fields("sample")) == []
+    rc = recorded_inputs(c)
+    assert differing_records(ra, rc, DATA_FIELDS) == ["evaluation.judge_data"]
+    assert differing_records(ra, rc, stage_data_fields("sample")) == []
 
 
 def test_a_run_made_before_contents_were_recorded_is_not_checked(
@@ -116,7 +119,9 @@ def test_a_run_made_before_contents_were_recorded_is_not_checked(
     check_inputs(paths)  # by path only, as before
     (tmp_path / "n").mkdir()
     newer, _ = _run(tmp_path / "n", tiny_model_path, "n")
-    assert differing_inputs(paths, newer, DATA_FIELDS) == []  # one side unrecorded: left to the hash
+    old, new = recorded_inputs(paths), recorded_inputs(newer)
+    # one side unrecorded: left to the hash
+    assert old is None and differing_records(old, new, DATA_FIELDS) == []
 
 
 def test_the_file_checked_is_the_one_the_config_names_not_the_records_path(

@@ -118,19 +118,15 @@ def check_inputs(
             )
 
 
-def differing_inputs(source: RunPaths, target: RunPaths, fields: Iterable[str]) -> list[str]:
-    """The fields among ``fields`` whose recorded files differ in content between two runs.
+def differing_records(
+    a: dict[str, dict[str, Any]] | None, b: dict[str, dict[str, Any]] | None, fields: Iterable[str]
+) -> list[str]:
+    """The fields among ``fields`` whose recorded files differ in content between two runs' records
+    (:func:`recorded_inputs`, read once by the caller).
 
     Only files both runs recorded are compared; a field one of them did not record (an older run,
     or a field set in one config only) is left to the stage hash, which holds the path.
     """
-    return differing_records(recorded_inputs(source), recorded_inputs(target), fields)
-
-
-def differing_records(
-    a: dict[str, dict[str, Any]] | None, b: dict[str, dict[str, Any]] | None, fields: Iterable[str]
-) -> list[str]:
-    """:func:`differing_inputs` on two runs' records already read (:func:`recorded_inputs`)."""
     a, b = a or {}, b or {}
     return [f for f in fields if f in a and f in b and a[f]["sha256"] != b[f]["sha256"]]
 
