@@ -39,8 +39,9 @@ def scaled_down(arm: str, tmp: Path, model: Path, iterations: int = 2) -> Path:
         "shard_size": 3,
         "iterations": min(config["iterations"], iterations),
     }
-    config["init"] |= {"refiner_data": data(config["init"]["refiner_data"], 8, "init.jsonl")}
-    config["init"]["refiner"] |= {"max_steps": 2, "max_length": 256}
+    if config.get("init"):  # the sampled-pairs arm trains no refiner, so it initialises none
+        config["init"] |= {"refiner_data": data(config["init"]["refiner_data"], 8, "init.jsonl")}
+        config["init"]["refiner"] |= {"max_steps": 2, "max_length": 256}
     for role in ("actor", "refiner"):
         config[role] = {"model": str(model), "engine": "hf", "hf": {"batch_size": 16}}
     config["sample"] |= {"max_new_tokens": 24}
@@ -204,3 +205,28 @@ def test_a_validation_file_without_metadata_fails_when_the_run_is_created(
         create_run(load_config_file(config), tmp_path / "runs")
     with pytest.raises(Exception, match="train_actor.learning_rate"):
         load_config_file(config, ["train_actor.learning_rate=-1"])
+
+
+def test_the_sampled_pairs_arm_runs_whole_without_a_refiner(experiment, tmp_path: Path, tiny_model_path) -> None:
+    """smollm2_verifier_samples.yaml: the verifier arm's loop with sampled pairs, standalone, over its
+    iterations; no refinement, no refiner training, IFEval after every iteration, and the same sample
+    stage (hash and bytes) as the verifier arm at iteration 0."""
+    config = scaled_down("verifier_samples", tmp_path, tiny_model_path)
+    runs = tmp_path / "runs"
+    argv = ["run", str(config), "--runs-dir", str(runs), "--run-id", "vs", "--no-progress"]
+    assert main(argv) == 0
+    paths = RunPaths(runs / "vs")
+    report = load_run(paths.root)
+    assert list(report.ifeval_by_version()) == ["v0", "v1", "v2"]
+    assert report.judge_by_version() == {}
+    for t in (0, 1):
+        assert not paths.manifest(t, "refine").exists() and not paths.manifest(t, "train_refiner").exists()
+        pairs = (paths.root / f"iter_{t}" / "assemble" / "pairs.jsonl").read_text().splitlines()
+        assert all('#samples"' in line for line in pairs)
+    assert not (paths.root / "models" / "refiner" / "v1").exists()
+    mine = read_json(paths.config)["config"]
+    base = read_json(experiment[BASE].config)["config"]
+    for section in ("actor", "sample", "judge", "train_actor", "seed", "shard_size"):
+        assert mine[section] == base[section], section
+    assert mine["data"]["pairs_from"] == "samples" and base["data"]["pairs_from"] == "refinement"
+    assert paths.shard(0, "sample", 0).read_bytes() == experiment[BASE].shard(0, "sample", 0).read_bytes()
