@@ -8,7 +8,8 @@ and counts (``ShardDone``; summed in the stage's manifest), so the run's own pas
 1. **the running stage**: its finished shards' mean seconds times the shards left;
 2. **recorded**: a stage finished in an earlier iteration of this run costs what it cost then,
    scaled by its work where the work is known by now (the negatives a refine stage gets from this
-   iteration's judge, the pairs and RFT examples the training stages get from its assembly);
+   iteration's judge, the pairs and RFT examples the training stages get from its assembly, the
+   evaluations an eval stage runs: iteration 0's scores v0 as well as v1, later ones one version);
 3. **estimate**: a stage this run has not run yet costs what ``spar run --dry-run`` estimates
    (``services/estimate.py``: rates recorded by an earlier run of the same models, else the
    calibration a dry run saved);
@@ -41,7 +42,8 @@ WORK: dict[str, tuple[str, str]] = {
     "train_refiner": ("assemble", "rft"),
 }
 """What a stage's cost grows with, where it varies between iterations: (the stage of the same
-iteration that counts it, the count). Other stages do the same work every iteration (the prompts)."""
+iteration that counts it, the count). Other stages do the same work every iteration (the prompts),
+but for ``eval``, whose work is the evaluations it runs (:func:`_evaluations`)."""
 
 Source = Literal["running", "recorded", "estimate"]
 MAX_UNKNOWN = 20
@@ -68,8 +70,9 @@ class RunEta(BaseModel):
 class _Run:
     """The run's files as the ETA reads them: manifests, on demand and once each."""
 
-    def __init__(self, paths: RunPaths) -> None:
+    def __init__(self, paths: RunPaths, config: RunConfig) -> None:
         self.paths = paths
+        self.config = config
         self._manifests: dict[tuple[int, str], StageManifest | None] = {}
         self.reached = max(_iterations_on_disk(paths), default=-1)
 
@@ -104,6 +107,30 @@ def _iterations_on_disk(paths: RunPaths) -> list[int]:
     return out
 
 
+def _evaluations_planned(config: RunConfig, iteration: int) -> int:
+    """The evaluations the eval stage of ``iteration`` runs: per role, the version the iteration
+    trains, and v0 besides at iteration 0; a role the run never trains only at iteration 0
+    (``workers.stages.evaluate._versions``); the actor's IFEval and validation split, the refiner's
+    judge accuracy, each as configured."""
+    e = config.evaluation
+    total = 0
+    for role, kinds in (
+        ("actor", int(e.ifeval) + int(e.validation_prompts is not None)),
+        ("refiner", int(e.judge_data is not None)),
+    ):
+        trained = f"train_{role}" in config.stages
+        versions = (2 if trained else 1) if iteration == 0 else int(trained)
+        total += kinds * versions
+    return total
+
+
+def _evaluations_recorded(manifest: StageManifest) -> float | None:
+    """The evaluations a finished eval stage ran (None for a manifest from before they were counted,
+    or a stage that took every score from elsewhere: nothing to scale from)."""
+    ran = manifest.counts.get("evaluations_run")
+    return float(ran) if ran else None
+
+
 def _running(run: _Run, iteration: int, stage: str) -> float | None:
     """Seconds left of a stage some of whose shards are done: their mean times the shards left."""
     if iteration > run.reached:
@@ -129,6 +156,9 @@ def _recorded(run: _Run, iteration: int, stage: str, finished: dict[str, list[in
     manifest = run.manifest(before, stage)
     assert manifest is not None
     seconds = manifest.shard_seconds
+    if stage == "eval":
+        then = _evaluations_recorded(manifest)
+        return seconds if then is None else seconds * _evaluations_planned(run.config, iteration) / then
     if stage not in WORK:
         return seconds
     then, now = run.work(before, stage), run.work(iteration, stage)
@@ -144,7 +174,7 @@ def run_eta(
 ) -> RunEta:
     """The ETA of a run from its directory (``config``: the run's own) and, for the stages it has not
     run yet, the dry run's ``rates`` (:func:`services.estimate.load_rates`; None: none)."""
-    run = _Run(paths)
+    run = _Run(paths, config)
     # The iterations on disk and the next one are looked at stage by stage; every later one has no
     # file yet and costs what that next one does, so it is counted, not walked: the ETA's cost grows
     # with the iterations a run has started, never with the count its config asks for.

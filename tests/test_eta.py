@@ -223,3 +223,22 @@ def test_the_api_run_view_carries_the_eta(run) -> None:
     body = json.loads(views.render_view("eta", paths, {"status": "running"}, disk))
     assert body["eta"]["eta_s"] == ITER0_TOTAL and body["eta"]["eta_source"] == "recorded"
     assert body["eta"]["lower_bound"] is False and body["eta"]["computed_at"] > 0
+
+
+def test_a_later_eval_costs_what_one_evaluation_cost_at_iteration_0(run) -> None:
+    """Iteration 0's eval scores v0 and v1 (two evaluations); each later one scores one version: half."""
+    paths, config = run
+    config = config.model_copy(update={"stages": [*config.stages, "eval"]})
+    finish_iteration_0(paths, config)
+    finish_stage(paths, config, 0, "eval", [300.0], {"ifeval_versions": 2, "evaluations_run": 2})
+    eta = run_eta(paths, config)
+    assert eta.eta_s == pytest.approx(ITER0_TOTAL + 150.0) and not eta.lower_bound
+
+
+def test_an_eval_manifest_without_the_evaluations_counted_is_taken_as_it_is(run) -> None:
+    """A run recorded before evaluations were counted: nothing to scale by, iteration 0's seconds."""
+    paths, config = run
+    config = config.model_copy(update={"stages": [*config.stages, "eval"]})
+    finish_iteration_0(paths, config)
+    finish_stage(paths, config, 0, "eval", [300.0], {"ifeval_versions": 2})
+    assert run_eta(paths, config).eta_s == pytest.approx(ITER0_TOTAL + 300.0)

@@ -141,6 +141,10 @@ def test_forked_arms_reuse_exactly_the_shared_stages(experiment) -> None:
     }
     assert taken["sr_dpo"] == taken["iopo"] == ["ifeval:v0", "judge:v0", "judge:v1"]
     assert taken["samples"] == taken["main"] == ["ifeval:v0", "judge:v0"]
+    # what each eval stage ran itself, which the ETA scales a later eval by
+    ran = {arm: read_json(experiment[arm].manifest(0, "eval"))["counts"]["evaluations_run"] for arm in ARMS}
+    assert ran == {"verifier": 4, "main": 2, "samples": 2, "sr_dpo": 1, "iopo": 1}
+    assert read_json(experiment[BASE].manifest(1, "eval"))["counts"]["evaluations_run"] == 2
     # the reused sample stage is the verifier arm's, byte for byte
     base_samples = experiment[BASE].shard(0, "sample", 0).read_bytes()
     assert all(experiment[a].shard(0, "sample", 0).read_bytes() == base_samples for a in ARMS[1:])
@@ -224,6 +228,7 @@ def test_the_sampled_pairs_arm_runs_whole_without_a_refiner(experiment, tmp_path
         pairs = (paths.root / f"iter_{t}" / "assemble" / "pairs.jsonl").read_text().splitlines()
         assert all('#samples"' in line for line in pairs)
     assert not (paths.root / "models" / "refiner" / "v1").exists()
+    assert [read_json(paths.manifest(t, "eval"))["counts"]["evaluations_run"] for t in (0, 1)] == [2, 1]
     mine = read_json(paths.config)["config"]
     base = read_json(experiment[BASE].config)["config"]
     for section in ("actor", "sample", "judge", "train_actor", "seed", "shard_size"):

@@ -57,6 +57,29 @@ def test_two_iterations_chain_model_versions(tmp_path: Path, tiny_model_path: Pa
     assert not list((paths.root / "models").rglob(".*tmp"))
 
 
+def test_a_role_the_run_never_trains_plays_v0_in_every_iteration(tmp_path: Path, tiny_model_path: Path) -> None:
+    """Without train_refiner in `stages`, iteration 1 judges with R_0 (not an error about a missing
+    v1), and its eval stage does not score R_0 a second time; a run that trains the role but has
+    not published the version still fails with the fix."""
+    from shared.runtime.versions import version_for
+
+    stages = ["sample", "judge", "refine", "assemble", "train_actor", "eval"]
+    evaluation = {"ifeval_limit": 2, "max_new_tokens": 8}
+    path = write_config(tmp_path, tiny_model_path, iterations=2, stages=stages, evaluation=evaluation)
+    config = load_config_file(path)
+    paths = create_run(config, tmp_path / "r", "no-refiner-training")
+    LocalExecutor.for_run(paths).run()
+    assert read_json(paths.manifest(1, "sample"))["models"]["actor"].startswith("v1 (")
+    assert read_json(paths.manifest(1, "judge"))["models"]["refiner"].startswith("v0 (")
+    assert not version_dir(paths, "refiner", 1).exists()
+    assert version_for(paths, config, "refiner", 2).version == "v0"
+    evaluations = [read_json(paths.manifest(t, "eval"))["counts"] for t in (0, 1)]
+    assert [c["ifeval_versions"] for c in evaluations] == [2, 1]
+    trained = config.model_copy(update={"stages": [*stages[:5], "train_refiner", "eval"]})
+    with pytest.raises(FileNotFoundError, match="refiner version v2 does not exist.*train_refiner"):
+        version_for(paths, trained, "refiner", 2)
+
+
 class Boom(RuntimeError):
     pass
 

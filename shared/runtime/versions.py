@@ -62,12 +62,18 @@ def read_metadata(directory: Path) -> VersionMetadata | None:
 def version_for(
     paths: RunPaths, config: RunConfig, role: str, iteration: int, cache_dir: Path | None = None
 ) -> ModelVersion:
-    """The model ``role`` uses in ``iteration`` (i.e. version ``iteration``), resolved to folders."""
+    """The model ``role`` uses in ``iteration`` (i.e. version ``iteration``), resolved to folders.
+
+    A role the run never trains (its ``train_<role>`` stage left out of ``stages``, e.g. the refiner
+    of a run whose checker judges and whose pairs are sampled) plays v0 in every iteration.
+    """
     directory = version_dir(paths, role, iteration)
     meta = read_metadata(directory)
     if meta is None:
         if iteration == 0:  # the configured model: a folder or a built-in name, resolved when loaded
             return ModelVersion(role, "v0", getattr(config, role).model)
+        if f"train_{role}" not in config.stages:
+            return version_for(paths, config, role, 0, cache_dir)
         raise FileNotFoundError(
             f"{role} version v{iteration} does not exist in {paths.root}: run iteration {iteration - 1}'s "
             f"train_{role} stage first (or include it in `stages`)"

@@ -39,8 +39,11 @@ JUDGE_KEYS = ("accuracy", "pointwise_accuracy", "pointwise_f1", "invalid_rate", 
 
 
 def _versions(ctx: StageContext, role: str) -> list[ModelVersion]:
-    """Baseline v0 at iteration 0, then the newest version this iteration made (if any)."""
+    """Baseline v0 at iteration 0, then the newest version this iteration made (if any); none after
+    iteration 0 for a role the run never trains (it stays v0, scored at iteration 0)."""
     iteration = ctx.iteration
+    if iteration > 0 and f"train_{role}" not in ctx.config.stages:
+        return []
     trained = read_metadata(version_dir(ctx.paths, role, iteration + 1)) is not None
     latest = ctx.version(role, iteration + 1 if trained else iteration)
     chosen = [ctx.version(role, 0)] if iteration == 0 and latest.version != "v0" else []
@@ -65,6 +68,7 @@ def run_eval(ctx: StageContext) -> ShardOutput:
     # on a CPU): a retry after a crash evaluates only the versions still missing.
     partial = PartialShard(ctx.output_shard, config.stage_hash("eval"))
     kept = partial.load()
+    run_now: list[str] = []  # the evaluations this attempt ran (not kept): what its seconds paid for
 
     def evaluated(kind: str, version: ModelVersion, evaluate) -> tuple[dict, dict]:
         """(metrics, row) of one evaluation: kept by an earlier attempt or taken from the run this one
@@ -78,6 +82,7 @@ def run_eval(ctx: StageContext) -> ShardOutput:
             metrics, row = evaluate()
             kept[key] = {"metrics": {"version": version.version, **metrics}, "row": row}
             partial.add(key, kept[key])
+            run_now.append(key)
         # a kept row names the model by this run's path, whichever run or attempt scored it
         return kept[key]["metrics"], {**kept[key]["row"], "version": version_label(version)}
 
@@ -133,7 +138,12 @@ def run_eval(ctx: StageContext) -> ShardOutput:
     pushed = [push_version(ctx.paths, config, role, k, raise_failure=False) for role, k in rewritten]
     pushes = [p.as_record() for p in pushed if p is not None]
     return ShardOutput(
-        counts={"ifeval_versions": len(ifeval), "judge_versions": len(judge)},
+        counts={
+            "ifeval_versions": len(ifeval),
+            "judge_versions": len(judge),
+            # services/eta.py scales a later iteration's eval by it: iteration 0 scores v0 as well
+            "evaluations_run": len(run_now),
+        },
         metrics={"ifeval": ifeval, "judge": judge, "validation": validation}
         | ({"hub": pushes} if pushes else {}),
     )
