@@ -198,9 +198,9 @@ def producers(read: str, iteration: int, stages: Collection[str], with_init: boo
     ``train_<role>`` of iteration k-1, or for k = 0 by ``init`` when the run has it (else it is the
     configured model); prompt shards and config-named files exist before any stage runs. A producer
     the run does not configure is not a dependency: its output never appears, and the stage that
-    reads it fails or takes its fallback exactly as it does in pipeline order. A model version no
-    configured stage trains is awaited until its iteration's last stage, so a run that reads one
-    fails at the same point as in pipeline order, not earlier.
+    reads it fails or takes its fallback exactly as it does in pipeline order. A role whose
+    ``train_<role>`` the run does not configure plays v0 in every iteration
+    (``shared.runtime.versions.version_for``): its reader waits only for what makes v0.
     """
     match = STAGE_READ.match(read)
     if match is not None:
@@ -211,15 +211,10 @@ def producers(read: str, iteration: int, stages: Collection[str], with_init: boo
     match = VERSION_READ.match(read)
     if match is not None:
         version = iteration + (1 if match["plus"] else 0)
-        if version == 0:
-            return [(0, "init")] if with_init else []
         trainer = f"train_{match['role']}"
-        if trainer in stages:
+        if version > 0 and trainer in stages:
             return [(version - 1, trainer)]
-        # no stage writes the version, and whether it exists is settled when iteration k-1 ends
-        # (the reader fails there, as in pipeline order): wait for that iteration's last stage
-        last = [name for name in STAGE_DEFS if name in stages][-1:]
-        return [(version - 1, last[0])] if last else []
+        return [(0, "init")] if with_init else []  # v0, or a role never trained: it stays v0
     if read.startswith("models/"):
         raise ValueError(f"read {read!r}: a model read is models/actor|refiner/v<t> or v<t+1>")
     return []  # the prompt shards, or a config field naming a file outside the run
