@@ -198,9 +198,11 @@ def producers(read: str, iteration: int, stages: Collection[str], with_init: boo
     ``train_<role>`` of iteration k-1, or for k = 0 by ``init`` when the run has it (else it is the
     configured model); prompt shards and config-named files exist before any stage runs. A producer
     the run does not configure is not a dependency: its output never appears, and the stage that
-    reads it fails or takes its fallback exactly as it does in pipeline order. A role whose
-    ``train_<role>`` the run does not configure plays v0 in every iteration
-    (``shared.runtime.versions.version_for``): its reader waits only for what makes v0.
+    reads it fails or takes its fallback exactly as it does in pipeline order. A model version no
+    configured stage trains is awaited until its iteration's last stage: the role then plays v0
+    (``shared.runtime.versions.version_for``), which needs no wait, but the wait keeps every
+    iteration behind the one before, so that a walk of the graph (``services.scheduler.frontier``)
+    stops at the work that exists and never runs ahead through an iteration count a client asked for.
     """
     match = STAGE_READ.match(read)
     if match is not None:
@@ -211,10 +213,15 @@ def producers(read: str, iteration: int, stages: Collection[str], with_init: boo
     match = VERSION_READ.match(read)
     if match is not None:
         version = iteration + (1 if match["plus"] else 0)
+        if version == 0:
+            return [(0, "init")] if with_init else []
         trainer = f"train_{match['role']}"
-        if version > 0 and trainer in stages:
+        if trainer in stages:
             return [(version - 1, trainer)]
-        return [(0, "init")] if with_init else []  # v0, or a role never trained: it stays v0
+        # no stage writes the version (the role plays v0): wait for iteration k-1's last stage all
+        # the same, which keeps the iterations in order (see the docstring)
+        last = [name for name in STAGE_DEFS if name in stages][-1:]
+        return [(version - 1, last[0])] if last else []
     if read.startswith("models/"):
         raise ValueError(f"read {read!r}: a model read is models/actor|refiner/v<t> or v<t+1>")
     return []  # the prompt shards, or a config field naming a file outside the run
