@@ -211,7 +211,9 @@ def test_a_validation_file_without_metadata_fails_when_the_run_is_created(
         load_config_file(config, ["train_actor.learning_rate=-1"])
 
 
-def test_the_sampled_pairs_arm_runs_whole_without_a_refiner(experiment, tmp_path: Path, tiny_model_path) -> None:
+def test_the_sampled_pairs_arm_runs_whole_without_a_refiner(
+    experiment, tmp_path: Path, tiny_model_path
+) -> None:
     """smollm2_verifier_samples.yaml: the verifier arm's loop with sampled pairs, standalone, over its
     iterations; no refinement, no refiner training, IFEval after every iteration, and the same sample
     stage (hash and bytes) as the verifier arm at iteration 0."""

@@ -57,7 +57,9 @@ def test_two_iterations_chain_model_versions(tmp_path: Path, tiny_model_path: Pa
     assert not list((paths.root / "models").rglob(".*tmp"))
 
 
-def test_a_role_the_run_never_trains_plays_v0_in_every_iteration(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_a_role_the_run_never_trains_plays_v0_in_every_iteration(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
     """Without train_refiner in `stages`, iteration 1 judges with R_0 (not an error about a missing
     v1), and its eval stage does not score R_0 a second time; a run that trains the role but has
     not published the version still fails with the fix."""

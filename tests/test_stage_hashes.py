@@ -98,6 +98,17 @@ PINNED: dict[str, dict[str, str]] = {
         "train_refiner": "c4c503491eccdfa6",
         "eval": "b00970da9198cb43",
     },
+    "examples/experiment/smollm2_verifier_samples.yaml": {  # the verifier arm's sample and judge
+        "init": "f0370f907a678b94",
+        "sample": "9a94c21462fd200c",
+        "judge": "1a0debd8b2be6364",
+        "refine": "742cce5eb0c6564b",
+        "assemble": "98e22f1e7373203d",
+        "iopo_groups": "3526f02092251751",
+        "train_actor": "7fe3cdb51b3beafc",
+        "train_refiner": "c4c503491eccdfa6",
+        "eval": "0ea1591d4a62cff2",
+    },
     "examples/tiny.yaml": {
         "init": "93ecbb394f941053",
         "sample": "e1e8449767aac01b",
