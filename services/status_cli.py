@@ -5,7 +5,8 @@ service's workers), where no progress bar is on anyone's screen, and ``tail`` of
 engine warnings does not say how far a run is. The run directory is the source of truth
 (docs/architecture.md), so this reads it: the stage each run is at ("stage 9 of 22 · iteration 2
 of 3 · refine", the same words as ``spar run``'s bars), its shards done, the items a running shard
-has kept so far (refine trees, evaluations: ``shared.runtime.partial``), how long ago the run last
+has kept so far (refine trees, evaluations: ``shared.runtime.partial``), the step a running training
+stage has reached (its ``train.log`` events in ``events.jsonl``), how long ago the run last
 changed, whether a ``spar run`` process is working on it (``services.run_owner``: alive, or gone
 and to be resumed), the time left from its own recorded shard times (``services.eta``), and its
 latest evaluation.
@@ -26,7 +27,7 @@ from pydantic import BaseModel, Field
 from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json
 from shared.runtime.partial import SUFFIX as PARTIAL_SUFFIX
 from shared.runtime.shards import load_config, num_shards
-from shared.stages import pipeline
+from shared.stages import pipeline, stage
 
 from .eta import format_eta, run_eta
 from .run_owner import owner_line
@@ -44,6 +45,44 @@ class StageAt(BaseModel):
     kept_items: int = Field(
         description="Items the stage's unfinished shards kept so far (trees, evaluations)."
     )
+    step: int | None = Field(None, description="A training stage's last logged optimizer step.")
+    max_steps: int | None = Field(None, description="The steps that training stage will take in all.")
+
+
+EVENTS_TAIL_BYTES = 256 * 1024
+"""How much of the end of ``events.jsonl`` is read for a training step: a step is logged every few
+seconds to minutes, so the newest one is near the end, and a long run's journal is never read whole."""
+
+
+def _training_step(paths: RunPaths, name: str, since: float) -> tuple[int, int, float] | None:
+    """(step, max_steps, when) of the newest ``train.log`` event of the stage's role written after
+    ``since`` (when the stage before it finished), or None: a training stage's only sign of progress,
+    since its single shard finishes at the very end. Stage 0 (``init``) trains either role."""
+    if name != "init" and stage(name).trains is None:
+        return None
+    role = stage(name).trains
+    try:
+        with paths.events.open("rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - EVENTS_TAIL_BYTES, 0))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if '"train.log"' not in line:
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:  # the first line of the tail is cut, or a line is being written
+            continue
+        if event.get("event") != "train.log" or (role is not None and event.get("role") != role):
+            continue
+        ts, step, total = event.get("ts"), event.get("step"), event.get("max_steps")
+        if not isinstance(ts, int | float) or ts < since:
+            return None  # the newest such event belongs to an earlier training
+        if isinstance(step, int) and isinstance(total, int):
+            return step, total, float(ts)
+        return None
+    return None
 
 
 class RunStatusView(BaseModel):
@@ -106,26 +145,31 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatusView:
     paths = open_run(run_dir)
     config = load_config(paths)
     order = list(pipeline(config.stages, config.iterations, with_init=config.init is not None))
-    at, kept_at = None, None
-    for position, (iteration, stage) in enumerate(order, start=1):
-        if paths.manifest(iteration, stage).exists():
+    changes = paths.root / ".changes"
+    changed = changes.stat().st_mtime if changes.exists() else paths.config.stat().st_mtime
+    at, kept_at, step_at = None, None, None
+    for position, (iteration, name) in enumerate(order, start=1):
+        if paths.manifest(iteration, name).exists():
             continue
-        shards = num_shards(paths, stage)
-        kept, kept_at = _kept_items(paths, iteration, stage)
+        shards = num_shards(paths, name)
+        kept, kept_at = _kept_items(paths, iteration, name)
+        # the journal notes finished shards: its time is when the stage before this one ended
+        step = _training_step(paths, name, since=changed)
+        step_at = step[2] if step is not None else None
         at = StageAt(
             iteration=iteration,
-            stage=stage,
+            stage=name,
             position=position,
             stages=len(order),
-            shards_done=sum(paths.shard_done(iteration, stage, k).exists() for k in range(shards)),
+            shards_done=sum(paths.shard_done(iteration, name, k).exists() for k in range(shards)),
             shards=shards,
             kept_items=kept,
+            step=step[0] if step is not None else None,
+            max_steps=step[1] if step is not None else None,
         )
         break
     now = time.time() if now is None else now
-    changes = paths.root / ".changes"
-    changed = changes.stat().st_mtime if changes.exists() else paths.config.stat().st_mtime
-    changed = max(changed, kept_at or 0.0)
+    changed = max(changed, kept_at or 0.0, step_at or 0.0)
     eta = run_eta(paths, config, now=now)
     fork = paths.root / FORK_RECORD
     return RunStatusView(
@@ -168,7 +212,8 @@ def render_status(view: RunStatusView) -> list[str]:
             f"stage {a.position} of {a.stages} · iteration {a.iteration + 1} of {view.iterations} · {a.stage}"
         )
         kept = f", {a.kept_items} items kept in unfinished shards" if a.kept_items else ""
-        lines.append(f"  {where}: {a.shards_done}/{a.shards} shards done{kept}")
+        steps = f", step {a.step} of {a.max_steps}" if a.step is not None else ""
+        lines.append(f"  {where}: {a.shards_done}/{a.shards} shards done{kept}{steps}")
         lines.append(f"  last change {_ago(view.last_change_s)} · {view.eta}")
         lines.append(f"  {view.process}")
     e = view.last_eval

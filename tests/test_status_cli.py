@@ -106,3 +106,33 @@ def test_status_of_a_folder_that_is_no_run_says_so(tmp_path: Path, capsys) -> No
 def test_status_of_a_missing_folder_fails_cleanly(tmp_path: Path, capsys) -> None:
     assert main(["status", str(tmp_path / "nowhere")]) == 2
     assert "is not a run directory" in " ".join("".join(capsys.readouterr()).split())
+
+
+def test_status_gives_the_step_a_running_training_stage_reached(tmp_path: Path, capsys) -> None:
+    """A training stage has one shard, done only at its end: the step its trainer last logged
+    (``train.log`` in events.jsonl) is its progress, and counts as a change of the run."""
+    paths = _run(tmp_path)
+    for stage in ("sample", "judge", "refine", "assemble"):
+        _finish(paths, 0, stage, range(1 if stage == "assemble" else 3))
+        write_stage_manifest(paths, 0, stage)
+    assembled = time.time() - 3600
+    os.utime(paths.root / ".changes", (assembled, assembled))
+
+    def step(role: str, k: int, ts: float) -> str:
+        return json.dumps({"ts": ts, "event": "train.log", "role": role, "step": k, "max_steps": 50}) + "\n"
+
+    with paths.events.open("a") as f:
+        f.write(step("actor", 50, assembled - 600))  # an earlier training's last step: not this one's
+    view = run_status(paths.root)
+    assert view.at is not None and view.at.stage == "train_actor" and view.at.step is None
+    assert view.last_change_s is not None and view.last_change_s >= 3600
+
+    with paths.events.open("a") as f:
+        f.write(step("actor", 7, time.time() - 30))
+        f.write(step("refiner", 9, time.time() - 20))  # the other role: another stage's step
+        f.write('{"ts": 1, "event": "train.log", "ro')  # a line being written
+    view = run_status(paths.root)
+    assert (view.at.step, view.at.max_steps) == (7, 50)
+    assert view.last_change_s is not None and view.last_change_s < 600
+    assert main(["status", str(paths.root)]) == 0
+    assert "· train_actor: 0/1 shards done, step 7 of 50" in capsys.readouterr().out
