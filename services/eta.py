@@ -5,7 +5,9 @@ knows nothing of the stages still to come, and a stage of one shard (assembly, t
 at all. A run repeats the same stages every iteration, and each finished shard records its seconds
 and counts (``ShardDone``; summed in the stage's manifest), so the run's own past is the best guide:
 
-1. **the running stage**: its finished shards' mean seconds times the shards left;
+1. **the running stage**: its finished shards' mean seconds times the shards left; a training stage
+   (one shard, done at its end) from the steps its trainer logged (``train.log`` events): the steps
+   left at the pace of those done since the stage began;
 2. **recorded**: a stage finished in an earlier iteration of this run costs what it cost then,
    scaled by its work where the work is known by now (the negatives a refine stage gets from this
    iteration's judge, the pairs and RFT examples the training stages get from its assembly, the
@@ -22,6 +24,8 @@ run independent stages of a run at once, so there it errs long.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import Literal
 
@@ -32,6 +36,7 @@ from shared.records import ShardDone, StageManifest
 from shared.runtime.artifacts import RunPaths, read_json
 from shared.runtime.shards import num_shards
 from shared.stages import pipeline
+from shared.stages import stage as stage_def
 
 from .estimate import Rates, estimate
 
@@ -131,10 +136,61 @@ def _evaluations_recorded(manifest: StageManifest) -> float | None:
     return float(ran) if ran else None
 
 
+EVENTS_TAIL_BYTES = 256 * 1024
+"""How much of the end of ``events.jsonl`` is read for a training step: a step is logged every few
+seconds to minutes, so the newest one is near the end, and a long run's journal is never read whole."""
+
+
+def training_step(paths: RunPaths, name: str, since: float) -> tuple[int, int, float] | None:
+    """(step, max_steps, when) of the newest ``train.log`` event of the stage's role written after
+    ``since`` (when the stage before it finished), or None: a training stage's only sign of progress,
+    since its single shard finishes at the very end. Stage 0 (``init``) trains either role."""
+    if name != "init" and stage_def(name).trains is None:
+        return None
+    role = stage_def(name).trains
+    try:
+        with paths.events.open("rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - EVENTS_TAIL_BYTES, 0))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if '"train.log"' not in line:
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:  # the first line of the tail is cut, or a line is being written
+            continue
+        if event.get("event") != "train.log" or (role is not None and event.get("role") != role):
+            continue
+        ts, step, total = event.get("ts"), event.get("step"), event.get("max_steps")
+        if not isinstance(ts, int | float) or ts < since:
+            return None  # the newest such event belongs to an earlier training
+        if isinstance(step, int) and isinstance(total, int):
+            return step, total, float(ts)
+        return None
+    return None
+
+
+def _changed_at(paths: RunPaths) -> float | None:
+    """When the run's journal last noted a finished shard: the start of the stage now running."""
+    try:
+        return paths.changes.stat().st_mtime
+    except OSError:
+        return None
+
+
 def _running(run: _Run, iteration: int, stage: str) -> float | None:
-    """Seconds left of a stage some of whose shards are done: their mean times the shards left."""
+    """Seconds left of a stage some of whose shards are done: their mean times the shards left; of a
+    training stage under way, its steps left at the pace of its steps so far (model loading included)."""
     if iteration > run.reached:
         return None
+    if stage == "init" or stage_def(stage).trains is not None:
+        since = _changed_at(run.paths)
+        step = training_step(run.paths, stage, since) if since is not None else None
+        if step is not None and step[0] > 0 and since is not None:
+            done, total, at = step
+            return max(total - done, 0) * max(at - since, 0.0) / done
     folder = run.paths.stage_dir(iteration, stage)
     done = []
     for path in folder.glob("shard_*.done.json"):

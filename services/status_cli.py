@@ -27,9 +27,9 @@ from pydantic import BaseModel, Field
 from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json
 from shared.runtime.partial import SUFFIX as PARTIAL_SUFFIX
 from shared.runtime.shards import load_config, num_shards
-from shared.stages import pipeline, stage
+from shared.stages import pipeline
 
-from .eta import format_eta, run_eta
+from .eta import format_eta, run_eta, training_step
 from .run_owner import owner_line
 
 
@@ -47,42 +47,6 @@ class StageAt(BaseModel):
     )
     step: int | None = Field(None, description="A training stage's last logged optimizer step.")
     max_steps: int | None = Field(None, description="The steps that training stage will take in all.")
-
-
-EVENTS_TAIL_BYTES = 256 * 1024
-"""How much of the end of ``events.jsonl`` is read for a training step: a step is logged every few
-seconds to minutes, so the newest one is near the end, and a long run's journal is never read whole."""
-
-
-def _training_step(paths: RunPaths, name: str, since: float) -> tuple[int, int, float] | None:
-    """(step, max_steps, when) of the newest ``train.log`` event of the stage's role written after
-    ``since`` (when the stage before it finished), or None: a training stage's only sign of progress,
-    since its single shard finishes at the very end. Stage 0 (``init``) trains either role."""
-    if name != "init" and stage(name).trains is None:
-        return None
-    role = stage(name).trains
-    try:
-        with paths.events.open("rb") as f:
-            f.seek(max(f.seek(0, os.SEEK_END) - EVENTS_TAIL_BYTES, 0))
-            lines = f.read().decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        if '"train.log"' not in line:
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:  # the first line of the tail is cut, or a line is being written
-            continue
-        if event.get("event") != "train.log" or (role is not None and event.get("role") != role):
-            continue
-        ts, step, total = event.get("ts"), event.get("step"), event.get("max_steps")
-        if not isinstance(ts, int | float) or ts < since:
-            return None  # the newest such event belongs to an earlier training
-        if isinstance(step, int) and isinstance(total, int):
-            return step, total, float(ts)
-        return None
-    return None
 
 
 class RunStatusView(BaseModel):
@@ -154,7 +118,7 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatusView:
         shards = num_shards(paths, name)
         kept, kept_at = _kept_items(paths, iteration, name)
         # the journal notes finished shards: its time is when the stage before this one ended
-        step = _training_step(paths, name, since=changed)
+        step = training_step(paths, name, since=changed)
         step_at = step[2] if step is not None else None
         at = StageAt(
             iteration=iteration,

@@ -242,3 +242,23 @@ def test_an_eval_manifest_without_the_evaluations_counted_is_taken_as_it_is(run)
     finish_iteration_0(paths, config)
     finish_stage(paths, config, 0, "eval", [300.0], {"ifeval_versions": 2})
     assert run_eta(paths, config).eta_s == pytest.approx(ITER0_TOTAL + 300.0)
+
+
+def test_a_training_stage_under_way_is_timed_by_its_steps(run) -> None:
+    """A training stage's one shard is done only at its end: its logged steps give the pace."""
+    import os
+    import time
+
+    paths, config = run
+    for stage in ("sample", "judge", "refine", "assemble"):
+        seconds, counts = ITER0[stage]
+        finish_stage(paths, config, 0, stage, seconds, counts)
+    started = time.time() - 100
+    os.utime(paths.changes, (started, started))
+    event = {"ts": started + 100, "event": "train.log", "role": "actor", "step": 10, "max_steps": 50}
+    paths.events.write_text(json.dumps(event) + "\n")
+    eta = run_eta(paths, config)
+    # 10 steps in 100 s: 40 steps left, 400 s, then iteration 1's search stages as recorded (121 s);
+    # neither training has a recorded rate yet
+    assert eta.eta_s == pytest.approx(400.0 + 121.0, abs=1.0) and eta.lower_bound
+    assert "iter 0 train_actor" not in eta.unknown and "iter 0 train_refiner" in eta.unknown
