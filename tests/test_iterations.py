@@ -233,3 +233,20 @@ def test_iopo_groups_from_a_tiny_run_train_the_actor(tmp_path: Path, tiny_model_
     assert train["margin_start"] == 0.0 and train["margin_end"] != 0.0  # the groups moved the policy
     summary = iteration_summary(paths, 0)["metrics"]
     assert summary["iopo_verified"] == counts["verified"]
+
+
+def test_a_run_that_trains_nothing_evaluates_v0_once(tmp_path: Path, tiny_model_path: Path) -> None:
+    """No training stage: every iteration samples and judges with v0, and only iteration 0's eval
+    scores it (a later one would score the same model again); the run still ends and reports."""
+    from services.report import load_run
+
+    evaluation = {"ifeval_limit": 2, "max_new_tokens": 8}
+    stages = ["sample", "judge", "eval"]
+    path = write_config(tmp_path, tiny_model_path, iterations=2, stages=stages, evaluation=evaluation)
+    paths = create_run(load_config_file(path), tmp_path / "r", "untrained")
+    LocalExecutor.for_run(paths).run()
+    for t in (0, 1):
+        assert read_json(paths.manifest(t, "sample"))["models"]["actor"].startswith("v0 (")
+    counts = [read_json(paths.manifest(t, "eval"))["counts"] for t in (0, 1)]
+    assert [(c["ifeval_versions"], c["evaluations_run"]) for c in counts] == [(1, 1), (0, 0)]
+    assert list(load_run(paths.root).ifeval_by_version()) == ["v0"]
