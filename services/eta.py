@@ -48,7 +48,7 @@ WORK: dict[str, tuple[str, str]] = {
 }
 """What a stage's cost grows with, where it varies between iterations: (the stage of the same
 iteration that counts it, the count). Other stages do the same work every iteration (the prompts),
-but for ``eval``, whose work is the evaluations it runs (:func:`_evaluations`)."""
+but for ``eval``, whose work is the evaluations it runs (:func:`_evaluations_planned`)."""
 
 Source = Literal["running", "recorded", "estimate"]
 MAX_UNKNOWN = 20
