@@ -123,7 +123,7 @@ def _evaluations_planned(config: RunConfig, iteration: int) -> int:
         ("actor", int(e.ifeval) + int(e.validation_prompts is not None)),
         ("refiner", int(e.judge_data is not None)),
     ):
-        trained = f"train_{role}" in config.stages
+        trained = config.trains(role)
         versions = (2 if trained else 1) if iteration == 0 else int(trained)
         total += kinds * versions
     return total
@@ -145,9 +145,9 @@ def training_step(paths: RunPaths, name: str, since: float) -> tuple[int, int, f
     """(step, max_steps, when) of the newest ``train.log`` event of the stage's role written after
     ``since`` (when the stage before it finished), or None: a training stage's only sign of progress,
     since its single shard finishes at the very end. Stage 0 (``init``) trains either role."""
-    if name != "init" and stage_def(name).trains is None:
-        return None
     role = stage_def(name).trains
+    if role is None and name != "init":
+        return None
     try:
         with paths.events.open("rb") as f:
             f.seek(max(f.seek(0, os.SEEK_END) - EVENTS_TAIL_BYTES, 0))
@@ -187,8 +187,8 @@ def _running(run: _Run, iteration: int, stage: str) -> float | None:
         return None
     if stage == "init" or stage_def(stage).trains is not None:
         since = _changed_at(run.paths)
-        step = training_step(run.paths, stage, since) if since is not None else None
-        if step is not None and step[0] > 0 and since is not None:
+        step = None if since is None else training_step(run.paths, stage, since)
+        if since is not None and step is not None and step[0] > 0:
             done, total, at = step
             return max(total - done, 0) * max(at - since, 0.0) / done
     folder = run.paths.stage_dir(iteration, stage)

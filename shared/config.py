@@ -882,6 +882,11 @@ class RunConfig(_Strict):
             raise ValueError(f"stages must be distinct and in pipeline order {list(STAGES)}")
         return self
 
+    def trains(self, role: str) -> bool:
+        """Whether the run trains ``role`` (its ``train_<role>`` stage is configured); a role it never
+        trains plays v0 in every iteration."""
+        return f"train_{role}" in self.stages
+
     def stage_hash(self, stage_name: str) -> str:
         """Hash of the settings that determine a stage's output (recorded in its manifest).
 

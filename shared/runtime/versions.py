@@ -72,7 +72,7 @@ def version_for(
     if meta is None:
         if iteration == 0:  # the configured model: a folder or a built-in name, resolved when loaded
             return ModelVersion(role, "v0", getattr(config, role).model)
-        if f"train_{role}" not in config.stages:
+        if not config.trains(role):
             return version_for(paths, config, role, 0, cache_dir)
         raise FileNotFoundError(
             f"{role} version v{iteration} does not exist in {paths.root}: run iteration {iteration - 1}'s "

@@ -42,7 +42,7 @@ def _versions(ctx: StageContext, role: str) -> list[ModelVersion]:
     """Baseline v0 at iteration 0, then the newest version this iteration made (if any); none after
     iteration 0 for a role the run never trains (it stays v0, scored at iteration 0)."""
     iteration = ctx.iteration
-    if iteration > 0 and f"train_{role}" not in ctx.config.stages:
+    if iteration > 0 and not ctx.config.trains(role):
         return []
     trained = read_metadata(version_dir(ctx.paths, role, iteration + 1)) is not None
     latest = ctx.version(role, iteration + 1 if trained else iteration)
