@@ -188,7 +188,7 @@ def _running(run: _Run, iteration: int, stage: str) -> float | None:
     if stage == "init" or stage_def(stage).trains is not None:
         since = _changed_at(run.paths)
         step = None if since is None else training_step(run.paths, stage, since)
-        if since is not None and step is not None and step[0] > 0:
+        if step is not None and step[0] > 0:  # a step implies `since`
             done, total, at = step
             return max(total - done, 0) * max(at - since, 0.0) / done
     folder = run.paths.stage_dir(iteration, stage)
