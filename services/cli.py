@@ -23,8 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from rich.markup import escape
-
+from services.console import print_error
 from shared.errors import SparError
 from shared.runtime.settings import apply_hf_environment
 
@@ -253,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[yellow]interrupted[/]")
         return 130
     except (SparError, FileNotFoundError) as exc:  # each message names what to change (shared/errors.py)
-        console.print(f"[red]error:[/] {escape(str(exc))}")
+        print_error(console, str(exc))
         return exc.exit_code if isinstance(exc, SparError) else 2
 
 

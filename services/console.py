@@ -20,3 +20,14 @@ def report_console(**kwargs: Any) -> Any:
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = PIPE_WIDTH
     return console
+
+
+def print_error(console: Any, message: str) -> None:
+    """One ``error:`` line, never folded: users grep logs for the sentence and the path in it.
+
+    rich wraps at the console width (80 columns in a pipe), which would split a long data path
+    or "changed since the run was created" across lines.
+    """
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)

@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-
 from services.cli_types import positive_int
+from services.console import print_error
 from services.engine_options import add_engine_options, hf_config, vllm_config
 from shared.errors import EvalPackageMissingError, SparError
 
@@ -83,7 +82,7 @@ def run_eval_command(args: argparse.Namespace, console: Any = None) -> int:
             return _cmd_ifeval(args, console)
         return _cmd_judge(args, console)
     except (SparError, FileNotFoundError) as exc:  # each message names what to change
-        console.print(f"[red]error:[/] {escape(str(exc))}")
+        print_error(console, str(exc))
         return exc.exit_code if isinstance(exc, SparError) else 2
 
 

@@ -19,9 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-
 from services.cli_types import positive_int
+from services.console import print_error
 
 
 def _constraints(text: str) -> int:
@@ -64,9 +63,9 @@ def run_prompts_command(args: argparse.Namespace, console: Any = None) -> int:
         if args.prompts_command == "synth":
             return _cmd_synth(args, console)
     except (ValueError, RuntimeError, OSError, ImportError) as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}")
+        print_error(console, str(exc))
         return 2
-    console.print(f"[red]error:[/] unknown prompts command {args.prompts_command!r}")
+    print_error(console, f"unknown prompts command {args.prompts_command!r}")
     return 2
 
 
