@@ -274,9 +274,11 @@ _EXECUTION_ONLY: dict[str, Any] = {
     "actor": {"vllm": {"scheduling_policy"}},
     "refiner": {"vllm": {"scheduling_policy"}},
     # Experiment tracking changes what a training logs, never the model it writes.
-    "train_actor": {"report_to"},
-    "train_refiner": {"report_to"},
-    "init": {"actor": {"report_to"}, "refiner": {"report_to"}},
+    # When a training checkpoints decides what a kill costs, not what it trains (save_steps, hashed
+    # before that was known, stays hashed so older runs keep their hashes).
+    "train_actor": {"report_to", "save_minutes"},
+    "train_refiner": {"report_to", "save_minutes"},
+    "init": {"actor": {"report_to", "save_minutes"}, "refiner": {"report_to", "save_minutes"}},
 }
 # Settings added after runs existed, hashed only once set: while a field is None it is left out of
 # the section's hash, so a run created before it existed keeps its stage hashes (and --resume).
@@ -465,6 +467,14 @@ class TrainCommon(_Strict):
         ge=1,
         le=1_000_000,
         description="Checkpoint every this many steps; a killed job resumes from the last (None: off).",
+    )
+    save_minutes: float | None = Field(
+        15.0,
+        gt=0.0,
+        le=10_000.0,
+        description="Also checkpoint when this many minutes passed since the last checkpoint, so a slow "
+        "step (100 steps take half an hour on a CPU) cannot cost more than this on a kill (None: by "
+        "steps only; single-process training only, where no other rank has to agree on the step).",
     )
     accelerate_config: str | None = path_field(
         None, description="An accelerate/DeepSpeed/FSDP config file passed through to `accelerate launch`."

@@ -29,14 +29,15 @@ def _config(**sections: Any) -> RunConfig:
 def test_report_to_leaves_every_stage_hash_unchanged(stage: str) -> None:
     """Turning tracking on in a running experiment must keep its finished stages valid."""
     plain = _config()
+    # (save_minutes rides along: when a training checkpoints by the clock changes no model either)
     tracked = _config(
-        train_actor={"report_to": "tensorboard"},
+        train_actor={"report_to": "tensorboard", "save_minutes": 2.5},
         # (a section given explicitly keeps the other defaults of its class: the refiner's 5 epochs come
         # from RunConfig's default section, so they are repeated here)
-        train_refiner={"report_to": ["wandb", "mlflow"], "epochs": 5},
+        train_refiner={"report_to": ["wandb", "mlflow"], "epochs": 5, "save_minutes": None},
         init={
             **BASE["init"],
-            "actor": {"report_to": "trackio"},
+            "actor": {"report_to": "trackio", "save_minutes": 60},
             "refiner": {"report_to": ["tensorboard"], "epochs": 5},
         },
     )

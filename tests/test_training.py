@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -350,6 +351,67 @@ def test_checkpoints_cut_off_by_a_kill_are_never_resumed_from(tmp_path) -> None:
     assert resume_point(tmp_path / "absent") is None
     assert checkpoint_settings(None, 100) == {"save_strategy": "no"}
     assert checkpoint_settings(tmp_path, 4)["save_steps"] == 4
+
+
+def test_the_clock_asks_for_a_checkpoint_between_step_counts_but_not_at_the_last_step() -> None:
+    from transformers import TrainerControl, TrainerState
+
+    from workers.training.timed_checkpoints import TimedCheckpoints
+
+    now = [0.0]
+    clock = TimedCheckpoints(60.0, clock=lambda: now[0])
+    state, control = TrainerState(max_steps=10), TrainerControl()
+    clock.on_train_begin(None, state, control)
+    saved = []
+    for step in range(1, 11):
+        now[0] += 25.0  # 25 s a step: every third step passes the minute
+        state.global_step = step
+        control.should_save = False
+        clock.on_step_end(None, state, control)
+        if control.should_save:
+            saved.append(step)
+            clock.on_save(None, state, control)
+    assert saved == [3, 6, 9]  # 10 is the last: the final model is saved anyway
+    now[0] += 59.0
+    clock.on_save(None, state, control)  # a save_steps checkpoint restarts the count
+    state.global_step, control.should_save = 5, False
+    now[0] += 30.0
+    clock.on_step_end(None, state, control)
+    assert control.should_save is False
+
+
+def test_a_slow_training_checkpoints_by_the_clock_and_a_rerun_resumes_from_it(model_path, tmp_path) -> None:
+    from workers.training.actor import train_actor
+
+    cfg = actor_cfg("dpo", max_steps=4, save_steps=1000, save_minutes=1e-6)  # every step passes it
+    first = train_actor(model_path, PAIRS, cfg, tmp_path / "out", seed=0, checkpoint_dir=tmp_path / "ckpt")
+    # steps 1-3 checkpointed by the clock (save_steps never comes), 4 by transformers at the end;
+    # the two newest are kept
+    names = sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.startswith("checkpoint-"))
+    assert names == ["checkpoint-3", "checkpoint-4"], names
+    assert first["resumed_from_step"] == 0
+    shutil.rmtree(tmp_path / "ckpt" / "checkpoint-4")  # as if killed during the last step
+    again = train_actor(model_path, PAIRS, cfg, tmp_path / "out2", seed=0, checkpoint_dir=tmp_path / "ckpt")
+    assert again["resumed_from_step"] == 3 and again["steps"] == 4
+
+
+def test_clock_checkpoints_need_a_checkpoint_folder_and_one_process() -> None:
+    from types import SimpleNamespace
+
+    from workers.training.outcome import add_timed_checkpoints
+
+    added = []
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(save_strategy="steps", world_size=1), add_callback=added.append
+    )
+    assert add_timed_checkpoints(trainer, 15.0, Path("ckpt")) is True and len(added) == 1
+    assert add_timed_checkpoints(trainer, None, Path("ckpt")) is False  # off
+    assert add_timed_checkpoints(trainer, 15.0, None) is False  # nowhere to checkpoint
+    trainer.args.world_size = 2  # ranks would not agree on the step
+    assert add_timed_checkpoints(trainer, 15.0, Path("ckpt")) is False
+    trainer.args.world_size, trainer.args.save_strategy = 1, "no"  # save_steps: None
+    assert add_timed_checkpoints(trainer, 15.0, Path("ckpt")) is False
+    assert added[0].seconds == 900.0
 
 
 def test_launch_runs_a_job_file(model_path, tmp_path) -> None:

@@ -123,7 +123,7 @@ def train_actor(
         peft_config=lora_config(cfg.lora) if cfg.lora else None,
     )
     attach(trainer, "actor", on_step)
-    result, train_seconds = timed_train(trainer, checkpoint_dir)
+    result, train_seconds = timed_train(trainer, checkpoint_dir, cfg.save_minutes)
     trainer.save_model(str(out_dir))
     metrics: dict[str, Any] = {
         "role": "actor",

@@ -79,11 +79,30 @@ def checkpoint_settings(checkpoint_dir: Path | None, save_steps: int | None) -> 
     }
 
 
-def timed_train(trainer: Any, checkpoint_dir: Path | None = None) -> tuple[Any, float]:
+def add_timed_checkpoints(trainer: Any, save_minutes: float | None, checkpoint_dir: Path | None) -> bool:
+    """Checkpoint ``trainer`` every ``save_minutes`` as well as every ``save_steps``, where it
+    checkpoints at all (a folder and ``save_steps``) and runs as one process; whether it was added."""
+    args = trainer.args
+    saves = (
+        checkpoint_dir is not None and str(getattr(args.save_strategy, "value", args.save_strategy)) != "no"
+    )
+    if not save_minutes or not saves or int(args.world_size) != 1:
+        return False
+    from .timed_checkpoints import TimedCheckpoints
+
+    trainer.add_callback(TimedCheckpoints(save_minutes * 60.0))
+    return True
+
+
+def timed_train(
+    trainer: Any, checkpoint_dir: Path | None = None, save_minutes: float | None = None
+) -> tuple[Any, float]:
     """``trainer.train()`` (resumed from the last complete checkpoint in ``checkpoint_dir``) and its seconds.
 
     The step the run resumed from is kept on the trainer as ``spar_resumed_from_step`` for the metrics.
+    With ``save_minutes`` it also checkpoints by the clock (``add_timed_checkpoints``).
     """
+    add_timed_checkpoints(trainer, save_minutes, checkpoint_dir)
     start = resume_point(checkpoint_dir)
     trainer.spar_resumed_from_step = int(CHECKPOINT.match(start.name).group(1)) if start else 0  # type: ignore[union-attr]
     started = time.perf_counter()

@@ -148,7 +148,7 @@ def train_refiner(
         peft_config=lora_config(cfg.lora) if cfg.lora else None,
     )
     attach(trainer, "refiner", on_step)
-    result, train_seconds = timed_train(trainer, checkpoint_dir)
+    result, train_seconds = timed_train(trainer, checkpoint_dir, cfg.save_minutes)
     nll_after = mean_target_nll(trainer.model, probe, pad_id, cfg.max_length) if probe else None
     trainer.save_model(str(out_dir))
     metrics: dict[str, Any] = {
