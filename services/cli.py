@@ -134,6 +134,21 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories")
     status.add_argument("--json", action="store_true", help="print JSON (one object per run) for scripts")
 
+    pack = sub.add_parser(
+        "pack",
+        help="archive a run without its model weights (MBs, not GBs) to continue it on another machine",
+    )
+    pack.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    pack.add_argument("--out", type=Path, help="archive to write (default: ./<run id>.tar.gz)")
+    unpack = sub.add_parser(
+        "unpack",
+        help="lay out a packed run; `spar run --resume` then retrains its versions and checks their weights",
+    )
+    unpack.add_argument("archive", type=Path, metavar="ARCHIVE", help="the .tar.gz `spar pack` wrote")
+    unpack.add_argument(
+        "--runs-dir", type=Path, default=Path("runs"), help="where the run goes (default: runs)"
+    )
+
     hub = sub.add_parser("hub", help="model versions and a Hugging Face Hub (the config's `hub:`)")
     hsub = hub.add_subparsers(dest="hub_command", required=True)
     push = hsub.add_parser(
@@ -230,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             from services.status_cli import status_command
 
             return status_command(args.run_dirs, args.json)
+        if args.command in ("pack", "unpack"):
+            return _cmd_pack(args, console)
         if args.command == "hub":
             return _cmd_hub_push(args, console)
         if args.command == "prompts":
@@ -254,6 +271,37 @@ def main(argv: list[str] | None = None) -> int:
     except (SparError, FileNotFoundError) as exc:  # each message names what to change (shared/errors.py)
         print_error(console, str(exc))
         return exc.exit_code if isinstance(exc, SparError) else 2
+
+
+def _cmd_pack(args: argparse.Namespace, console) -> int:
+    """``spar pack`` / ``spar unpack`` (shared/runtime/packing.py): what was left out or will be rebuilt."""
+    import shlex
+
+    from rich.markup import escape
+
+    from shared.runtime.packing import pack_run, unpack_run
+
+    if args.command == "pack":
+        out = args.out or Path(f"{args.run_dir.resolve().name}.tar.gz")
+        archive, versions = pack_run(args.run_dir, out)
+        saved = sum(v.bytes_left_out for v in versions) / 2**20
+        console.print(
+            f"packed {escape(str(args.run_dir))} into {escape(str(archive))} "
+            f"({archive.stat().st_size / 2**20:.1f} MiB; {saved:.0f} MiB of weights left out)"
+        )
+        for v in versions:
+            console.print(f"  {v.label}: rebuilt by iteration {v.iteration}'s {v.stage} after unpacking")
+        return 0
+    target, versions = unpack_run(args.archive, args.runs_dir)
+    console.print(f"unpacked into {escape(str(target))}")
+    for v in versions:
+        console.print(
+            f"  {v.label}: iteration {v.iteration}'s {v.stage} trains it again; published only if its "
+            f"weights match (sha256 {v.weights_sha256[:16]}...)"
+        )
+    # one line, never folded: it is copied into a terminal
+    console.print(f"continue with: spar run --resume {escape(shlex.quote(str(target)))}", soft_wrap=True)
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace, console) -> int:

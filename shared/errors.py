@@ -96,6 +96,13 @@ class InputChangedError(SparError, RuntimeError):
     http_status = 409
 
 
+class RebuildMismatchError(SparError, RuntimeError):
+    """A model version rebuilt after ``spar unpack`` has other weights than the packed run recorded:
+    the run's later stages were computed with the original, so the rebuilt one is not published."""
+
+    http_status = 409
+
+
 class MissingStageOutputError(SparError, RuntimeError):
     """A stage needs the output of an earlier stage that has not run."""
 

@@ -347,6 +347,11 @@ class VersionMetadata(Record):
     num_processes: int | None = None
     alias_of: str | None = None
     reason: str | None = None
+    weights_sha256: str | None = Field(
+        None,
+        description="Digest of the weight files (shared.runtime.versions.weights_digest): what a "
+        "version rebuilt after `spar unpack` must match. Absent on an alias and on older versions.",
+    )
 
     def as_record(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

@@ -14,6 +14,7 @@ A version can be:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -23,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.config import RunConfig
+from shared.errors import RebuildMismatchError
 from shared.records import VersionMetadata
 
-from .artifacts import RunPaths, read_json, write_json_atomic
+from .artifacts import RunPaths, file_sha256, read_json, write_json_atomic
 
 METADATA = "spar_version.json"
 
@@ -107,9 +109,75 @@ def publishing(target: Path) -> Iterator[Path]:
         raise
 
 
+WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".bin", ".pt", ".pth")
+"""Files that hold a version's weights (a full model or a LoRA adapter, sharded or not): what
+``spar pack`` leaves out and what :func:`weights_digest` covers. Tokenizer and config files are
+small and are rebuilt with the weights."""
+NOT_WEIGHTS: frozenset[str] = frozenset({"training_args.bin"})
+"""Files with a weight suffix that hold no weights: transformers pickles its TrainingArguments (with
+this run's paths) beside the model, so a digest over it would differ between two identical models."""
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files directly in ``folder``, sorted by name."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix in WEIGHT_SUFFIXES and p.name not in NOT_WEIGHTS
+    )
+
+
+def weights_digest(folder: Path) -> str | None:
+    """One sha256 over the names and contents of ``folder``'s weight files; None without any.
+
+    Recorded at publication, so a version retrained elsewhere can be compared with the original
+    bit for bit (``check_rebuilt``): a float that differs anywhere changes it.
+    """
+    files = weight_files(folder)
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.name}\0{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def write_metadata(directory: Path, metadata: dict) -> None:
-    """Validate ``metadata`` as :class:`VersionMetadata` (a wrong key fails here) and write it."""
+    """Validate ``metadata`` as :class:`VersionMetadata` (a wrong key fails here) and write it,
+    with the digest of the weights already in ``directory`` (none for an alias)."""
+    digest = weights_digest(directory)
+    if digest is not None:
+        metadata = metadata | {"weights_sha256": digest}
     write_json_atomic(directory / METADATA, VersionMetadata.model_validate(metadata).as_record())
+
+
+def rebuild_record(paths: RunPaths, role: str, version: int) -> Path:
+    """Where ``spar unpack`` leaves the digest a version it must rebuild has to match."""
+    return paths.root / "rebuild" / f"{role}-v{version}.json"
+
+
+def check_rebuilt(paths: RunPaths, role: str, version: int, folder: Path) -> None:
+    """Refuse a rebuilt version whose weights differ from the packed run's (before it is published).
+
+    Nothing to check when the version was never packed away. A mismatch means the training is not
+    reproducible here (another CPU or GPU, precision, library release); the run's later stages were
+    computed with the original weights, so continuing would mix two models under one name.
+    """
+    record = rebuild_record(paths, role, version)
+    if not record.exists():
+        return
+    expected = str(read_json(record)["weights_sha256"])
+    actual = weights_digest(folder)
+    if actual != expected:
+        raise RebuildMismatchError(
+            f"{role} v{version} was retrained after `spar unpack`, but its weights differ from the packed "
+            f"run's (sha256 {str(actual)[:16]}... here, {expected[:16]}... recorded): training does not "
+            f"reproduce on this machine (another CPU, precision or library release?). The run's later "
+            f"stages used the original, so it is not published; continue the run where it was packed, or "
+            f"start a new run here"
+        )
 
 
 def latest_version(paths: RunPaths, role: str) -> int:

@@ -29,7 +29,14 @@ from shared.config import TrainCommon
 from shared.records import ShardOutput, TrainCounts, VersionMetadata
 from shared.runtime.artifacts import RunPaths, file_sha256, read_jsonl
 from shared.runtime.tracking import check_trackers
-from shared.runtime.versions import ModelVersion, publishing, read_metadata, version_dir, write_metadata
+from shared.runtime.versions import (
+    ModelVersion,
+    check_rebuilt,
+    publishing,
+    read_metadata,
+    version_dir,
+    write_metadata,
+)
 
 from ..hub import push_version
 from ..model_card import card_for_version
@@ -221,6 +228,7 @@ def _train(
                 )
                 meta = describe(metrics=metrics, base_model=str(start_from))
             write_metadata(tmp, meta)
+            check_rebuilt(paths, role, spec.iteration + 1, tmp)  # after `spar unpack`: the same weights
             card_for_version(paths, config, role, spec.iteration + 1, folder=tmp)  # published with it
         done = read_metadata(target)
         assert done is not None
@@ -379,6 +387,7 @@ def run_init(ctx: StageContext) -> ShardOutput:
                     launch=False,
                 )
                 write_metadata(tmp, meta)
+                check_rebuilt(paths, role, 0, tmp)
                 card_for_version(paths, config, role, 0, folder=tmp)
         shutil.rmtree(checkpoint_dir(paths, role, 0), ignore_errors=True)
         meta = read_metadata(target)

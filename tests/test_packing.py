@@ -1,0 +1,160 @@
+"""`spar pack` / `spar unpack`: a run moves without its weights and continues elsewhere, its versions
+retrained and published only when their weights match the packed run's bit for bit."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from test_iterations import write_config
+
+from services.cli import main
+from services.local import LocalExecutor
+from services.runs import create_run, load_config_file
+from shared.errors import ConfigError, RebuildMismatchError, RunConflictError
+from shared.runtime.artifacts import RunPaths, read_json, write_json_atomic
+from shared.runtime.packing import PACK_RECORD, _keep, pack_run, unpack_run
+from shared.runtime.versions import read_metadata, rebuild_record, version_dir, weights_digest
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> RunPaths:
+    """A tiny run of two iterations that trains both roles, run to its end."""
+    root = tmp_path_factory.mktemp("packing")
+    config = load_config_file(write_config(root, tiny_model_path, iterations=2))
+    paths = create_run(config, root / "runs", "packed")
+    LocalExecutor.for_run(paths).run()
+    return paths
+
+
+def _trained(paths: RunPaths) -> dict[str, str]:
+    """'role vK' -> recorded weights digest, for every version with weights."""
+    out = {}
+    for role in ("actor", "refiner"):
+        for k in (1, 2):
+            meta = read_metadata(version_dir(paths, role, k))
+            if meta is not None and meta.alias_of is None:
+                out[f"{role} v{k}"] = meta.weights_sha256
+    return out
+
+
+def _files(root: Path, pattern: str) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.glob(pattern) if p.is_file()}
+
+
+def test_published_versions_record_the_digest_of_their_weights(finished: RunPaths) -> None:
+    trained = _trained(finished)
+    assert trained, "the tiny run trained nothing: the test would prove nothing"
+    for label, digest in trained.items():
+        role, k = label.split(" v")
+        assert digest == weights_digest(version_dir(finished, role, int(k)))
+
+
+def test_a_packed_run_continues_elsewhere_and_rebuilds_its_versions_bit_for_bit(
+    finished: RunPaths, tmp_path: Path
+) -> None:
+    archive, left_out = pack_run(finished.root, tmp_path / "run.tar.gz")
+    weights = sum(v.bytes_left_out for v in left_out)
+    assert {v.label for v in left_out} == set(_trained(finished))
+    assert archive.stat().st_size < weights / 10  # the point: megabytes, not the weights
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert not [n for n in names if n.endswith((".safetensors", ".bin"))]
+    assert not [n for n in names if "/checkpoints/" in n or "/." in n]  # no lock, temporaries
+    assert f"{finished.run_id}/{PACK_RECORD}" in names
+
+    target, versions = unpack_run(archive, tmp_path / "elsewhere")
+    paths = RunPaths(target)
+    assert target.name == finished.run_id and versions == left_out
+    for v in versions:
+        assert read_metadata(version_dir(paths, v.role, v.version)) is None
+        assert read_json(rebuild_record(paths, v.role, v.version))["weights_sha256"] == v.weights_sha256
+        assert not paths.shard_done(v.iteration, v.stage, 0).exists()  # trained again on --resume
+    samples = _files(paths.root, "iter_*/sample/*.jsonl") | _files(paths.root, "iter_*/eval/*")
+    assert samples and samples == _files(finished.root, "iter_*/sample/*.jsonl") | _files(
+        finished.root, "iter_*/eval/*"
+    )
+
+    LocalExecutor.for_run(paths).run()
+    assert _trained(paths) == _trained(finished)  # retrained, the same weights bit for bit
+    assert (_files(paths.root, "iter_*/sample/*.jsonl") | _files(paths.root, "iter_*/eval/*")) == samples
+
+
+def test_a_rebuilt_version_with_other_weights_is_refused_and_not_published(
+    finished: RunPaths, tmp_path: Path
+) -> None:
+    archive, left_out = pack_run(finished.root, tmp_path / "run.tar.gz")
+    target, _ = unpack_run(archive, tmp_path / "elsewhere")
+    paths = RunPaths(target)
+    first = left_out[0]
+    write_json_atomic(rebuild_record(paths, first.role, first.version), {"weights_sha256": "0" * 64})
+    with pytest.raises(RebuildMismatchError, match=f"{first.role} v{first.version} was retrained"):
+        LocalExecutor.for_run(paths).run()
+    assert read_metadata(version_dir(paths, first.role, first.version)) is None
+    assert not paths.shard_done(first.iteration, first.stage, 0).exists()
+
+
+def test_unpack_refuses_a_run_that_exists_and_archives_it_did_not_write(
+    finished: RunPaths, tmp_path: Path
+) -> None:
+    archive, _ = pack_run(finished.root, tmp_path / "run.tar.gz")
+    with pytest.raises(RunConflictError, match="exists already"):
+        unpack_run(archive, finished.root.parent)
+
+    def tar_with(*members: tuple[str, bytes]) -> Path:
+        path = tmp_path / f"bad{len(list(tmp_path.glob('bad*')))}.tar.gz"
+        with tarfile.open(path, "w:gz") as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return path
+
+    with pytest.raises(ConfigError, match="not a plain file inside the run folder"):
+        unpack_run(tar_with(("r/pack.json", b"{}"), ("r/../../evil", b"x")), tmp_path / "x")
+    with pytest.raises(ConfigError, match="one run folder"):
+        unpack_run(tar_with(("a/pack.json", b"{}"), ("b/config.json", b"{}")), tmp_path / "x")
+    with pytest.raises(ConfigError, match="no pack.json"):
+        unpack_run(
+            tar_with(
+                ("r/config.json", b"{}"),
+            ),
+            tmp_path / "x",
+        )
+    (tmp_path / "plain.tar.gz").write_text("not gzip")
+    with pytest.raises(ConfigError, match="not a gzip tar"):
+        unpack_run(tmp_path / "plain.tar.gz", tmp_path / "x")
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_the_pack_takes_only_records_complete_when_it_began() -> None:
+    done = Path("iter_1/sample/shard_00000.done.json")
+    assert _keep(done, {done}, set()) and not _keep(done, set(), set())
+    assert _keep(Path("iter_1/sample/shard_00000.jsonl"), set(), set())  # redone after unpacking anyway
+    left = {Path("models/actor/v1")}
+    assert _keep(Path("models/actor/v1/spar_version.json"), set(), left)
+    assert not _keep(Path("models/actor/v1/model.safetensors"), set(), left)
+    assert not _keep(Path("models/actor/v1/tokenizer.json"), set(), left)  # rebuilt with the weights
+    assert _keep(Path("models/actor/v2/spar_version.json"), set(), left)  # an alias: kept whole
+    assert not _keep(Path("models/actor/v1-merged/model.safetensors"), set(), left)
+    assert not _keep(Path("checkpoints/actor-v2/checkpoint-4/optimizer.pt"), set(), left)
+    assert not _keep(Path(".owner.json"), set(), left) and not _keep(Path("iter_0/.x.tmp"), set(), left)
+
+
+def test_the_cli_packs_and_unpacks(finished: RunPaths, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "p.tar.gz"
+    assert main(["pack", str(finished.root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().err
+    assert "weights left out" in printed and "actor v1" in printed
+    assert main(["unpack", str(out), "--runs-dir", str(tmp_path / "runs")]) == 0
+    printed = capsys.readouterr().err
+    assert f"spar run --resume {tmp_path / 'runs' / finished.run_id}" in printed
+    assert main(["unpack", str(out), "--runs-dir", str(tmp_path / "runs")]) == 2  # exists: refused
+    assert "exists already" in capsys.readouterr().err
+    record = json.loads((tmp_path / "runs" / finished.run_id / PACK_RECORD).read_text())
+    assert record["run_id"] == finished.run_id and record["versions"]
