@@ -9,6 +9,8 @@
 #   - $EXP/code, a clone of this checkout, is made where missing: the arms' frozen code (a checkout laid
 #     anew never changes a running arm's code; move it between arms with then-run.sh);
 #   - queue.sh, run-arm.sh and then-run.sh are copied beside it from this checkout;
+#   - runs packed into examples/experiment/state/ (save-state.sh, committed) that $EXP/runs lacks are
+#     unpacked: a new machine continues them, retraining their model versions bit for bit;
 #   - the queue starts: each arm whose run directory exists is resumed, the others are created, so
 #     after a machine that lost its runs the same command starts them all again.
 # Where the arms stand: .venv/bin/spar status $EXP/runs/*    Stop: pkill -f "$EXP/queue.sh"; kill the arm.
@@ -32,6 +34,15 @@ if [ ! -d "$EXP/code/.git" ]; then
   git clone -q "$REPO" "$EXP/code"
   echo "cloned $REPO into $EXP/code at $(git -C "$EXP/code" rev-parse --short HEAD)"
 fi
+# runs packed by save-state.sh on an earlier machine: laid out again where this machine lacks them
+# (their model versions are retrained on --resume and checked against the packed digests)
+for archive in "$HERE"/state/*.tar.gz; do
+  [ -f "$archive" ] || continue
+  run=$(basename "$archive" .tar.gz)
+  if [ ! -d "$EXP/runs/$run" ]; then
+    (cd "$REPO" && "$SPAR_PY" -m services.cli unpack "$archive" --runs-dir "$EXP/runs")
+  fi
+done
 cp "$HERE/queue.sh" "$HERE/run-arm.sh" "$HERE/then-run.sh" "$EXP/"
 chmod +x "$EXP/queue.sh" "$EXP/run-arm.sh" "$EXP/then-run.sh"
 queue=${1:-$EXP/code/examples/experiment/queue.txt}
