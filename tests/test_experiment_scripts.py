@@ -24,6 +24,7 @@ from shared.runtime.artifacts import FORK_RECORD, RunPaths
 
 REPO = Path(__file__).resolve().parent.parent
 START = REPO / "examples" / "experiment" / "start.sh"
+SAVE = REPO / "examples" / "experiment" / "save-state.sh"
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -39,12 +40,13 @@ def exp(tmp_path: Path) -> Iterator[Path]:
     """An empty $EXP; whatever the scripts started under it is ended afterwards."""
     root = tmp_path / "exp"
     yield root
-    for pattern in (f"{root}/queue.sh", f"--runs-dir {root}/runs", f"--resume {root}/runs"):
-        for pid in _pids_of(pattern):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    for where in (root, tmp_path / "exp2"):  # exp2: the replacing machine of the first test
+        for pattern in (f"{where}/queue.sh", f"--runs-dir {where}/runs", f"--resume {where}/runs"):
+            for pid in _pids_of(pattern):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 def _tiny_arm(tmp_path: Path, model: Path) -> Path:
@@ -66,8 +68,11 @@ def _tiny_arm(tmp_path: Path, model: Path) -> Path:
     return path
 
 
-def _start(exp: Path, *args: str, python: str = sys.executable) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"EXP": str(exp), "SPAR_PY": python}
+def _start(
+    exp: Path, *args: str, python: str = sys.executable, state: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    # STATE: the packed runs start.sh unpacks; never the checkout's own (the real arms')
+    env = os.environ | {"EXP": str(exp), "SPAR_PY": python, "STATE": str(state or exp / "no-state")}
     return subprocess.run(["bash", str(START), *args], capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -106,6 +111,21 @@ def test_start_readies_a_fresh_machine_runs_the_queue_and_a_second_start_resumes
     assert "cloned" not in again.stdout and "started" in again.stdout
     log = _wait_for(exp / "logs" / "queue.log", "queue done", 2)
     assert "resume tiny\n" in log and "resume tiny-fork\n" in log and "queue stopped" not in log
+
+    # the machine is replaced: save-state.sh packed the runs into the checkout, and start.sh on a new
+    # $EXP lays them out again, so the queue resumes both arms instead of starting them over
+    state = tmp_path / "state"
+    env = os.environ | {"EXP": str(exp), "SPAR_PY": sys.executable, "STATE": str(state)}
+    saved = subprocess.run(["bash", str(SAVE)], capture_output=True, text=True, env=env, timeout=300)
+    assert saved.returncode == 0, saved.stderr
+    assert sorted(p.name for p in state.glob("*.tar.gz")) == ["tiny-fork.tar.gz", "tiny.tar.gz"]
+    new_machine = tmp_path / "exp2"
+    moved = _start(new_machine, str(queue), state=state)
+    assert moved.returncode == 0, moved.stderr
+    assert (moved.stdout + moved.stderr).count("unpacked into") == 2 and "cloned" in moved.stdout
+    log = _wait_for(new_machine / "logs" / "queue.log", "queue done", 1)
+    assert "resume tiny\n" in log and "resume tiny-fork\n" in log and "new tiny" not in log, log
+    assert (new_machine / "runs" / "tiny" / "pack.json").is_file()  # laid out from the archive
 
 
 def test_start_refuses_a_second_queue_and_a_missing_python(tmp_path: Path, exp: Path) -> None:

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Pack every experiment run without its model weights into this checkout's examples/experiment/state/,
 # so that a machine that replaces this one continues the arms (start.sh unpacks them):
-#   examples/experiment/save-state.sh            # then commit examples/experiment/state/
+#   examples/experiment/save-state.sh            # then commit examples/experiment/state/ ($STATE)
 # Why: the runs live outside the checkout ($EXP, default ~/spar-experiments), and the machine that
 # holds them has been replaced between working periods more than once; each time a 3-hour arm started
 # over. A packed run is a few MB (samples, judgments, pairs, evaluations, records); its trained versions
@@ -13,10 +13,11 @@ EXP=${EXP:-~/spar-experiments}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PY=${SPAR_PY:-$REPO/.venv/bin/python}
-mkdir -p "$HERE/state"
+STATE=${STATE:-$HERE/state}
+mkdir -p "$STATE"
 for run in "$EXP"/runs/*/; do
   run=${run%/}
   [ -f "$run/config.json" ] || continue
-  (cd "$REPO" && "$PY" -m services.cli pack "$run" --out "$HERE/state/$(basename "$run").tar.gz")
+  (cd "$REPO" && "$PY" -m services.cli pack "$run" --out "$STATE/$(basename "$run").tar.gz")
 done
-du -ch "$HERE"/state/*.tar.gz 2>/dev/null | tail -1
+du -ch "$STATE"/*.tar.gz 2>/dev/null | tail -1

@@ -9,7 +9,7 @@
 #   - $EXP/code, a clone of this checkout, is made where missing: the arms' frozen code (a checkout laid
 #     anew never changes a running arm's code; move it between arms with then-run.sh);
 #   - queue.sh, run-arm.sh and then-run.sh are copied beside it from this checkout;
-#   - runs packed into examples/experiment/state/ (save-state.sh, committed) that $EXP/runs lacks are
+#   - runs packed into $STATE (default: examples/experiment/state/, by save-state.sh, committed) that $EXP/runs lacks are
 #     unpacked: a new machine continues them, retraining their model versions bit for bit;
 #   - the queue starts: each arm whose run directory exists is resumed, the others are created, so
 #     after a machine that lost its runs the same command starts them all again.
@@ -36,7 +36,8 @@ if [ ! -d "$EXP/code/.git" ]; then
 fi
 # runs packed by save-state.sh on an earlier machine: laid out again where this machine lacks them
 # (their model versions are retrained on --resume and checked against the packed digests)
-for archive in "$HERE"/state/*.tar.gz; do
+STATE=${STATE:-$HERE/state}
+for archive in "$STATE"/*.tar.gz; do
   [ -f "$archive" ] || continue
   run=$(basename "$archive" .tar.gz)
   if [ ! -d "$EXP/runs/$run" ]; then
