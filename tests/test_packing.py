@@ -14,6 +14,7 @@ from test_iterations import write_config
 from services.cli import main
 from services.local import LocalExecutor
 from services.runs import create_run, load_config_file
+from services.status_cli import render_status, run_status
 from shared.errors import ConfigError, RebuildMismatchError, RunConflictError
 from shared.runtime.artifacts import RunPaths, read_json, write_json_atomic
 from shared.runtime.packing import PACK_RECORD, _keep, pack_run, unpack_run
@@ -80,8 +81,14 @@ def test_a_packed_run_continues_elsewhere_and_rebuilds_its_versions_bit_for_bit(
         finished.root, "iter_*/eval/*"
     )
 
+    pending = run_status(target).to_rebuild
+    assert pending == sorted(v.label for v in versions) and "to rebuild (unpacked)" in "\n".join(
+        render_status(run_status(target))
+    )
+
     LocalExecutor.for_run(paths).run()
     assert _trained(paths) == _trained(finished)  # retrained, the same weights bit for bit
+    assert run_status(target).to_rebuild == [] and run_status(target).finished
     assert (_files(paths.root, "iter_*/sample/*.jsonl") | _files(paths.root, "iter_*/eval/*")) == samples
 
 
