@@ -201,7 +201,10 @@ def unpack_run(archive: Path, runs_dir: Path) -> tuple[Path, list[PackedVersion]
         runs_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=runs_dir, prefix=f".{run_id}.", suffix=".unpack"))
         try:
-            tar.extractall(staging, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: the library refuses what _members does
+                tar.extractall(staging, filter="data")
+            else:  # pragma: no cover - older 3.11: the members were checked above
+                tar.extractall(staging)
             paths = RunPaths(staging / run_id)
             record = read_json(paths.root / PACK_RECORD)
             versions = [PackedVersion(**v) for v in record["versions"]]
