@@ -63,6 +63,7 @@ def test_a_packed_run_continues_elsewhere_and_rebuilds_its_versions_bit_for_bit(
     weights = sum(v.bytes_left_out for v in left_out)
     assert {v.label for v in left_out} == set(_trained(finished))
     assert archive.stat().st_size < weights / 10  # the point: megabytes, not the weights
+    assert archive.stat().st_mode & 0o777 == 0o644  # meant to be copied and shared
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     assert not [n for n in names if n.endswith((".safetensors", ".bin"))]

@@ -151,6 +151,7 @@ def pack_run(run_dir: Path, out: Path) -> tuple[Path, list[PackedVersion]]:
                 if path.is_file() and not path.is_symlink() and rel.name != PACK_RECORD:
                     if _keep(rel, records, left_out):
                         tar.add(path, arcname=f"{paths.run_id}/{rel.as_posix()}", recursive=False)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; an archive is meant to be shared
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
