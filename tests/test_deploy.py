@@ -487,7 +487,7 @@ def test_cpu_image_requirement_set_resolves(tmp_path):
 
 def test_build_context_excludes_local_state():
     ignored = (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text(encoding="utf-8").split()
-    for entry in (".venv", ".cache", "runs", ".git", ".env"):
+    for entry in (".venv", ".cache", "runs", ".git", ".env", "examples/experiment/state"):
         assert entry in ignored
 
 
