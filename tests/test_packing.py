@@ -82,6 +82,9 @@ def test_a_packed_run_continues_elsewhere_and_rebuilds_its_versions_bit_for_bit(
         finished.root, "iter_*/eval/*"
     )
 
+    # the training stage to redo shows no step of the trainings logged before packing
+    at = run_status(target).at
+    assert at is not None and at.stage in ("train_actor", "train_refiner") and at.step is None
     pending = run_status(target).to_rebuild
     assert pending == sorted(v.label for v in versions) and "to rebuild (unpacked)" in "\n".join(
         render_status(run_status(target))

@@ -222,6 +222,9 @@ def unpack_run(archive: Path, runs_dir: Path) -> tuple[Path, list[PackedVersion]
                         "packed_on": record["host"],
                     },
                 )
+            # the journal (left out of the pack) starts here: readers see a changed run, and the
+            # training progress of `spar status` counts only events written after this point
+            paths.note_change(f"unpacked {archive.name}")
             os.rename(paths.root, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
