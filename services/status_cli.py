@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json
 from shared.runtime.partial import SUFFIX as PARTIAL_SUFFIX
 from shared.runtime.shards import load_config, num_shards
-from shared.runtime.versions import read_metadata, version_dir
+from shared.runtime.versions import pending_rebuilds
 from shared.stages import pipeline
 
 from .eta import format_eta, run_eta, training_step
@@ -72,17 +72,6 @@ class RunStatusView(BaseModel):
         description="Versions `spar unpack` left to retrain (checked against the packed weights), "
         "not published yet: e.g. 'actor v1'.",
     )
-
-
-def _to_rebuild(paths: RunPaths) -> list[str]:
-    """The versions an unpacked run still has to retrain (``shared.runtime.packing``)."""
-    folder = paths.root / "rebuild"
-    found = []
-    for record in sorted(folder.glob("*-v*.json")) if folder.is_dir() else []:
-        role, _, version = record.stem.rpartition("-v")
-        if version.isdigit() and read_metadata(version_dir(paths, role, int(version))) is None:
-            found.append((role, int(version)))
-    return [f"{role} v{version}" for role, version in sorted(found)]
 
 
 def _kept_items(paths: RunPaths, iteration: int, stage: str) -> tuple[int, float | None]:
@@ -166,7 +155,7 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatusView:
         process=owner_line(paths),
         forked_from=read_json(fork).get("source_run_id") if fork.exists() else None,
         last_eval=_last_eval(paths, config.iterations),
-        to_rebuild=_to_rebuild(paths),
+        to_rebuild=[f"{role} v{version}" for role, version in pending_rebuilds(paths)],
     )
 
 

@@ -158,6 +158,18 @@ def rebuild_record(paths: RunPaths, role: str, version: int) -> Path:
     return paths.root / "rebuild" / f"{role}-v{version}.json"
 
 
+def pending_rebuilds(paths: RunPaths) -> list[tuple[str, int]]:
+    """(role, version) of each version ``spar unpack`` left to retrain that is not published yet
+    (the records :func:`rebuild_record` names, read back)."""
+    folder = rebuild_record(paths, "actor", 0).parent
+    found = []
+    for record in sorted(folder.glob("*-v*.json")) if folder.is_dir() else []:
+        role, _, version = record.stem.rpartition("-v")
+        if version.isdigit() and read_metadata(version_dir(paths, role, int(version))) is None:
+            found.append((role, int(version)))
+    return sorted(found)
+
+
 def check_rebuilt(paths: RunPaths, role: str, version: int, folder: Path) -> None:
     """Refuse a rebuilt version whose weights differ from the packed run's (before it is published).
 
