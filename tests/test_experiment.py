@@ -237,3 +237,23 @@ def test_the_sampled_pairs_arm_runs_whole_without_a_refiner(
         assert mine[section] == base[section], section
     assert mine["data"]["pairs_from"] == "samples" and base["data"]["pairs_from"] == "refinement"
     assert paths.shard(0, "sample", 0).read_bytes() == experiment[BASE].shard(0, "sample", 0).read_bytes()
+    # recipe tuning on these pairs (smollm2_tune_samples.yaml): a fork at the arm's own setting
+    # reuses its training; another learning rate trains again; both score only the validation split
+    tune = scaled_down("tune_samples", tmp_path, tiny_model_path, 1)
+    for name, overrides in (("ts-same", []), ("ts-lr", ["--set", "train_actor.learning_rate=3.0e-4"])):
+        argv = ["run", str(tune), "--fork", str(paths.root), "--runs-dir", str(runs), "--run-id", name]
+        assert main([*argv, "--no-progress", *overrides]) == 0
+    same, other = load_run(runs / "ts-same"), load_run(runs / "ts-lr")
+    for stage in ("sample", "judge", "assemble"):
+        assert (0, stage) in same.reused and (0, stage) in other.reused, stage
+    assert (0, "train_actor") in same.reused and (0, "train_actor") not in other.reused
+    for r in (same, other):
+        evaluation = r.iterations[0]["evaluation"]
+        assert evaluation["ifeval"] == [] and evaluation["judge"] == []
+        assert [row["version"] for row in evaluation["validation"]] == ["v0", "v1"]
+    # each point's v1 records the setting it was trained with (the tiny model may find no pairs)
+    rates = {
+        run: read_json(runs / run / "models" / "actor" / "v1" / "spar_version.json")["hyperparameters"]["learning_rate"]
+        for run in ("vs", "ts-same", "ts-lr")
+    }
+    assert rates == {"vs": 5e-6, "ts-same": 5e-6, "ts-lr": 3e-4}

@@ -87,6 +87,17 @@ PINNED: dict[str, dict[str, str]] = {
         "train_refiner": "c4c503491eccdfa6",
         "eval": "7c202d88f0fd5672",
     },
+    "examples/experiment/smollm2_tune_samples.yaml": {  # the sampled-pairs arm's stages but eval
+        "init": "f0370f907a678b94",
+        "sample": "9a94c21462fd200c",
+        "judge": "1a0debd8b2be6364",
+        "refine": "742cce5eb0c6564b",
+        "assemble": "98e22f1e7373203d",
+        "iopo_groups": "3526f02092251751",
+        "train_actor": "7fe3cdb51b3beafc",
+        "train_refiner": "c4c503491eccdfa6",
+        "eval": "7c202d88f0fd5672",
+    },
     "examples/experiment/smollm2_verifier.yaml": {
         "init": "2f7deff2131d8b2e",
         "sample": "9a94c21462fd200c",
