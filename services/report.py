@@ -35,6 +35,7 @@ from shared.stages import STAGE_TABLE
 
 from .eval_records import EvalRows, read_eval_rows, rescore_missing
 from .report_doc import FLAG, Block, Charts, Details, Heading, Section, Table, Text, to_markdown
+from .report_settings import settings_rows
 from .report_stats import (
     IFEVAL_METRICS,
     JUDGE_SCORES,
@@ -344,6 +345,14 @@ def judge_table(reports: list[RunReport], per_run: bool = False) -> Table:
     return Table(title, header, rows, id="judge" if not per_run else None, note=note)
 
 
+def settings_table(reports: list[RunReport]) -> Table:
+    """The config fields whose values differ between the runs (a tuning sweep's points, the arms'
+    one change each), from each run's recorded config."""
+    header, rows = settings_rows([r.name() for r in reports], [r.config for r in reports])
+    note = None if len(header) > 1 else "The runs' configs are the same but for their names."
+    return Table("Settings that differ between the runs", header, rows, id="settings", note=note)
+
+
 def wall_table(reports: list[RunReport]) -> Table:
     """Wall time per arm: what it computed, and what it reused from the run it was forked from."""
     header = ["arm", "run", "iterations", "computed (min)", "reused (min)", "forked from"]
@@ -586,7 +595,10 @@ def _flags(r: RunReport) -> list[str]:
 def summary_section(reports: list[RunReport]) -> Section:
     """What a reader needs first: the comparison and the paired differences."""
     title = "Comparison of arms" if len(reports) > 1 else "Summary"
-    blocks: list[Block] = [Heading(2, title), comparison_table(reports), paired_versions_table(reports)]
+    blocks: list[Block] = [Heading(2, title), comparison_table(reports)]
+    if len(reports) > 1:
+        blocks.append(settings_table(reports))
+    blocks.append(paired_versions_table(reports))
     if len(reports) > 1:
         blocks.append(paired_arms_table(reports))
     for r in reports:

@@ -162,6 +162,16 @@ def test_the_report_compares_the_arms(experiment, tmp_path: Path) -> None:
         "Wall time",
     ):
         assert f"### {title}" in text, title
+    # each arm's one change, read from the recorded configs
+    lines = text.split("### Settings that differ between the runs", 1)[1].strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = ([c.strip() for c in line.strip("|").split("|")] for line in lines[2 : 2 + len(ARMS)])
+    table = {row[0]: dict(zip(header, row, strict=True)) for row in cells}
+    assert table["exp-sr-dpo"]["train_actor.objective"] == "sr_dpo"
+    assert table["exp-verifier"]["train_actor.objective"] == "dpo"
+    assert table["exp-main"]["judge.backend"] == "llm"
+    assert table["exp-verifier"]["judge.backend"] == "verifier"
+    assert table["exp-samples"]["data.pairs_from"] == "samples"
     runs = {arm: load_run(experiment[arm].root) for arm in ARMS}
     for r in runs.values():
         for version, row in r.ifeval_by_version().items():
@@ -180,7 +190,7 @@ def test_the_report_compares_the_arms(experiment, tmp_path: Path) -> None:
     assert "exp-main" in (tmp_path / "report.html").read_text()
 
 
-def test_recipe_tuning_scores_the_validation_split_and_never_ifeval(experiment) -> None:
+def test_recipe_tuning_scores_the_validation_split_and_never_ifeval(experiment, tmp_path: Path) -> None:
     same, other = load_run(experiment["tune-same"].root), load_run(experiment["tune-lr"].root)
     # the verifier arm's own setting: its training is reused, so the tuned point is its v1
     assert (0, "train_actor") in same.reused and (0, "train_actor") not in other.reused
@@ -190,6 +200,13 @@ def test_recipe_tuning_scores_the_validation_split_and_never_ifeval(experiment) 
         assert [row["version"] for row in evaluation["validation"]] == ["v0", "v1"]
         assert all(row["n_prompts"] == 3 for row in evaluation["validation"])
     assert read_json(experiment["tune-lr"].config)["config"]["train_actor"]["learning_rate"] == 3e-4
+    # the tuning table says which value each point tried
+    out = tmp_path / "tuning.md"
+    dirs = [str(experiment[name].root) for name in ("tune-same", "tune-lr")]
+    assert main(["report", *dirs, "--format", "md", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| run | train_actor.learning_rate |" in text
+    assert "| tune-same | 5e-06 |" in text and "| tune-lr | 0.0003 |" in text
     # v0 is the same model on the same prompts in both: the same score
     assert (
         same.iterations[0]["evaluation"]["validation"][0]
@@ -253,7 +270,9 @@ def test_the_sampled_pairs_arm_runs_whole_without_a_refiner(
         assert [row["version"] for row in evaluation["validation"]] == ["v0", "v1"]
     # each point's v1 records the setting it was trained with (the tiny model may find no pairs)
     rates = {
-        run: read_json(runs / run / "models" / "actor" / "v1" / "spar_version.json")["hyperparameters"]["learning_rate"]
+        run: read_json(runs / run / "models" / "actor" / "v1" / "spar_version.json")["hyperparameters"][
+            "learning_rate"
+        ]
         for run in ("vs", "ts-same", "ts-lr")
     }
     assert rates == {"vs": 5e-6, "ts-same": 5e-6, "ts-lr": 3e-4}
