@@ -169,3 +169,27 @@ def test_the_cli_packs_and_unpacks(finished: RunPaths, tmp_path: Path, capsys) -
     assert "exists already" in capsys.readouterr().err
     record = json.loads((tmp_path / "runs" / finished.run_id / PACK_RECORD).read_text())
     assert record["run_id"] == finished.run_id and record["versions"]
+
+
+def test_a_packed_fork_rebuilds_its_own_and_its_reused_versions(finished: RunPaths, tmp_path: Path) -> None:
+    """A tuning point is a fork: stages and versions it reused are hard links to its source's. Packed
+    and unpacked elsewhere without the source, it retrains every version, the reused ones too."""
+    config = finished.root.parent.parent / "config.yaml"
+    runs = tmp_path / "runs"
+    argv = ["run", str(config), "--fork", str(finished.root), "--runs-dir", str(runs), "--run-id", "point"]
+    assert main([*argv, "--no-progress", "--set", "train_actor.learning_rate=3.0e-4"]) == 0
+    fork = RunPaths(runs / "point")
+    before = _trained(finished)
+    trained = _trained(fork)
+    assert trained["refiner v1"] == _trained(finished)["refiner v1"]  # reused from the source
+    assert trained["actor v1"] != _trained(finished)["actor v1"]  # its own learning rate
+
+    archive, left_out = pack_run(fork.root, tmp_path / "point.tar.gz")
+    assert {v.label for v in left_out} == set(trained)
+    target, _ = unpack_run(archive, tmp_path / "elsewhere")
+    LocalExecutor.for_run(RunPaths(target)).run()
+    assert _trained(RunPaths(target)) == trained
+    assert _trained(finished) == before and all(  # the source's weights untouched
+        weights_digest(version_dir(finished, *label.split(" v"))) == digest  # type: ignore[arg-type]
+        for label, digest in before.items()
+    )
