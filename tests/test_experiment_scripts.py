@@ -115,10 +115,24 @@ def test_start_readies_a_fresh_machine_runs_the_queue_and_a_second_start_resumes
     # the machine is replaced: save-state.sh packed the runs into the checkout, and start.sh on a new
     # $EXP lays them out again, so the queue resumes both arms instead of starting them over
     state = tmp_path / "state"
-    env = os.environ | {"EXP": str(exp), "SPAR_PY": sys.executable, "STATE": str(state)}
+    env = os.environ | {"EXP": str(exp), "SPAR_PY": sys.executable, "STATE": str(state), "QUEUE": str(queue)}
     saved = subprocess.run(["bash", str(SAVE)], capture_output=True, text=True, env=env, timeout=300)
     assert saved.returncode == 0, saved.stderr
     assert sorted(p.name for p in state.glob("*.tar.gz")) == ["tiny-fork.tar.gz", "tiny.tar.gz"]
+    # an arm reported and done leaves the queue (its line commented out): its archive goes, unless
+    # a line not yet started forks it
+    done = tmp_path / "queue-done.txt"
+    done.write_text(f"# tiny {config}\ntiny-fork {config} --fork tiny\nlater {config} --fork tiny-fork\n")
+    with_done = env | {"QUEUE": str(done)}
+    again = subprocess.run(["bash", str(SAVE)], capture_output=True, text=True, env=with_done, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "not packed: tiny " in again.stdout and "removed" in again.stdout
+    assert sorted(p.name for p in state.glob("*.tar.gz")) == ["tiny-fork.tar.gz"]
+    done.write_text(f"# tiny {config}\nlater {config} --fork tiny\n")  # a fork still to create
+    kept = subprocess.run(["bash", str(SAVE)], capture_output=True, text=True, env=with_done, timeout=300)
+    assert kept.returncode == 0, kept.stderr
+    assert sorted(p.name for p in state.glob("*.tar.gz")) == ["tiny.tar.gz"]
+    subprocess.run(["bash", str(SAVE)], capture_output=True, text=True, env=env, check=True, timeout=300)
     new_machine = tmp_path / "exp2"
     moved = _start(new_machine, str(queue), state=state)
     assert moved.returncode == 0, moved.stderr
