@@ -105,10 +105,21 @@ def test_start_readies_a_fresh_machine_runs_the_queue_and_a_second_start_resumes
         assert RunPaths(exp / "runs" / run).manifest(0, "judge").exists(), run
     assert (exp / "runs" / "tiny-fork" / FORK_RECORD).exists()  # queue.sh turned the run id into its path
 
-    # the same command again (a new session): no second clone, both arms resumed (already finished)
+    # the same command again (a new session): no second clone, but the clone moved to this checkout's
+    # commit (here from a commit of its own), and both arms resumed (already finished)
+    git = ["git", "-C", str(exp / "code")]
+    subprocess.run(
+        [*git, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "old"],
+        check=True,
+    )
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout
     again = _start(exp, str(queue))
     assert again.returncode == 0, again.stderr
     assert "cloned" not in again.stdout and "started" in again.stdout
+    assert "code clone" in again.stdout and "(this checkout's commit)" in again.stdout
+    assert subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout == head
     log = _wait_for(exp / "logs" / "queue.log", "queue done", 2)
     assert "resume tiny\n" in log and "resume tiny-fork\n" in log and "queue stopped" not in log
 
@@ -140,6 +151,30 @@ def test_start_readies_a_fresh_machine_runs_the_queue_and_a_second_start_resumes
     log = _wait_for(new_machine / "logs" / "queue.log", "queue done", 1)
     assert "resume tiny\n" in log and "resume tiny-fork\n" in log and "new tiny" not in log, log
     assert (new_machine / "runs" / "tiny" / "pack.json").is_file()  # laid out from the archive
+
+
+def test_start_leaves_the_code_of_a_running_arm_alone(tmp_path: Path, exp: Path) -> None:
+    (exp / "code").mkdir(parents=True)
+    subprocess.run(["git", "clone", "-q", str(REPO), str(exp / "code")], check=True)
+    git = ["git", "-C", str(exp / "code")]
+    subprocess.run(
+        [*git, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "old"],
+        check=True,
+    )
+    before = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    queue = tmp_path / "queue.txt"
+    queue.write_text("# nothing to run\n")
+    # a process whose command line is an arm's `spar run` on this $EXP's runs
+    arm = [sys.executable, "-c", "import time; time.sleep(60)", "services.cli run --resume", f"{exp}/runs/a"]
+    holder = subprocess.Popen(arm)
+    try:
+        started = _start(exp, str(queue))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert started.returncode == 0, started.stderr
+    assert "code clone left at" in started.stdout and "an arm runs from it" in started.stdout
+    assert subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout == before
 
 
 def test_start_refuses_a_second_queue_and_a_missing_python(tmp_path: Path, exp: Path) -> None:
