@@ -65,7 +65,9 @@ class RunStatusView(BaseModel):
     process: str = Field("", description="Whether a `spar run` process is working on it now.")
     forked_from: str | None = None
     last_eval: dict[str, Any] | None = Field(
-        None, description="The newest eval stage's last IFEval/judge scores: version, metrics in %."
+        None,
+        description="The newest eval stage's last IFEval, validation-split and judge scores: version, "
+        "metrics in %.",
     )
     to_rebuild: list[str] = Field(
         default_factory=list,
@@ -95,7 +97,11 @@ def _last_eval(paths: RunPaths, iterations: int) -> dict[str, Any] | None:
             continue
         metrics = read_json(manifest).get("metrics", {})
         out: dict[str, Any] = {"iteration": iteration}
-        for kind, keys in (("ifeval", ("prompt_loose", "prompt_strict")), ("judge", ("accuracy",))):
+        for kind, keys in (
+            ("ifeval", ("prompt_loose", "prompt_strict")),
+            ("validation", ("prompt_loose", "prompt_strict")),  # a tuning run scores only this split
+            ("judge", ("accuracy",)),
+        ):
             rows = metrics.get(kind) or []
             if rows:
                 last = rows[-1]
@@ -199,6 +205,12 @@ def render_status(view: RunStatusView) -> list[str]:
             i = e["ifeval"]
             parts.append(
                 f"actor {i['version']} IFEval prompt loose {i['prompt_loose']}%, strict {i['prompt_strict']}%"
+            )
+        if "validation" in e:
+            v = e["validation"]
+            parts.append(
+                f"actor {v['version']} validation prompt loose {v['prompt_loose']}%, "
+                f"strict {v['prompt_strict']}%"
             )
         if "judge" in e:
             parts.append(f"refiner {e['judge']['version']} judge pairwise {e['judge']['accuracy']}%")

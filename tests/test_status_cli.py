@@ -98,6 +98,29 @@ def test_status_of_a_finished_run_gives_its_last_evaluation(tmp_path: Path, caps
     assert "actor v1 IFEval prompt loose 25.0%, strict 20.0% · refiner v1 judge pairwise 12.5%" in out
 
 
+def test_status_of_a_tuning_run_gives_its_validation_score(tmp_path: Path, capsys) -> None:
+    """A recipe-tuning run scores only the validation split (never IFEval): that is its last eval."""
+    paths = _run(tmp_path, iterations=1)
+    for iteration, stage in pipeline(load_config(paths).stages, 1, with_init=False):
+        write_json_atomic(paths.manifest(iteration, stage), {"counts": {}, "engine": {}})
+    metrics = {
+        "ifeval": [],
+        "judge": [],
+        "validation": [
+            {"version": "v0", "prompt_loose": 0.3, "prompt_strict": 0.29},
+            {"version": "v1", "prompt_loose": 0.325, "prompt_strict": 0.3208},
+        ],
+    }
+    write_json_atomic(paths.manifest(0, "eval"), {"counts": {}, "engine": {}, "metrics": metrics})
+    assert run_status(paths.root).last_eval == {
+        "iteration": 0,
+        "validation": {"version": "v1", "prompt_loose": 32.5, "prompt_strict": 32.1},
+    }
+    assert main(["status", str(paths.root)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "last eval" in x)
+    assert line.endswith("last eval (iteration 1): actor v1 validation prompt loose 32.5%, strict 32.1%")
+
+
 def test_status_of_a_folder_that_is_no_run_says_so(tmp_path: Path, capsys) -> None:
     assert main(["status", str(tmp_path)]) == 2
     assert "is not a run directory" in " ".join("".join(capsys.readouterr()).split())
