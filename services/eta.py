@@ -12,6 +12,10 @@ and counts (``ShardDone``; summed in the stage's manifest), so the run's own pas
    scaled by its work where the work is known by now (the negatives a refine stage gets from this
    iteration's judge, the pairs and RFT examples the training stages get from its assembly, the
    evaluations an eval stage runs: iteration 0's scores v0 as well as v1, later ones one version);
+   A fork (``fork.json``) that has not run a stage in any iteration takes its source run's cost of
+   that stage at the same iteration when the source ran it with the same settings (its config
+   hash): a tuning point's eval stage costs what the point it was forked from spent, per evaluation
+   (the evaluations it took from the source are not run again);
 3. **estimate**: a stage this run has not run yet costs what ``spar run --dry-run`` estimates
    (``services/estimate.py``: rates recorded by an earlier run of the same models, else the
    calibration a dry run saved);
@@ -27,14 +31,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from shared.config import RunConfig
 from shared.records import ShardDone, StageManifest
-from shared.runtime.artifacts import RunPaths, read_json
-from shared.runtime.shards import num_shards
+from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json
+from shared.runtime.shards import load_config, num_shards
 from shared.stages import pipeline
 from shared.stages import stage as stage_def
 
@@ -225,6 +230,45 @@ def _recorded(run: _Run, iteration: int, stage: str, finished: dict[str, list[in
     return seconds * now / then
 
 
+class _Source:
+    """The run a fork was forked from, and the evaluations the fork took from it per iteration."""
+
+    def __init__(self, run: _Run, kept: dict[int, int]) -> None:
+        self.run = run
+        self.kept = kept
+
+    @classmethod
+    def of(cls, paths: RunPaths) -> _Source | None:
+        """None for a run made from scratch, or a fork whose source is gone or unreadable."""
+        record = paths.root / FORK_RECORD
+        if not record.exists():
+            return None
+        try:
+            fork = read_json(record)
+            source = RunPaths(Path(fork["source"]))
+            config = load_config(source)
+            kept = {int(e["iteration"]): len(e.get("kept", [])) for e in fork.get("evaluations", [])}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return cls(_Run(source, config), kept)
+
+    def cost(self, run: _Run, iteration: int, stage: str) -> float | None:
+        """What the source's same stage at ``iteration`` cost, when it ran with this run's settings,
+        scaled to this run's work (evaluations left to run; pairs, negatives where counted)."""
+        manifest = self.run.manifest(iteration, stage)
+        if manifest is None or manifest.config_hash != run.config.stage_hash(stage):
+            return None
+        seconds = manifest.shard_seconds
+        if stage == "eval":
+            then = _evaluations_recorded(manifest)
+            planned = _evaluations_planned(run.config, iteration) - self.kept.get(iteration, 0)
+            return seconds if then is None else seconds * max(planned, 0) / then
+        then, now = self.run.work(iteration, stage), run.work(iteration, stage)
+        if then is None or now is None or then <= 0:
+            return seconds
+        return seconds * now / then
+
+
 def run_eta(
     paths: RunPaths, config: RunConfig, rates: Rates | None = None, now: float | None = None
 ) -> RunEta:
@@ -247,6 +291,7 @@ def run_eta(
             finished.setdefault(stage, []).append(iteration)
     known: list[tuple[float, Source]] = []
     unknown: list[str] = []
+    forked_from = _Source.of(paths)
     for iteration, stage in order:
         if run.manifest(iteration, stage) is not None:
             continue
@@ -254,6 +299,8 @@ def run_eta(
         source: Source = "running"
         if seconds is None:
             seconds, source = _recorded(run, iteration, stage, finished), "recorded"
+        if seconds is None and forked_from is not None:
+            seconds = forked_from.cost(run, iteration, stage)
         if seconds is None and (iteration, stage) in estimates:
             seconds, source = estimates[(iteration, stage)].seconds, "estimate"
         later = repeat if iteration == walked - 1 and stage != "init" else 0  # the iterations not walked

@@ -262,3 +262,43 @@ def test_a_training_stage_under_way_is_timed_by_its_steps(run) -> None:
     # neither training has a recorded rate yet
     assert eta.eta_s == pytest.approx(400.0 + 121.0, abs=1.0) and eta.lower_bound
     assert "iter 0 train_actor" not in eta.unknown and "iter 0 train_refiner" in eta.unknown
+
+
+def _fork_of(source: RunPaths, config: RunConfig, kept: list[str]) -> tuple[RunPaths, RunConfig]:
+    """A one-iteration fork of ``source`` (its ``fork.json`` as ``spar run --fork`` writes it), with
+    iteration 0 done up to its eval stage; ``kept``: the evaluations it took from the source."""
+    fork_config = config.model_copy(update={"iterations": 1})
+    paths = create_run(fork_config, source.root.parent, "point")
+    record = {"source": str(source.root), "reused": [], "evaluations": [{"iteration": 0, "kept": kept}]}
+    write_json_atomic(paths.root / "fork.json", record)
+    finish_iteration_0(paths, fork_config)
+    return paths, fork_config
+
+
+def test_a_fork_takes_its_sources_cost_of_a_stage_it_has_not_run(run) -> None:
+    """A tuning point's eval has no earlier iteration of its own: it costs what the source's did,
+    per evaluation, less the evaluations it took from the source (v0's scores)."""
+    source, config = run
+    config = config.model_copy(update={"stages": [*config.stages, "eval"]})
+    finish_iteration_0(source, config)
+    finish_stage(source, config, 0, "eval", [300.0], {"evaluations_run": 2})  # IFEval of v0 and v1
+    paths, fork_config = _fork_of(source, config, kept=["ifeval:v0"])
+    eta = run_eta(paths, fork_config)
+    assert eta.eta_s == pytest.approx(150.0) and eta.eta_source == "recorded" and not eta.lower_bound
+
+    # the source evaluated with other settings: its cost says nothing of this eval
+    other = fork_config.model_copy(
+        update={"evaluation": fork_config.evaluation.model_copy(update={"max_new_tokens": 7})}
+    )
+    eta = run_eta(paths, other)
+    assert eta.eta_s is None and eta.unknown == ["iter 0 eval"]
+
+
+def test_a_fork_whose_source_is_gone_has_no_eta_for_that_stage(run) -> None:
+    source, config = run
+    config = config.model_copy(update={"stages": [*config.stages, "eval"]})
+    finish_iteration_0(source, config)
+    paths, fork_config = _fork_of(source, config, kept=[])
+    write_json_atomic(paths.root / "fork.json", {"source": str(source.root.parent / "gone")})
+    eta = run_eta(paths, fork_config)
+    assert eta.eta_s is None and eta.unknown == ["iter 0 eval"]
