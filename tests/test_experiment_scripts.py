@@ -9,6 +9,7 @@ seconds: clone, copies, a new run, a fork (queue.sh's ``--fork RUN_ID``), then r
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from shared.runtime.artifacts import FORK_RECORD, RunPaths
 REPO = Path(__file__).resolve().parent.parent
 START = REPO / "examples" / "experiment" / "start.sh"
 SAVE = REPO / "examples" / "experiment" / "save-state.sh"
+QUEUE = REPO / "examples" / "experiment" / "queue.sh"
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -151,6 +153,25 @@ def test_start_readies_a_fresh_machine_runs_the_queue_and_a_second_start_resumes
     log = _wait_for(new_machine / "logs" / "queue.log", "queue done", 1)
     assert "resume tiny\n" in log and "resume tiny-fork\n" in log and "new tiny" not in log, log
     assert (new_machine / "runs" / "tiny" / "pack.json").is_file()  # laid out from the archive
+
+
+def test_the_queue_skips_a_run_unpacked_finished_and_resumes_one_unpacked_unfinished(exp: Path) -> None:
+    """A finished arm moved to a new machine has all its results: the queue does not retrain its
+    versions (weights nothing reads); an unfinished one is resumed (here it fails: no config)."""
+    (exp / "runs").mkdir(parents=True)
+    (exp / "code").symlink_to(REPO)  # the queue imports the product from the code clone
+    for run, finished in (("done-arm", True), ("open-arm", False)):
+        root = exp / "runs" / run
+        (root / "rebuild").mkdir(parents=True)
+        (root / "pack.json").write_text(json.dumps({"run_id": run, "finished": finished, "versions": []}))
+        (root / "rebuild" / "actor-v1.json").write_text(json.dumps({"weights_sha256": "0" * 64}))
+    queue = exp / "queue.txt"
+    queue.write_text("done-arm some.yaml\nopen-arm some.yaml\n")
+    env = os.environ | {"EXP": str(exp), "SPAR_PY": sys.executable}
+    subprocess.run(["bash", str(QUEUE), str(queue)], env=env, timeout=300, capture_output=True)
+    log = (exp / "logs" / "queue.log").read_text()
+    assert "skip done-arm: finished when packed" in log and "resume done-arm" not in log, log
+    assert "resume open-arm" in log and "queue stopped at open-arm" in log, log
 
 
 def test_start_leaves_the_code_of_a_running_arm_alone(tmp_path: Path, exp: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -17,8 +18,17 @@ from services.runs import create_run, load_config_file
 from services.status_cli import render_status, run_status
 from shared.errors import ConfigError, RebuildMismatchError, RunConflictError
 from shared.runtime.artifacts import RunPaths, read_json, write_json_atomic
-from shared.runtime.packing import PACK_RECORD, _keep, pack_run, unpack_run
+from shared.runtime.packing import (
+    PACK_RECORD,
+    _keep,
+    finished_when_packed,
+    pack_run,
+    run_finished,
+    unpack_run,
+)
+from shared.runtime.shards import load_config
 from shared.runtime.versions import read_metadata, rebuild_record, version_dir, weights_digest
+from shared.stages import pipeline
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -90,8 +100,11 @@ def test_a_packed_run_continues_elsewhere_and_rebuilds_its_versions_bit_for_bit(
         render_status(run_status(target))
     )
 
+    assert read_json(paths.root / PACK_RECORD)["finished"] and not run_finished(paths)
+    assert finished_when_packed(paths.root)  # a queue of arms need not resume it
     LocalExecutor.for_run(paths).run()
     assert _trained(paths) == _trained(finished)  # retrained, the same weights bit for bit
+    assert run_finished(paths) and not finished_when_packed(paths.root)  # nothing left to rebuild
     assert run_status(target).to_rebuild == [] and run_status(target).finished
     assert (_files(paths.root, "iter_*/sample/*.jsonl") | _files(paths.root, "iter_*/eval/*")) == samples
 
@@ -189,7 +202,20 @@ def test_a_packed_fork_rebuilds_its_own_and_its_reused_versions(finished: RunPat
     target, _ = unpack_run(archive, tmp_path / "elsewhere")
     LocalExecutor.for_run(RunPaths(target)).run()
     assert _trained(RunPaths(target)) == trained
+    assert not finished_when_packed(finished.root)  # never packed: no record
     assert _trained(finished) == before and all(  # the source's weights untouched
         weights_digest(version_dir(finished, *label.split(" v"))) == digest  # type: ignore[arg-type]
         for label, digest in before.items()
     )
+
+
+def test_a_run_packed_before_its_end_is_resumed_not_skipped(finished: RunPaths, tmp_path: Path) -> None:
+    copy = RunPaths(tmp_path / "runs" / finished.run_id)
+    shutil.copytree(finished.root, copy.root)
+    config = load_config(copy)
+    last = list(pipeline(config.stages, config.iterations, with_init=config.init is not None))[-1]
+    copy.manifest(*last).unlink()  # its last stage not done yet
+    archive, _ = pack_run(copy.root, tmp_path / "open.tar.gz")
+    target, _ = unpack_run(archive, tmp_path / "elsewhere")
+    assert read_json(target / PACK_RECORD)["finished"] is False
+    assert not finished_when_packed(target)

@@ -34,9 +34,19 @@ from pathlib import Path
 
 from shared.errors import ConfigError, RunConflictError
 from shared.names import RUN_NAME_PATTERN
+from shared.stages import pipeline
 
 from .artifacts import RunPaths, read_json, write_json_atomic
-from .versions import METADATA, read_metadata, rebuild_record, version_dir, weight_files, weights_digest
+from .shards import load_config
+from .versions import (
+    METADATA,
+    pending_rebuilds,
+    read_metadata,
+    rebuild_record,
+    version_dir,
+    weight_files,
+    weights_digest,
+)
 
 PACK_RECORD = "pack.json"
 """In a packed run: when and where it was packed, and the versions left out to be rebuilt."""
@@ -119,6 +129,29 @@ def _keep(rel: Path, records: set[Path], left_out: set[Path]) -> bool:
     return True
 
 
+def run_finished(paths: RunPaths) -> bool:
+    """Whether every stage of the run's pipeline has its manifest (the run has nothing left to do)."""
+    config = load_config(paths)
+    order = pipeline(config.stages, config.iterations, with_init=config.init is not None)
+    return all(paths.manifest(iteration, name).exists() for iteration, name in order)
+
+
+def finished_when_packed(run_dir: Path) -> bool:
+    """Whether an unpacked run was finished when it was packed and has only its weights to rebuild.
+
+    Its results (samples, pairs, evaluations) are all there; resuming it would retrain every version
+    only to publish weights nothing reads. A queue of arms skips it (``examples/experiment/queue.sh``);
+    ``spar run --resume`` still rebuilds it when asked.
+    """
+    paths = RunPaths(Path(run_dir))
+    record = paths.root / PACK_RECORD
+    try:
+        finished = bool(read_json(record).get("finished")) if record.is_file() else False
+    except (OSError, ValueError):
+        return False
+    return finished and bool(pending_rebuilds(paths))
+
+
 def pack_run(run_dir: Path, out: Path) -> tuple[Path, list[PackedVersion]]:
     """Write ``run_dir`` without its weights to the gzip tar ``out``; returns it and what was left out."""
     paths = RunPaths(Path(run_dir).resolve())
@@ -126,6 +159,7 @@ def pack_run(run_dir: Path, out: Path) -> tuple[Path, list[PackedVersion]]:
         raise ConfigError(
             f"{run_dir} is not a run directory (no config.json): give the folder `spar run` made"
         )
+    finished = run_finished(paths)  # before the records: a finished run's are all taken then
     # records first: whatever completes after this point is not taken (it is redone after unpacking)
     records = {p.relative_to(paths.root) for p in paths.root.glob("iter_*/*/*") if _RECORD.match(p.name)}
     versions = _left_out(paths)
@@ -135,6 +169,7 @@ def pack_run(run_dir: Path, out: Path) -> tuple[Path, list[PackedVersion]]:
         "packed_at": dt.datetime.now(dt.UTC).isoformat(),
         "host": socket.gethostname(),
         "versions": [v.__dict__ for v in versions],
+        "finished": finished,
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
