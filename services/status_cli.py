@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json
+from shared.runtime.packing import finished_when_packed
 from shared.runtime.partial import SUFFIX as PARTIAL_SUFFIX
 from shared.runtime.shards import load_config, num_shards
 from shared.runtime.versions import pending_rebuilds
@@ -73,6 +74,11 @@ class RunStatusView(BaseModel):
         default_factory=list,
         description="Versions `spar unpack` left to retrain (checked against the packed weights), "
         "not published yet: e.g. 'actor v1'.",
+    )
+    finished_when_packed: bool = Field(
+        False,
+        description="Unpacked from an archive of the finished run: every result is here, only the "
+        "weights of to_rebuild are not (`spar run --resume` retrains them).",
     )
 
 
@@ -162,6 +168,7 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatusView:
         forked_from=read_json(fork).get("source_run_id") if fork.exists() else None,
         last_eval=_last_eval(paths, config.iterations),
         to_rebuild=[f"{role} v{version}" for role, version in pending_rebuilds(paths)],
+        finished_when_packed=finished_when_packed(paths.root),
     )
 
 
@@ -193,6 +200,11 @@ def render_status(view: RunStatusView) -> list[str]:
         lines.append(f"  {where}: {a.shards_done}/{a.shards} shards done{kept}{steps}")
         lines.append(f"  last change {_ago(view.last_change_s)} · {view.eta}")
         lines.append(f"  {view.process}")
+    if view.finished_when_packed:
+        lines.append(
+            "  finished when packed: every result is here; only the weights of the versions below are "
+            "not (`spar run --resume` retrains them)"
+        )
     if view.to_rebuild:
         lines.append(
             f"  to rebuild (unpacked): {', '.join(view.to_rebuild)}; each is retrained when its stage "

@@ -102,6 +102,8 @@ def test_a_packed_run_continues_elsewhere_and_rebuilds_its_versions_bit_for_bit(
 
     assert read_json(paths.root / PACK_RECORD)["finished"] and not run_finished(paths)
     assert finished_when_packed(paths.root)  # a queue of arms need not resume it
+    assert run_status(target).finished_when_packed
+    assert "finished when packed: every result is here" in "\n".join(render_status(run_status(target)))
     LocalExecutor.for_run(paths).run()
     assert _trained(paths) == _trained(finished)  # retrained, the same weights bit for bit
     assert run_finished(paths) and not finished_when_packed(paths.root)  # nothing left to rebuild
