@@ -35,7 +35,7 @@ from shared.stages import STAGE_TABLE
 
 from .eval_records import EvalRows, read_eval_rows, rescore_missing
 from .report_doc import FLAG, Block, Charts, Details, Heading, Section, Table, Text, to_markdown
-from .report_settings import settings_rows
+from .report_settings import settings_rows, with_defaults
 from .report_stats import (
     IFEVAL_METRICS,
     JUDGE_SCORES,
@@ -348,7 +348,7 @@ def judge_table(reports: list[RunReport], per_run: bool = False) -> Table:
 def settings_table(reports: list[RunReport]) -> Table:
     """The config fields whose values differ between the runs (a tuning sweep's points, the arms'
     one change each), from each run's recorded config."""
-    header, rows = settings_rows([r.name() for r in reports], [r.config for r in reports])
+    header, rows = settings_rows([r.name() for r in reports], [with_defaults(r.config) for r in reports])
     note = None if len(header) > 1 else "The runs' configs are the same but for their names."
     return Table("Settings that differ between the runs", header, rows, id="settings", note=note)
 

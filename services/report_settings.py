@@ -12,9 +12,20 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from shared.config import RunConfig
+
 IGNORED = frozenset({"name"})
 """Top-level fields that name a run rather than change what it computes."""
 _ABSENT = object()
+
+
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """The recorded config with every field a later release added at its default: a run created
+    before a field existed ran as its default says, which is no difference between runs."""
+    try:
+        return RunConfig.model_validate(config).model_dump(mode="json")
+    except ValueError:  # not a config this release reads: compare it as recorded
+        return config
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.report_settings import differing_settings, flatten, settings_rows
+from services.report_settings import differing_settings, flatten, settings_rows, with_defaults
 
 
 def test_flatten_uses_dotted_fields_and_keeps_lists_and_empty_sections_as_values() -> None:
@@ -37,3 +37,14 @@ def test_a_field_one_run_lacks_differs_and_is_shown_absent() -> None:
 def test_identical_configs_give_no_setting_columns() -> None:
     header, rows = settings_rows(["a", "b"], [{"name": "a", "seed": 1}, {"name": "b", "seed": 1}])
     assert header == ["run"] and rows == [["a"], ["b"]]
+
+
+def test_a_field_added_after_a_run_was_made_counts_at_its_default() -> None:
+    """A run recorded before ``train_actor.save_minutes`` existed ran as its default says: no
+    difference from a run that records the default; a run that set another value differs."""
+    old = {"prompts": "p.jsonl", "actor": {"model": "m"}, "refiner": {"model": "m"}}
+    new = old | {"train_actor": {"save_minutes": 15.0}}
+    other = old | {"train_actor": {"save_minutes": 5.0}}
+    assert differing_settings([with_defaults(old), with_defaults(new)]) == []
+    assert differing_settings([with_defaults(old), with_defaults(other)]) == ["train_actor.save_minutes"]
+    assert with_defaults({"not": "a config"}) == {"not": "a config"}  # compared as recorded
