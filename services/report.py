@@ -224,20 +224,26 @@ def _share(part: int | None, whole: int | None) -> str:
 
 
 def comparison_table(reports: list[RunReport]) -> Table:
-    """The paper-style table: one row per run, IFEval of its last actor version and judge scores."""
-    header = ["run", "actor", *IFEVAL_METRICS, "average", "refiner", "pairwise", "pointwise", "pointwise F1"]
+    """The paper-style table: one row per run, IFEval of its last actor version and judge scores; a
+    tuning run, which never scores IFEval, by its validation split (named in the split column)."""
+    header = ["run", "actor", "split", *IFEVAL_METRICS, "average", "refiner", "pairwise", "pointwise"]
+    header.append("pointwise F1")
     rows = []
     for r in reports:
-        ifeval, judge = r.ifeval_by_version(), r.judge_by_version()
-        actor = list(ifeval)[-1] if ifeval else None
+        split = "ifeval" if r.ifeval_by_version() or not r.validation_by_version() else "validation"
+        scores, judge = r.scores_by_version(split), r.judge_by_version()
+        actor = list(scores)[-1] if scores else None
         refiner = list(judge)[-1] if judge else None
-        row = [r.name(), actor or "-"]
-        row += [_ci(ifeval[actor], m) for m in IFEVAL_METRICS] if actor else ["-"] * 4
-        row += [_pct(ifeval[actor]["average"]) if actor else "-", refiner or "-"]
-        scores = _judge_scores(r, refiner) if refiner else {}
-        row += [_estimate(scores.get(s)) for s in JUDGE_SCORES]
+        row = [r.name(), actor or "-", SPLITS[split] if actor else "-"]
+        row += [_ci(scores[actor], m) for m in IFEVAL_METRICS] if actor else ["-"] * 4
+        row += [_pct(scores[actor]["average"]) if actor else "-", refiner or "-"]
+        score = _judge_scores(r, refiner) if refiner else {}
+        row += [_estimate(score.get(s)) for s in JUDGE_SCORES]
         rows.append(row)
-    title = "Last evaluated versions (IFEval %, 95% bootstrap CI over prompts; judge %, 95% CI over pairs)"
+    title = (
+        "Last evaluated versions (IFEval %, or the validation split's for a tuning run; 95% bootstrap "
+        "CI over prompts; judge %, 95% CI over pairs)"
+    )
     return Table(title, header, rows, id="comparison")
 
 

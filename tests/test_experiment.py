@@ -207,6 +207,8 @@ def test_recipe_tuning_scores_the_validation_split_and_never_ifeval(experiment, 
     text = out.read_text()
     assert "| run | train_actor.learning_rate |" in text
     assert "| tune-same | 5e-06 |" in text and "| tune-lr | 0.0003 |" in text
+    # the comparison shows the validation split, the only one a tuning run scores
+    assert "| tune-same | v1 | validation | " in text and "| tune-lr | v1 | validation | " in text
     # v0 is the same model on the same prompts in both: the same score
     assert (
         same.iterations[0]["evaluation"]["validation"][0]
