@@ -23,10 +23,9 @@ from shared.runtime.packing import (
     _keep,
     finished_when_packed,
     pack_run,
-    run_finished,
     unpack_run,
 )
-from shared.runtime.shards import load_config
+from shared.runtime.shards import load_config, run_finished
 from shared.runtime.versions import read_metadata, rebuild_record, version_dir, weights_digest
 from shared.stages import pipeline
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from shared.names import is_id
 from shared.runtime.artifacts import RunPaths, read_json
+from shared.runtime.shards import run_finished
 
 INCOMPLETE = "incomplete"
 """Status of a disk run whose pipeline is not finished (no scheduler ever ran it)."""
@@ -58,7 +59,7 @@ def disk_state(runs_root: Path, run_id: str) -> dict[str, str] | None:
         record = read_json(paths.config)
         created = dt.datetime.fromisoformat(str(record.get("created_at"))).timestamp()
         progress = stage_progress(paths)
-        finished = _finished(paths)
+        finished = run_finished(paths)
         changed = (paths.root / ".changes").stat().st_mtime if (paths.root / ".changes").exists() else created
     except (OSError, ValueError, KeyError, TypeError):
         return None  # removed meanwhile or unreadable: not listed rather than a 500
@@ -73,13 +74,3 @@ def disk_state(runs_root: Path, run_id: str) -> dict[str, str] | None:
         "stage": "" if finished or current is None else str(current["stage"]),
         "source": "disk",
     }
-
-
-def _finished(paths: RunPaths) -> bool:
-    """Every stage of every iteration the config asks for has its manifest."""
-    from shared.runtime.shards import load_config
-    from shared.stages import pipeline
-
-    config = load_config(paths)
-    order = pipeline(config.stages, config.iterations, with_init=config.init is not None)
-    return all(paths.manifest(t, s).exists() for t, s in order)

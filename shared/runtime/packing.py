@@ -34,10 +34,9 @@ from pathlib import Path
 
 from shared.errors import ConfigError, RunConflictError
 from shared.names import RUN_NAME_PATTERN
-from shared.stages import pipeline
 
 from .artifacts import RunPaths, read_json, write_json_atomic
-from .shards import load_config
+from .shards import run_finished
 from .versions import (
     METADATA,
     pending_rebuilds,
@@ -127,13 +126,6 @@ def _keep(rel: Path, records: set[Path], left_out: set[Path]) -> bool:
     if _RECORD.match(rel.name):
         return rel in records  # complete when packing began
     return True
-
-
-def run_finished(paths: RunPaths) -> bool:
-    """Whether every stage of the run's pipeline has its manifest (the run has nothing left to do)."""
-    config = load_config(paths)
-    order = pipeline(config.stages, config.iterations, with_init=config.init is not None)
-    return all(paths.manifest(iteration, name).exists() for iteration, name in order)
 
 
 def finished_when_packed(run_dir: Path) -> bool:

@@ -16,14 +16,15 @@ from typing import Any
 
 from shared.config import RunConfig
 from shared.records import ShardDone, StageManifest, StageSpec
-from shared.stages import stage
+from shared.stages import pipeline, stage
 
 from .artifacts import RunPaths, read_json, write_json_atomic
 from .tracking import log_stage_scalars
 
 log = logging.getLogger("spar.stages")
 
-__all__ = ["StageSpec", "load_config", "num_shards", "write_stage_manifest"]  # StageSpec: shared.records
+# StageSpec: re-exported from shared.records
+__all__ = ["StageSpec", "load_config", "num_shards", "run_finished", "write_stage_manifest"]
 
 
 def load_config(paths: RunPaths) -> RunConfig:
@@ -33,6 +34,13 @@ def load_config(paths: RunPaths) -> RunConfig:
     stage's context.
     """
     return RunConfig.model_validate(read_json(paths.config)["config"])
+
+
+def run_finished(paths: RunPaths) -> bool:
+    """Whether every stage of every iteration the run's config asks for has its manifest."""
+    config = load_config(paths)
+    order = pipeline(config.stages, config.iterations, with_init=config.init is not None)
+    return all(paths.manifest(iteration, name).exists() for iteration, name in order)
 
 
 def num_shards(paths: RunPaths, stage_name: str) -> int:
