@@ -216,14 +216,21 @@ def _recorded(run: _Run, iteration: int, stage: str, finished: dict[str, list[in
         return None
     manifest = run.manifest(before, stage)
     assert manifest is not None
+    planned = _evaluations_planned(run.config, iteration)
+    return _scaled(manifest, stage, planned, run.work(before, stage), run.work(iteration, stage))
+
+
+def _scaled(
+    manifest: StageManifest, stage: str, evaluations: int, then: float | None, now: float | None
+) -> float | None:
+    """A finished stage's seconds scaled to the work left: an eval stage by the ``evaluations`` it
+    will run against those the manifest ran; a stage of :data:`WORK` by its count ``now`` against
+    ``then`` (None where not counted yet: as much as then)."""
     seconds = manifest.shard_seconds
     if stage == "eval":
-        then = _evaluations_recorded(manifest)
-        return seconds if then is None else seconds * _evaluations_planned(run.config, iteration) / then
-    if stage not in WORK:
-        return seconds
-    then, now = run.work(before, stage), run.work(iteration, stage)
-    if now is None or then is None:  # this iteration's work is not counted yet: as much as then
+        ran = _evaluations_recorded(manifest)
+        return seconds if ran is None else seconds * evaluations / ran
+    if now is None or then is None:  # not a stage of WORK, or this work is not counted yet
         return seconds
     if then <= 0:  # nothing to scale from (the stage had no work then)
         return seconds if now <= 0 else None
@@ -258,15 +265,8 @@ class _Source:
         manifest = self.run.manifest(iteration, stage)
         if manifest is None or manifest.config_hash != run.config.stage_hash(stage):
             return None
-        seconds = manifest.shard_seconds
-        if stage == "eval":
-            then = _evaluations_recorded(manifest)
-            planned = _evaluations_planned(run.config, iteration) - self.kept.get(iteration, 0)
-            return seconds if then is None else seconds * max(planned, 0) / then
-        then, now = self.run.work(iteration, stage), run.work(iteration, stage)
-        if then is None or now is None or then <= 0:
-            return seconds
-        return seconds * now / then
+        planned = max(_evaluations_planned(run.config, iteration) - self.kept.get(iteration, 0), 0)
+        return _scaled(manifest, stage, planned, self.run.work(iteration, stage), run.work(iteration, stage))
 
 
 def run_eta(
