@@ -226,8 +226,10 @@ def _share(part: int | None, whole: int | None) -> str:
 def comparison_table(reports: list[RunReport]) -> Table:
     """The paper-style table: one row per run, IFEval of its last actor version and judge scores; a
     tuning run, which never scores IFEval, by its validation split (named in the split column)."""
-    header = ["run", "actor", "split", *IFEVAL_METRICS, "average", "refiner", "pairwise", "pointwise"]
-    header.append("pointwise F1")
+    header = [
+        *("run", "actor", "split", *IFEVAL_METRICS, "average"),
+        *("refiner", "pairwise", "pointwise", "pointwise F1"),
+    ]
     rows = []
     for r in reports:
         split = "ifeval" if r.ifeval_by_version() or not r.validation_by_version() else "validation"

@@ -43,7 +43,10 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def differing_settings(configs: Sequence[Mapping[str, Any]]) -> list[str]:
     """The dotted fields whose value is not the same in every config (a field some configs lack
     counts as differing), in sorted order; :data:`IGNORED` fields left out."""
-    flats = [flatten(c) for c in configs]
+    return _differing([flatten(c) for c in configs])
+
+
+def _differing(flats: Sequence[Mapping[str, Any]]) -> list[str]:
     keys = sorted({k for f in flats for k in f if k.split(".", 1)[0] not in IGNORED})
     return [k for k in keys if len({_cell(f.get(k, _ABSENT)) for f in flats}) > 1]
 
@@ -63,7 +66,7 @@ def settings_rows(
 ) -> tuple[list[str], list[list[str]]]:
     """(header, rows): one row per run, one column per differing setting; no setting column when
     the configs differ only in their names."""
-    keys = differing_settings(configs)
     flats = [flatten(c) for c in configs]
+    keys = _differing(flats)
     rows = [[name, *(_cell(f.get(k, _ABSENT)) for k in keys)] for name, f in zip(names, flats, strict=True)]
     return ["run", *keys], rows
