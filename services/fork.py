@@ -47,9 +47,9 @@ from shared.errors import ConfigError
 from shared.records import ShardDone
 from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json, write_json_atomic
 from shared.runtime.data_inputs import content_view, differing_records, recorded_inputs, stage_data_fields
-from shared.runtime.fork_evaluations import seed_fork
+from shared.runtime.fork_evaluations import seed_fork, version_writers
 from shared.runtime.versions import version_dir
-from shared.stages import graph, stage
+from shared.stages import VERSION_READ, Node, graph, producers, stage
 
 log = logging.getLogger("spar.fork")  # in the run's event log
 
@@ -200,20 +200,42 @@ def _plan(pair: ForkPair, resolve: Resolver) -> tuple[list[tuple[int, str]], str
     return reusable, first_blocker
 
 
+def _inputs(config: RunConfig, step: Node) -> set[Node]:
+    """The stages of the run whose output ``step`` reads, as its declared ``reads`` say.
+
+    The dependency graph's edges, except a model version: its writers are
+    :func:`~shared.runtime.fork_evaluations.version_writers`, so a stage 0 that trains only the
+    refiner is not an input of a stage that reads actor v0 (the sampling of iteration 0). The
+    scheduler still waits for stage 0 before any iteration; the fork needs only where data comes from.
+    """
+    iteration, name = step
+    nodes: set[Node] = set()
+    for read in stage(name).reads:
+        version = VERSION_READ.match(read)
+        if version is not None:
+            number = iteration + (1 if version["plus"] else 0)
+            nodes.update(version_writers(config, version["role"], number))
+        else:
+            nodes.update(producers(read, iteration, config.stages, with_init=config.init is not None))
+    nodes.discard(step)
+    return nodes
+
+
 def _reuse_blocker(
     pair: ForkPair,
-    step: tuple[int, str],
-    reads: tuple[tuple[int, str], ...],
-    src_graph: dict[tuple[int, str], tuple[tuple[int, str], ...]],
-    reused: set[tuple[int, str]],
+    step: Node,
+    reads: tuple[Node, ...],
+    src_graph: dict[Node, tuple[Node, ...]],
+    reused: set[Node],
     resolve: Resolver,
 ) -> str | None:
     if step not in src_graph:
         return "the source's pipeline has no such stage"
-    if set(src_graph[step]) != set(reads):
+    inputs = _inputs(pair.config, step)
+    if _inputs(pair.source_config, step) != inputs:
         # e.g. the source assembled from refine trees this pipeline does not grow
         return "its inputs come from other stages in the source's pipeline"
-    missing = [f"{name}@{t}" for t, name in reads if (t, name) not in reused]
+    missing = [f"{name}@{t}" for t, name in reads if (t, name) in inputs and (t, name) not in reused]
     if missing:
         return f"it reads what {', '.join(missing)} wrote, which is not reused"
     return stage_reuse_blocker(pair, *step, resolve)

@@ -166,6 +166,61 @@ def test_a_changed_stage_and_every_stage_reading_it_are_not_reused(source_run, t
         assert [s for _, s in shared_prefix(source, target, resolved_settings)] == expected, name
 
 
+def _sft_chats(path: Path) -> str:
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Judge {i}."},
+                        {"role": "assistant", "content": "Yes"},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(4)
+        )
+    )
+    return str(path)
+
+
+def test_a_stage_0_that_trains_only_the_refiner_shares_the_actors_work(source_run, tmp_path: Path) -> None:
+    """The guarded verifier arm (stage 0 for its refiner) forks the sampled-pairs arm (no stage 0):
+    actor v0 is the configured model in both, so iteration 0's sampling and v0's IFEval are shared;
+    what reads refiner v0, now trained by stage 0, is not."""
+    tmp, source = source_run
+    chats = _sft_chats(tmp_path / "sft.jsonl")
+    train = {"max_steps": 1, "batch_size": 1, "grad_accum": 1, "learning_rate": 1e-4, "max_length": 64}
+    config = arm(tmp, tmp / "config.yaml", "init_refiner", init={"refiner_data": chats, "refiner": train})
+    target = create_run(load_config_file(config), tmp_path / "runs", "init_refiner")
+    assert fork_into(source, target, resolved_settings) == [(0, "sample")]
+    record = read_json(target.root / FORK_RECORD)
+    assert record["stopped"] == "init@0: the source's pipeline has no such stage"
+    assert record["evaluations"] == [{"iteration": 0, "kept": ["ifeval:v0"]}]
+    before = {p: p.stat().st_mtime_ns for p in target.stage_dir(0, "sample").glob("shard_*.jsonl")}
+    LocalExecutor.for_run(target).run()  # stage 0 runs after the shared sampling, then the rest
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert read_json(version_dir(target, "refiner", 0) / METADATA)["data"]["records"] == 4
+    rows = {(r["kind"], r["version"].split()[0]): r for r in read_jsonl(target.shard(0, "eval", 0))}
+    src_rows = {(r["kind"], r["version"].split()[0]): r for r in read_jsonl(source.shard(0, "eval", 0))}
+    assert {**rows[("ifeval", "v0")], "version": ""} == {**src_rows[("ifeval", "v0")], "version": ""}
+    assert set(rows) == set(src_rows)
+
+    # a stage 0 that trains the actor makes another actor v0: nothing is shared
+    both = arm(
+        tmp,
+        tmp / "config.yaml",
+        "init_both",
+        init={"actor_data": chats, "refiner_data": chats, "refiner": train, "actor": train},
+    )
+    other = create_run(load_config_file(both), tmp_path / "runs", "init_both")
+    assert shared_prefix(source, other, resolved_settings) == []
+    # and the other way round: a run without stage 0 forked from one whose stage 0 trains the
+    # refiner only shares the sampling too
+    plain = create_run(load_config_file(tmp / "config.yaml"), tmp_path / "runs", "plain")
+    assert shared_prefix(target, plain, resolved_settings) == [(0, "sample")]
+
+
 def test_a_shared_training_stage_brings_its_model_version(source_run, tmp_path: Path) -> None:
     tmp, source = source_run
     config = arm(tmp, tmp / "config.yaml", "rft", train_refiner={"learning_rate": 3e-4})

@@ -24,14 +24,27 @@ from shared.stages import Node, producers
 log = logging.getLogger("spar.fork")  # in the run's event log
 
 
+def version_writers(config: RunConfig, role: str, number: int) -> list[Node]:
+    """The stages of a run configured by ``config`` that write model ``role`` v<number>.
+
+    As :func:`shared.stages.producers` says, except that v0 of a role stage 0 does not train (its
+    ``init`` has no data for it) is written by nothing: it is the configured model, named in the
+    settings, as in a run without stage 0. A run whose stage 0 trains only the refiner so shares
+    its actor v0, and the stages that read only that, with a run that has no stage 0.
+    """
+    writers = producers(f"models/{role}/v<t>", number, config.stages, with_init=config.init is not None)
+    if writers == [(0, "init")] and getattr(config.init, f"{role}_data", None) is None:
+        return []
+    return writers
+
+
 def _same_version(
     role: str, number: int, source: RunConfig, target: RunConfig, reused: Collection[Node]
 ) -> bool:
     """Whether model ``role`` v<number> is the same files in both runs: written by the same stages,
     every one of them reused by the fork (or by none: the configured model, named in the settings)."""
-    read = f"models/{role}/v<t>"
-    made_here = producers(read, number, target.stages, with_init=target.init is not None)
-    made_there = producers(read, number, source.stages, with_init=source.init is not None)
+    made_here = version_writers(target, role, number)
+    made_there = version_writers(source, role, number)
     return made_here == made_there and all(node in reused for node in made_here)
 
 
