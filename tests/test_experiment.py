@@ -13,8 +13,11 @@ import pytest
 import yaml
 
 from services.cli import main
+from services.fork import fork_into
 from services.report import load_run
+from services.runs import create_run, load_config_file
 from shared.runtime.artifacts import FORK_RECORD, RunPaths, read_json
+from workers.resolved import resolved_settings
 
 EXPERIMENT = Path(__file__).resolve().parent.parent / "examples" / "experiment"
 # The module's fixture runs seven tiny runs (about 3 minutes on an idle 2-core machine); on a busy
@@ -219,7 +222,6 @@ def test_recipe_tuning_scores_the_validation_split_and_never_ifeval(experiment, 
 def test_a_validation_file_without_metadata_fails_when_the_run_is_created(
     tmp_path: Path, tiny_model_path
 ) -> None:
-    from services.runs import create_run, load_config_file
     from shared.errors import PromptFileError
 
     config = scaled_down("tune", tmp_path, tiny_model_path)
@@ -256,6 +258,11 @@ def test_the_sampled_pairs_arm_runs_whole_without_a_refiner(
         assert mine[section] == base[section], section
     assert mine["data"]["pairs_from"] == "samples" and base["data"]["pairs_from"] == "refinement"
     assert paths.shard(0, "sample", 0).read_bytes() == experiment[BASE].shard(0, "sample", 0).read_bytes()
+    # queue.txt's verifier arm forks this run: its stage 0 trains only the refiner, so actor v0 is
+    # the configured model in both and iteration 0's sampling and v0's IFEval are taken from here
+    guard = create_run(load_config_file(scaled_down("verifier", tmp_path, tiny_model_path)), runs, "guard")
+    assert fork_into(paths, guard, resolved_settings) == [(0, "sample")]
+    assert read_json(guard.root / FORK_RECORD)["evaluations"] == [{"iteration": 0, "kept": ["ifeval:v0"]}]
     # recipe tuning on these pairs (smollm2_tune_samples.yaml): a fork at the arm's own setting
     # reuses its training; another learning rate trains again; both score only the validation split
     tune = scaled_down("tune_samples", tmp_path, tiny_model_path, 1)
