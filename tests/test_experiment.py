@@ -160,7 +160,7 @@ def test_the_report_compares_the_arms(experiment, tmp_path: Path) -> None:
     text = out.read_text()
     for title in (
         "IFEval by actor version",
-        "Difference from exp-verifier",
+        "Difference from exp-verifier-guard",
         "Judge accuracy by refiner",
         "Wall time",
     ):
@@ -171,9 +171,9 @@ def test_the_report_compares_the_arms(experiment, tmp_path: Path) -> None:
     cells = ([c.strip() for c in line.strip("|").split("|")] for line in lines[2 : 2 + len(ARMS)])
     table = {row[0]: dict(zip(header, row, strict=True)) for row in cells}
     assert table["exp-sr-dpo"]["train_actor.objective"] == "sr_dpo"
-    assert table["exp-verifier"]["train_actor.objective"] == "dpo"
+    assert table["exp-verifier-guard"]["train_actor.objective"] == "dpo"
     assert table["exp-main"]["judge.backend"] == "llm"
-    assert table["exp-verifier"]["judge.backend"] == "verifier"
+    assert table["exp-verifier-guard"]["judge.backend"] == "verifier"
     assert table["exp-samples"]["data.pairs_from"] == "samples"
     runs = {arm: load_run(experiment[arm].root) for arm in ARMS}
     for r in runs.values():
@@ -182,7 +182,7 @@ def test_the_report_compares_the_arms(experiment, tmp_path: Path) -> None:
     # the paired deltas are the differences of the per-version numbers above
     base, other = runs[BASE].ifeval_by_version(), runs["samples"].ifeval_by_version()
     delta = 100 * (other["v1"]["prompt_loose"] - base["v1"]["prompt_loose"])
-    line = next(x for x in text.splitlines() if x.startswith("| exp-samples - exp-verifier | v1 | IFEval |"))
+    line = next(x for x in text.splitlines() if x.startswith("| exp-samples - exp-verifier-guard | v1 | IFEval |"))
     assert line.split(" | ")[6].startswith(f"{delta:+.1f} [")
     # a forked arm's wall time counts only what it computed
     own, reused = runs["sr_dpo"].wall_seconds()
