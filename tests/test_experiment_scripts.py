@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -213,3 +214,29 @@ def test_start_refuses_a_second_queue_and_a_missing_python(tmp_path: Path, exp: 
 
     missing = _start(exp, str(queue), python=str(tmp_path / "no-venv" / "python"))
     assert missing.returncode == 2 and "make install" in missing.stderr
+
+
+def test_the_committed_queue_is_one_queue_sh_can_run_to_its_end() -> None:
+    """Every line of examples/experiment/queue.txt would start: a valid run id (a '.' once stopped the
+    queue hours before anyone looked), an existing config that loads with the line's `--set`s, and a
+    `--fork` source that an earlier line makes (commented out once finished: its run stays)."""
+    from services.runs import load_config_file
+    from shared.names import RUN_NAME_HELP, RUN_NAME_PATTERN
+
+    queue = REPO / "examples" / "experiment" / "queue.txt"
+    lines = [line.split() for line in queue.read_text().splitlines() if line.strip()]
+    # a finished arm's line is commented out (`# RUN_ID CONFIG ...`); its run stays for forks
+    made = [w[1] for w in lines if w[0] == "#" and len(w) > 2 and w[2].endswith(".yaml")]
+    runs = [words for words in lines if not words[0].startswith("#")]
+    assert runs, "the queue runs nothing"
+    for run, config, *rest in runs:
+        assert re.match(RUN_NAME_PATTERN, run), f"{run}: a run id is {RUN_NAME_HELP}"
+        assert run not in made, f"{run} appears twice"
+        path = REPO / config
+        assert path.is_file(), f"{run}: no config {config}"
+        sets = [rest[k + 1] for k, word in enumerate(rest) if word == "--set"]
+        forks = [rest[k + 1] for k, word in enumerate(rest) if word == "--fork"]
+        load_config_file(path, sets)  # raises, naming the field, on a bad --set
+        for source in forks:
+            assert source in made, f"{run} forks {source}, which no earlier line makes"
+        made.append(run)
