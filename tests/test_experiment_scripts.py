@@ -142,7 +142,8 @@ def test_start_readies_a_fresh_machine_runs_the_queue_and_a_second_start_resumes
     assert again.returncode == 0, again.stderr
     assert "not packed: tiny " in again.stdout and "removed" in again.stdout
     assert sorted(p.name for p in state.glob("*.tar.gz")) == ["tiny-fork.tar.gz"]
-    done.write_text(f"# tiny {config}\nlater {config} --fork tiny\n")  # a fork still to create
+    # a fork still to create, held until a decision: its source travels all the same
+    done.write_text(f"# tiny {config}\nHOLD until the recipe is picked\nlater {config} --fork tiny\n")
     kept = subprocess.run(["bash", str(SAVE)], capture_output=True, text=True, env=with_done, timeout=300)
     assert kept.returncode == 0, kept.stderr
     assert sorted(p.name for p in state.glob("*.tar.gz")) == ["tiny.tar.gz"]
@@ -173,6 +174,13 @@ def test_the_queue_skips_a_run_unpacked_finished_and_resumes_one_unpacked_unfini
     log = (exp / "logs" / "queue.log").read_text()
     assert "skip done-arm: finished when packed" in log and "resume done-arm" not in log, log
     assert "resume open-arm" in log and "queue stopped at open-arm" in log, log
+
+    # a HOLD line ends the queue there, without an error, until it is removed
+    queue.write_text("done-arm some.yaml\nHOLD until the recipe is picked\nopen-arm some.yaml\n")
+    held = subprocess.run(["bash", str(QUEUE), str(queue)], env=env, timeout=300, capture_output=True)
+    log = (exp / "logs" / "queue.log").read_text().split("queue stopped at open-arm", 1)[1]
+    assert held.returncode == 0 and "queue held: until the recipe is picked" in log, log
+    assert "skip done-arm" in log and "open-arm" not in log and "queue done" not in log, log
 
 
 def test_start_leaves_the_code_of_a_running_arm_alone(tmp_path: Path, exp: Path) -> None:
@@ -227,7 +235,7 @@ def test_the_committed_queue_is_one_queue_sh_can_run_to_its_end() -> None:
     lines = [line.split() for line in queue.read_text().splitlines() if line.strip()]
     # a finished arm's line is commented out (`# RUN_ID CONFIG ...`); its run stays for forks
     made = [w[1] for w in lines if w[0] == "#" and len(w) > 2 and w[2].endswith(".yaml")]
-    runs = [words for words in lines if not words[0].startswith("#")]
+    runs = [words for words in lines if not words[0].startswith("#") and words[0] != "HOLD"]
     assert runs, "the queue runs nothing"
     for run, config, *rest in runs:
         assert re.match(RUN_NAME_PATTERN, run), f"{run}: a run id is {RUN_NAME_HELP}"

@@ -3,6 +3,8 @@
 #   ~/spar-experiments/queue.sh QUEUE_FILE          # e.g. ~/spar-experiments/queue.txt
 # QUEUE_FILE: one arm per line, `RUN_ID CONFIG [spar run args...]`, CONFIG relative to the code clone;
 # `--fork RUN_ID` names a run under ~/spar-experiments/runs. Lines starting with # are skipped.
+# A line `HOLD REASON...` ends the queue there (logged as held, exit 0): the lines after it wait for
+# a decision (an arm's recipe, say) and run once the HOLD line is removed and the queue started again.
 # A run whose directory exists is resumed (a finished one returns at once); a new one is created.
 # A run unpacked from an archive of a finished run (save-state.sh, start.sh) is skipped: its results
 # are all there, and resuming it would retrain its versions only to publish weights nothing reads
@@ -19,6 +21,10 @@ mkdir -p $EXP/logs
 log=$EXP/logs/queue.log
 while read -r run config rest <&3; do
   [ -z "${run:-}" ] || [ "${run:0:1}" = "#" ] && continue
+  if [ "$run" = HOLD ]; then
+    echo "$(date -Is) queue held: $config $rest" >> $log
+    exit 0
+  fi
   args=()
   set -- $rest
   while [ $# -gt 0 ]; do

@@ -10,7 +10,8 @@
 # (docs/operations.md, "Moving a run"). Runs are packed while they work: a shard that completes
 # meanwhile is simply done again after unpacking.
 # What the queue needs ($QUEUE, default the queue.txt beside this script): every run of a line that is
-# not commented out, and the run a line forks while that line's run is not created yet. A finished arm
+# not commented out (those after a HOLD line included: they run once it is lifted), and the run a
+# line forks while that line's run is not created yet. A finished arm
 # whose line is commented out is not packed, and its archive is removed: unpacked, its resume would
 # retrain every version for nothing.
 set -euo pipefail
@@ -23,7 +24,7 @@ QUEUE=${QUEUE:-$HERE/queue.txt}
 [ -f "$QUEUE" ] || { echo "no queue file $QUEUE (set QUEUE)" >&2; exit 2; }
 needed=" "
 while read -r run config rest; do
-  [ -z "${run:-}" ] || [ "${run:0:1}" = "#" ] && continue
+  [ -z "${run:-}" ] || [ "${run:0:1}" = "#" ] || [ "$run" = HOLD ] && continue
   needed+="$run "
   if [ ! -d "$EXP/runs/$run" ]; then   # not created yet: the run it forks must travel too
     set -- $rest
