@@ -5,7 +5,10 @@ existing run refuse to resume (``ConfigChangedError``). The values were computed
 the SFT settings were renamed ``SftConfig`` (from ``RefinerTrainConfig``), from the YAML as users
 write it. The experiment configs' refine and iopo_groups hashes changed on purpose when they set
 ``search.guard`` (issue #21: the checker accepted echoed refinements); a config without the guard
-keeps its hashes (demo, tiny).
+keeps its hashes (demo, tiny). The train_actor hashes of the verifier, main, samples, sr_dpo and
+iopo arms (and of smollm2_tune.yaml, whose base point is the verifier arm's) changed on purpose when
+they took the learning rate the recipe tuning picked (5e-5, by ``docs/results/tuning-rule.md``); the
+finished sampled-pairs arm and its tuning sweep keep 5e-6.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ PINNED: dict[str, dict[str, str]] = {
         "refine": "742cce5eb0c6564b",
         "assemble": "17da5a3a2daee266",
         "iopo_groups": "d9e80bdf4b5ea526",
-        "train_actor": "8df671b89dfee764",
+        "train_actor": "9ae151c96067344f",
         "train_refiner": "c4c503491eccdfa6",
         "eval": "b00970da9198cb43",
     },
@@ -50,7 +53,7 @@ PINNED: dict[str, dict[str, str]] = {
         "refine": "e1b24589e86b6052",
         "assemble": "17da5a3a2daee266",
         "iopo_groups": "34e6557dff208c72",
-        "train_actor": "7fe3cdb51b3beafc",
+        "train_actor": "ad50ae893186db80",
         "train_refiner": "c4c503491eccdfa6",
         "eval": "136a4ca07c4ecb67",
     },
@@ -61,7 +64,7 @@ PINNED: dict[str, dict[str, str]] = {
         "refine": "742cce5eb0c6564b",
         "assemble": "98e22f1e7373203d",
         "iopo_groups": "3526f02092251751",
-        "train_actor": "7fe3cdb51b3beafc",
+        "train_actor": "ad50ae893186db80",
         "train_refiner": "c4c503491eccdfa6",
         "eval": "b00970da9198cb43",
     },
@@ -72,7 +75,7 @@ PINNED: dict[str, dict[str, str]] = {
         "refine": "742cce5eb0c6564b",
         "assemble": "17da5a3a2daee266",
         "iopo_groups": "d9e80bdf4b5ea526",
-        "train_actor": "bc9a38c88658338b",
+        "train_actor": "0e7488c988863eb3",
         "train_refiner": "c4c503491eccdfa6",
         "eval": "b00970da9198cb43",
     },
@@ -83,7 +86,7 @@ PINNED: dict[str, dict[str, str]] = {
         "refine": "742cce5eb0c6564b",
         "assemble": "17da5a3a2daee266",
         "iopo_groups": "d9e80bdf4b5ea526",
-        "train_actor": "7fe3cdb51b3beafc",
+        "train_actor": "ad50ae893186db80",
         "train_refiner": "c4c503491eccdfa6",
         "eval": "7c202d88f0fd5672",
     },
@@ -105,7 +108,7 @@ PINNED: dict[str, dict[str, str]] = {
         "refine": "742cce5eb0c6564b",
         "assemble": "17da5a3a2daee266",
         "iopo_groups": "d9e80bdf4b5ea526",
-        "train_actor": "7fe3cdb51b3beafc",
+        "train_actor": "ad50ae893186db80",
         "train_refiner": "c4c503491eccdfa6",
         "eval": "b00970da9198cb43",
     },
