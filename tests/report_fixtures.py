@@ -41,6 +41,8 @@ class FakeRun:
     items: list[dict] | None = None
     """IFEval items (key, prompt) the responses answer; default: keys 0..n-1, made-up prompts."""
     judge_file: Path | None = None
+    sample_texts: dict[int, list[str]] = field(default_factory=dict)
+    """Responses the sample stage of an iteration wrote to its shard (absent: no shard)."""
     loss_curve: list[float] = field(default_factory=lambda: [0.69, 0.5])
 
 
@@ -176,6 +178,9 @@ def write_run(root: Path, run: FakeRun, prompts_file: Path) -> Path:
         for stage, manifest in stages.items():
             write_json_atomic(paths.manifest(t, stage), manifest)
         write_jsonl_atomic(paths.shard(t, "eval", 0), shard_rows)
+        if t in run.sample_texts:
+            rows = [{"id": "p0", "prompt": "Task 0.", "responses": run.sample_texts[t]}]
+            write_jsonl_atomic(paths.shard(t, "sample", 0), rows)
     return paths.root
 
 

@@ -182,7 +182,8 @@ def test_the_report_compares_the_arms(experiment, tmp_path: Path) -> None:
     # the paired deltas are the differences of the per-version numbers above
     base, other = runs[BASE].ifeval_by_version(), runs["samples"].ifeval_by_version()
     delta = 100 * (other["v1"]["prompt_loose"] - base["v1"]["prompt_loose"])
-    line = next(x for x in text.splitlines() if x.startswith("| exp-samples - exp-verifier-guard | v1 | IFEval |"))
+    prefix = "| exp-samples - exp-verifier-guard | v1 | IFEval |"
+    line = next(x for x in text.splitlines() if x.startswith(prefix))
     assert line.split(" | ")[6].startswith(f"{delta:+.1f} [")
     # a forked arm's wall time counts only what it computed
     own, reused = runs["sr_dpo"].wall_seconds()

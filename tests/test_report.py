@@ -49,6 +49,10 @@ JUDGE = {
 }
 
 
+LOOP = "Here is my answer. " + "I love the sea and the sky. " * 12
+PROSE_LIKE = " ".join(f"Sentence {i} says something new about topic {i * 7}." for i in range(12))
+
+
 @pytest.fixture()
 def runs(tmp_path: Path) -> list[Path]:
     prompts = prompts_file(tmp_path)
@@ -59,6 +63,9 @@ def runs(tmp_path: Path) -> list[Path]:
         judge=JUDGE,
         validation={"v0": V0, "v1": V2},
         capped_share={"v1": 0.075, "v2": 0.025},
+        # 3 of v1's 40 IFEval answers and 2 of iteration 0's 16 samples end in a loop
+        responses={"v1": [LOOP] * 3 + [f"answer {k}" for k in range(3, N)]},
+        sample_texts={0: [LOOP, "short " + LOOP] + [PROSE_LIKE] * 14},
         stage_engine={
             "sample": {"calls": 1, "completions": 16, "length_capped": 2},
             "judge": {"calls": 1, "completions": 100, "length_capped": 4},
@@ -172,6 +179,12 @@ def test_truncation_and_resolved_settings(runs: list[Path]) -> None:
     assert row(text, "| eval | IFEval v1 |")[2] == "3/40 (7.5%) ⚠"
     assert row(text, "| eval | IFEval v2 |")[2] == "1/40 (2.5%)"
     assert "⚠ `run-a`: 5% or more cut at max_new_tokens in sample@0, sample@1, IFEval v1" in text
+    # beside each share, the texts that end in a verbatim loop: counted where the stage kept them
+    assert row(text, "| 0 | sample | 2/16")[3] == "2/16 (12.5%)"
+    assert row(text, "| 1 | sample | 2/16")[3] == "-"  # no sample shard left
+    assert row(text, "| 0 | judge | 4/100")[3] == "-"  # judgments are not kept as texts
+    assert row(text, "| eval | IFEval v1 |")[3] == "3/40 (7.5%)"
+    assert row(text, "| eval | IFEval v2 |")[3] == "0/40 (0.0%)"
     # the cost table carries the same share per stage
     assert row(text, "| 0 | judge | 1 |")[5] == "4/100 (4.0%)"
     cells = row(text, "| sample | 0, 1 |")
