@@ -391,6 +391,40 @@ def _sample_texts(r: RunReport, iteration: int) -> list[str] | None:
     return [text for shard in shards for row in read_jsonl(shard) for text in row.get("responses") or []]
 
 
+def _refine_texts(r: RunReport, iteration: int) -> list[str] | None:
+    """The refiner's completions the refine stage of ``iteration`` kept in its trees (each child
+    node's raw completion, else its parsed refinement), or None when its shards are gone."""
+    shards = sorted((r.root / f"iter_{iteration}" / "refine").glob("shard_*.jsonl"))
+    if not shards:
+        return None
+    return [
+        node.get("raw") or node["response"]
+        for shard in shards
+        for tree in read_jsonl(shard)
+        for node in tree.get("nodes") or []
+        if node.get("parent") is not None
+    ]
+
+
+def _judge_texts(r: RunReport, iteration: int) -> list[str] | None:
+    """Every judgment the judge stage of ``iteration`` sampled (all votes of every response), or None
+    when its shards are gone."""
+    shards = sorted((r.root / f"iter_{iteration}" / "judge").glob("shard_*.jsonl"))
+    if not shards:
+        return None
+    return [
+        judgment
+        for shard in shards
+        for row in read_jsonl(shard)
+        for response in row.get("responses") or []
+        for judgment in response.get("judgments") or []
+    ]
+
+
+STAGE_TEXTS = {"sample": _sample_texts, "judge": _judge_texts, "refine": _refine_texts}
+"""The stages whose completions the report can read back, to count the ones that end in a loop."""
+
+
 def _loops(texts: list[str] | None) -> str:
     """``213/541 (39.4%)`` of ``texts`` ending in a verbatim loop; ``-`` when they are not at hand."""
     if not texts:
@@ -407,7 +441,7 @@ def truncation_table(r: RunReport) -> Table:
         for s in it["stages"]:
             if s.get("completions"):
                 t = it["iteration"]
-                texts = _sample_texts(r, t) if s["stage"] == "sample" else None
+                texts = STAGE_TEXTS[s["stage"]](r, t) if s["stage"] in STAGE_TEXTS else None
                 rows.append(
                     [str(t), s["stage"], _share(s.get("length_capped"), s["completions"]), _loops(texts)]
                 )
@@ -422,7 +456,8 @@ def truncation_table(r: RunReport) -> Table:
         f"{FLAG} marks {100 * CAPPED_FLAG:.0f}% or more: the limit cuts too many answers to read the scores. "
         f"Ending in a loop: the last {LOOP_TAIL} whitespace tokens repeat a span of at most {LOOP_PERIOD} "
         "tokens verbatim (`shared.degeneration`), so no limit would have ended the answer; counted over "
-        "all the texts the stage kept (sample, eval), a lower bound (paraphrased loops are missed)."
+        "the texts the stage kept (samples, every sampled judgment, the refinements in the search trees, "
+        "eval answers), a lower bound (paraphrased loops are missed)."
     )
     header = ["iteration", "stage", "cut / completions", "ending in a loop"]
     return Table("Completions cut at max_new_tokens", header, rows, note=note)

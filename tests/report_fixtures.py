@@ -11,6 +11,7 @@ from pathlib import Path
 from services.runs import create_run
 from shared.config import RunConfig
 from shared.evaluation.ifeval import METRICS, confidence_intervals
+from shared.records import JudgedResponseRow, JudgeRow, NodeRow, TreeRow, VoteCounts
 from shared.runtime.artifacts import RunPaths, write_json_atomic, write_jsonl_atomic
 
 Outcome = tuple[list[bool], list[bool]]
@@ -43,6 +44,11 @@ class FakeRun:
     judge_file: Path | None = None
     sample_texts: dict[int, list[str]] = field(default_factory=dict)
     """Responses the sample stage of an iteration wrote to its shard (absent: no shard)."""
+    judgments: dict[int, list[list[str]]] = field(default_factory=dict)
+    """Each judged response's sampled judgments per iteration, written to its judge shard."""
+    refine_texts: dict[int, list[str | None]] = field(default_factory=dict)
+    """Raw completions of one search tree's child nodes per iteration (None: the node kept no raw
+    text, only its parsed response ``parsed <i>``)."""
     loss_curve: list[float] = field(default_factory=lambda: [0.69, 0.5])
 
 
@@ -181,7 +187,52 @@ def write_run(root: Path, run: FakeRun, prompts_file: Path) -> Path:
         if t in run.sample_texts:
             rows = [{"id": "p0", "prompt": "Task 0.", "responses": run.sample_texts[t]}]
             write_jsonl_atomic(paths.shard(t, "sample", 0), rows)
+        if t in run.judgments:
+            write_jsonl_atomic(paths.shard(t, "judge", 0), [_judged(run.judgments[t]).as_record()])
+        if t in run.refine_texts:
+            write_jsonl_atomic(paths.shard(t, "refine", 0), [_tree(run.refine_texts[t]).as_record()])
     return paths.root
+
+
+def _judged(judgments: list[list[str]]) -> JudgeRow:
+    """A prompt whose responses each carry one list of ``judgments`` (all failed, by vote)."""
+    responses = [
+        JudgedResponseRow(
+            text=f"response {i}",
+            label=0,
+            value=0.0,
+            votes=VoteCounts.model_validate({"pass": 0, "fail": len(votes), "invalid": 0}),
+            labels=[0] * len(votes),
+            judgments=votes,
+            kept_index=0,
+            rounds=1,
+        )
+        for i, votes in enumerate(judgments)
+    ]
+    return JudgeRow(id="p0", prompt="Task 0.", responses=responses, negatives=list(range(len(judgments))))
+
+
+def _tree(raws: list[str | None]) -> TreeRow:
+    """An exhausted search tree whose root is a looping negative and whose children carry ``raws``."""
+    node = {"judgment": "fails", "value": 0.0, "vote": {}}
+    root = NodeRow(id=0, parent=None, depth=0, response="the negative " * 80, raw=None, **node)
+    children = [
+        NodeRow(id=i, parent=0, depth=1, response=f"parsed {i}", raw=raw, **node)
+        for i, raw in enumerate(raws, 1)
+    ]
+    return TreeRow(
+        prompt_id="p0",
+        key="p0#0",
+        prompt="Task 0.",
+        status="exhausted",
+        success_id=None,
+        expansions=1,
+        parse_failures=0,
+        dropped_unparsed=0,
+        dropped_ties=0,
+        max_depth_reached=1,
+        nodes=[root, *children],
+    )
 
 
 def prompts_file(tmp: Path) -> Path:

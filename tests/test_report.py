@@ -66,9 +66,14 @@ def runs(tmp_path: Path) -> list[Path]:
         # 3 of v1's 40 IFEval answers and 2 of iteration 0's 16 samples end in a loop
         responses={"v1": [LOOP] * 3 + [f"answer {k}" for k in range(3, N)]},
         sample_texts={0: [LOOP, "short " + LOOP] + [PROSE_LIKE] * 14},
+        # the tree's root (a looping negative) is not the refiner's: 1 of its 3 children loops
+        refine_texts={0: [LOOP, PROSE_LIKE, None]},
+        # every sampled judgment counts, of every response: 2 of 5
+        judgments={0: [[LOOP, "Yes."], [PROSE_LIKE, LOOP, "No."]]},
         stage_engine={
             "sample": {"calls": 1, "completions": 16, "length_capped": 2},
             "judge": {"calls": 1, "completions": 100, "length_capped": 4},
+            "refine": {"calls": 2, "completions": 40, "length_capped": 1},
         },
     )
     other = FakeRun("run-b", "samples", {"v0": V0, "v1": V2, "v2": V1}, judge=JUDGE)
@@ -182,7 +187,10 @@ def test_truncation_and_resolved_settings(runs: list[Path]) -> None:
     # beside each share, the texts that end in a verbatim loop: counted where the stage kept them
     assert row(text, "| 0 | sample | 2/16")[3] == "2/16 (12.5%)"
     assert row(text, "| 1 | sample | 2/16")[3] == "-"  # no sample shard left
-    assert row(text, "| 0 | judge | 4/100")[3] == "-"  # judgments are not kept as texts
+    assert row(text, "| 0 | judge | 4/100")[3] == "2/5 (40.0%)"
+    assert row(text, "| 1 | judge | 4/100")[3] == "-"  # no judge shard left
+    assert row(text, "| 0 | refine | 1/40")[3] == "1/3 (33.3%)"
+    assert row(text, "| 1 | refine | 1/40")[3] == "-"
     assert row(text, "| eval | IFEval v1 |")[3] == "3/40 (7.5%)"
     assert row(text, "| eval | IFEval v2 |")[3] == "0/40 (0.0%)"
     # the cost table carries the same share per stage
