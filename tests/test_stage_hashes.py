@@ -8,7 +8,9 @@ write it. The experiment configs' refine and iopo_groups hashes changed on purpo
 keeps its hashes (demo, tiny). The train_actor hashes of the verifier, main, samples, sr_dpo and
 iopo arms (and of smollm2_tune.yaml, whose base point is the verifier arm's) changed on purpose when
 they took the learning rate the recipe tuning picked (5e-5, by ``docs/results/tuning-rule.md``); the
-finished sampled-pairs arm and its tuning sweep keep 5e-6.
+finished sampled-pairs arm and its tuning sweep keep 5e-6. The paper's arm's judge, refine,
+iopo_groups and eval hashes changed on purpose when its LLM judge's limit went from 192 to 512 new
+tokens (issue #21: judgments cut at the limit; measured on the slice, exp-main-slice/judge-tokens.md).
 """
 
 from __future__ import annotations
@@ -49,13 +51,13 @@ PINNED: dict[str, dict[str, str]] = {
     "examples/experiment/smollm2_main.yaml": {
         "init": "2f7deff2131d8b2e",
         "sample": "9a94c21462fd200c",
-        "judge": "ae47a293dc39a7be",
-        "refine": "e1b24589e86b6052",
+        "judge": "8f235d92527fb53f",
+        "refine": "9c0839c154623d89",
         "assemble": "17da5a3a2daee266",
-        "iopo_groups": "34e6557dff208c72",
+        "iopo_groups": "012d3be2c1943fb7",
         "train_actor": "ad50ae893186db80",
         "train_refiner": "c4c503491eccdfa6",
-        "eval": "136a4ca07c4ecb67",
+        "eval": "1e6697504a5c0269",
     },
     "examples/experiment/smollm2_samples.yaml": {
         "init": "2f7deff2131d8b2e",
