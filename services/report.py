@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -79,6 +80,9 @@ class RunReport:
 
     label: str | None = None
     """Set by :func:`name_runs` when another run in the same report would have the same name."""
+    _stage_records: dict[tuple[int, str], list[dict[str, Any]] | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def name(self) -> str:
         """How tables name the run: its config's ``name`` (the arm), else its run id; the run id
@@ -112,6 +116,17 @@ class RunReport:
 
     def judge_by_version(self) -> dict[str, dict[str, Any]]:
         return {r["version"]: r for it in self.iterations for r in it["evaluation"]["judge"]}
+
+    def stage_records(self, iteration: int, stage: str) -> list[dict[str, Any]] | None:
+        """The records of a stage's output shards in ``iteration``, read once per report (the cut
+        table and the guard audit both read the refine trees); None when its shards are gone."""
+        key = (iteration, stage)
+        if key not in self._stage_records:
+            shards = sorted(RunPaths(self.root).stage_dir(iteration, stage).glob("shard_*.jsonl"))
+            self._stage_records[key] = (
+                [row for shard in shards for row in read_jsonl(shard)] if shards else None
+            )
+        return self._stage_records[key]
 
     @cached_property
     def eval_rows(self) -> EvalRows:
@@ -383,45 +398,37 @@ def wall_table(reports: list[RunReport]) -> Table:
     return Table("Wall time", header, rows)
 
 
-def _sample_texts(r: RunReport, iteration: int) -> list[str] | None:
-    """Every response the sample stage of ``iteration`` wrote, or None when its shards are gone."""
-    shards = sorted((r.root / f"iter_{iteration}" / "sample").glob("shard_*.jsonl"))
-    if not shards:
-        return None
-    return [text for shard in shards for row in read_jsonl(shard) for text in row.get("responses") or []]
+def _sample_texts(records: list[dict[str, Any]]) -> list[str]:
+    """Every response of the sample stage's records."""
+    return [text for row in records for text in row.get("responses") or []]
 
 
-def _refine_texts(r: RunReport, iteration: int) -> list[str] | None:
-    """The refiner's completions the refine stage of ``iteration`` kept in its trees (each child
-    node's raw completion, else its parsed refinement), or None when its shards are gone."""
-    shards = sorted((r.root / f"iter_{iteration}" / "refine").glob("shard_*.jsonl"))
-    if not shards:
-        return None
-    return [
-        node.get("raw") or node["response"]
-        for shard in shards
-        for tree in read_jsonl(shard)
-        for node in tree.get("nodes") or []
-        if node.get("parent") is not None
-    ]
-
-
-def _judge_texts(r: RunReport, iteration: int) -> list[str] | None:
-    """Every judgment the judge stage of ``iteration`` sampled (all votes of every response), or None
-    when its shards are gone."""
-    shards = sorted((r.root / f"iter_{iteration}" / "judge").glob("shard_*.jsonl"))
-    if not shards:
-        return None
+def _judge_texts(records: list[dict[str, Any]]) -> list[str]:
+    """Every judgment the judge stage sampled (all votes of every response)."""
     return [
         judgment
-        for shard in shards
-        for row in read_jsonl(shard)
+        for row in records
         for response in row.get("responses") or []
         for judgment in response.get("judgments") or []
     ]
 
 
-STAGE_TEXTS = {"sample": _sample_texts, "judge": _judge_texts, "refine": _refine_texts}
+def _refine_texts(records: list[dict[str, Any]]) -> list[str]:
+    """The refiner's completions kept in the search trees: each child node's raw completion, else
+    its parsed refinement."""
+    return [
+        node.get("raw") or node["response"]
+        for tree in records
+        for node in tree.get("nodes") or []
+        if node.get("parent") is not None
+    ]
+
+
+STAGE_TEXTS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
+    "sample": _sample_texts,
+    "judge": _judge_texts,
+    "refine": _refine_texts,
+}
 """The stages whose completions the report can read back, to count the ones that end in a loop."""
 
 
@@ -433,25 +440,47 @@ def _loops(texts: list[str] | None) -> str:
     return f"{loops}/{total} ({100 * loops / total:.1f}%)"
 
 
+CutRow = tuple[str, str, str, Callable[[], list[str] | None]]
+"""(iteration or ``eval``, stage, share cut, the texts behind it when asked)."""
+
+
+def _cut_rows(r: RunReport) -> list[CutRow]:
+    """The shares cut at max_new_tokens per stage (engine counts) and per evaluated version; the
+    texts are read only for the table that counts their loops (the flags need the shares alone)."""
+
+    def stage_texts(t: int, stage: str) -> Callable[[], list[str] | None]:
+        def texts() -> list[str] | None:
+            records = r.stage_records(t, stage) if stage in STAGE_TEXTS else None
+            return None if records is None else STAGE_TEXTS[stage](records)
+
+        return texts
+
+    def eval_texts(split: str, v: str) -> Callable[[], list[str] | None]:
+        def texts() -> list[str] | None:
+            answered = r.eval_rows.of(split)
+            return [x["response"] for x in answered[v].responses] if v in answered else None
+
+        return texts
+
+    rows: list[CutRow] = []
+    for it in r.iterations:
+        t = it["iteration"]
+        for s in it["stages"]:
+            if s.get("completions"):
+                share = _share(s.get("length_capped"), s["completions"])
+                rows.append((str(t), s["stage"], share, stage_texts(t, s["stage"])))
+    for split, label in SPLITS.items():
+        for v, row in r.scores_by_version(split).items():
+            fraction, n = row.get("length_capped_share"), row.get("n_prompts")
+            capped = round(fraction * n) if fraction is not None and n else None
+            rows.append(("eval", f"{label} {v}", _share(capped, n), eval_texts(split, v)))
+    return rows
+
+
 def truncation_table(r: RunReport) -> Table:
     """Completions cut at max_new_tokens: per stage (engine counts), and IFEval answers per version;
     beside each, how many of the texts end in a verbatim loop, which a higher limit would not end."""
-    rows = []
-    for it in r.iterations:
-        for s in it["stages"]:
-            if s.get("completions"):
-                t = it["iteration"]
-                texts = STAGE_TEXTS[s["stage"]](r, t) if s["stage"] in STAGE_TEXTS else None
-                rows.append(
-                    [str(t), s["stage"], _share(s.get("length_capped"), s["completions"]), _loops(texts)]
-                )
-    for split, label in SPLITS.items():
-        answered = r.eval_rows.of(split)
-        for v, row in r.scores_by_version(split).items():
-            share, n = row.get("length_capped_share"), row.get("n_prompts")
-            capped = round(share * n) if share is not None and n else None
-            texts = [x["response"] for x in answered[v].responses] if v in answered else None
-            rows.append(["eval", f"{label} {v}", _share(capped, n), _loops(texts)])
+    rows = [[it, stage, share, _loops(texts())] for it, stage, share, texts in _cut_rows(r)]
     note = (
         f"{FLAG} marks {100 * CAPPED_FLAG:.0f}% or more: the limit cuts too many answers to read the scores. "
         f"Ending in a loop: the last {LOOP_TAIL} whitespace tokens repeat a span of at most {LOOP_PERIOD} "
@@ -474,7 +503,6 @@ def refinement_audit_table(r: RunReport) -> Table:
     from shared.config import RefinementGuard
     from shared.records import TreeRow
     from shared.refinement_guard import AUDIT_SIGNS, audit_signs, unfaithful_reason
-    from shared.runtime.artifacts import read_jsonl
 
     configured = (r.config.get("search") or {}).get("guard")
     guard = RefinementGuard.model_validate(configured) if configured is not None else RefinementGuard()
@@ -483,20 +511,19 @@ def refinement_audit_table(r: RunReport) -> Table:
         t = it["iteration"]
         accepted, reasons, refused_in_search = 0, dict.fromkeys(GUARD_REASONS, 0), 0
         signs = dict.fromkeys(AUDIT_SIGNS, 0)
-        for shard in sorted((r.root / f"iter_{t}" / "refine").glob("shard_*.jsonl")):
-            for record in read_jsonl(shard):
-                tree = TreeRow.from_record(record)
-                refused_in_search += tree.unfaithful
-                success = tree.success
-                if success is None or success.parent is None:
-                    continue
-                accepted += 1
-                reason = unfaithful_reason(tree.nodes[success.parent].response, success.response, guard)
-                if reason is not None:
-                    reasons[reason] += 1
-                    continue
-                for sign in audit_signs(success.response, guard.min_words):
-                    signs[sign] += 1
+        for record in r.stage_records(t, "refine") or []:
+            tree = TreeRow.from_record(record)
+            refused_in_search += tree.unfaithful
+            success = tree.success
+            if success is None or success.parent is None:
+                continue
+            accepted += 1
+            reason = unfaithful_reason(tree.nodes[success.parent].response, success.response, guard)
+            if reason is not None:
+                reasons[reason] += 1
+                continue
+            for sign in audit_signs(success.response, guard.min_words):
+                signs[sign] += 1
         if accepted or refused_in_search:
             refused = sum(reasons.values())
             share = f"{refused}/{accepted} ({100 * refused / accepted:.1f}%)" if accepted else "-"
@@ -657,8 +684,9 @@ def arms_charts(reports: list[RunReport]) -> list[dict]:
 
 def _flags(r: RunReport) -> list[str]:
     """Where a run's truncation share reaches the flag: ``sample@0``, ``IFEval v1``."""
-    rows = truncation_table(r).rows
-    return [stage if it == "eval" else f"{stage}@{it}" for it, stage, share, _ in rows if FLAG in share]
+    return [
+        stage if it == "eval" else f"{stage}@{it}" for it, stage, share, _ in _cut_rows(r) if FLAG in share
+    ]
 
 
 def summary_section(reports: list[RunReport]) -> Section:
